@@ -1,0 +1,1 @@
+"""LightningModules and the LightningCLI entry point: thin adapters over ``mmai``."""

@@ -1,0 +1,55 @@
+"""LightningCLI for MMAI (``mmai fit|validate|test|predict``) and ``mmai data inspect``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+
+
+def inspect_main(argv: list[str]) -> int:
+    """``mmai data inspect``: stream shards through CUBWebDataModule and summarise what comes out."""
+    from datamodules import CUBWebDataModule
+
+    parser = argparse.ArgumentParser(prog="mmai data inspect", description=inspect_main.__doc__)
+    parser.add_argument("--shards", required=True, help="folder with manifest.json (mmai data shards --out)")
+    parser.add_argument("--split", choices=["train", "val", "test"], default="train")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--audio-seconds", type=float, default=None)
+    parser.add_argument("--batches", type=int, default=0, help="stop after N batches (0: one full epoch)")
+    args = parser.parse_args(argv)
+    data = CUBWebDataModule(args.shards, batch_size=args.batch_size, num_workers=args.num_workers,
+                            image_size=args.image_size, audio_seconds=args.audio_seconds, shuffle_buffer=500)
+    manifest = data.manifest
+    print(f"shards: {args.shards} (split {manifest['split']})")
+    for name, info in manifest["splits"].items():
+        print(f"  {name:>5}: {info['images']} images, {info['captions']} captions, "
+              f"{len(info['classes'])} classes, {len(info['shards'])} shards")
+    loader = data.train_dataloader() if args.split == "train" else data._eval_dataloader(args.split)
+    images = captions = batches = 0
+    classes: Counter = Counter()
+    first = None
+    start = time.perf_counter()
+    for batch in loader:
+        first = first or batch
+        batches += 1
+        images += int((~batch["is_pad"]).sum())
+        captions += len(batch["captions"])
+        classes.update(batch["class_id"].tolist())
+        if args.batches and batches >= args.batches:
+            break
+    seconds = time.perf_counter() - start
+    if first is None:
+        print("no batches: the split is empty or smaller than one batch")
+        return 1
+    print(f"{args.split}: {batches} batches, {images} images, {captions} captions, {len(classes)} classes "
+          f"in {seconds:.1f} s ({images / seconds:,.0f} images/s, {args.num_workers} workers)")
+    print("batch: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in first.items() if hasattr(v, "shape")))
+    print(f"example caption (image {int(first['image_id'][0])}, class {int(first['class_id'][0])}): "
+          f"{first['captions'][0]!r}")
+    if first["place"][0]:
+        print(f"example diary entry: {first['place'][0]} at unix time {float(first['timestamp'][0]):.0f}")
+    print(f"corrupt samples skipped: {data.corrupt_samples}")
+    return 0

@@ -1,0 +1,98 @@
+"""The ``mmai`` command: one entry point for data, training, evaluation and benchmarks.
+
+``mmai data …`` and ``mmai bench …`` are library commands. ``fit``, ``validate``, ``test``,
+``predict`` (LightningCLI) and ``data inspect`` belong to the Lightning app and are dispatched by
+module name to ``lightning_modules.cli``, so this library module never imports Lightning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+APP_COMMANDS = {"fit", "validate", "test", "predict"}
+USAGE = """usage: mmai COMMAND [args]
+
+commands:
+  data synth     write a synthetic dataset in the exact CUB-200-2011 + caption-release layout
+  data shards    convert CUB (real or synthetic) into WebDataset shards + manifest
+  data inspect   stream the shards through CUBWebDataModule and print a summary
+  fit | validate | test | predict   LightningCLI (mmai fit --config configs/base.yaml ...)
+  bench NAME     run a benchmark (mmai bench --list)
+
+`mmai COMMAND --help` for the flags of each."""
+
+
+def _data_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmai data")
+    sub = parser.add_subparsers(dest="action", required=True)
+    synth = sub.add_parser("synth", help="synthesise CUB-format data (procedural birds, captions, songs, diary)")
+    synth.add_argument("--out", type=Path, required=True, help="output folder (created; must be empty or a previous run with the same args)")
+    synth.add_argument("--classes", type=int, default=200)
+    synth.add_argument("--images", type=int, default=11788)
+    synth.add_argument("--captions-per-image", type=int, default=10)
+    synth.add_argument("--image-size", type=int, default=128)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--no-audio", action="store_true", help="skip the per-image songs")
+    synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    shards = sub.add_parser("shards", help="write WebDataset shards of CUB (real or synthetic)")
+    shards.add_argument("--cub-root", type=Path, required=True, help="CUB_200_2011/ or its parent")
+    shards.add_argument("--captions-root", type=Path, default=None, help="cvpr2016_cub/ (default: beside the CUB root)")
+    shards.add_argument("--out", type=Path, required=True)
+    shards.add_argument("--split", choices=["zero-shot", "standard"], default="zero-shot")
+    shards.add_argument("--samples-per-shard", type=int, default=256)
+    shards.add_argument("--skip-bad", action="store_true", help="skip missing/unreadable files (counted in the manifest) instead of failing")
+    sub.add_parser("inspect", help="iterate CUBWebDataModule over shards and print a summary", add_help=False)
+    return parser
+
+
+def _data(argv: list[str]) -> int:
+    if argv[:1] == ["inspect"]:
+        return importlib.import_module("lightning_modules.cli").inspect_main(argv[1:])
+    args = _data_parser().parse_args(argv)
+    start = time.perf_counter()
+    if args.action == "synth":
+        from mmai.data.synth import synthesize
+
+        summary = synthesize(args.out, classes=args.classes, images=args.images,
+                             captions_per_image=args.captions_per_image, image_size=args.image_size,
+                             seed=args.seed, audio=not args.no_audio, workers=args.workers)
+        print(f"synthetic CUB at {args.out}: {summary}")
+    else:
+        from mmai.data.shards import write_shards
+
+        manifest = write_shards(args.cub_root, args.out, split=args.split, captions_root=args.captions_root,
+                                samples_per_shard=args.samples_per_shard, skip_bad=args.skip_bad)
+        for name, info in manifest["splits"].items():
+            print(f"{name:>5}: {info['images']:6d} images, {info['captions']:7d} captions, "
+                  f"{len(info['classes']):3d} classes, {len(info['shards'])} shards")
+        print(f"split {manifest['split']}; skipped {manifest['skipped']['count']} bad file(s); "
+              f"manifest: {args.out / 'manifest.json'}")
+    print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command in APP_COMMANDS:
+        importlib.import_module("lightning_modules.cli").cli_main([command, *rest])
+        return 0
+    if command == "data":
+        return _data(rest)
+    if command == "bench":
+        from mmai.bench import main as bench_main
+
+        return bench_main(rest)
+    print(f"mmai: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

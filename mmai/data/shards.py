@@ -1,0 +1,216 @@
+"""Convert CUB (real or synthetic) into WebDataset tar shards, one set per split.
+
+Each sample is keyed by its zero-padded image id and holds ``jpg`` (RGB JPEG), ``json`` (image
+id, class id and name, the ten captions, bounding box and, where the extras exist, part boxes
+and the diary entry) and, when a song exists, ``wav``. Tar members carry fixed metadata (mtime 0,
+root owner), so the same input gives byte-identical shards, and ``manifest.json`` records the
+sha256 of each one. Grayscale and CMYK JPEGs (real CUB has both) are converted to RGB; JPEGs that
+are already RGB are stored byte for byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from mmai.data.cub import SPLITS, CUBImage, CUBIndex, CUBLayoutError, read_captions, read_cub, read_extras, split_images
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class BadFile:
+    path: str
+    reason: str
+
+
+def _rgb_jpeg(path: Path) -> bytes:
+    """The file's bytes if it is an RGB JPEG; otherwise decoded and re-encoded as RGB JPEG."""
+    raw = path.read_bytes()
+    with Image.open(io.BytesIO(raw)) as image:
+        if image.format == "JPEG" and image.mode == "RGB":
+            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()  # a fast reduced-size decode: catches truncated and corrupt files
+            return raw
+        image = image.convert("RGB")
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=95)
+        return buffer.getvalue()
+
+
+def _sample(index: CUBIndex, image: CUBImage, extras, split: str) -> dict[str, bytes]:
+    captions = read_captions(index, image)
+    if not captions:
+        raise ValueError("caption file has no non-blank line")
+    meta = {
+        "image_id": image.image_id,
+        "class_id": image.class_id,
+        "class_name": image.class_name,
+        "file": image.relpath,
+        "split": split,
+        "captions": captions,
+        "bbox": list(image.bbox) if image.bbox else None,
+    }
+    sample = {"__key__": f"{image.image_id:06d}", "jpg": _rgb_jpeg(index.image_path(image))}
+    if extras is not None:
+        if image.image_id in extras.part_boxes:
+            meta["parts"] = {k: list(v) for k, v in extras.part_boxes[image.image_id].items()}
+        if image.image_id in extras.episodes:
+            meta["episode"] = extras.episodes[image.image_id]
+    audio = index.audio_path(image)
+    if audio is not None:
+        sample["wav"] = audio.read_bytes()
+    sample["json"] = json.dumps(meta, sort_keys=True).encode()
+    return sample
+
+
+class _ShardSink:
+    """Writes samples into ``{split}-{NNNNN}.tar`` files of at most ``samples_per_shard`` each."""
+
+    def __init__(self, out: Path, split: str, samples_per_shard: int):
+        self.out, self.split, self.samples_per_shard = out, split, samples_per_shard
+        self.shards: list[dict] = []
+        self._tar: tarfile.TarFile | None = None
+        self._count = 0
+
+    def write(self, sample: dict[str, bytes]) -> None:
+        if self._tar is None or self._count == self.samples_per_shard:
+            self._close_current()
+            name = f"{self.split}-{len(self.shards):05d}.tar"
+            self._tar = tarfile.open(self.out / (name + ".tmp"), "w", format=tarfile.USTAR_FORMAT)
+            self.shards.append({"file": name, "samples": 0})
+            self._count = 0
+        for ext in ("jpg", "json", "wav"):
+            if ext in sample:
+                info = tarfile.TarInfo(f"{sample['__key__']}.{ext}")
+                info.size, info.mtime, info.mode = len(sample[ext]), 0, 0o444
+                self._tar.addfile(info, io.BytesIO(sample[ext]))
+        self._count += 1
+        self.shards[-1]["samples"] += 1
+
+    def _close_current(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        name = self.shards[-1]["file"]
+        tmp = self.out / (name + ".tmp")
+        self.shards[-1]["sha256"] = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        tmp.replace(self.out / name)
+        self._tar = None
+
+    def close(self) -> list[dict]:
+        self._close_current()
+        return self.shards
+
+
+def write_shards(cub_root: Path | str, out: Path | str, split: str = "zero-shot",
+                 captions_root: Path | str | None = None, samples_per_shard: int = 256,
+                 skip_bad: bool = False, progress: bool = True) -> dict:
+    """Write train/val/test shards and ``manifest.json`` into ``out``; returns the manifest.
+
+    Args:
+        cub_root: ``CUB_200_2011/`` or its parent.
+        out: output folder (created). Existing shards of the same names are replaced.
+        split: ``zero-shot`` (caption release class split) or ``standard`` (CUB image split).
+        captions_root: the caption release's folder, if not beside ``cub_root``.
+        samples_per_shard: images per tar (default 256: CUB is small, and DDP needs at least
+            ranks × workers training shards).
+        skip_bad: skip missing/unreadable files and count them in the manifest, instead of failing.
+
+    Raises:
+        CUBLayoutError: unless ``skip_bad``, listing every missing or unreadable file at once.
+    """
+    index = read_cub(cub_root, captions_root)
+    if index.captions_root is None:
+        raise CUBLayoutError(f"no caption release (cvpr2016_cub/text_c10) found beside {index.root}: "
+                             "pass --captions-root")
+    extras = read_extras(index)
+    assignments = split_images(index, split)
+    bad = _find_missing(index, assignments)
+    if bad and not skip_bad:
+        raise _bad_files_error(bad)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    missing = {entry.path for entry in bad}
+    manifest: dict = {"format_version": FORMAT_VERSION, "split": split, "cub_root": str(index.root),
+                      "captions_root": str(index.captions_root), "has_extras": extras is not None,
+                      "samples_per_shard": samples_per_shard, "splits": {}}
+    total = sum(len(images) for images in assignments.values())
+    bar = tqdm(total=total, desc="writing shards", unit="img", disable=not progress)
+    for name in SPLITS:
+        sink = _ShardSink(out, name, samples_per_shard)
+        captions = 0
+        for image in assignments[name]:
+            bar.update()
+            if str(index.image_path(image)) in missing or str(index.caption_path(image)) in missing:
+                continue
+            try:
+                sample = _sample(index, image, extras, name)
+            except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three on bad files
+                bad.append(BadFile(str(index.image_path(image)), f"{type(error).__name__}: {error}"))
+                continue
+            captions += len(json.loads(sample["json"])["captions"])
+            sink.write(sample)
+        shards = sink.close()
+        manifest["splits"][name] = {
+            "images": sum(s["samples"] for s in shards), "captions": captions,
+            "classes": sorted({image.class_id for image in assignments[name]}), "shards": shards,
+        }
+    bar.close()
+    if bad and not skip_bad:
+        raise _bad_files_error(bad)
+    manifest["skipped"] = {"count": len(bad), "files": [dataclasses.asdict(b) for b in bad]}
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    tmp.replace(out / MANIFEST)
+    return manifest
+
+
+def _find_missing(index: CUBIndex, assignments: dict[str, list[CUBImage]]) -> list[BadFile]:
+    bad = []
+    for images in assignments.values():
+        for image in images:
+            for path in (index.image_path(image), index.caption_path(image)):
+                if not path.exists():
+                    bad.append(BadFile(str(path), "missing"))
+    return bad
+
+
+def _bad_files_error(bad: list[BadFile]) -> CUBLayoutError:
+    listing = "\n  ".join(f"{b.path}: {b.reason}" for b in bad[:200])
+    more = f"\n  ... and {len(bad) - 200} more" if len(bad) > 200 else ""
+    return CUBLayoutError(f"{len(bad)} missing or unreadable file(s):\n  {listing}{more}\n"
+                          "Fix or restore them, or pass --skip-bad to skip them (they are counted in the manifest).")
+
+
+def read_manifest(shard_dir: Path | str) -> dict:
+    """Load ``manifest.json`` of a shard folder, with a clear error if it is not one."""
+    path = Path(shard_dir) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: write shards first with "
+                                f"`mmai data shards --cub-root DIR --out {shard_dir}`")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: shard format {manifest.get('format_version')} is not {FORMAT_VERSION}; "
+                         "rewrite the shards with this version of mmai")
+    return manifest
+
+
+def shard_urls(shard_dir: Path | str, split: str, manifest: dict | None = None) -> list[str]:
+    """Paths of the shards of one split, checked to exist."""
+    manifest = manifest or read_manifest(shard_dir)
+    if split not in manifest["splits"]:
+        raise KeyError(f"split {split!r} not in {Path(shard_dir) / MANIFEST}; it has {list(manifest['splits'])}")
+    urls = [str(Path(shard_dir) / shard["file"]) for shard in manifest["splits"][split]["shards"]]
+    missing = [u for u in urls if not Path(u).exists()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} shard(s) listed in the manifest are missing, e.g. {missing[0]}")
+    return urls

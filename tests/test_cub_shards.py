@@ -1,0 +1,106 @@
+"""The CUB reader and the shard writer, on a tiny CUB root with the real release's quirks."""
+
+import io
+import json
+import tarfile
+
+import pytest
+from PIL import Image
+
+from cub_fixture import CLASSES, write_tiny_cub
+from mmai.data.cub import CUBLayoutError, read_captions, read_cub, split_images
+from mmai.data.shards import read_manifest, write_shards
+
+
+@pytest.fixture()
+def cub(tmp_path):
+    return write_tiny_cub(tmp_path / "raw")
+
+
+def _tar_members(path):
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def test_reader_finds_roots_from_parent_and_cleans_captions(cub):
+    index = read_cub(cub)
+    assert index.root.name == "CUB_200_2011" and index.captions_root.name == "cvpr2016_cub"
+    assert [i.image_id for i in index.images] == list(range(1, 17))
+    captions = read_captions(index, index.images[0])
+    assert len(captions) == 10 and all(c == c.strip() and c for c in captions)
+
+
+def test_zero_shot_split_follows_class_lists_and_standard_split_keeps_test_apart(cub):
+    index = read_cub(cub)
+    zero = split_images(index, "zero-shot")
+    assert {i.class_name for i in zero["train"]} == set(CLASSES[:2])
+    assert {i.class_name for i in zero["val"]} == {CLASSES[2]}
+    assert {i.class_name for i in zero["test"]} == {CLASSES[3]}
+    standard = split_images(index, "standard")
+    assert all(not i.is_train for i in standard["test"])
+    assert {i.image_id for i in standard["train"]}.isdisjoint(i.image_id for i in standard["val"])
+    assert sum(map(len, standard.values())) == 16
+
+
+def test_shards_round_trip_every_image_and_caption_as_rgb(cub, tmp_path):
+    manifest = write_shards(cub, tmp_path / "shards", samples_per_shard=3, progress=False)
+    index = read_cub(cub)
+    seen = {}
+    for split, info in manifest["splits"].items():
+        assert sum(s["samples"] for s in info["shards"]) == info["images"]
+        for shard in info["shards"]:
+            members = _tar_members(tmp_path / "shards" / shard["file"])
+            for name, data in members.items():
+                if name.endswith(".json"):
+                    meta = json.loads(data)
+                    seen[meta["image_id"]] = (split, meta)
+                    with Image.open(io.BytesIO(members[name.replace(".json", ".jpg")])) as image:
+                        assert image.mode == "RGB"  # grayscale and CMYK converted
+    assert sorted(seen) == [i.image_id for i in index.images]
+    for image in index.images:
+        assert seen[image.image_id][1]["captions"] == read_captions(index, image)
+    assert manifest["splits"]["train"]["captions"] == 10 * manifest["splits"]["train"]["images"]
+    assert read_manifest(tmp_path / "shards")["skipped"]["count"] == 0
+
+
+def test_shards_are_byte_identical_across_runs(cub, tmp_path):
+    first = write_shards(cub, tmp_path / "a", samples_per_shard=5, progress=False)
+    second = write_shards(cub, tmp_path / "b", samples_per_shard=5, progress=False)
+    hashes = lambda m: [s["sha256"] for info in m["splits"].values() for s in info["shards"]]  # noqa: E731
+    assert hashes(first) == hashes(second)
+
+
+def test_missing_files_are_listed_all_at_once(cub, tmp_path):
+    index = read_cub(cub)
+    gone = [index.image_path(index.images[0]), index.caption_path(index.images[5])]
+    for path in gone:
+        path.unlink()
+    with pytest.raises(CUBLayoutError) as error:
+        write_shards(cub, tmp_path / "shards", progress=False)
+    message = str(error.value)
+    assert "2 missing or unreadable" in message and all(str(p) in message for p in gone)
+    assert "--skip-bad" in message
+    assert not (tmp_path / "shards" / "manifest.json").exists()
+
+
+def test_skip_bad_counts_corrupt_and_missing_files_in_the_manifest(cub, tmp_path):
+    index = read_cub(cub)
+    index.image_path(index.images[0]).unlink()
+    index.image_path(index.images[1]).write_bytes(b"\xff\xd8 not really a jpeg")
+    manifest = write_shards(cub, tmp_path / "shards", skip_bad=True, progress=False)
+    assert manifest["skipped"]["count"] == 2
+    assert sum(info["images"] for info in manifest["splits"].values()) == 14
+
+
+def test_broken_tables_name_file_and_line(cub):
+    labels = cub / "CUB_200_2011" / "image_class_labels.txt"
+    labels.write_text(labels.read_text().replace("5 2\n", "5\n"))
+    (cub / "CUB_200_2011" / "classes.txt").unlink()
+    with pytest.raises(CUBLayoutError, match="classes.txt") as error:
+        read_cub(cub)
+    assert "image_class_labels.txt:5" in str(error.value)
+
+
+def test_manifest_missing_gives_the_command_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="mmai data shards"):
+        read_manifest(tmp_path)
