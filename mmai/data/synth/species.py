@@ -1,0 +1,202 @@
+"""Synthetic bird species: points in a small space of fine-grained visual attributes.
+
+CUB-200-2011 (Wah et al., 2011) is hard because many species differ in one detail: a curved
+instead of a straight bill, a red instead of a black crown. The synthetic species reproduce this.
+They are built in *families*: a founder drawn at random and up to three variants that each
+change exactly one attribute of the founder (bill attributes most often), so many species pairs
+differ in exactly one attribute. Families keep adjacent class ids, like CUB's taxonomic order.
+
+Names are made up from a species' own attributes in CUB's style (``Orange_billed_Curvebill``);
+the invented nouns (``Curvebill``) never occur in captions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+
+from mmai.data.synth.song import SongParams, random_song
+
+#: Attribute name -> its possible values. Order matters: it is the order of the tuple
+#: :meth:`Attributes.values` and of the documentation in ``mmai_extras/README.md``.
+ATTRIBUTES: dict[str, tuple] = {
+    "bill_shape": ("straight", "curved", "hooked", "conical"),
+    "bill_length": ("short", "long"),
+    "bill_colour": ("black", "orange", "yellow", "grey"),
+    "crown_colour": ("red", "blue", "black", "yellow", "brown", "grey", "white", "green"),
+    "wing_colour": ("brown", "black", "blue", "grey", "green", "red"),
+    "belly_colour": ("white", "yellow", "red", "buff", "grey", "orange"),
+    "tail_length": ("short", "long"),
+    "wing_bars": (False, True),
+    "eye_ring": (False, True),
+}
+
+#: How often a family variant changes each attribute: the bill most, as in the hardest CUB pairs.
+VARIANT_WEIGHTS: dict[str, float] = {
+    "bill_shape": 0.24, "bill_length": 0.10, "bill_colour": 0.14, "crown_colour": 0.12,
+    "wing_colour": 0.10, "belly_colour": 0.10, "tail_length": 0.07, "wing_bars": 0.07, "eye_ring": 0.06,
+}
+
+#: Invented nouns per bill shape (never used in captions).
+NOUNS: dict[str, tuple[str, ...]] = {
+    "straight": ("Spearbill", "Reedhopper", "Warblet"),
+    "curved": ("Curvebill", "Sicklebill", "Bowbeak"),
+    "hooked": ("Hookbill", "Talonbeak", "Shrikelet"),
+    "conical": ("Conebill", "Seedcracker", "Finchling"),
+}
+
+#: Geographic prefixes that make a name unique when its descriptor and noun are taken.
+PREFIXES = ("Lesser", "Greater", "Northern", "Southern", "Eastern", "Western", "Mountain",
+            "Marsh", "Coastal", "Island", "Forest", "Desert", "Common", "Dusky", "Pale")
+
+
+@dataclasses.dataclass(frozen=True)
+class Attributes:
+    """The visual attributes of one species (values from :data:`ATTRIBUTES`)."""
+
+    bill_shape: str
+    bill_length: str
+    bill_colour: str
+    crown_colour: str
+    wing_colour: str
+    belly_colour: str
+    tail_length: str
+    wing_bars: bool
+    eye_ring: bool
+
+    def values(self) -> tuple:
+        return tuple(getattr(self, field.name) for field in dataclasses.fields(self))
+
+    def differences(self, other: Attributes) -> int:
+        """How many attributes differ between two species."""
+        return sum(a != b for a, b in zip(self.values(), other.values()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Species:
+    """One class of the synthetic CUB.
+
+    Args:
+        class_id: 1-based class id (``classes.txt``).
+        name: ``Title_case_with_underscores`` made-up name, unique.
+        family: index of the family (founder + one-attribute variants) the species belongs to.
+        attributes: its visual attributes.
+        song: parameters of its song (see :mod:`mmai.data.synth.song`).
+    """
+
+    class_id: int
+    name: str
+    family: int
+    attributes: Attributes
+    song: SongParams
+
+    @property
+    def class_dir(self) -> str:
+        """CUB's class folder name, e.g. ``017.Orange_billed_Curvebill``."""
+        return f"{self.class_id:03d}.{self.name}"
+
+
+def _pick(rng: np.random.Generator, values: tuple):
+    return values[int(rng.integers(len(values)))]
+
+
+def random_attributes(rng: np.random.Generator) -> Attributes:
+    """A species founder: every attribute drawn uniformly."""
+    return Attributes(**{name: _pick(rng, values) for name, values in ATTRIBUTES.items()})
+
+
+def _variant(founder: Attributes, rng: np.random.Generator) -> Attributes:
+    """The founder with exactly one attribute changed (chosen by :data:`VARIANT_WEIGHTS`)."""
+    names = list(VARIANT_WEIGHTS)
+    weights = np.array([VARIANT_WEIGHTS[name] for name in names])
+    name = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+    others = tuple(v for v in ATTRIBUTES[name] if v != getattr(founder, name))
+    return dataclasses.replace(founder, **{name: _pick(rng, others)})
+
+
+def _attribute_families(classes: int, rng: np.random.Generator) -> list[tuple[int, Attributes]]:
+    """``classes`` distinct attribute tuples as (family, attributes), families of 1-4 members."""
+    chosen: list[tuple[int, Attributes]] = []
+    seen: set[Attributes] = set()
+    family = 0
+    while len(chosen) < classes:
+        founder = random_attributes(rng)
+        if founder in seen:
+            continue
+        members = [founder]
+        seen.add(founder)
+        for _ in range(int(rng.integers(1, 4))):  # 1-3 variants
+            variant = _variant(founder, rng)
+            if variant not in seen:
+                members.append(variant)
+                seen.add(variant)
+        chosen.extend((family, member) for member in members[: classes - len(chosen)])
+        family += 1
+    return chosen
+
+
+def _descriptors(attributes: Attributes) -> list[str]:
+    """Name descriptors in CUB's style, one per attribute (``Red_crowned``, ``Long_tailed``)."""
+    a = attributes
+    words = [f"{a.bill_colour.title()}_billed", f"{a.crown_colour.title()}_crowned",
+             f"{a.belly_colour.title()}_bellied", f"{a.wing_colour.title()}_winged",
+             f"{a.bill_length.title()}_billed", f"{a.tail_length.title()}_tailed"]
+    if a.wing_bars:
+        words.append("Barred")
+    if a.eye_ring:
+        words.append("Spectacled")
+    return words
+
+
+def species_name(attributes: Attributes, taken: set[str], rng: np.random.Generator) -> str:
+    """A unique made-up name built from the species' own attributes."""
+    descriptors = _descriptors(attributes)
+    descriptors = [descriptors[i] for i in rng.permutation(len(descriptors))]
+    nouns = NOUNS[attributes.bill_shape]
+    candidates = itertools.chain(
+        (f"{d}_{n}" for d in descriptors for n in nouns),
+        (f"{p}_{d}_{n}" for p in PREFIXES for d in descriptors for n in nouns),
+        (f"{descriptors[0]}_{nouns[0]}_{k}" for k in itertools.count(2)),
+    )
+    return next(name for name in candidates if name not in taken)
+
+
+def build_species(classes: int, seed: int = 0) -> list[Species]:
+    """The ``classes`` species of a synthetic CUB, deterministic in ``seed``.
+
+    Args:
+        classes: number of species (class ids 1..classes).
+        seed: random seed (default 0).
+
+    Returns:
+        Species in class-id order; families have adjacent ids. Song base pitches are spread evenly
+        on a log scale over 1.5-8 kHz and assigned in a seeded random order, so any two species
+        have different pitch and the extremes differ by a factor of ~5.
+    """
+    rng = np.random.default_rng([seed, 0x5BEC1E5])
+    families = _attribute_families(classes, rng)
+    pitch_rank = rng.permutation(classes)
+    taken: set[str] = set()
+    species = []
+    for index, (family, attributes) in enumerate(families):
+        name = species_name(attributes, taken, rng)
+        taken.add(name)
+        song = random_song(rng, pitch_fraction=pitch_rank[index] / max(classes - 1, 1))
+        species.append(Species(index + 1, name, family, attributes, song))
+    return species
+
+
+def one_attribute_partners(species: list[Species]) -> dict[int, list[int]]:
+    """class id -> class ids of the species that differ from it in exactly one attribute."""
+    partners: dict[int, list[int]] = {s.class_id: [] for s in species}
+    values = {s.class_id: s.attributes.values() for s in species}
+    for position in range(len(ATTRIBUTES)):
+        groups: dict[tuple, list[int]] = {}
+        for class_id, row in values.items():  # same key = equal in every other attribute
+            groups.setdefault(row[:position] + row[position + 1:], []).append(class_id)
+        for members in groups.values():
+            for class_id in members:
+                partners[class_id] += [other for other in members if other != class_id]
+    return {class_id: sorted(ids) for class_id, ids in partners.items()}

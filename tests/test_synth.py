@@ -1,0 +1,240 @@
+"""Tests of the synthetic CUB-200-2011 generator (mmai.data.synth) on a tiny data set."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from PIL import Image
+
+from mmai.data.synth import is_grayscale, synthesize
+from mmai.data.synth.captions import image_captions
+from mmai.data.synth.draw import COLOURS
+from mmai.data.synth.species import ATTRIBUTES, build_species, one_attribute_partners
+
+TINY = dict(classes=8, images=40, captions_per_image=10, image_size=64, seed=3)
+BOX = r"\d+\.\d"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "cub"
+    summary = synthesize(out, workers=1, progress=False, **TINY)
+    assert summary.images == 40 and summary.captions == 400 and summary.audio_clips == 40 and not summary.reused
+    return out
+
+
+def _lines(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    assert text.endswith("\n"), f"{path} must end with a newline"
+    return text.splitlines()
+
+
+def _species(root: Path) -> list[dict]:
+    return json.loads((root / "mmai_extras" / "species_attributes.json").read_text())["species"]
+
+
+def _image_rows(root: Path) -> list[tuple[int, str, int]]:
+    """(image_id, relative path, class_id) from images.txt and image_class_labels.txt."""
+    paths = [line.split() for line in _lines(root / "CUB_200_2011" / "images.txt")]
+    labels = [line.split() for line in _lines(root / "CUB_200_2011" / "image_class_labels.txt")]
+    return [(int(i), path, int(c)) for (i, path), (_, c) in zip(paths, labels)]
+
+
+def _sha256_tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_cub_tables_have_real_formats_and_consistent_ids(tiny):
+    cub = tiny / "CUB_200_2011"
+    classes = [line.split() for line in _lines(cub / "classes.txt")]
+    assert [int(c) for c, _ in classes] == list(range(1, 9))
+    for class_id, class_dir in classes:
+        assert re.fullmatch(rf"{int(class_id):03d}\.[A-Z][A-Za-z]*(_[A-Za-z]+)+", class_dir), class_dir
+    class_dirs = {int(c): d for c, d in classes}
+    rows = _image_rows(tiny)
+    assert [i for i, _, _ in rows] == list(range(1, 41))
+    assert [c for _, _, c in rows] == sorted(c for _, _, c in rows)  # sorted by class, then index
+    counts = np.bincount([c for _, _, c in rows])[1:]
+    assert counts.tolist() == [5] * 8
+    for image_id, path, class_id in rows:
+        name = class_dirs[class_id].split(".", 1)[1]
+        assert re.fullmatch(rf"{re.escape(class_dirs[class_id])}/{name}_\d{{4}}_{image_id}\.jpg", path), path
+        assert (cub / "images" / path).is_file()
+    split = [line.split() for line in _lines(cub / "train_test_split.txt")]
+    assert [int(i) for i, _ in split] == list(range(1, 41)) and {flag for _, flag in split} == {"0", "1"}
+    assert 0.35 <= np.mean([flag == "1" for _, flag in split]) <= 0.65
+    boxes = _lines(cub / "bounding_boxes.txt")
+    assert len(boxes) == 40 and all(re.fullmatch(rf"{i} {BOX} {BOX} {BOX} {BOX}", line)
+                                    for i, line in enumerate(boxes, 1))
+    assert "SYNTHETIC" in (cub / "README").read_text()
+
+
+def test_images_decode_at_size_and_some_are_grayscale(tiny):
+    modes = {}
+    for image_id, path, _ in _image_rows(tiny):
+        with Image.open(tiny / "CUB_200_2011" / "images" / path) as image:
+            assert image.format == "JPEG" and image.size == (64, 64)
+            modes[image_id] = image.mode
+    assert {i for i, mode in modes.items() if mode == "L"} == {i for i in modes if is_grayscale(i)} == {5}
+    assert set(modes.values()) == {"RGB", "L"}
+
+
+def test_captions_are_n_lower_case_lines_without_species_names(tiny):
+    names = [s["name"] for s in _species(tiny)]
+    forbidden = {n.lower().replace("_", " ") for n in names} | {n.split("_")[-1].lower() for n in names}
+    for _, path, _ in _image_rows(tiny):
+        lines = _lines(tiny / "cvpr2016_cub" / "text_c10" / path.replace(".jpg", ".txt"))
+        assert len(lines) == 10
+        for line in lines:
+            assert line == line.lower() and line.strip() and not any(word in line for word in forbidden)
+            assert re.search(r"\b(bill|beak|crown|cap|head top|belly|breast|abdomen|underside|wing|wings|"
+                             r"wingbars|secondaries|tail|eye ?ring|eye)\b", line), line
+
+
+def test_grayscale_captions_name_no_colours():
+    attributes = build_species(8, seed=0)[0].attributes
+    captions = image_captions(attributes, np.random.default_rng(0), count=50, grayscale=True)
+    colour_words = set(COLOURS) | {"gray", "tan", "cream"}
+    mentioned = {word for caption in captions for word in re.findall(r"[a-z]+", caption)}
+    assert mentioned & colour_words <= {"white"}  # "white wing bars" / "white eye ring" stay white in gray
+
+
+def test_class_lists_partition_classes_half_quarter_quarter(tiny):
+    lists = {name: _lines(tiny / "cvpr2016_cub" / f"{name}classes.txt")
+             for name in ("train", "val", "test", "trainval")}
+    all_classes = {line.split()[1] for line in _lines(tiny / "CUB_200_2011" / "classes.txt")}
+    assert (len(lists["train"]), len(lists["val"]), len(lists["test"])) == (4, 2, 2)
+    assert set(lists["train"]) | set(lists["val"]) | set(lists["test"]) == all_classes
+    assert not (set(lists["train"]) & set(lists["val"])) and not (set(lists["test"]) & set(lists["trainval"]))
+    assert lists["trainval"] == sorted(lists["train"] + lists["val"])
+
+
+def test_same_arguments_give_byte_identical_files_for_any_worker_count(tiny, tmp_path):
+    parallel = tmp_path / "parallel"
+    synthesize(parallel, workers=2, progress=False, **TINY)
+    first, second = _sha256_tree(tiny), _sha256_tree(parallel)
+    assert first.keys() == second.keys() and len(first) > 3 * 40
+    assert [path for path in first if first[path] != second[path]] == []
+
+
+def test_second_call_reuses_and_foreign_contents_raise(tiny, tmp_path):
+    before = {p: p.stat().st_mtime_ns for p in tiny.rglob("*") if p.is_file()}
+    summary = synthesize(tiny, workers=1, progress=False, **TINY)
+    assert summary.reused and summary.images == 40 and summary.megabytes > 0
+    assert {p: p.stat().st_mtime_ns for p in tiny.rglob("*") if p.is_file()} == before
+    with pytest.raises(ValueError, match=r"other arguments \(seed: 3 there vs 4 asked\).*empty directory"):
+        synthesize(tiny, workers=1, progress=False, **{**TINY, "seed": 4})
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty.*pick an empty directory"):
+        synthesize(tmp_path, workers=1, progress=False, **TINY)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"classes": 3}, "classes=3"), ({"classes": 1000}, "classes=1000"), ({"images": 7}, "images=7"),
+    ({"captions_per_image": 0}, "captions_per_image=0"), ({"image_size": 16}, "image_size=16"),
+    ({"seed": -1}, "seed=-1"),
+])
+def test_invalid_arguments_raise_errors_naming_the_value(tmp_path, override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        synthesize(tmp_path / "out", progress=False, **{**TINY, **override})
+    assert not (tmp_path / "out").exists()
+
+
+def test_part_boxes_lie_in_the_bird_box_and_the_bill_touches_the_head(tiny):
+    birds = {int(line.split()[0]): [float(v) for v in line.split()[1:]]
+             for line in _lines(tiny / "CUB_200_2011" / "bounding_boxes.txt")}
+    parts: dict[int, dict[str, list[float]]] = {}
+    for line in _lines(tiny / "mmai_extras" / "part_boxes.txt"):
+        image_id, part, *box = line.split()
+        assert re.fullmatch(rf"{BOX} {BOX} {BOX} {BOX}", " ".join(box))
+        parts.setdefault(int(image_id), {})[part] = [float(v) for v in box]
+    assert sorted(parts) == list(range(1, 41))
+    for image_id, boxes in parts.items():
+        assert set(boxes) == {"bill", "head", "wing", "tail"}
+        bx, by, bw, bh = birds[image_id]
+        assert 0 <= bx and 0 <= by and bx + bw <= 64 and by + bh <= 64 and bw > 10 and bh > 10
+        for x, y, w, h in boxes.values():
+            assert w > 0 and h > 0
+            assert bx - 0.1 <= x and by - 0.1 <= y and x + w <= bx + bw + 0.1 and y + h <= by + bh + 0.1
+        (x, y, w, h), (hx, hy, hw, hh) = boxes["bill"], boxes["head"]
+        gap_x = max(hx - (x + w), x - (hx + hw), 0)
+        gap_y = max(hy - (y + h), y - (hy + hh), 0)
+        assert gap_x <= 1.0 and gap_y <= 1.0, (image_id, boxes)
+
+
+def _dominant_hz(path: Path) -> float:
+    clip, rate = soundfile.read(path)
+    spectrum = np.abs(np.fft.rfft(clip))
+    frequencies = np.fft.rfftfreq(len(clip), 1 / rate)
+    spectrum[frequencies < 500] = 0
+    return float(frequencies[spectrum.argmax()])
+
+
+def test_songs_are_48khz_mono_pcm16_with_species_pitch(tiny):
+    species = {s["class_id"]: s for s in _species(tiny)}
+    dominant: dict[int, list[float]] = {}
+    for _, path, class_id in _image_rows(tiny):
+        wav = tiny / "mmai_extras" / "audio" / path.replace(".jpg", ".wav")
+        info = soundfile.info(wav)
+        assert (info.samplerate, info.channels, info.subtype) == (48000, 1, "PCM_16")
+        assert 0.6 <= info.duration <= 1.2
+        dominant.setdefault(class_id, []).append(_dominant_hz(wav))
+    for class_id, values in dominant.items():
+        base = species[class_id]["song"]["base_hz"]
+        assert all(base / 1.3 < hz < base * 1.3 for hz in values), (class_id, base, values)
+    low = min(species, key=lambda c: species[c]["song"]["base_hz"])
+    high = max(species, key=lambda c: species[c]["song"]["base_hz"])
+    assert np.median(dominant[high]) > 2 * np.median(dominant[low])
+
+
+def test_species_are_distinct_and_most_have_a_one_attribute_partner():
+    species = build_species(200, seed=0)
+    assert len({s.attributes for s in species}) == 200 and len({s.name for s in species}) == 200
+    partners = one_attribute_partners(species)
+    assert np.mean([bool(p) for p in partners.values()]) >= 0.3
+    changed = {name for a in species for b in species if a.attributes.differences(b.attributes) == 1
+               for name in ATTRIBUTES if getattr(a.attributes, name) != getattr(b.attributes, name)}
+    assert {"bill_shape", "bill_length", "bill_colour"} <= changed
+    assert [s.name for s in build_species(200, seed=0)] == [s.name for s in species]
+    assert [s.attributes for s in build_species(200, seed=1)] != [s.attributes for s in species]
+
+
+def test_diary_puts_each_photo_on_an_outing_at_one_home_place(tiny):
+    species = {s["class_id"]: s for s in _species(tiny)}
+    entries = [json.loads(line) for line in _lines(tiny / "mmai_extras" / "episodes.jsonl")]
+    classes = {image_id: class_id for image_id, _, class_id in _image_rows(tiny)}
+    assert [e["image_id"] for e in entries] == list(range(1, 41))
+    outings: dict[int, list[dict]] = {}
+    for entry in entries:
+        assert set(entry) == {"image_id", "timestamp", "place", "latitude", "longitude", "episode_id"}
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", entry["timestamp"])
+        assert entry["place"] in species[classes[entry["image_id"]]]["places"]
+        outings.setdefault(entry["episode_id"], []).append(entry)
+    assert sorted(outings) == list(range(len(outings))) and 1 < len(outings) < 40
+    starts = []
+    for episode in map(outings.get, sorted(outings)):
+        times = sorted(dt.datetime.strptime(e["timestamp"], "%Y-%m-%dT%H:%M:%SZ") for e in episode)
+        assert len({e["place"] for e in episode}) == 1
+        assert times[-1] - times[0] <= dt.timedelta(hours=3) and 2021 <= times[0].year <= 2024
+        starts.append(times[0])
+    assert starts == sorted(starts)  # episode ids follow time
+
+
+def test_lead_reader_parses_the_synthetic_layout(tiny):
+    from mmai.data.cub import read_cub, read_extras, split_images
+
+    index = read_cub(tiny)
+    assert len(index.images) == 40 and index.captions_root is not None and index.extras_root is not None
+    splits = split_images(index, "zero-shot")
+    assert sum(len(images) for images in splits.values()) == 40 and all(splits.values())
+    extras = read_extras(index)
+    assert len(extras.part_boxes) == 40 and len(extras.episodes) == 40
+    assert index.audio_path(index.images[0]) is not None
