@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader
 
-from mmai.data.pipeline import IMAGENET_MEAN, IMAGENET_STD, Collator, CorruptCounter, EvalStream, SampleDecoder, SharedEpoch, train_pipeline, world_size
+from mmai.data.pipeline import IMAGENET_MEAN, IMAGENET_STD, Collator, CorruptCounter, EvalStream, SampleDecoder, SharedEpoch, normalize_images, train_pipeline, world_size
 from mmai.data.shards import read_manifest, shard_urls
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenisers run inside dataloader workers
@@ -29,7 +29,8 @@ class _EpochLoader(DataLoader):
 class CUBWebDataModule(L.LightningDataModule):
     """Streams the shards written by ``mmai data shards``.
 
-    Training batches hold one random caption of the ten per image (``drop_last``, equal length on
+    Images leave the workers as uint8 and are normalised after the transfer to the device
+    (``on_after_batch_transfer``). Training batches hold one random caption of the ten per image (``drop_last``, equal length on
     every rank); validation/test batches hold all captions of each image, every sample exactly
     once across ranks (padding rows flagged ``is_pad``). See ``mmai.data.pipeline`` for the stages.
 
@@ -81,7 +82,12 @@ class CUBWebDataModule(L.LightningDataModule):
 
     def _decoder(self, train: bool) -> SampleDecoder:
         hp = self.hparams
-        return SampleDecoder(hp.image_size, train, hp.audio_seconds, hp.mean, hp.std)
+        return SampleDecoder(hp.image_size, train, hp.audio_seconds)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Normalise the uint8 images on the device they were moved to."""
+        batch["image"] = normalize_images(batch["image"], self.hparams.mean, self.hparams.std)
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams

@@ -32,7 +32,9 @@ def test_train_batches_hold_one_caption_per_image_with_ids(shards):
     batches = _epoch(_datamodule(shards).train_dataloader())
     assert len(batches) == 10 // 2
     batch = batches[0]
-    assert batch["image"].shape == (2, 3, 32, 32)
+    assert batch["image"].shape == (2, 3, 32, 32) and batch["image"].dtype == torch.uint8
+    normalised = _datamodule(shards).on_after_batch_transfer(dict(batch), 0)["image"]
+    assert normalised.dtype == torch.float32 and -3 < normalised.mean() < 3
     assert batch["input_ids"].shape[0] == 2 and torch.equal(batch["caption_owner"], torch.arange(2))
     assert batch["attention_mask"].shape == batch["input_ids"].shape
     assert set(batch["class_id"].tolist()) <= {1, 2}

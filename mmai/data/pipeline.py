@@ -67,13 +67,22 @@ class SharedEpoch:
         return self._value.value
 
 
-def image_transform(image_size: int, train: bool, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Callable:
-    """Training: random resized crop (scale 0.6–1) and flip; evaluation: resize + centre crop."""
+def image_transform(image_size: int, train: bool) -> Callable:
+    """PIL image → uint8 tensor (3, H, W). Training: random resized crop (scale 0.6–1) and flip;
+    evaluation: resize + centre crop. Normalisation waits for :func:`normalize_images` on the
+    device: uint8 batches cost a quarter of float32 to pass from workers to the trainer."""
     if train:
         geometry = [v2.RandomResizedCrop(image_size, scale=(0.6, 1.0), antialias=True), v2.RandomHorizontalFlip()]
     else:
         geometry = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
-    return v2.Compose([v2.PILToTensor(), *geometry, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+    return v2.Compose([v2.PILToTensor(), *geometry])
+
+
+def normalize_images(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """uint8 (B, 3, H, W) → float32 normalised, on the images' device."""
+    mean_t = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean_t) / std_t  # (B, 3, H, W)
 
 
 def decode_audio(raw: bytes, num_samples: int, train: bool) -> torch.Tensor:
@@ -95,16 +104,15 @@ def decode_audio(raw: bytes, num_samples: int, train: bool) -> torch.Tensor:
 class SampleDecoder:
     """Raw tar sample → dict of tensors and metadata (picklable, so it runs in workers)."""
 
-    def __init__(self, image_size: int, train: bool, audio_seconds: float | None = None,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
+    def __init__(self, image_size: int, train: bool, audio_seconds: float | None = None) -> None:
         self.train = train
-        self.transform = image_transform(image_size, train, mean, std)
+        self.transform = image_transform(image_size, train)
         self.audio_samples = int(round(audio_seconds * AUDIO_SAMPLE_RATE)) if audio_seconds else 0
 
     def __call__(self, sample: dict) -> dict:
         meta = json.loads(sample["json"])
         with Image.open(io.BytesIO(sample["jpg"])) as image:
-            pixels = self.transform(image.convert("RGB"))  # (3, H, W)
+            pixels = self.transform(image.convert("RGB"))  # (3, H, W) uint8
         captions = meta["captions"]
         if not captions:
             raise ValueError(f"sample {sample['__key__']} has no captions")
@@ -162,7 +170,7 @@ class Collator:
         tokens = self.tokenizer(captions, padding=True, truncation=True, max_length=self.max_length,
                                 return_tensors="pt")
         batch = {
-            "image": torch.stack([s["image"] for s in samples]),  # (B, 3, H, W)
+            "image": torch.stack([s["image"] for s in samples]),  # (B, 3, H, W) uint8
             "input_ids": tokens["input_ids"],  # (Bt, L)
             "attention_mask": tokens["attention_mask"],  # (Bt, L)
             "caption_owner": torch.tensor(owner, dtype=torch.long),  # (Bt,)
