@@ -66,6 +66,7 @@ def test_two_ranks_get_equal_batch_counts_and_disjoint_samples(shards, monkeypat
     assert len(train0) == len(train1) > 0
     ids = lambda batches: [i for b in batches for i in b["image_id"].tolist()]  # noqa: E731
     assert set(ids(train0)).isdisjoint(ids(train1))  # two equal shards: one per rank
+    assert len(set(ids(train0))) == len(ids(train0)) == 4  # 10 // (2 x 2) = 2 batches of 2, no repeats
     val0, val1 = per_rank[0][1], per_rank[1][1]
     assert len(val0) == len(val1)  # 5 samples: rank 1 gets a padding row
     real = lambda batches: [i for b in batches for i, p in zip(b["image_id"].tolist(), b["is_pad"].tolist()) if not p]  # noqa: E731

@@ -1,9 +1,10 @@
 """Streaming CUB shards with WebDataset: the stages of the training and evaluation pipelines.
 
 Training follows open_clip's ``get_wds_dataset``: shards → per-epoch deterministic shuffle →
-split by node → split by worker → tar samples → shuffle buffer → decode → batch, repeated
-endlessly and cut with ``with_epoch`` so that every rank yields exactly the same number of
-batches (no DDP hang when shards do not divide evenly). Evaluation streams every sample exactly
+split by node → split by worker → tar samples → shuffle buffer → decode → batch. Each worker
+repeats its own shards endlessly (the shuffle buffer drains at every pass boundary) and the
+stream is cut with ``with_epoch``, so every rank yields exactly the same number of batches (no
+DDP hang when shards do not divide evenly) and ranks never share a shard within an epoch. Evaluation streams every sample exactly
 once in shard order: rank ``r`` of ``W`` takes samples ``i ≡ r (mod W)``, and ranks left one short
 get a padding copy flagged ``is_pad`` so that all ranks run the same number of steps.
 
@@ -28,7 +29,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset
 from torchvision.transforms import v2
 
-from mmai.pretrained import load_tokenizer
+from mmai.towers.pretrained import load_or_explain, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,10 @@ class Collator:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.tokenizer_name)
+            from transformers import AutoTokenizer
+
+            path = resolve_model_path(self.tokenizer_name, tower="text")
+            self._tokenizer = load_or_explain(AutoTokenizer.from_pretrained, path, "text")
         return self._tokenizer
 
     def __call__(self, samples: list[dict]) -> dict:
@@ -189,17 +193,30 @@ class Collator:
         return batch
 
 
-def _epoch_shards(urls: list[str], seed: int, epoch: SharedEpoch) -> Callable[[], Iterator[dict]]:
-    """Endless passes over the shards, each pass in a fresh deterministic order split by node and worker."""
+def _epoch_samples(urls: list[str], seed: int, epoch: SharedEpoch, shuffle_buffer: int,
+                   corrupt: CorruptCounter) -> Callable[[], Iterator[dict]]:
+    """Endless passes over this rank's and worker's shards, shuffled within each pass.
+
+    The epoch's seeded shard permutation is split by node then by worker, once, so ranks never
+    share a shard within an epoch; each pass reshuffles the same shards and drains its shuffle
+    buffer before the next pass starts, so a sample repeats only after all of this worker's
+    samples have been seen.
+    """
 
     def source() -> Iterator[dict]:
         rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
+        order = list(urls)
+        random.Random(f"{seed}/{epoch.get()}").shuffle(order)
+        mine = order[rank::world_size][worker::num_workers]
         pass_index = 0
         while True:
-            order = list(urls)
-            random.Random(hash((seed, epoch.get(), pass_index)) & 0xFFFFFFFF).shuffle(order)
-            mine = order[rank::world_size][worker::num_workers]
-            yield from ({"url": url} for url in mine)
+            rng = random.Random(f"{seed}/{epoch.get()}/{rank}/{worker}/{pass_index}")
+            shards = rng.sample(mine, len(mine))
+            yield from wds.DataPipeline(
+                wds.SimpleShardList(shards),
+                wds.tarfile_to_samples(handler=corrupt),
+                wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 200), rng=rng),
+            )
             pass_index += 1
 
     return source
@@ -234,12 +251,13 @@ def train_pipeline(urls: list[str], *, num_samples: int, batch_size: int, world_
     global_batch = batch_size * world_size
     num_batches = max(1, num_samples // global_batch)  # drop_last over the whole epoch
     worker_batches = math.ceil(num_batches / workers)
-    source = (wds.ResampledShards(urls, seed=seed, deterministic=True) if resampled
-              else _Source(_epoch_shards(urls, seed, epoch)))
+    if resampled:
+        samples = [wds.ResampledShards(urls, seed=seed, deterministic=True), wds.tarfile_to_samples(handler=corrupt),
+                   wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 200))]
+    else:
+        samples = [_Source(_epoch_samples(urls, seed, epoch, shuffle_buffer, corrupt))]
     pipeline = wds.DataPipeline(
-        source,
-        wds.tarfile_to_samples(handler=corrupt),
-        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 200)),
+        *samples,
         wds.map(decoder, handler=corrupt),
         wds.batched(batch_size, partial=False, collation_fn=collator),
     )
