@@ -1,0 +1,58 @@
+"""Encoders of the stage-1 bi-encoder: one tower per modality, each returning a pooled feature
+(for retrieval) and token states (for the stage-2 re-ranker), then a projection to the shared
+space.
+
+=================  ==========================================  ===============================
+tower              backbone                                    pooled feature / tokens
+=================  ==========================================  ===============================
+``VisionTower``    timm ViT (+ optional memory tokens)         [CLS] / patches
+``TextTower``      transformers encoder (BERT, MiniLM)         masked mean / token states
+``AudioTower``     CLAP HTSAT-fused over 48 kHz waveforms      average pool / token grid
+``ClipTowers``     transformers CLIP (vision + text + proj.)   CLIP's pooled / tokens
+=================  ==========================================  ===============================
+
+:func:`build_tower` builds one by kind, for configs that name towers by string.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from mmai.towers.audio import AudioTower
+from mmai.towers.base import TowerOutput
+from mmai.towers.clip import ClipTextTower, ClipTowers, ClipVisionTower
+from mmai.towers.projection import NormalizedLinear, Projection
+from mmai.towers.text import TextTower
+from mmai.towers.vision import VisionTower
+
+#: kind -> tower class, for :func:`build_tower`.
+TOWERS: dict[str, type[nn.Module]] = {
+    "vision": VisionTower,
+    "text": TextTower,
+    "audio": AudioTower,
+    "clip": ClipTowers,
+}
+
+
+def build_tower(kind: str, **kwargs: Any) -> nn.Module:
+    """Build a tower by kind.
+
+    Args:
+        kind: one of ``"vision"``, ``"text"``, ``"audio"``, ``"clip"``.
+        **kwargs: the tower's own arguments (``model_name``, ``pretrained``, ...).
+
+    Raises:
+        ValueError: unknown ``kind`` (the message lists the known ones), or the tower's own error
+            for an unknown model name.
+    """
+    if kind not in TOWERS:
+        raise ValueError(f"unknown tower kind {kind!r}; known kinds: {', '.join(TOWERS)}.")
+    return TOWERS[kind](**kwargs)
+
+
+__all__ = [
+    "AudioTower", "ClipTextTower", "ClipTowers", "ClipVisionTower", "NormalizedLinear", "Projection",
+    "TOWERS", "TextTower", "TowerOutput", "VisionTower", "build_tower",
+]
