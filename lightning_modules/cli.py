@@ -53,3 +53,71 @@ def inspect_main(argv: list[str]) -> int:
         print(f"example diary entry: {first['place'][0]} at unix time {float(first['timestamp'][0]):.0f}")
     print(f"corrupt samples skipped: {data.corrupt_samples}")
     return 0
+
+
+def _make_cli_class():
+    from lightning.pytorch.cli import LightningCLI
+
+    class _CLI(LightningCLI):
+        """LightningCLI with MMAI's links: values the model and the data must agree on are set once."""
+
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument("--run_dir", default="runs", help="where logs, W&B runs and checkpoints go")
+            parser.link_arguments("data.batch_size", "model.batch_size")
+            parser.link_arguments("model.image_size", "data.image_size")
+            parser.link_arguments(("model.text_model", "model.clip"), "data.tokenizer", compute_fn=_tokenizer_name)
+            parser.link_arguments("model.max_length", "data.max_length")
+            parser.link_arguments("model.audio_seconds", "data.audio_seconds")
+
+        def before_fit(self) -> None:
+            _check_ckpt_path(self.config_init.get(self.subcommand, self.config_init).get("ckpt_path"))
+
+    return _CLI
+
+
+def _tokenizer_name(text_model: str, clip: dict | None) -> str:
+    return clip.get("model_name", "openai/clip-vit-base-patch16") if clip else text_model
+
+
+def _check_ckpt_path(ckpt_path) -> None:
+    """`--ckpt_path` must be 'last', 'best', 'hpc', or an existing file: say so before Lightning starts."""
+    from pathlib import Path
+
+    if ckpt_path is None or ckpt_path in {"last", "best", "hpc", "registry"} or Path(ckpt_path).is_file():
+        return
+    raise FileNotFoundError(f"--ckpt_path {ckpt_path!r} does not exist: pass a .ckpt file, or 'last' to resume "
+                            "from the newest checkpoint of this run directory")
+
+
+def cli_main(args: list[str] | None = None, run: bool = True):
+    """``mmai fit|validate|test|predict --config …`` — LightningCLI with OmegaConf interpolation.
+
+    Args:
+        args: the argument list (``["fit", "--config", "configs/base.yaml", ...]``); None reads sys.argv.
+        run: False parses and instantiates without running (give no subcommand then).
+    """
+    from datamodules import CUBWebDataModule
+    from lightning_modules.bi_encoder import BiEncoderModule
+
+    return _make_cli_class()(BiEncoderModule, CUBWebDataModule, args=args, run=run,
+                             parser_kwargs={"parser_mode": "omegaconf+"},
+                             save_config_kwargs={"overwrite": True})
+
+
+def parse_config(args: list[str]):
+    """Parse (and validate, links applied) a config without building anything: for configs whose
+    weights are not here, such as the full GPU profile. Returns the parsed namespace."""
+    from datamodules import CUBWebDataModule
+    from lightning_modules.bi_encoder import BiEncoderModule
+
+    cli_class = _make_cli_class()
+
+    class _ParseOnly(cli_class):
+        def instantiate_classes(self) -> None:
+            pass
+
+        def _add_configure_optimizers_method_to_model(self, subcommand) -> None:
+            pass
+
+    return _ParseOnly(BiEncoderModule, CUBWebDataModule, args=args, run=False,
+                      parser_kwargs={"parser_mode": "omegaconf+"}).config

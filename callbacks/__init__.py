@@ -1,0 +1,5 @@
+"""Lightning callbacks: thin adapters over ``mmai``."""
+
+from callbacks.run_facts import RunFactsCallback
+
+__all__ = ["RunFactsCallback"]

@@ -1,0 +1,200 @@
+"""``BiEncoderModule``: stage-1 training (momentum contrast with a key queue) and its validation.
+
+A thin Lightning adapter over :class:`mmai.bi_encoder.BiEncoder`: it builds the towers from the
+config, runs the ALBEF training step (forward → loss → enqueue), schedules the learning rates,
+and at each validation epoch embeds the whole gallery on every rank, gathers it, and logs
+full-gallery Recall@K under ``val/stage1/{t2i,i2t}/{instance,class}/R@{k}``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+
+from lightning_modules.eval_set import EvalSet, EvalSetCollector
+from mmai.bi_encoder import BiEncoder
+from mmai.metrics import evaluate_retrieval
+from mmai.towers import AudioTower, ClipTowers, TextTower, VisionTower
+
+
+class BiEncoderModule(L.LightningModule):
+    """Trains image, text (and audio) towers into one ``embed_dim`` space.
+
+    Args:
+        image_size: input size of the vision tower; linked to ``data.image_size`` (default 224).
+        text_model: Hugging Face id or folder of the text tower; linked to ``data.tokenizer``
+            (default ``bert-base-uncased``; the offline MiniLM is
+            ``sentence-transformers/all-MiniLM-L6-v2``).
+        max_length: caption token limit; linked to ``data.max_length`` (default 64).
+        vision: further :class:`~mmai.towers.VisionTower` arguments (``model_name``,
+            ``pretrained``, ``memory_tokens``, ``model_kwargs``...).
+        text: further :class:`~mmai.towers.TextTower` arguments (``pretrained``, ``config_overrides``).
+        audio: :class:`~mmai.towers.AudioTower` arguments, or None for no audio tower (default).
+        audio_seconds: song crop length fed to the audio tower, required with ``audio``; linked to
+            ``data.audio_seconds`` (default None: the DataModule loads no audio).
+        clip: :class:`~mmai.towers.ClipTowers` arguments to use a CLIP backbone instead of the
+            vision and text towers (the zero-shot baseline), or None (default).
+        embed_dim, queue_size, momentum, hard_negative_beta, class_positives, distill_alpha,
+            temperature_init, projection_hidden_dim: see :class:`~mmai.bi_encoder.BiEncoder`.
+        lr: learning rate of the new parts: projections, temperature, memory tokens, and towers
+            trained from scratch (default 1e-4).
+        lr_pretrained: learning rate of pretrained towers (default 1e-5).
+        weight_decay: AdamW decay, not applied to biases, norms and the temperature (default 0.02).
+        warmup_steps: linear warm-up, then cosine decay to 0 at the last step (default 200).
+        batch_size: per-rank batch; linked from ``data.batch_size`` (default 64).
+        eval_ks: the K of Recall@K (default 1, 5, 10).
+        init_from: a checkpoint whose model weights, queues and temperature start this run (a new
+            run, fresh optimiser; to resume a run use ``--ckpt_path`` instead). Default None.
+    """
+
+    def __init__(self, image_size: int = 224, text_model: str = "bert-base-uncased", max_length: int = 64,
+                 vision: dict[str, Any] | None = None, text: dict[str, Any] | None = None,
+                 audio: dict[str, Any] | None = None, clip: dict[str, Any] | None = None,
+                 audio_seconds: float | None = None,
+                 embed_dim: int = 512, queue_size: int = 4096, momentum: float = 0.995,
+                 hard_negative_beta: float = 0.0, class_positives: bool = False, distill_alpha: float = 0.0,
+                 temperature_init: float = 0.07, projection_hidden_dim: int | None = None,
+                 lr: float = 1e-4, lr_pretrained: float = 1e-5, weight_decay: float = 0.02,
+                 warmup_steps: int = 200, batch_size: int = 64, eval_ks: tuple[int, ...] = (1, 5, 10),
+                 init_from: str | None = None):
+        super().__init__()
+        if audio is not None and not audio_seconds:
+            raise ValueError("model.audio is set but model.audio_seconds is not: set the song length "
+                             "fed to the audio tower, e.g. --model.audio_seconds 1.0")
+        self.save_hyperparameters()
+        self.model = BiEncoder(**self._towers(), embed_dim=embed_dim, queue_size=queue_size, momentum=momentum,
+                               hard_negative_beta=hard_negative_beta, class_positives=class_positives,
+                               distill_alpha=distill_alpha, temperature_init=temperature_init,
+                               projection_hidden_dim=projection_hidden_dim)
+        self._collector = EvalSetCollector()
+        self._last_step_time: float | None = None
+        if init_from is not None:
+            self.model.load_checkpoint_state(_read_state_dict(init_from), prefix="model.")
+
+    def _towers(self) -> dict[str, torch.nn.Module]:
+        hp = self.hparams
+        towers: dict[str, torch.nn.Module] = {}
+        if hp.clip is not None:
+            towers["clip"] = ClipTowers(**{"max_length": hp.max_length, **hp.clip})
+        else:
+            towers["vision"] = VisionTower(image_size=hp.image_size, **(hp.vision or {}))
+            towers["text"] = TextTower(model_name=hp.text_model, max_length=hp.max_length, **(hp.text or {}))
+        if hp.audio is not None:
+            towers["audio"] = AudioTower(**hp.audio)
+        return towers
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        output = self.model(batch)
+        self.model.enqueue(output)  # after the loss: this batch's keys never score against themselves
+        images = batch["image"].shape[0]
+        self.log("train/loss", output.loss, prog_bar=True, batch_size=images)
+        self.log_dict({f"train/loss_{name}": value for name, value in output.losses.items()}, batch_size=images)
+        self.log("train/temperature", output.temperature, batch_size=images)
+        self.log("train/queue_fill", self.model.queue.fill_fraction(), batch_size=images)
+        now = time.perf_counter()
+        if self._last_step_time is not None:
+            self.log("train/samples_per_s", images * self.trainer.world_size / (now - self._last_step_time),
+                     batch_size=images)
+        self._last_step_time = now
+        return output.loss
+
+    def on_train_epoch_start(self) -> None:
+        self._last_step_time = None
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = _param_groups(self.model, self._pretrained_prefixes(), hp.lr, hp.lr_pretrained, hp.weight_decay)
+        optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-6)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(hp.warmup_steps, max(0, total - 1))
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _pretrained_prefixes(self) -> tuple[str, ...]:
+        hp = self.hparams
+        prefixes = []
+        if hp.clip is not None:
+            prefixes += ["vision.", "text."] if hp.clip.get("pretrained", True) else []
+        else:
+            prefixes += ["vision."] if (hp.vision or {}).get("pretrained", False) else []
+            prefixes += ["text."] if (hp.text or {}).get("pretrained", True) else []
+        if hp.audio is not None and hp.audio.get("pretrained", True):
+            prefixes.append("audio.")
+        return tuple(prefixes)
+
+    # -------------------------------------------------------------- evaluation
+    def _eval_step(self, batch: dict) -> None:
+        image_embeddings, _ = self.model.encode_image(batch["image"])  # (B, E)
+        text_embeddings, _ = self.model.encode_text(batch["input_ids"], batch["attention_mask"])  # (Bt, E)
+        self._collector.add(batch, image_embeddings, text_embeddings)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def eval_set(self) -> EvalSet:
+        """This epoch's gathered gallery and queries (every rank holds all of it); computed once."""
+        return self._collector.gather(self)
+
+    def _log_stage1(self, split: str) -> None:
+        data = self.eval_set()
+        metrics = evaluate_retrieval(data.image_embeddings, data.image_ids, data.class_ids, data.text_embeddings,
+                                     data.text_image_ids, data.text_class_ids, ks=self.hparams.eval_ks)
+        self.log_dict({f"{split}/stage1/{key}": value for key, value in metrics.items()}, rank_zero_only=False)
+        self.log(f"{split}/gallery_images", float(len(data.image_ids)))
+        self.log(f"{split}/queries_captions", float(len(data.text_image_ids)))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_stage1("val")
+        self._collector.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_stage1("test")
+        self._collector.reset()
+
+    # ------------------------------------------------------------ checkpoints
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Fail with the offending shapes (e.g. another embed_dim) before Lightning's own error."""
+        self.model.check_compatible(checkpoint["state_dict"], prefix="model.")
+
+
+def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a Lightning checkpoint, with a clear error for a missing or foreign file."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"model.init_from: checkpoint {path!r} does not exist")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if "state_dict" not in checkpoint:
+        raise ValueError(f"model.init_from: {path!r} is not a Lightning checkpoint (no 'state_dict')")
+    return checkpoint["state_dict"]
+
+
+def _param_groups(model: torch.nn.Module, pretrained_prefixes: tuple[str, ...], lr: float, lr_pretrained: float,
+                  weight_decay: float) -> list[dict]:
+    """AdamW groups: (pretrained | new) × (decay | no decay); frozen momentum twins are left out."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        pretrained = name.startswith(pretrained_prefixes) and "memory_tokens" not in name
+        decay = param.ndim >= 2 and "memory_tokens" not in name
+        groups.setdefault((pretrained, decay), []).append(param)
+    return [{"params": params, "lr": lr_pretrained if pretrained else lr,
+             "weight_decay": weight_decay if decay else 0.0,
+             "name": f"{'pretrained' if pretrained else 'new'}{'' if decay else '_no_decay'}"}
+            for (pretrained, decay), params in sorted(groups.items())]

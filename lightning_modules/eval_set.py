@@ -1,0 +1,87 @@
+"""The evaluation set of an epoch: gallery images and caption queries, embedded on every rank
+and gathered so that each rank holds all of it (padding rows from the DataModule dropped)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import lightning as L
+import torch
+
+
+@dataclasses.dataclass
+class EvalSet:
+    """Gathered embeddings and labels; rows of the image fields align, as do the text ones."""
+
+    image_embeddings: torch.Tensor  # (Ni, E)
+    image_ids: torch.Tensor  # (Ni,)
+    class_ids: torch.Tensor  # (Ni,)
+    timestamps: torch.Tensor  # (Ni,) unix seconds, NaN if unknown
+    latitudes: torch.Tensor  # (Ni,)
+    longitudes: torch.Tensor  # (Ni,)
+    places: list[str]  # (Ni,)
+    text_embeddings: torch.Tensor  # (Nt, E)
+    text_image_ids: torch.Tensor  # (Nt,)
+    text_class_ids: torch.Tensor  # (Nt,)
+    captions: list[str]  # (Nt,)
+
+
+class EvalSetCollector:
+    """Accumulates per-batch embeddings; :meth:`gather` builds the :class:`EvalSet` once per epoch."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._parts: dict[str, list] = {}
+        self._gathered: EvalSet | None = None
+
+    def add(self, batch: dict, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> None:
+        keep = ~batch["is_pad"]  # (B,)
+        owner = batch["caption_owner"]  # (Bt,)
+        keep_text = keep[owner]  # (Bt,)
+        rows = {
+            "image_embeddings": image_embeddings[keep].float(), "image_ids": batch["image_id"][keep],
+            "class_ids": batch["class_id"][keep], "timestamps": batch["timestamp"][keep],
+            "latitudes": batch["latitude"][keep], "longitudes": batch["longitude"][keep],
+            "text_embeddings": text_embeddings[keep_text].float(),
+            "text_image_ids": batch["image_id"][owner][keep_text], "text_class_ids": batch["class_id"][owner][keep_text],
+        }
+        for key, value in rows.items():
+            self._parts.setdefault(key, []).append(value.detach())
+        self._parts.setdefault("places", []).extend(p for p, k in zip(batch["place"], keep.tolist()) if k)
+        self._parts.setdefault("captions", []).extend(c for c, k in zip(batch["captions"], keep_text.tolist()) if k)
+
+    def gather(self, module: L.LightningModule) -> EvalSet:
+        if self._gathered is not None:
+            return self._gathered
+        if not self._parts:
+            raise RuntimeError("no evaluation batches were seen this epoch: is the split empty?")
+        fields = {}
+        for key, parts in self._parts.items():
+            if key in ("places", "captions"):
+                fields[key] = _gather_objects(parts, module)
+            else:
+                fields[key] = _gather_rows(torch.cat(parts), module)
+        self._gathered = EvalSet(**fields)
+        return self._gathered
+
+
+def _gather_rows(local: torch.Tensor, module: L.LightningModule) -> torch.Tensor:
+    """Concatenate a tensor's rows from every rank (ranks may hold different row counts)."""
+    if module.trainer is None or module.trainer.world_size == 1:
+        return local.cpu()
+    count = torch.tensor([local.shape[0]], device=module.device)
+    counts = module.all_gather(count).view(-1).tolist()  # (W,)
+    padded = torch.zeros((max(counts), *local.shape[1:]), dtype=local.dtype, device=module.device)
+    padded[: local.shape[0]] = local.to(module.device)
+    everything = module.all_gather(padded)  # (W, max, ...)
+    return torch.cat([everything[rank, :n] for rank, n in enumerate(counts)]).cpu()
+
+
+def _gather_objects(local: list, module: L.LightningModule) -> list:
+    if module.trainer is None or module.trainer.world_size == 1:
+        return list(local)
+    gathered: list = [None] * module.trainer.world_size
+    torch.distributed.all_gather_object(gathered, local)
+    return [item for part in gathered for item in part]

@@ -1,0 +1,139 @@
+"""`mmai fit` end to end on tiny synthetic shards: configs, logging, checkpoints, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fit_helpers import BASE, REPO, callbacks_arg, tiny_args
+from lightning_modules.cli import cli_main, parse_config
+from mmai.data.shards import write_shards
+from mmai.data.synth import synthesize
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    synthesize(root / "synth", classes=8, images=64, image_size=64, audio=False, workers=1, progress=False)
+    write_shards(root / "synth", root / "shards", samples_per_shard=8, progress=False)
+    return root / "shards"
+
+
+def test_every_profile_parses_with_links_applied():
+    tiny = parse_config(BASE)
+    assert tiny.data.image_size == tiny.model.image_size == 64
+    assert tiny.data.tokenizer == tiny.model.text_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert tiny.model.batch_size == tiny.data.batch_size == 32
+    assert tiny.model.queue_size % tiny.data.batch_size == 0
+    full = parse_config(["--config", str(REPO / "configs/base.yaml"), "--config",
+                         str(REPO / "configs/profiles/full_gpu.yaml")])
+    assert (full.model.image_size, full.model.queue_size, full.trainer.precision) == (224, 4096, "bf16-mixed")
+    assert full.data.tokenizer == "bert-base-uncased" and full.data.audio_seconds == 1.0
+
+
+def test_run_dir_override_propagates_through_interpolation(tmp_path):
+    config = parse_config([*BASE, "--run_dir", str(tmp_path / "elsewhere")])
+    assert config.trainer.default_root_dir == str(tmp_path / "elsewhere")
+    checkpoint = next(cb for cb in config.trainer.callbacks if cb.class_path.endswith("ModelCheckpoint"))
+    assert checkpoint.init_args.dirpath == str(tmp_path / "elsewhere" / "checkpoints")
+
+
+def test_tiny_config_instantiates_the_real_offline_minilm():
+    cli = cli_main([*BASE], run=False)
+    text = cli.model.model.text
+    assert text.width == 384 and cli.datamodule.hparams.tokenizer == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.mark.slow
+def test_fit_logs_losses_recall_and_writes_checkpoints(shards, tmp_path):
+    cli = cli_main(["fit", *tiny_args(shards, tmp_path / "runs", "--trainer.max_epochs", "2",
+                                     "--trainer.limit_train_batches", "3")])
+    metrics = cli.trainer.callback_metrics
+    for key in ("train/loss", "train/loss_i2t", "train/loss_t2i", "train/temperature", "train/queue_fill",
+                "val/stage1/t2i/instance/R@1", "val/stage1/t2i/class/R@10", "val/stage1/i2t/instance/R@5"):
+        assert key in metrics, key
+    assert float(metrics["train/queue_fill"]) == pytest.approx(min(1.0, 6 * 4 / 64))
+    assert (tmp_path / "runs" / "checkpoints" / "last.ckpt").exists()
+    saved = torch.load(tmp_path / "runs" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert "model.queue.image_queue" in saved["state_dict"] and "model.vision_m.model.cls_token" in saved["state_dict"]
+
+
+def test_missing_checkpoint_path_is_a_clear_error(shards, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.ckpt.*'last'"):
+        cli_main(["fit", *tiny_args(shards, tmp_path / "runs"), "--ckpt_path", str(tmp_path / "nope.ckpt")])
+
+
+def test_unknown_tower_is_a_clear_error(shards, tmp_path):
+    with pytest.raises(ValueError, match="vit_does_not_exist"):
+        cli_main([*tiny_args(shards, tmp_path / "runs"), "--model.vision", '{"model_name": "vit_does_not_exist"}'],
+                 run=False)
+
+
+@pytest.mark.slow
+def test_init_from_a_checkpoint_with_another_embed_dim_is_a_clear_error(shards, tmp_path):
+    cli_main(["fit", *tiny_args(shards, tmp_path / "a", "--trainer.max_steps", "1")])
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ValueError, match="trained with embed_dim=64.*embed_dim=32"):
+        cli_main([*tiny_args(shards, tmp_path / "b", "--model.embed_dim", "32"), "--model.init_from", str(ckpt)],
+                 run=False)
+    cli = cli_main([*tiny_args(shards, tmp_path / "c"), "--model.init_from", str(ckpt)], run=False)
+    saved = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert torch.equal(cli.model.model.queue.image_queue, saved["model.queue.image_queue"])
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        cli_main([*tiny_args(shards, tmp_path / "d"), "--model.init_from", str(tmp_path / "missing.ckpt")], run=False)
+
+
+def _run_mmai(args: list[str], tmp_path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "WANDB_MODE": "offline"}
+    result = subprocess.run([sys.executable, "-m", "mmai.cli", *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"mmai {' '.join(args[:1])} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_last_with_queue_and_twins_restored(shards, tmp_path):
+    run_dir = tmp_path / "runs"
+    step_checkpoints = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                        "init_args": {"dirpath": str(run_dir / "checkpoints"), "every_n_train_steps": 2,
+                                      "save_last": True, "save_top_k": 0}}
+    killer = {"class_path": "lightning_probes.KillAtStep", "init_args": {"step": 5}}
+    args = tiny_args(shards, run_dir, "--trainer.max_steps", "50", "--trainer.max_epochs", "-1")
+    killed = _run_mmai(["fit", *args, *callbacks_arg(step_checkpoints, killer)], tmp_path, check=False)
+    assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL: no clean-up ran
+    last = run_dir / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=False)
+    assert saved["global_step"] == 4
+    probe_file = tmp_path / "state_at_start.pt"
+    probe = {"class_path": "lightning_probes.StateAtStartProbe", "init_args": {"out_file": str(probe_file)}}
+    resume = tiny_args(shards, run_dir, "--trainer.max_steps", "6", "--trainer.max_epochs", "-1")
+    cli = cli_main(["fit", *resume, *callbacks_arg(step_checkpoints, probe), "--ckpt_path", "last"])
+    restored = torch.load(probe_file, weights_only=False)
+    assert restored["global_step"] == 4
+    assert restored["state"], "probe saw no queue or twin tensors"
+    for key, value in restored["state"].items():
+        assert torch.equal(value, saved["state_dict"][f"model.{key}"]), key
+    assert cli.trainer.global_step == 6
+
+
+@pytest.mark.slow
+def test_two_process_ddp_advances_the_queue_by_the_global_batch_and_keeps_ranks_identical(shards, tmp_path):
+    probe = {"class_path": "lightning_probes.QueueProbe", "init_args": {"out_dir": str(tmp_path / "probe")}}
+    args = tiny_args(shards, tmp_path / "runs", "--trainer.max_steps", "3", "--trainer.devices", "2",
+                     "--trainer.strategy", "ddp", "--trainer.limit_val_batches", "0")
+    _run_mmai(["fit", *args, *callbacks_arg(probe)], tmp_path)
+    ranks = [[json.loads(line) for line in (tmp_path / "probe" / f"rank{r}.jsonl").read_text().splitlines()]
+             for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 3
+    for step, (a, b) in enumerate(zip(*ranks), 1):
+        assert a["world_size"] == 2
+        assert a["ptr"] == b["ptr"] == (step * 2 * a["batch"]) % 64  # global batch = 2 ranks x 4
+        assert a["image_ids"] == b["image_ids"] and a["image_queue_sum"] == b["image_queue_sum"]
+    filled = [i for i in ranks[0][-1]["image_ids"] if i >= 0]
+    assert len(filled) == 3 * 2 * 4 and len(set(filled)) == len(filled)  # both ranks' images, no repeats
