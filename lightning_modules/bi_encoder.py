@@ -107,10 +107,15 @@ class BiEncoderModule(L.LightningModule):
         self._last_step_time = None
 
     def configure_optimizers(self):
+        optimizer, scheduler = self.build_optimizer(int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def build_optimizer(self, total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """AdamW over the trainable parameters and its warm-up + cosine schedule over ``total_steps``."""
         hp = self.hparams
         groups = _param_groups(self.model, self._pretrained_prefixes(), hp.lr, hp.lr_pretrained, hp.weight_decay)
         optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-6)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = max(1, total_steps)
         warmup = min(hp.warmup_steps, max(0, total - 1))
 
         def schedule(step: int) -> float:
@@ -119,8 +124,7 @@ class BiEncoderModule(L.LightningModule):
             progress = (step - warmup) / max(1, total - warmup)
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
     def _pretrained_prefixes(self) -> tuple[str, ...]:
         hp = self.hparams

@@ -26,6 +26,9 @@ from typing import Any
 BENCHMARKS: dict[str, str] = {
     "data": "mmai.bench.data",
     "loader": "mmai.bench.loader",
+    "retrieval": "mmai.bench.retrieval",
+    # benchmarks of the Lightning app live beside it (mmai itself never imports Lightning)
+    "train": "lightning_modules.throughput",
 }
 
 
