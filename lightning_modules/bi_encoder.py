@@ -74,6 +74,9 @@ class BiEncoderModule(L.LightningModule):
         self._last_step_time: float | None = None
         if init_from is not None:
             self.model.load_checkpoint_state(_read_state_dict(init_from), prefix="model.")
+        # transformers' from_pretrained returns modules in eval mode and Lightning keeps the modes
+        # it finds: without this the pretrained text tower would train with dropout off.
+        self.train()
 
     def _towers(self) -> dict[str, torch.nn.Module]:
         hp = self.hparams

@@ -21,6 +21,7 @@ commands:
   data shards    convert CUB (real or synthetic) into WebDataset shards + manifest
   data inspect   stream the shards through CUBWebDataModule and print a summary
   fit | validate | test | predict   LightningCLI (mmai fit --config configs/base.yaml ...)
+  demo           synthesise data, write shards, train the tiny bi-encoder, print Recall@K
   bench NAME     run a benchmark (mmai bench --list)
 
 `mmai COMMAND --help` for the flags of each."""
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     if command in APP_COMMANDS:
         importlib.import_module("lightning_modules.cli").cli_main([command, *rest])
         return 0
+    if command == "demo":
+        return importlib.import_module("lightning_modules.demo").main(rest)
     if command == "data":
         return _data(rest)
     if command == "bench":
