@@ -1,0 +1,340 @@
+"""Episodic memory graph: memories linked by time and by content, with episodes and schemas above.
+
+The design follows HippoRAG (Gutiérrez et al., NeurIPS 2024: a graph over memories searched by
+personalised PageRank), Generative Agents (Park et al., UIST 2023: recency, importance and
+access as memory scores) and hierarchical episodic memory (events segmented into episodes,
+episodes abstracted into schemas).
+
+The model is a NetworkX ``Graph`` (:attr:`EpisodicGraph.graph`): one node per memory id with
+attributes ``timestamp``, ``place``, ``episode``, ``schema``, ``importance``; an edge per
+associated pair with
+
+* ``types``: a tuple of ``"temporal"`` and/or ``"semantic"``,
+* ``temporal_weight``: ``exp(-gap / temporal_window_s)`` (0 when not temporal),
+* ``semantic_weight``: the cosine (0 when not semantic),
+* ``weight``: ``temporal_weight + semantic_weight`` — a pair linked both ways is associated
+  more strongly than either alone (weights lie in (0, 2]),
+* ``time_gap_s``: the time gap in seconds.
+
+Episodes and schemas are kept as node attributes and as :attr:`EpisodicGraph.hierarchy`, a
+``DiGraph`` ``("schema", s) -> ("episode", e) -> memory id`` (and ``("schema", s) -> memory``).
+The structure is fixed after construction; build a new graph for new memories.
+
+Example:
+    >>> graph = EpisodicGraph(ids, embeddings, timestamps, places)   # (N,), (N, D), (N,), (N,)
+    >>> graph.stats()
+    >>> adjacency = graph.to_csr()                                    # (N, N) in graph.ids order
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import networkx as nx
+import numpy as np
+from scipy import sparse
+
+from mmai.memory.edges import semantic_pairs, temporal_pairs
+from mmai.memory.hierarchy import cluster_schemas, default_num_schemas, group_means, segment_episodes
+from mmai.memory.index import VectorIndex
+from mmai.memory.vectors import as_ids, as_unit_vectors, to_numpy
+
+EDGE_REASONS = {"temporal": "same outing", "semantic": "similar content"}
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphConfig:
+    """How an :class:`EpisodicGraph` is built (defaults in brackets).
+
+    Attributes:
+        temporal_window_s: link memories at most this many seconds apart [3600].
+        same_place_only: temporal links only between memories at the same place [False].
+        semantic_threshold: link memories with cosine >= this [0.85].
+        max_semantic_degree: semantic neighbours each memory may choose [10].
+        semantic_index: ``"flat"`` (exact) or ``"hnsw"`` (approximate) search for them ["flat"].
+        episode_gap_s: a gap longer than this (or a change of place) starts an episode [7200].
+        num_schemas: semantic clusters; ``None`` means ``round(sqrt(N/2))`` capped [None].
+        max_schemas: the cap on the default ``num_schemas`` [256].
+        seed: k-means seed [0].
+    """
+
+    temporal_window_s: float = 3600.0
+    same_place_only: bool = False
+    semantic_threshold: float = 0.85
+    max_semantic_degree: int = 10
+    semantic_index: str = "flat"
+    episode_gap_s: float = 7200.0
+    num_schemas: int | None = None
+    max_schemas: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temporal_window_s < 0 or self.episode_gap_s < 0:
+            raise ValueError("GraphConfig: temporal_window_s and episode_gap_s must be >= 0")
+        if not 0 < self.semantic_threshold <= 1:
+            raise ValueError(f"GraphConfig: semantic_threshold must be in (0, 1], got {self.semantic_threshold}")
+        if self.semantic_index not in ("flat", "hnsw"):
+            raise ValueError(f"GraphConfig: semantic_index must be 'flat' or 'hnsw', got {self.semantic_index!r}")
+
+
+class EpisodicGraph:
+    """Memories as a graph of temporal and semantic associations, with episodes and schemas.
+
+    Args:
+        ids: ``(N,)`` unique int64 memory ids (the same ids as the vector index).
+        embeddings: ``(N, D)`` embeddings (normalised here if needed).
+        timestamps: ``(N,)`` unix seconds.
+        places: ``(N,)`` place names, or ``None`` (no place information). ``None`` entries
+            become ``""`` (unknown), which counts as one place.
+        importance: ``(N,)`` importance scores in [0, 1] (Generative Agents); default 0.
+        index: an existing :class:`~mmai.memory.index.VectorIndex` over these memories (e.g.
+            the stage-1 HNSW index) to find semantic edges with, instead of building one.
+        config: a :class:`GraphConfig`; keyword ``overrides`` replace its fields, e.g.
+            ``EpisodicGraph(..., temporal_window_s=600)``.
+        progress: tqdm bars on long steps.
+    """
+
+    def __init__(
+        self,
+        ids: Any,
+        embeddings: Any,
+        timestamps: Any,
+        places: Any = None,
+        *,
+        importance: Any = None,
+        index: VectorIndex | None = None,
+        config: GraphConfig | None = None,
+        progress: bool = True,
+        _reuse: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.config = dataclasses.replace(config or GraphConfig(), **overrides)
+        self.embeddings = as_unit_vectors(embeddings, name="EpisodicGraph embeddings")  # (N, D)
+        count = len(self.embeddings)
+        self.ids = as_ids(ids, count, name="EpisodicGraph ids")  # (N,)
+        self.timestamps = self._column(timestamps, count, "timestamps").astype(np.float64)  # (N,)
+        self.places = None if places is None else self._places(places, count)  # (N,) str
+        self.importance = np.zeros(count) if importance is None else self._column(importance, count, "importance")
+        self.access_counts = np.zeros(count, dtype=np.int64)  # (N,)
+        self._order = np.argsort(self.ids, kind="stable")  # for id -> position lookups
+        self._csr: sparse.csr_matrix | None = None
+        reuse = _reuse or {}
+        self._semantic = reuse.get("semantic") or semantic_pairs(
+            self.embeddings, self.config.semantic_threshold, self.config.max_semantic_degree,
+            index_kind=self.config.semantic_index, index=index, ids=self.ids, progress=progress,
+        )
+        self._build_levels(reuse)
+        self.graph = self._build_graph()
+        self.hierarchy = self._build_hierarchy()
+
+    @staticmethod
+    def _column(values: Any, count: int, name: str) -> np.ndarray:
+        array = to_numpy(values).astype(np.float64)
+        if array.shape != (count,):
+            raise ValueError(f"EpisodicGraph {name}: expected shape ({count},), got {array.shape}")
+        if not np.isfinite(array).all():
+            raise ValueError(f"EpisodicGraph {name}: {int((~np.isfinite(array)).sum())} value(s) are NaN/inf")
+        return array
+
+    @staticmethod
+    def _places(places: Any, count: int) -> np.ndarray:
+        array = np.array(["" if place is None else str(place) for place in places])
+        if array.shape != (count,):
+            raise ValueError(f"EpisodicGraph places: expected {count} places, got {array.shape}")
+        return array
+
+    # ------------------------------------------------------------------ building
+    def _build_levels(self, reuse: dict[str, Any]) -> None:
+        self.episode_of = segment_episodes(self.timestamps, self.config.episode_gap_s, self.places)  # (N,)
+        self.num_episodes = int(self.episode_of.max()) + 1
+        self.episode_centroids = group_means(self.embeddings, self.episode_of, self.num_episodes)  # (E, D)
+        if "schemas" in reuse:
+            self.schema_of, self.schema_centroids = reuse["schemas"]
+        else:
+            num_schemas = self.config.num_schemas or default_num_schemas(len(self.ids), self.config.max_schemas)
+            self.schema_of, self.schema_centroids = cluster_schemas(
+                self.embeddings, num_schemas, seed=self.config.seed
+            )  # (N,), (S, D)
+        self.num_schemas = len(self.schema_centroids)
+
+    def _edge_table(self) -> dict[str, np.ndarray]:
+        """Temporal and semantic pairs merged into one table of unique ``i < j`` edges."""
+        t_rows, t_cols, gaps = temporal_pairs(
+            self.timestamps, self.config.temporal_window_s,
+            self.places if self.config.same_place_only else None,
+        )
+        s_rows, s_cols, cosines = self._semantic
+        count = len(self.ids)
+        keys = np.concatenate([t_rows * count + t_cols, s_rows * count + s_cols])
+        unique, inverse = np.unique(keys, return_inverse=True)
+        temporal_weight = np.zeros(len(unique))
+        semantic_weight = np.zeros(len(unique))
+        time_gap = np.abs(self.timestamps[unique // count] - self.timestamps[unique % count])
+        window = max(self.config.temporal_window_s, 1e-9)
+        temporal_weight[inverse[: len(t_rows)]] = np.exp(-gaps / window)
+        semantic_weight[inverse[len(t_rows) :]] = cosines
+        return {
+            "rows": unique // count, "cols": unique % count, "time_gap_s": time_gap,
+            "temporal": inverse[: len(t_rows)], "semantic": inverse[len(t_rows) :],
+            "temporal_weight": temporal_weight, "semantic_weight": semantic_weight,
+        }
+
+    def _build_graph(self) -> nx.Graph:
+        graph = nx.Graph()
+        places = [None] * len(self.ids) if self.places is None else self.places.tolist()
+        graph.add_nodes_from(
+            (int(memory_id), {
+                "timestamp": float(self.timestamps[i]), "place": places[i],
+                "episode": int(self.episode_of[i]), "schema": int(self.schema_of[i]),
+                "importance": float(self.importance[i]),
+            })
+            for i, memory_id in enumerate(self.ids)
+        )
+        table = self._edge_table()
+        is_temporal = np.zeros(len(table["rows"]), dtype=bool)
+        is_temporal[table["temporal"]] = True
+        is_semantic = np.zeros(len(table["rows"]), dtype=bool)
+        is_semantic[table["semantic"]] = True
+        names = (None, ("temporal",), ("semantic",), ("temporal", "semantic"))
+        ids = self.ids.tolist()
+        graph.add_edges_from(
+            (ids[row], ids[col], {
+                "types": names[int(t) + 2 * int(s)], "weight": float(tw + sw),
+                "temporal_weight": float(tw), "semantic_weight": float(sw), "time_gap_s": float(gap),
+            })
+            for row, col, t, s, tw, sw, gap in zip(
+                table["rows"].tolist(), table["cols"].tolist(), is_temporal, is_semantic,
+                table["temporal_weight"].tolist(), table["semantic_weight"].tolist(), table["time_gap_s"].tolist(),
+            )
+        )
+        return graph
+
+    def _build_hierarchy(self) -> nx.DiGraph:
+        hierarchy = nx.DiGraph()
+        hierarchy.add_nodes_from((("schema", s), {"level": "schema"}) for s in range(self.num_schemas))
+        starts = np.full(self.num_episodes, np.inf)
+        ends = np.full(self.num_episodes, -np.inf)
+        np.minimum.at(starts, self.episode_of, self.timestamps)
+        np.maximum.at(ends, self.episode_of, self.timestamps)
+        hierarchy.add_nodes_from(
+            (("episode", e), {"level": "episode", "start": float(starts[e]), "end": float(ends[e])})
+            for e in range(self.num_episodes)
+        )
+        pairs, counts = np.unique(np.stack([self.schema_of, self.episode_of], axis=1), axis=0, return_counts=True)
+        hierarchy.add_edges_from(
+            (("schema", int(s)), ("episode", int(e)), {"weight": int(c)}) for (s, e), c in zip(pairs, counts)
+        )
+        ids = self.ids.tolist()
+        hierarchy.add_edges_from((("episode", int(e)), ids[i]) for i, e in enumerate(self.episode_of))
+        hierarchy.add_edges_from((("schema", int(s)), ids[i]) for i, s in enumerate(self.schema_of))
+        return hierarchy
+
+    # ------------------------------------------------------------------ lookups
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def positions(self, ids: Any) -> np.ndarray:
+        """Positions (rows of :meth:`to_csr`) of memory ``ids`` (any shape); ``-1`` where unknown."""
+        ids = np.asarray(ids, dtype=np.int64)
+        sorted_ids = self.ids[self._order]
+        slots = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
+        return np.where(sorted_ids[slots] == ids, self._order[slots], -1)
+
+    def to_csr(self, *, refresh: bool = False) -> sparse.csr_matrix:
+        """Weighted adjacency ``(N, N)`` (symmetric, float64) with rows/columns in :attr:`ids` order.
+
+        Computed from :attr:`graph` once and cached; pass ``refresh=True`` after editing the graph.
+        """
+        if self._csr is None or refresh:
+            adjacency = nx.to_scipy_sparse_array(self.graph, nodelist=self.ids.tolist(), weight="weight", dtype=float)
+            self._csr = sparse.csr_matrix(adjacency)
+        return self._csr
+
+    def edge_types(self, first_id: int, second_id: int) -> tuple[str, ...]:
+        """The ``types`` of the edge between two memories, ``()`` when they are not linked."""
+        data = self.graph.get_edge_data(int(first_id), int(second_id))
+        return () if data is None else tuple(data["types"])
+
+    def stats(self) -> dict[str, float]:
+        """Sizes: nodes, edges, temporal_edges, semantic_edges (both count in each), mean_degree,
+        episodes, schemas."""
+        types = [data["types"] for _, _, data in self.graph.edges(data=True)]
+        nodes, edges = self.graph.number_of_nodes(), self.graph.number_of_edges()
+        return {
+            "nodes": nodes,
+            "edges": edges,
+            "temporal_edges": sum("temporal" in t for t in types),
+            "semantic_edges": sum("semantic" in t for t in types),
+            "mean_degree": 2 * edges / max(nodes, 1),
+            "episodes": self.num_episodes,
+            "schemas": self.num_schemas,
+        }
+
+    # ------------------------------------------------------------------ memory scores
+    def recency(self, now: float | None = None, half_life_s: float = 30 * 86_400.0) -> np.ndarray:
+        """``(N,)`` recency in (0, 1]: ``0.5 ** ((now - timestamp) / half_life_s)``.
+
+        ``now`` defaults to the newest timestamp (so results do not depend on the clock).
+        """
+        now = float(self.timestamps.max()) if now is None else float(now)
+        age = np.maximum(now - self.timestamps, 0.0)
+        return 0.5 ** (age / half_life_s)
+
+    def access_scores(self) -> np.ndarray:
+        """``(N,)`` access frequency in [0, 1]: ``log1p(count) / log1p(max count)`` (0 if never)."""
+        top = self.access_counts.max()
+        return np.zeros(len(self.ids)) if top == 0 else np.log1p(self.access_counts) / np.log1p(top)
+
+    def record_access(self, ids: Any) -> None:
+        """Count one retrieval of each memory in ``ids`` (unknown ids raise ValueError)."""
+        positions = self.positions(np.ravel(ids))
+        if (positions < 0).any():
+            raise ValueError(f"EpisodicGraph.record_access: id {np.ravel(ids)[positions < 0][0]} is not in the graph")
+        np.add.at(self.access_counts, positions, 1)
+
+    # ------------------------------------------------------------------ top-down retrieval
+    def descend(
+        self, query_embedding: Any, top_schemas: int = 3, top_episodes: int = 10, *, within_schemas: bool = True
+    ) -> np.ndarray:
+        """Top-down candidates: best schemas, then their best episodes, then those episodes' memories.
+
+        Args:
+            query_embedding: ``(D,)`` query.
+            top_schemas: schemas kept, by cosine of query and schema centroid (default 3).
+            top_episodes: episodes kept among those holding a memory of a kept schema, by
+                cosine of query and episode mean embedding (default 10).
+            within_schemas: keep only the kept episodes' memories that are also in a kept
+                schema (default ``True``); ``False`` returns every memory of those episodes.
+
+        Returns:
+            ``(n,)`` int64 memory ids, sorted by cosine to the query (best first).
+        """
+        query = as_unit_vectors(query_embedding, dim=self.embeddings.shape[1], name="descend query")[0]  # (D,)
+        populated = np.unique(self.schema_of)
+        schema_scores = self.schema_centroids[populated] @ query  # (S',)
+        schemas = populated[np.argsort(-schema_scores, kind="stable")[:top_schemas]]
+        in_schema = np.isin(self.schema_of, schemas)  # (N,)
+        episodes = np.unique(self.episode_of[in_schema])
+        episode_scores = self.episode_centroids[episodes] @ query
+        episodes = episodes[np.argsort(-episode_scores, kind="stable")[:top_episodes]]
+        chosen = np.isin(self.episode_of, episodes) & (in_schema if within_schemas else True)
+        positions = np.flatnonzero(chosen)
+        order = np.argsort(-(self.embeddings[positions] @ query), kind="stable")
+        return self.ids[positions[order]]
+
+    # ------------------------------------------------------------------ control
+    def shuffled_control(self, seed: int = 0) -> "EpisodicGraph":
+        """The same memories with timestamps and places permuted across memories (GAR's control).
+
+        Embeddings, importance, semantic edges and schemas are unchanged; temporal edges and
+        episodes are rebuilt from the shuffled times/places, so any retrieval gain that comes
+        from real when/where associations disappears in the control.
+        """
+        permutation = np.random.default_rng(seed).permutation(len(self.ids))
+        places = None if self.places is None else self.places[permutation]
+        return EpisodicGraph(
+            self.ids, self.embeddings, self.timestamps[permutation], places,
+            importance=self.importance, config=self.config, progress=False,
+            _reuse={"semantic": self._semantic, "schemas": (self.schema_of, self.schema_centroids)},
+        )

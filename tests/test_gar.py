@@ -1,0 +1,145 @@
+"""GAR: batched personalised PageRank equals NetworkX; re-ranking and explanations on a hand-made graph."""
+
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+import pytest
+from scipy import sparse
+
+from mmai.memory.gar import GraphAugmentedRetriever, personalized_pagerank
+from mmai.memory.graph import EpisodicGraph
+
+DAY = 86_400.0
+
+
+def random_weighted_digraph(seed: int = 0) -> nx.DiGraph:
+    """Random directed graph with weights, isolated nodes and sink (dangling) nodes."""
+    rng = np.random.default_rng(seed)
+    graph = nx.gnm_random_graph(80, 240, seed=seed, directed=True)
+    for u, v in graph.edges:
+        graph[u][v]["weight"] = float(rng.uniform(0.1, 2.0))
+    graph.remove_edges_from([(u, v) for u, v in list(graph.edges) if u in (3, 7, 11)])  # sinks
+    graph.add_nodes_from(range(80, 86))  # isolated nodes
+    return graph
+
+
+def networkx_ppr(graph, nodes, seed_row, damping):
+    ranks = nx.pagerank(graph, alpha=damping, personalization=dict(zip(nodes, seed_row)), tol=1e-12, max_iter=500)
+    return np.array([ranks[n] for n in nodes])
+
+
+@pytest.mark.parametrize("damping", [0.5, 0.85])
+def test_batched_ppr_equals_networkx_with_dangling_nodes(damping):
+    graph = random_weighted_digraph()
+    nodes = list(graph)
+    assert any(graph.out_degree(n) == 0 for n in nodes)
+    adjacency = nx.to_scipy_sparse_array(graph, nodelist=nodes, weight="weight")
+    rng = np.random.default_rng(1)
+    seeds = rng.random((5, len(nodes))) * (rng.random((5, len(nodes))) < 0.05)
+    seeds[:, 3] += 0.2  # a dangling node as seed too
+    ours = personalized_pagerank(adjacency, seeds, damping=damping)
+    assert ours.shape == (5, 86)
+    np.testing.assert_allclose(ours.sum(axis=1), 1.0, atol=1e-9)
+    for row in range(5):
+        np.testing.assert_allclose(ours[row], networkx_ppr(graph, nodes, seeds[row], damping), atol=1e-6)
+    np.testing.assert_allclose(personalized_pagerank(adjacency, sparse.csr_matrix(seeds), damping=damping), ours)
+    np.testing.assert_allclose(personalized_pagerank(adjacency, seeds[2], damping=damping), ours[2])
+
+
+def test_ppr_on_episodic_graph_csr_equals_networkx_on_its_graph():
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(120, 16))
+    embeddings[60:] = embeddings[:60] + 0.2 * rng.normal(size=(60, 16))  # some near-duplicates
+    timestamps = np.sort(rng.uniform(0, 5 * DAY, 120))
+    graph = EpisodicGraph(np.arange(120) * 3, embeddings, timestamps, progress=False)
+    seeds = np.zeros((2, 120))
+    seeds[0, [0, 5, 9]] = [1.0, 0.5, 0.2]
+    seeds[1, 100] = 1.0
+    ours = personalized_pagerank(graph.to_csr(), seeds)
+    for row in range(2):
+        np.testing.assert_allclose(ours[row], networkx_ppr(graph.graph, graph.ids.tolist(), seeds[row], 0.5), atol=1e-6)
+
+
+def test_ppr_rejects_empty_seed_rows_and_wrong_sizes():
+    adjacency = sparse.identity(4, format="csr")
+    with pytest.raises(ValueError, match="seed row 1 is all zeros"):
+        personalized_pagerank(adjacency, np.array([[1, 0, 0, 0], [0, 0, 0, 0.0]]))
+    with pytest.raises(ValueError, match="the graph has 4 nodes"):
+        personalized_pagerank(adjacency, np.ones((1, 5)))
+
+
+@pytest.fixture
+def outing_graph() -> EpisodicGraph:
+    """Six memories: 10 and 11 are one outing (10 minutes apart); 12 and 13 look alike; 14, 15 alone."""
+    embeddings = np.eye(6, 8)
+    embeddings[3] = 0.95 * embeddings[2] + 0.3 * np.eye(8)[6]  # 13 ~ 12 (cosine ~0.95)
+    timestamps = np.array([0.0, 600.0, 3 * DAY, 6 * DAY, 9 * DAY, 12 * DAY])
+    graph = EpisodicGraph(np.arange(10, 16), embeddings, timestamps, num_schemas=2, progress=False)
+    assert graph.edge_types(10, 11) == ("temporal",) and graph.edge_types(12, 13) == ("semantic",)
+    assert graph.graph.degree(14) == 0
+    return graph
+
+
+HITS, SCORES = np.array([[10, 12, 14]]), np.array([[0.9, 0.5, 0.45]])
+
+
+def test_gar_brings_in_the_same_outing_neighbour_and_keeps_list_length(outing_graph):
+    result = GraphAugmentedRetriever(outing_graph, alpha=0.5).rerank(HITS, SCORES)
+    assert result.ids.shape == (1, 3) and result.scores.shape == (1, 3)
+    assert result.ids[0].tolist() == [10, 11, 12]  # 11 (same outing as the top hit) replaces 14
+    assert np.all(np.diff(result.scores[0]) <= 0)
+    assert result.retrieval[0, 1] == 0.0 and result.activation[0, 0] == 1.0
+
+
+def test_alpha_one_reproduces_stage_one_order(outing_graph):
+    result = GraphAugmentedRetriever(outing_graph, alpha=1.0).rerank(HITS, SCORES)
+    assert result.ids.tolist() == HITS.tolist()
+
+
+def test_explanations_name_the_seed_and_the_kind_of_association(outing_graph):
+    result = GraphAugmentedRetriever(outing_graph, alpha=0.5).rerank(HITS, SCORES, k=4, explain=True)
+    assert result.ids[0].tolist() == [10, 11, 12, 13]
+    top, outing, similar, lookalike = result.explanations[0]
+    assert top.hit_rank == 0 and top.summary.startswith("direct hit (rank 1)")
+    assert outing.hit_rank is None and outing.contributions[0].seed_id == 10
+    assert outing.contributions[0].reason == "same outing" and outing.summary == "same outing (hit 10)"
+    assert similar.hit_rank == 1
+    assert lookalike.contributions[0].edge_types == ("semantic",) and lookalike.summary == "similar content (hit 12)"
+
+
+def test_num_seeds_limits_which_hits_spread_activation(outing_graph):
+    result = GraphAugmentedRetriever(outing_graph, alpha=0.5, num_seeds=1).rerank(HITS, SCORES, k=6)
+    activation = dict(zip(result.ids[0].tolist(), result.activation[0]))
+    assert activation[13] == pytest.approx(0.0, abs=1e-9) and activation[11] > 0.1
+
+
+def test_importance_weight_lifts_an_important_unconnected_memory(outing_graph):
+    outing_graph.importance[outing_graph.positions([15])] = 1.0
+    plain = GraphAugmentedRetriever(outing_graph).rerank(HITS, SCORES)
+    weighted = GraphAugmentedRetriever(outing_graph, importance_weight=2.0).rerank(HITS, SCORES)
+    assert 15 not in plain.ids[0] and weighted.ids[0, 0] == 15
+
+
+def test_batches_give_the_same_result_as_one_batch():
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(150, 12))
+    graph = EpisodicGraph(np.arange(150), embeddings, np.sort(rng.uniform(0, 3 * DAY, 150)), semantic_threshold=0.5, progress=False)
+    hits = np.stack([rng.choice(150, 10, replace=False) for _ in range(7)])
+    scores = -np.sort(-rng.random((7, 10)), axis=1)
+    hits[3, -2:] = -1  # padding from a short FAISS result
+    one = GraphAugmentedRetriever(graph, batch_size=64).rerank(hits, scores)
+    many = GraphAugmentedRetriever(graph, batch_size=2).rerank(hits, scores)
+    np.testing.assert_array_equal(one.ids, many.ids)
+    np.testing.assert_allclose(one.scores, many.scores)
+    assert all(len(set(row)) == 10 for row in one.ids)
+
+
+def test_bad_hits_are_clear_errors(outing_graph):
+    retriever = GraphAugmentedRetriever(outing_graph)
+    with pytest.raises(ValueError, match="hit id 99 is not in the episodic graph"):
+        retriever.rerank([[10, 99]], [[0.9, 0.8]])
+    with pytest.raises(ValueError, match="query 0 has no valid hit"):
+        retriever.rerank([[-1, -1]], [[0.0, 0.0]])
+    with pytest.raises(ValueError, match="differ in shape"):
+        retriever.rerank([[10, 11]], [[0.9]])
