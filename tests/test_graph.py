@@ -184,3 +184,20 @@ def test_bad_input_is_rejected_with_clear_messages():
         EpisodicGraph(np.zeros(20, dtype=np.int64), embeddings, timestamps, places, progress=False)
     with pytest.raises(ValueError, match="semantic_threshold"):
         EpisodicGraph(ids, embeddings, timestamps, places, semantic_threshold=1.5, progress=False)
+
+
+def test_unknown_times_get_no_temporal_edges_and_episodes_of_their_own():
+    from mmai.memory.graph import EpisodicGraph
+
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(6, 8))
+    times = np.array([0.0, 60.0, np.nan, 120.0, np.nan, np.nan])  # real CUB: no diary at all
+    graph = EpisodicGraph(np.arange(6), embeddings, times, semantic_threshold=0.99, progress=False)
+    temporal = {tuple(sorted(e)) for e, d in ((e, graph.graph.edges[e]) for e in graph.graph.edges)
+                if "temporal" in d["types"]}
+    assert temporal == {(0, 1), (0, 3), (1, 3)}
+    unknown_episodes = {int(graph.episode_of[i]) for i in (2, 4, 5)}
+    assert len(unknown_episodes) == 3 and not unknown_episodes & {int(graph.episode_of[i]) for i in (0, 1, 3)}
+    assert np.isfinite(graph.recency()).all()
+    with pytest.raises(ValueError, match="inf"):
+        EpisodicGraph(np.arange(2), embeddings[:2], np.array([0.0, np.inf]), progress=False)

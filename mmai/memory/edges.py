@@ -40,7 +40,7 @@ def temporal_pairs(
     """Memories recorded within ``window_s`` seconds of each other (inclusive).
 
     Args:
-        timestamps: ``(N,)`` unix seconds.
+        timestamps: ``(N,)`` unix seconds; NaN (unknown time, as in real CUB) has no temporal edge.
         window_s: the temporal window in seconds (``>= 0``).
         places: ``(N,)`` place labels; when given, only memories at the same place are paired.
 
@@ -52,6 +52,7 @@ def temporal_pairs(
     groups = [np.arange(len(timestamps))] if places is None else _group_positions(places)
     rows, cols = [], []
     for members in groups:
+        members = members[np.isfinite(timestamps[members])]
         order = members[np.argsort(timestamps[members], kind="stable")]  # (n,) sorted by time
         firsts, seconds = _window_pairs(timestamps[order], window_s)
         rows.append(order[firsts])

@@ -113,7 +113,7 @@ class EpisodicGraph:
         self.embeddings = as_unit_vectors(embeddings, name="EpisodicGraph embeddings")  # (N, D)
         count = len(self.embeddings)
         self.ids = as_ids(ids, count, name="EpisodicGraph ids")  # (N,)
-        self.timestamps = self._column(timestamps, count, "timestamps").astype(np.float64)  # (N,)
+        self.timestamps = self._column(timestamps, count, "timestamps", allow_nan=True)  # (N,) NaN = unknown
         self.places = None if places is None else self._places(places, count)  # (N,) str
         self.importance = np.zeros(count) if importance is None else self._column(importance, count, "importance")
         self.access_counts = np.zeros(count, dtype=np.int64)  # (N,)
@@ -129,12 +129,14 @@ class EpisodicGraph:
         self.hierarchy = self._build_hierarchy()
 
     @staticmethod
-    def _column(values: Any, count: int, name: str) -> np.ndarray:
+    def _column(values: Any, count: int, name: str, allow_nan: bool = False) -> np.ndarray:
         array = to_numpy(values).astype(np.float64)
         if array.shape != (count,):
             raise ValueError(f"EpisodicGraph {name}: expected shape ({count},), got {array.shape}")
-        if not np.isfinite(array).all():
-            raise ValueError(f"EpisodicGraph {name}: {int((~np.isfinite(array)).sum())} value(s) are NaN/inf")
+        bad = np.isinf(array) if allow_nan else ~np.isfinite(array)
+        if bad.any():
+            what = "inf" if allow_nan else "NaN/inf"
+            raise ValueError(f"EpisodicGraph {name}: {int(bad.sum())} value(s) are {what}")
         return array
 
     @staticmethod
@@ -277,9 +279,9 @@ class EpisodicGraph:
 
         ``now`` defaults to the newest timestamp (so results do not depend on the clock).
         """
-        now = float(self.timestamps.max()) if now is None else float(now)
+        now = float(np.nanmax(self.timestamps)) if now is None else float(now)
         age = np.maximum(now - self.timestamps, 0.0)
-        return 0.5 ** (age / half_life_s)
+        return np.nan_to_num(0.5 ** (age / half_life_s), nan=0.0)  # unknown time: no recency
 
     def access_scores(self) -> np.ndarray:
         """``(N,)`` access frequency in [0, 1]: ``log1p(count) / log1p(max count)`` (0 if never)."""

@@ -23,7 +23,8 @@ def segment_episodes(timestamps: np.ndarray, gap_s: float, places: np.ndarray | 
     """Episode number of each memory: ``(N,)`` int64, numbered ``0..E-1`` in time order.
 
     Memories are sorted by time (ties by place); a new episode starts when the gap to the
-    previous memory is ``> gap_s`` or, when ``places`` is given, the place differs.
+    previous memory is ``> gap_s`` or, when ``places`` is given, the place differs. A memory
+    with an unknown time (NaN) is an episode of its own.
     """
     timestamps = np.asarray(timestamps, dtype=np.float64)
     if places is None:
@@ -32,6 +33,7 @@ def segment_episodes(timestamps: np.ndarray, gap_s: float, places: np.ndarray | 
         order = np.lexsort((np.asarray(places), timestamps))
     boundary = np.zeros(len(order), dtype=bool)
     boundary[1:] = np.diff(timestamps[order]) > gap_s
+    boundary[1:] |= np.isnan(timestamps[order][1:])  # NaN sorts last; each unknown time stands alone
     if places is not None:
         sorted_places = np.asarray(places)[order]
         boundary[1:] |= sorted_places[1:] != sorted_places[:-1]
