@@ -1,5 +1,6 @@
 """Lightning callbacks: thin adapters over ``mmai``."""
 
+from callbacks.retrieval import RetrievalEvalCallback
 from callbacks.run_facts import RunFactsCallback
 
-__all__ = ["RunFactsCallback"]
+__all__ = ["RetrievalEvalCallback", "RunFactsCallback"]

@@ -16,6 +16,13 @@ from mmai.data.shards import write_shards
 from mmai.data.synth import synthesize
 
 
+#: what the RetrievalEvalCallback logs each validation epoch
+RETRIEVAL_KEYS = [f"val/{stage}/t2i/{relevance}/R@{k}" for stage in ("gar", "gar_control")
+                  for relevance in ("instance", "class") for k in (1, 5, 10)] + [
+    "val/stage1/latency_ms", "val/gar/latency_ms", "val/graph/nodes", "val/graph/temporal_edges",
+    "val/graph/semantic_edges", "val/graph/episodes", "val/graph/schemas", "val/graph/mean_degree"]
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
@@ -55,7 +62,8 @@ def test_fit_logs_losses_recall_and_writes_checkpoints(shards, tmp_path):
                                      "--trainer.limit_train_batches", "3")])
     metrics = cli.trainer.callback_metrics
     for key in ("train/loss", "train/loss_i2t", "train/loss_t2i", "train/temperature", "train/queue_fill",
-                "val/stage1/t2i/instance/R@1", "val/stage1/t2i/class/R@10", "val/stage1/i2t/instance/R@5"):
+                "val/stage1/t2i/instance/R@1", "val/stage1/t2i/class/R@10", "val/stage1/i2t/instance/R@5",
+                *RETRIEVAL_KEYS):
         assert key in metrics, key
     assert float(metrics["train/queue_fill"]) == pytest.approx(min(1.0, 6 * 4 / 64))
     assert (tmp_path / "runs" / "checkpoints" / "last.ckpt").exists()
@@ -137,3 +145,15 @@ def test_two_process_ddp_advances_the_queue_by_the_global_batch_and_keeps_ranks_
         assert a["image_ids"] == b["image_ids"] and a["image_queue_sum"] == b["image_queue_sum"]
     filled = [i for i in ranks[0][-1]["image_ids"] if i >= 0]
     assert len(filled) == 3 * 2 * 4 and len(set(filled)) == len(filled)  # both ranks' images, no repeats
+
+
+@pytest.mark.slow
+def test_two_process_validation_logs_every_retrieval_key_without_deadlock(shards, tmp_path):
+    csv_logger = json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger",
+                             "init_args": {"save_dir": str(tmp_path / "csv"), "name": "run"}})
+    args = tiny_args(shards, tmp_path / "runs", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                     "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.logger", csv_logger)
+    _run_mmai(["fit", *args], tmp_path)
+    header = next((tmp_path / "csv" / "run").rglob("metrics.csv")).read_text().splitlines()[0].split(",")
+    for key in [*RETRIEVAL_KEYS, "val/stage1/t2i/instance/R@10"]:
+        assert key in header, key
