@@ -157,3 +157,19 @@ def test_two_process_validation_logs_every_retrieval_key_without_deadlock(shards
     header = next((tmp_path / "csv" / "run").rglob("metrics.csv")).read_text().splitlines()[0].split(",")
     for key in [*RETRIEVAL_KEYS, "val/stage1/t2i/instance/R@10"]:
         assert key in header, key
+
+
+@pytest.mark.slow
+def test_fit_with_songs_trains_the_audio_tower_on_every_audio_term(tmp_path):
+    synthesize(tmp_path / "synth", classes=4, images=24, image_size=64, audio=True, workers=1, progress=False)
+    write_shards(tmp_path / "synth", tmp_path / "shards", samples_per_shard=4, progress=False)
+    tiny_clap = {"pretrained": False, "max_length_s": 0.5, "config_overrides": {
+        "spec_size": 64, "num_mel_bins": 64, "patch_embeds_hidden_size": 16, "depths": [1, 1],
+        "num_attention_heads": [1, 2], "window_size": 4}}
+    cli = cli_main(["fit", *tiny_args(tmp_path / "shards", tmp_path / "runs", "--trainer.max_steps", "2",
+                                      "--model.audio", json.dumps(tiny_clap), "--model.audio_seconds", "0.5",
+                                      "--trainer.limit_val_batches", "0")])
+    assert cli.datamodule.hparams.audio_seconds == 0.5
+    for term in ("a2t", "t2a", "a2i", "i2a"):
+        assert f"train/loss_{term}" in cli.trainer.callback_metrics, term
+    assert int(cli.model.model.queue.filled) > 0 and cli.model.model.queue.valid_mask("audio").any()
