@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fit_helpers import BASE, REPO, callbacks_arg, tiny_args
+from tiny_configs import TINY_CLAP
 from lightning_modules.cli import cli_main, parse_config
 from mmai.data.shards import write_shards
 from mmai.data.synth import synthesize
@@ -163,9 +164,7 @@ def test_two_process_validation_logs_every_retrieval_key_without_deadlock(shards
 def test_fit_with_songs_trains_the_audio_tower_on_every_audio_term(tmp_path):
     synthesize(tmp_path / "synth", classes=4, images=24, image_size=64, audio=True, workers=1, progress=False)
     write_shards(tmp_path / "synth", tmp_path / "shards", samples_per_shard=4, progress=False)
-    tiny_clap = {"pretrained": False, "max_length_s": 0.5, "config_overrides": {
-        "spec_size": 64, "num_mel_bins": 64, "patch_embeds_hidden_size": 16, "depths": [1, 1],
-        "num_attention_heads": [1, 2], "window_size": 4}}
+    tiny_clap = {"pretrained": False, "max_length_s": 0.5, "config_overrides": TINY_CLAP}
     cli = cli_main(["fit", *tiny_args(tmp_path / "shards", tmp_path / "runs", "--trainer.max_steps", "2",
                                       "--model.audio", json.dumps(tiny_clap), "--model.audio_seconds", "0.5",
                                       "--trainer.limit_val_batches", "0")])
