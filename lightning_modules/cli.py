@@ -62,7 +62,11 @@ def _make_cli_class():
         """LightningCLI with MMAI's links: values the model and the data must agree on are set once."""
 
         def add_arguments_to_parser(self, parser) -> None:
+            from callbacks import RetrievalEvalCallback
+
             parser.add_argument("--run_dir", default="runs", help="where logs, W&B runs and checkpoints go")
+            # its own group, so that --retrieval.gar_alpha etc. are flags (sweepable), not list items
+            parser.add_lightning_class_args(RetrievalEvalCallback, "retrieval")
             parser.link_arguments("data.batch_size", "model.batch_size")
             parser.link_arguments("model.image_size", "data.image_size")
             parser.link_arguments(("model.text_model", "model.clip"), "data.tokenizer", compute_fn=_tokenizer_name)
