@@ -23,6 +23,7 @@ commands:
   fit | validate | test | predict   LightningCLI (mmai fit --config configs/base.yaml ...)
   demo           synthesise data, write shards, train the tiny bi-encoder, print Recall@K
   bench NAME     run a benchmark (mmai bench --list)
+  sweep run FILE run a W&B sweep file's trials here, no W&B server (mmai sweep run --help)
 
 `mmai COMMAND --help` for the flags of each."""
 
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         return importlib.import_module("lightning_modules.demo").main(rest)
     if command == "data":
         return _data(rest)
+    if command == "sweep":
+        return importlib.import_module("lightning_modules.sweep_runner").main(rest)
     if command == "bench":
         from mmai.bench import main as bench_main
 

@@ -1,0 +1,329 @@
+"""W&B sweep files (sweeps/*.yaml), the local drawer (mmai.sweep) and `mmai sweep run`."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import random
+import re
+import textwrap
+
+import pytest
+import torch
+import yaml
+
+from fit_helpers import REPO, TINY_MODEL
+from lightning_modules.cli import parse_config
+from lightning_modules.sweep_runner import Trial, main as sweep_main, run_sweep, write_results
+from mmai.metrics import evaluate_retrieval
+from mmai.sweep import (ARGS_MACROS, GOALS, METHODS, draw, expand_command, grid, infer_distribution, load_sweep,
+                        render_args, sample, sort_by_metric)
+
+SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
+
+
+def _write_sweep(tmp_path, config: dict, name: str = "sweep.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _logged_stage1_keys(eval_ks) -> set[str]:
+    """The keys BiEncoderModule logs at validation: ``val/stage1/`` + evaluate_retrieval's keys."""
+    torch.manual_seed(0)
+    embeddings = torch.randn(4, 8)
+    ids = torch.arange(4)
+    metrics = evaluate_retrieval(embeddings, ids, ids, embeddings, ids, ids, ks=tuple(eval_ks))
+    return {f"val/stage1/{key}" for key in metrics}
+
+
+def _coverage_sets(sweep) -> list[dict]:
+    """Parameter sets that use every listed value of every parameter at least once."""
+    rng = random.Random(1)
+    widest = max(len(spec.get("values", [None])) for spec in sweep.parameters.values())
+    sets = []
+    for i in range(widest):
+        params = sample(sweep.parameters, rng)
+        params.update({name: spec["values"][i % len(spec["values"])]
+                       for name, spec in sweep.parameters.items() if "values" in spec})
+        sets.append(params)
+    return sets
+
+
+# ----------------------------------------------------------------------------- the sweep files
+def test_there_are_a_bayes_and_a_grid_sweep():
+    methods = {load_sweep(path).method for path in SWEEP_FILES}
+    assert {"bayes", "grid"} <= methods
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_sweep_file_structure_is_valid_for_wandb(path):
+    sweep = load_sweep(path)  # validates: keys, method, metric, parameters, command, early_terminate
+    raw = yaml.safe_load(path.read_text())
+    assert raw["method"] in METHODS and raw["metric"]["goal"] in GOALS
+    assert raw["program"] == "mmai"  # W&B requires `program`; ${program} expands to it
+    for name, spec in raw["parameters"].items():
+        distribution = infer_distribution(spec)
+        assert "values" in spec or "value" in spec or {"min", "max"} <= set(spec), name
+        if distribution.endswith("log_uniform_values"):
+            assert 0 < spec["min"] < spec["max"], name
+    if raw["method"] == "bayes":
+        assert raw["early_terminate"]["type"] == "hyperband" and raw["early_terminate"]["min_iter"] >= 1
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_sweep_command_is_mmai_fit_with_args(path):
+    sweep = load_sweep(path)
+    assert "${args}" in sweep.command and not set(sweep.command) & {f"${{{m}}}" for m in ARGS_MACROS - {"args"}}
+    argv = expand_command(sweep.command, {"model.lr": 0.001}, sweep.program)
+    assert argv[:3] == ["/usr/bin/env", "mmai", "fit"] and argv[-1] == "--model.lr=0.001"
+    configs = [argv[i + 1] for i, item in enumerate(argv) if item == "--config"]
+    assert configs and all((REPO / config).is_file() for config in configs)
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_sweep_metric_is_a_key_the_bi_encoder_logs(path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    sweep = load_sweep(path)
+    fit_args = expand_command(sweep.command, {}, sweep.program)[3:]
+    logged = _logged_stage1_keys(parse_config(fit_args).model.eval_ks)
+    assert "val/stage1/t2i/instance/R@10" in logged  # the key ModelCheckpoint monitors in base.yaml
+    if sweep.metric_name.startswith("val/stage1/"):
+        assert sweep.metric_name in logged, f"{path.name}: {sweep.metric_name} is never logged; logged: {sorted(logged)}"
+    elif sweep.metric_name.startswith("val/gar"):  # RetrievalEvalCallback: GAR over the image memory graph, t2i
+        ks = parse_config(fit_args).retrieval.ks
+        gar_keys = {f"val/{stage}/t2i/{relevance}/R@{k}" for stage in ("gar", "gar_control")
+                    for relevance in ("instance", "class") for k in ks}
+        assert sweep.metric_name in gar_keys, f"{path.name}: {sweep.metric_name} is never logged"
+    else:  # stage 2 lands with the re-ranker: the documented {split}/{stage}/{direction}/{relevance}/R@{k}
+        ks = "|".join(str(k) for k in parse_config(fit_args).model.eval_ks)
+        assert re.fullmatch(rf"val/two_stage/(t2i|i2t)/(instance|class)/R@({ks})", sweep.metric_name)
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_every_sweep_parameter_is_a_real_mmai_fit_argument(path, monkeypatch):
+    """Drawn sets (and every listed value) pass the real LightningCLI parser and land where named."""
+    monkeypatch.chdir(REPO)
+    sweep = load_sweep(path)
+    param_sets = draw(sweep, count=6, method="random", seed=0) + _coverage_sets(sweep)
+    if sweep.method == "grid":
+        param_sets += draw(sweep)
+    for params in param_sets:
+        fit_args = expand_command(sweep.command, params, sweep.program)[3:]
+        try:
+            config = parse_config(fit_args)
+        except SystemExit:
+            pytest.fail(f"{path.name}: `mmai fit` rejects {render_args(params)} (see the parser error above)")
+        for name, value in params.items():
+            assert config[name] == value, f"{path.name}: {name}={value} parsed as {config[name]!r}"
+        global_batch = config.data.batch_size * config.trainer.devices
+        assert config.model.queue_size % global_batch == 0, f"queue_size {config.model.queue_size} vs batch {global_batch}"
+
+
+def test_a_misspelt_parameter_fails_the_cli_check(monkeypatch):
+    monkeypatch.chdir(REPO)
+    sweep = load_sweep(REPO / "sweeps/bi_encoder_grid.yaml")
+    with pytest.raises(SystemExit):
+        parse_config(expand_command(sweep.command, {"model.learning_rate": 0.001}, sweep.program)[3:])
+
+
+# ------------------------------------------------------------------------------------ drawing
+def test_grid_enumerates_the_full_cartesian_product(tmp_path):
+    sweep = load_sweep(_write_sweep(tmp_path, {
+        "program": "train.py", "method": "grid", "metric": {"name": "score", "goal": "maximize"},
+        "parameters": {"a": {"values": [1, 2, 3]}, "b": {"values": ["x", "y"]}, "c": {"value": 0.5}}}))
+    combos = draw(sweep)
+    assert combos == [{"a": a, "b": b, "c": 0.5} for a, b in itertools.product([1, 2, 3], ["x", "y"])]
+    assert draw(sweep, count=4) == combos[:4]
+
+
+def test_grid_over_a_distribution_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"parameters\.lr.*grid search needs `values`"):
+        load_sweep(_write_sweep(tmp_path, {"program": "t.py", "method": "grid", "metric": {"name": "m"},
+                                           "parameters": {"lr": {"min": 0.1, "max": 1.0}}}))
+    with pytest.raises(ValueError, match=r"parameters\.lr has no `values`"):
+        grid({"lr": {"min": 0.1, "max": 1.0}})
+
+
+def test_random_draws_are_reproducible_by_seed():
+    sweep = load_sweep(REPO / "sweeps/bi_encoder_bayes.yaml")
+    first = draw(sweep, count=5, seed=3)
+    assert first == draw(sweep, count=5, seed=3)
+    assert first != draw(sweep, count=5, seed=4)
+    assert len({json.dumps(params, sort_keys=True) for params in first}) == 5
+
+
+def test_random_draws_respect_their_distributions():
+    parameters = {
+        "lr": {"distribution": "log_uniform_values", "min": 1.0e-5, "max": 1.0e-1},
+        "exp": {"distribution": "log_uniform", "min": -2.0, "max": 1.0},
+        "inv": {"distribution": "inv_log_uniform_values", "min": 0.01, "max": 1.0},
+        "beta": {"min": 0.0, "max": 2.0},
+        "layers": {"min": 1, "max": 4},
+        "step": {"distribution": "q_uniform", "min": 0.0, "max": 1.0, "q": 0.25},
+        "width": {"distribution": "q_log_uniform_values", "min": 8, "max": 512, "q": 8},
+        "noise": {"distribution": "normal", "mu": 1.0, "sigma": 0.5},
+        "choice": {"values": ["a", "b"], "probabilities": [0.8, 0.2]},
+        "fixed": {"value": 7},
+    }
+    rng = random.Random(0)
+    draws = [sample(parameters, rng) for _ in range(4000)]
+    column = {name: [d[name] for d in draws] for name in parameters}
+    assert all(1e-5 <= v <= 1e-1 for v in column["lr"])
+    below_geometric_mean = sum(v < math.sqrt(1e-5 * 1e-1) for v in column["lr"]) / len(draws)
+    assert below_geometric_mean == pytest.approx(0.5, abs=0.04)  # uniform in log space, not in value
+    assert all(math.exp(-2) <= v <= math.exp(1) for v in column["exp"])
+    assert all(0.01 <= v <= 1.0 for v in column["inv"])
+    assert all(0.0 <= v <= 2.0 for v in column["beta"]) and isinstance(column["beta"][0], float)
+    assert set(column["layers"]) == {1, 2, 3, 4}
+    assert set(column["step"]) == {0.0, 0.25, 0.5, 0.75, 1.0}
+    assert all(isinstance(v, int) and v % 8 == 0 and 8 <= v <= 512 for v in column["width"])
+    assert sum(column["noise"]) / len(draws) == pytest.approx(1.0, abs=0.05)
+    assert column["choice"].count("a") / len(draws) == pytest.approx(0.8, abs=0.03)
+    assert set(column["fixed"]) == {7}
+
+
+def test_random_search_needs_a_count(tmp_path):
+    sweep = load_sweep(REPO / "sweeps/bi_encoder_bayes.yaml")
+    with pytest.raises(ValueError, match="--count"):
+        draw(sweep)
+
+
+# -------------------------------------------------------------------------------- ${args} etc.
+def test_args_render_exactly_as_wandb_agent_renders_them():
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    params = {"model.lr": 0.001, "model.lr_pretrained": 1e-05, "model.queue_size": 1024,
+              "model.class_positives": True, "model.distill_alpha": 0.0, "data.shuffle": False}
+    assert render_args(params)[:3] == ["--model.lr=0.001", "--model.lr_pretrained=1e-05", "--model.queue_size=1024"]
+    agent = create_sweep_command_args({"args": {name: {"value": value} for name, value in params.items()}})
+    for macro in ("args", "args_no_equals", "args_no_hyphens", "args_no_boolean_flags", "args_json"):
+        assert expand_command([f"${{{macro}}}"], params) == agent[macro], macro
+
+
+def test_command_macros_expand_like_the_agent(monkeypatch):
+    monkeypatch.setenv("MMAI_SWEEP_TEST", "configs")
+    command = ["${env}", "${interpreter}", "${program}", "--config", "${envvar:MMAI_SWEEP_TEST}/base.yaml", "${args}"]
+    argv = expand_command(command, {"x": 1}, program="train.py")
+    assert argv == ["/usr/bin/env", "python", "train.py", "--config", "configs/base.yaml", "--x=1"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"method": "hyperopt"}, "method is 'hyperopt'"),
+    ({"metric": {"name": "m", "goal": "max"}}, "metric.goal"),
+    ({"parameters": {"lr": {"distribution": "log_uniform_values", "min": "1e-5", "max": 0.1}}}, "write 1.0e-5"),
+    ({"parameters": {"lr": {"distribution": "log_uniform_values", "min": 0.0, "max": 0.1}}}, "min > 0"),
+    ({"parameters": {"lr": {"distribution": "uniform", "min": 1.0, "max": 0.1}}}, "must be below max"),
+    ({"parameters": {"lr": {"distribution": "gamma", "min": 1.0, "max": 2.0}}}, "unknown distribution"),
+    ({"parameters": {"lr": {"values": [1], "min": 0.0}}}, "do not belong to distribution categorical"),
+    ({"command": ["${env}", "mmai", "fit", "${argz}"]}, r"unknown macro\(s\) \['argz'\]"),
+    ({"command": ["${env}", "mmai", "fit"]}, "never passes the parameters"),
+    ({"program": None}, "no `program` key"),
+    ({"early_terminate": {"type": "hyperband", "eta": 2}}, "min_iter"),
+    ({"metric": None}, "need a metric"),
+    ({"paramters": {}}, r"unknown top-level key\(s\) \['paramters'\]"),
+])
+def test_invalid_sweep_files_name_the_file_and_field(tmp_path, change, message):
+    config = yaml.safe_load((REPO / "sweeps/bi_encoder_bayes.yaml").read_text())
+    config.update(change)
+    config = {key: value for key, value in config.items() if value is not None}
+    with pytest.raises(ValueError, match=message) as error:
+        load_sweep(_write_sweep(tmp_path, config, "broken.yaml"))
+    assert "broken.yaml" in str(error.value)
+
+
+# ----------------------------------------------------------------------------------- the runner
+FAKE_TRAIN = textwrap.dedent("""\
+    # Stands in for `mmai fit`: reads --name=value flags, writes the metrics file the runner reads.
+    import json, pathlib, sys
+    args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+    x = float(args["x"])
+    run_dir = pathlib.Path(args["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    validations = [{"epoch": 0, "score": x / 2}, {"epoch": 1, "score": x}]
+    (run_dir / "sweep_metrics.json").write_text(json.dumps({"finished": True, "validations": validations,
+                                                            "final": {"score": x, "other": 2 * x}}))
+    sys.exit(1 if x < 0 else 0)
+""")
+
+
+@pytest.mark.parametrize("goal", ["maximize", "minimize"])
+def test_runner_runs_the_default_wandb_command_and_ranks_by_goal(tmp_path, goal):
+    (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
+    sweep_file = _write_sweep(tmp_path, {"program": "fake_train.py", "method": "grid",
+                                         "metric": {"name": "score", "goal": goal},
+                                         "parameters": {"x": {"values": [1.0, 3.0, -5.0, 2.0]}}})
+    out = tmp_path / "out"
+    assert sweep_main(["run", str(sweep_file), "--out", str(out), "--workdir", str(tmp_path)]) == 0
+    with open(out / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    expected = [3.0, 2.0, 1.0] if goal == "maximize" else [1.0, 2.0, 3.0]
+    assert [float(row["x"]) for row in rows] == [*expected, -5.0]  # the failed run ranks last
+    assert [row["status"] for row in rows] == ["ok", "ok", "ok", "failed"]
+    assert [int(row["rank"]) for row in rows] == [1, 2, 3, 4]
+    assert rows[0]["other"] == str(2 * expected[0])  # every final metric of the run is in the CSV
+    best_of_first = max(expected[0] / 2, expected[0]) if goal == "maximize" else min(expected[0] / 2, expected[0])
+    assert float(rows[0]["best"]) == best_of_first
+    markdown = (out / "results.md").read_text()
+    assert f"score, goal {goal}" in markdown and "| rank" in markdown
+    command = (out / f"trial-{int(rows[0]['trial']):03d}" / "command.txt").read_text()
+    assert command.startswith("/usr/bin/env python fake_train.py") and f"--x={expected[0]}" in command
+
+
+def test_runner_refuses_in_process_for_a_command_that_is_not_mmai(tmp_path):
+    sweep = load_sweep(_write_sweep(tmp_path, {"program": "train.py", "method": "grid", "metric": {"name": "m"},
+                                               "parameters": {"x": {"values": [1]}}}))
+    with pytest.raises(ValueError, match="--in-process runs `mmai ...` commands only"):
+        run_sweep(sweep, draw(sweep), tmp_path / "out", in_process=True)
+
+
+def test_results_table_is_sorted_by_metric_and_goal(tmp_path):
+    sweep = load_sweep(REPO / "sweeps/bi_encoder_grid.yaml")
+    key = sweep.metric_name
+    trials = [Trial(index=i, params={"model.queue_size": q}, argv=[], run_dir=tmp_path / f"t{i}", status=status,
+                    value=value, best=value, metrics={key: value} if value is not None else {})
+              for i, (q, value, status) in enumerate([(256, 0.2, "ok"), (1024, None, "no metric"), (2048, 0.6, "ok")])]
+    md_path, csv_path = write_results(trials, sweep, tmp_path, {"method": "grid"})
+    with open(csv_path) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["model.queue_size"] for row in rows] == ["2048", "256", "1024"]
+    assert md_path.read_text().index("0.6000") < md_path.read_text().index("0.2000")
+    ordered = [row["m"] for row in sort_by_metric([{"m": 1.0}, {"m": float("nan")}, {"m": 0.5}], "m", "minimize")]
+    assert ordered[:2] == [0.5, 1.0] and math.isnan(ordered[2])
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from mmai.data.shards import write_shards
+    from mmai.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("sweep_synth")
+    synthesize(root / "synth", classes=8, images=64, image_size=64, audio=False, workers=1, progress=False)
+    write_shards(root / "synth", root / "shards", samples_per_shard=8, progress=False)
+    return root / "shards"
+
+
+@pytest.mark.slow
+def test_sweep_run_trains_two_tiny_trials_and_ranks_them(shards, tmp_path):
+    """`mmai sweep run` on the grid file's own command: two real `mmai fit` processes."""
+    config = yaml.safe_load((REPO / "sweeps/bi_encoder_grid.yaml").read_text())
+    config["parameters"] = {"model.temperature_init": {"values": [0.05, 0.1]}}
+    sweep_file = _write_sweep(tmp_path, config)
+    out = tmp_path / "out"
+    extra = [*TINY_MODEL, "--data.shard_dir", str(shards), "--trainer.max_epochs", "1",
+             "--trainer.limit_train_batches", "2"]
+    assert sweep_main(["run", str(sweep_file), "--out", str(out), "--workdir", str(REPO), "--", *extra]) == 0
+    with open(out / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    metric = config["metric"]["name"]
+    assert len(rows) == 2 and all(row["status"] == "ok" for row in rows)
+    values = [float(row[metric]) for row in rows]
+    assert values == sorted(values, reverse=True) and all(0.0 <= v <= 1.0 for v in values)
+    for row in rows:  # the drawn value reached the model: the learnt temperature starts there
+        assert float(row["train/temperature"]) == pytest.approx(float(row["model.temperature_init"]), rel=0.1)
+        summary = json.loads((out / f"trial-{int(row['trial']):03d}" / "sweep_metrics.json").read_text())
+        assert summary["finished"] and len(summary["validations"]) == 1
+    assert metric in (out / "results.md").read_text()
+
