@@ -46,6 +46,7 @@ def _data_parser() -> argparse.ArgumentParser:
     shards.add_argument("--out", type=Path, required=True)
     shards.add_argument("--split", choices=["zero-shot", "standard"], default="zero-shot")
     shards.add_argument("--samples-per-shard", type=int, default=256)
+    shards.add_argument("--seed", type=int, default=0, help="seed of the sample order within each split")
     shards.add_argument("--skip-bad", action="store_true", help="skip missing/unreadable files (counted in the manifest) instead of failing")
     sub.add_parser("inspect", help="iterate CUBWebDataModule over shards and print a summary", add_help=False)
     return parser
@@ -67,7 +68,8 @@ def _data(argv: list[str]) -> int:
         from mmai.data.shards import write_shards
 
         manifest = write_shards(args.cub_root, args.out, split=args.split, captions_root=args.captions_root,
-                                samples_per_shard=args.samples_per_shard, skip_bad=args.skip_bad)
+                                samples_per_shard=args.samples_per_shard, skip_bad=args.skip_bad,
+                                seed=args.seed)
         for name, info in manifest["splits"].items():
             print(f"{name:>5}: {info['images']:6d} images, {info['captions']:7d} captions, "
                   f"{len(info['classes']):3d} classes, {len(info['shards'])} shards")

@@ -104,3 +104,13 @@ def test_broken_tables_name_file_and_line(cub):
 def test_manifest_missing_gives_the_command_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="mmai data shards"):
         read_manifest(tmp_path)
+
+
+def test_shards_mix_classes_instead_of_following_cub_class_order(tmp_path):
+    write_tiny_cub(tmp_path / "raw", images_per_class=8)  # 2 train classes x 8 images
+    manifest = write_shards(tmp_path / "raw", tmp_path / "shards", samples_per_shard=4, progress=False)
+    classes_per_shard = []
+    for shard in manifest["splits"]["train"]["shards"]:
+        members = _tar_members(tmp_path / "shards" / shard["file"])
+        classes_per_shard.append({json.loads(v)["class_id"] for k, v in members.items() if k.endswith(".json")})
+    assert sum(len(c) > 1 for c in classes_per_shard) >= 2  # class-ordered writing gives one class per shard

@@ -278,25 +278,29 @@ class EvalStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
         per_rank = math.ceil(self.num_samples / world_size)
-        position = 0  # index among this rank's samples
-        first = None
+        position, owed, pad_source = 0, 0, None  # position: index among this rank's samples
         raw = wds.DataPipeline(wds.SimpleShardList(self.urls), wds.tarfile_to_samples(handler=self.corrupt))
         for index, sample in enumerate(raw):
             if index % world_size != rank:
                 continue
-            first = first or sample
-            if position % num_workers == worker:
-                # a corrupt sample is replaced by a padding copy, so every rank keeps the same length
-                decoded = self._decode(sample) or self._decode({**first, "__pad__": True})
-                if decoded is not None:
-                    yield decoded
+            mine = position % num_workers == worker
             position += 1
-        while position < per_rank and first is not None:
-            if position % num_workers == worker:
-                decoded = self._decode({**first, "__pad__": True})
-                if decoded is not None:
-                    yield decoded
-            position += 1
+            if not mine:
+                continue
+            decoded = self._decode(sample)
+            if decoded is None:
+                owed += 1  # a corrupt sample becomes a padding row: every rank keeps the same length
+                continue
+            pad_source = pad_source or sample
+            yield decoded
+        owed += sum(1 for p in range(position, per_rank) if p % num_workers == worker)  # ranks one short
+        if owed and pad_source is None:
+            log.warning("evaluation worker %d of rank %d decoded no sample to pad with: its rank runs %d "
+                        "step(s) short", worker, rank, owed)
+            return
+        if owed:
+            padding = self.decoder({**pad_source, "__pad__": True})
+            yield from (padding for _ in range(owed))
 
     def _decode(self, sample: dict) -> dict | None:
         try:

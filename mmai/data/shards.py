@@ -1,6 +1,7 @@
 """Convert CUB (real or synthetic) into WebDataset tar shards, one set per split.
 
-Each sample is keyed by its zero-padded image id and holds ``jpg`` (RGB JPEG), ``json`` (image
+Samples are written in a seeded random order (CUB lists images class by class). Each sample is
+keyed by its zero-padded image id and holds ``jpg`` (RGB JPEG), ``json`` (image
 id, class id and name, the ten captions, bounding box and, where the extras exist, part boxes
 and the diary entry) and, when a song exists, ``wav``. Tar members carry fixed metadata (mtime 0,
 root owner), so the same input gives byte-identical shards, and ``manifest.json`` records the
@@ -14,6 +15,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import random
 import tarfile
 from pathlib import Path
 
@@ -113,7 +115,7 @@ class _ShardSink:
 
 def write_shards(cub_root: Path | str, out: Path | str, split: str = "zero-shot",
                  captions_root: Path | str | None = None, samples_per_shard: int = 256,
-                 skip_bad: bool = False, progress: bool = True) -> dict:
+                 skip_bad: bool = False, progress: bool = True, seed: int = 0) -> dict:
     """Write train/val/test shards and ``manifest.json`` into ``out``; returns the manifest.
 
     Args:
@@ -124,6 +126,10 @@ def write_shards(cub_root: Path | str, out: Path | str, split: str = "zero-shot"
         samples_per_shard: images per tar (default 256: CUB is small, and DDP needs at least
             ranks × workers training shards).
         skip_bad: skip missing/unreadable files and count them in the manifest, instead of failing.
+        seed: the order of samples within a split is a seeded permutation (default 0). CUB lists
+            images class by class; written in that order, each shard would hold a few species and
+            a streaming shuffle buffer could not mix them, so most contrastive negatives would be
+            same-species images with indistinguishable captions.
 
     Raises:
         CUBLayoutError: unless ``skip_bad``, listing every missing or unreadable file at once.
@@ -140,7 +146,7 @@ def write_shards(cub_root: Path | str, out: Path | str, split: str = "zero-shot"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     missing = {entry.path for entry in bad}
-    manifest: dict = {"format_version": FORMAT_VERSION, "split": split, "cub_root": str(index.root),
+    manifest: dict = {"format_version": FORMAT_VERSION, "split": split, "seed": seed, "cub_root": str(index.root),
                       "captions_root": str(index.captions_root), "has_extras": extras is not None,
                       "samples_per_shard": samples_per_shard, "splits": {}}
     total = sum(len(images) for images in assignments.values())
@@ -148,7 +154,7 @@ def write_shards(cub_root: Path | str, out: Path | str, split: str = "zero-shot"
     for name in SPLITS:
         sink = _ShardSink(out, name, samples_per_shard)
         captions = 0
-        for image in assignments[name]:
+        for image in random.Random(f"{seed}/{name}").sample(assignments[name], len(assignments[name])):
             bar.update()
             if str(index.image_path(image)) in missing or str(index.caption_path(image)) in missing:
                 continue
