@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "data": "mmai.bench.data",
     "loader": "mmai.bench.loader",
     "retrieval": "mmai.bench.retrieval",
+    "rerank": "mmai.bench.rerank",
     # benchmarks of the Lightning app live beside it (mmai itself never imports Lightning)
     "train": "lightning_modules.throughput",
 }
