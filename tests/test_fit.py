@@ -25,11 +25,8 @@ RETRIEVAL_KEYS = [f"val/{stage}/t2i/{relevance}/R@{k}" for stage in ("gar", "gar
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    synthesize(root / "synth", classes=8, images=64, image_size=64, audio=False, workers=1, progress=False)
-    write_shards(root / "synth", root / "shards", samples_per_shard=8, progress=False)
-    return root / "shards"
+def shards(synth_shards):
+    return synth_shards
 
 
 def test_every_profile_parses_with_links_applied():

@@ -295,14 +295,8 @@ def test_results_table_is_sorted_by_metric_and_goal(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    from mmai.data.shards import write_shards
-    from mmai.data.synth import synthesize
-
-    root = tmp_path_factory.mktemp("sweep_synth")
-    synthesize(root / "synth", classes=8, images=64, image_size=64, audio=False, workers=1, progress=False)
-    write_shards(root / "synth", root / "shards", samples_per_shard=8, progress=False)
-    return root / "shards"
+def shards(synth_shards):
+    return synth_shards
 
 
 @pytest.mark.slow
