@@ -55,7 +55,8 @@ def main(argv: list[str]) -> int:
     synthesize(synth, classes=args.classes, images=args.images, audio=False)
     if not (shards / "manifest.json").exists():
         print(f"[2/4] writing WebDataset shards to {shards}")
-        write_shards(synth, shards, samples_per_shard=128)
+        # about half the images are training images: keep at least 8 training shards for the workers
+        write_shards(synth, shards, samples_per_shard=max(8, min(128, args.images // 16)))
     else:
         print(f"[2/4] shards exist: {shards}")
     manifest = read_manifest(shards)
