@@ -43,7 +43,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("data/demo"))
     parser.add_argument("--classes", type=int, default=200)
     parser.add_argument("--images", type=int, default=4000, help="synthetic images (CUB has 11,788)")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=8,
+                        help="the tiny profile sits on a plateau for ~200 steps before it learns")
     args = parser.parse_args(argv)
 
     from lightning_modules.cli import cli_main, inspect_main
