@@ -100,7 +100,8 @@ class CUBWebDataModule(L.LightningDataModule):
         return _EpochLoader(dataset, batch_size=None, num_workers=hp.num_workers, epoch=self._epoch,
                             epoch_fn=epoch_fn, persistent_workers=False, pin_memory=False)
 
-    def _eval_dataloader(self, split: str) -> DataLoader:
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Every sample of ``split`` exactly once across ranks, all captions per image."""
         hp = self.hparams
         stream = EvalStream(shard_urls(self.shard_dir, split, self.manifest), self.num_images(split),
                             self._decoder(False), self.corrupt)
@@ -108,10 +109,10 @@ class CUBWebDataModule(L.LightningDataModule):
                           collate_fn=self._collator())
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_dataloader("val")
+        return self.eval_dataloader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_dataloader("test")
+        return self.eval_dataloader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._eval_dataloader("test")
+        return self.eval_dataloader("test")

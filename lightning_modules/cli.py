@@ -27,7 +27,7 @@ def inspect_main(argv: list[str]) -> int:
     for name, info in manifest["splits"].items():
         print(f"  {name:>5}: {info['images']} images, {info['captions']} captions, "
               f"{len(info['classes'])} classes, {len(info['shards'])} shards")
-    loader = data.train_dataloader() if args.split == "train" else data._eval_dataloader(args.split)
+    loader = data.train_dataloader() if args.split == "train" else data.eval_dataloader(args.split)
     images = captions = batches = 0
     classes: Counter = Counter()
     first = None

@@ -193,8 +193,7 @@ class Collator:
         return batch
 
 
-def _epoch_samples(urls: list[str], seed: int, epoch: SharedEpoch, shuffle_buffer: int,
-                   corrupt: CorruptCounter) -> Callable[[], Iterator[dict]]:
+class _EpochShardSamples(IterableDataset):
     """Endless passes over this rank's and worker's shards, shuffled within each pass.
 
     The epoch's seeded shard permutation is split by node then by worker, once, so ranks never
@@ -203,31 +202,25 @@ def _epoch_samples(urls: list[str], seed: int, epoch: SharedEpoch, shuffle_buffe
     samples have been seen.
     """
 
-    def source() -> Iterator[dict]:
+    def __init__(self, urls: list[str], seed: int, epoch: SharedEpoch, shuffle_buffer: int,
+                 corrupt: CorruptCounter) -> None:
+        self.urls, self.seed, self.epoch, self.shuffle_buffer, self.corrupt = urls, seed, epoch, shuffle_buffer, corrupt
+
+    def __iter__(self) -> Iterator[dict]:
         rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
-        order = list(urls)
-        random.Random(f"{seed}/{epoch.get()}").shuffle(order)
+        epoch = self.epoch.get()
+        order = list(self.urls)
+        random.Random(f"{self.seed}/{epoch}").shuffle(order)
         mine = order[rank::world_size][worker::num_workers]
         pass_index = 0
         while True:
-            rng = random.Random(f"{seed}/{epoch.get()}/{rank}/{worker}/{pass_index}")
-            shards = rng.sample(mine, len(mine))
+            rng = random.Random(f"{self.seed}/{epoch}/{rank}/{worker}/{pass_index}")
             yield from wds.DataPipeline(
-                wds.SimpleShardList(shards),
-                wds.tarfile_to_samples(handler=corrupt),
-                wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 200), rng=rng),
+                wds.SimpleShardList(rng.sample(mine, len(mine))),
+                wds.tarfile_to_samples(handler=self.corrupt),
+                wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 200), rng=rng),
             )
             pass_index += 1
-
-    return source
-
-
-class _Source(IterableDataset):
-    def __init__(self, generator: Callable[[], Iterator[dict]]) -> None:
-        self.generator = generator
-
-    def __iter__(self):
-        return self.generator()
 
 
 def train_pipeline(urls: list[str], *, num_samples: int, batch_size: int, world_size: int, num_workers: int,
@@ -255,7 +248,7 @@ def train_pipeline(urls: list[str], *, num_samples: int, batch_size: int, world_
         samples = [wds.ResampledShards(urls, seed=seed, deterministic=True), wds.tarfile_to_samples(handler=corrupt),
                    wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 200))]
     else:
-        samples = [_Source(_epoch_samples(urls, seed, epoch, shuffle_buffer, corrupt))]
+        samples = [_EpochShardSamples(urls, seed, epoch, shuffle_buffer, corrupt)]
     pipeline = wds.DataPipeline(
         *samples,
         wds.map(decoder, handler=corrupt),
@@ -267,9 +260,10 @@ def train_pipeline(urls: list[str], *, num_samples: int, batch_size: int, world_
 class EvalStream(IterableDataset):
     """Every sample of the shards exactly once, split across ranks and workers by sample index.
 
-    Rank ``r`` of ``W`` takes the samples with ``index % W == r``; a rank left one short of
-    ``ceil(N / W)`` repeats its first sample with ``is_pad=True`` (drop those rows when gathering).
-    Within a rank, worker ``w`` takes every ``num_workers``-th of the rank's samples.
+    Rank ``r`` of ``W`` takes the samples with ``index % W == r``; within a rank, worker ``w``
+    takes every ``num_workers``-th of the rank's samples. Every rank yields ``ceil(N / W)`` rows:
+    a rank left one short, and every sample that fails to decode, is made up by a copy of the
+    worker's first decodable sample flagged ``is_pad=True`` (drop those rows when gathering).
     """
 
     def __init__(self, urls: list[str], num_samples: int, decoder: SampleDecoder, corrupt: CorruptCounter) -> None:
