@@ -2,5 +2,6 @@
 
 from callbacks.retrieval import RetrievalEvalCallback
 from callbacks.run_facts import RunFactsCallback
+from callbacks.saliency import SaliencyPanelCallback
 
-__all__ = ["RetrievalEvalCallback", "RunFactsCallback"]
+__all__ = ["RetrievalEvalCallback", "RunFactsCallback", "SaliencyPanelCallback"]

@@ -13,8 +13,14 @@ Logged (``val/`` prefix):
   ``candidates`` and returns a list of the same length (nothing appended). GAR runs over the
   memory graph of gallery images, so it is reported for text→image only.
 * ``stage1/latency_ms``: FAISS search per caption query (batched, amortised; text encoding not
-  included); ``gar/latency_ms``: the GAR re-rank alone per query; ``two_stage/...`` once a
-  re-ranker is attached (:attr:`RetrievalEvalCallback.two_stage`).
+  included); ``gar/latency_ms``: the GAR re-rank alone per query.
+* With a re-ranker (a module with a ``two_stage(data, k, mode, stage1_weight, length)`` method,
+  :class:`~lightning_modules.RerankerModule`): ``two_stage/{t2i,i2t}/{instance,class}/R@k``
+  (final score = match logit + ``stage1_weight`` x stage-1 cosine over the top ``rerank_k``),
+  ``two_stage_match/...`` (match logit alone), ``two_stage/latency_ms`` (stage 1 + stage 2 per
+  query, cached patch tokens, no encoding), ``two_stage/rerank_latency_ms`` (stage 2 alone) and
+  ``two_stage/k``. GAR (and its control) then re-rank the two-stage list instead of stage 1's,
+  so the rows stack as in the reference table: stage 1 → + re-rank → + GAR.
 * ``graph/{nodes,temporal_edges,semantic_edges,mean_degree,episodes,schemas}``.
 
 Exact full-gallery stage-1 Recall@K (``val/stage1/...``) is logged by the module itself.
@@ -48,11 +54,14 @@ class RetrievalEvalCallback(L.Callback):
         semantic_threshold: cosine of a semantic edge (default 0.85).
         max_semantic_degree: semantic neighbours per memory (default 10).
         control_seed: seed of the shuffled-metadata control (default 0).
+        rerank_k: candidates the re-ranker re-scores per query, when the module has one (default 16).
+        stage1_weight: lambda of the two-stage score ``match_logit + lambda * cosine`` (default 1.0).
     """
 
     def __init__(self, candidates: int = 100, ks: tuple[int, ...] = (1, 5, 10), index_kind: str = "hnsw",
                  gar_alpha: float = 0.5, gar_damping: float = 0.5, temporal_window_s: float = 3600.0,
-                 semantic_threshold: float = 0.85, max_semantic_degree: int = 10, control_seed: int = 0):
+                 semantic_threshold: float = 0.85, max_semantic_degree: int = 10, control_seed: int = 0,
+                 rerank_k: int = 16, stage1_weight: float = 1.0):
         super().__init__()
         if max(ks) > candidates:
             raise ValueError(f"RetrievalEvalCallback: ks={ks} asks beyond candidates={candidates}")
@@ -60,19 +69,27 @@ class RetrievalEvalCallback(L.Callback):
         self.gar_alpha, self.gar_damping, self.control_seed = gar_alpha, gar_damping, control_seed
         self.graph_options = {"temporal_window_s": temporal_window_s, "semantic_threshold": semantic_threshold,
                               "max_semantic_degree": max_semantic_degree}
-        #: hook for stage 2: ``fn(data, stage1_positions, stage1_scores) -> {metric: value}``
-        self.two_stage: Callable[[EvalSet, np.ndarray, np.ndarray], dict[str, float]] | None = None
+        if rerank_k < 1:
+            raise ValueError(f"RetrievalEvalCallback: rerank_k must be >= 1, got {rerank_k}")
+        self.rerank_k, self.stage1_weight = int(rerank_k), float(stage1_weight)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         data = pl_module.eval_set()  # a collective: every rank calls it
-        metrics = self.evaluate(data) if trainer.is_global_zero else None
+        two_stage = getattr(pl_module, "two_stage", None)
+        metrics = self.evaluate(data, two_stage) if trainer.is_global_zero else None
         metrics = trainer.strategy.broadcast(metrics, src=0)
         pl_module.log_dict({f"val/{key}": value for key, value in metrics.items()})
 
-    def evaluate(self, data: EvalSet) -> dict[str, float]:
-        """Stage 1 → GAR (and its control, and stage 2 if attached) on one gathered set."""
+    def evaluate(self, data: EvalSet, two_stage: Callable | None = None) -> dict[str, float]:
+        """Stage 1 → (stage 2 if ``two_stage`` is given) → GAR and its control, on one gathered set.
+
+        Args:
+            data: the gathered evaluation set.
+            two_stage: the module's ``two_stage(data, k=, mode=, stage1_weight=, length=)`` returning
+                a :class:`~mmai.two_stage.TwoStageResult`, or None (no re-ranker).
+        """
         images = data.image_embeddings.numpy()
         positions = np.arange(len(images))
         k = min(self.candidates, len(images))
@@ -80,6 +97,8 @@ class RetrievalEvalCallback(L.Callback):
         start = time.perf_counter()
         scores, hits = index.search(data.text_embeddings.numpy(), k)  # (Nt, k) each
         metrics = {"stage1/latency_ms": 1000 * (time.perf_counter() - start) / len(hits)}
+        if two_stage is not None:
+            hits, scores = self._two_stage(data, two_stage, k, metrics)
         labels = (data.image_ids, data.class_ids, data.text_image_ids, data.text_class_ids)
         graph = EpisodicGraph(positions, images, data.timestamps.numpy(), data.places, index=index,
                               progress=False, **self.graph_options)
@@ -92,6 +111,18 @@ class RetrievalEvalCallback(L.Callback):
                 metrics["gar/latency_ms"] = 1000 * (time.perf_counter() - start) / len(hits)
             recall = evaluate_rankings(*labels, t2i=ranked, ks=self.ks)
             metrics.update({f"{stage}/{key}": value for key, value in recall.items()})
-        if self.two_stage is not None:
-            metrics.update(self.two_stage(data, hits, scores))
         return metrics
+
+    def _two_stage(self, data: EvalSet, two_stage: Callable, k: int, metrics: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Log two-stage (combined and match-only) Recall@K; return the combined t2i list for GAR."""
+        rerank_k = min(self.rerank_k, k)
+        result = two_stage(data, k=rerank_k, mode="combined", stage1_weight=self.stage1_weight, length=k)
+        metrics.update({f"two_stage/{key}": value for key, value in result.metrics.items()})
+        metrics["two_stage/latency_ms"] = result.latency_ms["stage1"] + result.latency_ms["stage2"]
+        metrics["two_stage/rerank_latency_ms"] = result.latency_ms["stage2"]
+        metrics["two_stage/k"] = float(rerank_k)
+        matched = two_stage(data, k=rerank_k, mode="match", stage1_weight=self.stage1_weight, length=k)
+        metrics.update({f"two_stage_match/{key}": value for key, value in matched.metrics.items()})
+        hits = result.rankings["t2i"][:, :k].numpy()  # (Nt, k)
+        scores = result.scores["t2i"][:, :k].numpy()  # (Nt, k)
+        return hits, scores

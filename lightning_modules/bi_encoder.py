@@ -18,7 +18,7 @@ import torch
 from lightning_modules.eval_set import EvalSet, EvalSetCollector
 from mmai.bi_encoder import BiEncoder
 from mmai.metrics import evaluate_retrieval
-from mmai.towers import AudioTower, ClipTowers, TextTower, VisionTower
+from mmai.checkpoint import build_towers
 
 
 class BiEncoderModule(L.LightningModule):
@@ -79,16 +79,7 @@ class BiEncoderModule(L.LightningModule):
         self.train()
 
     def _towers(self) -> dict[str, torch.nn.Module]:
-        hp = self.hparams
-        towers: dict[str, torch.nn.Module] = {}
-        if hp.clip is not None:
-            towers["clip"] = ClipTowers(**{"max_length": hp.max_length, **hp.clip})
-        else:
-            towers["vision"] = VisionTower(image_size=hp.image_size, **(hp.vision or {}))
-            towers["text"] = TextTower(model_name=hp.text_model, max_length=hp.max_length, **(hp.text or {}))
-        if hp.audio is not None:
-            towers["audio"] = AudioTower(**hp.audio)
-        return towers
+        return build_towers(dict(self.hparams))
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

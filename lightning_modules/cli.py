@@ -79,6 +79,56 @@ def _make_cli_class():
     return _CLI
 
 
+def _make_rerank_cli_class():
+    from lightning.pytorch.cli import LightningCLI
+
+    class _RerankCLI(LightningCLI):
+        """LightningCLI of the re-ranker stage: the data follow the bi-encoder checkpoint's input
+        size, tokenizer and caption length, read from the checkpoint itself."""
+
+        def add_arguments_to_parser(self, parser) -> None:
+            from callbacks import RetrievalEvalCallback
+
+            parser.add_argument("--run_dir", default="runs/reranker", help="where logs, W&B runs and checkpoints go")
+            parser.add_lightning_class_args(RetrievalEvalCallback, "retrieval")
+            parser.link_arguments("data.batch_size", "model.batch_size")
+
+        def before_instantiate_classes(self) -> None:
+            config = self.config.get(self.subcommand) if self.subcommand else self.config
+            _data_from_bi_encoder(config)
+
+        def before_fit(self) -> None:
+            _check_ckpt_path(self.config_init.get(self.subcommand, self.config_init).get("ckpt_path"))
+
+    return _RerankCLI
+
+
+def _data_from_bi_encoder(config) -> None:
+    """Set ``data.image_size/tokenizer/max_length`` from ``model.bi_encoder_ckpt``'s hyperparameters."""
+    from mmai.checkpoint import read_checkpoint
+
+    path = config.model.bi_encoder_ckpt
+    if path is None:
+        raise ValueError("mmai rerank: set --model.bi_encoder_ckpt to a checkpoint of `mmai fit` "
+                         "(e.g. runs/<run>/checkpoints/last.ckpt)")
+    hparams = read_checkpoint(path, "model.bi_encoder_ckpt")["hyper_parameters"]
+    config.data.image_size = hparams.get("image_size", 224)
+    config.data.tokenizer = _tokenizer_name(hparams.get("text_model", "bert-base-uncased"), hparams.get("clip"))
+    config.data.max_length = hparams.get("max_length", 64)
+    config.data.audio_seconds = None
+
+
+def rerank_cli_main(args: list[str] | None = None, run: bool = True):
+    """``mmai rerank fit|validate|test --config configs/reranker.yaml --model.bi_encoder_ckpt …``:
+    the stage-2 LightningCLI (:class:`~lightning_modules.reranker.RerankerModule`)."""
+    from datamodules import CUBWebDataModule
+    from lightning_modules.reranker import RerankerModule
+
+    return _make_rerank_cli_class()(RerankerModule, CUBWebDataModule, args=args, run=run,
+                                    parser_kwargs={"parser_mode": "omegaconf+"},
+                                    save_config_kwargs={"overwrite": True})
+
+
 def _tokenizer_name(text_model: str, clip: dict | None) -> str:
     return clip.get("model_name", "openai/clip-vit-base-patch16") if clip else text_model
 

@@ -24,6 +24,9 @@ class EvalSet:
     text_image_ids: torch.Tensor  # (Nt,)
     text_class_ids: torch.Tensor  # (Nt,)
     captions: list[str]  # (Nt,)
+    #: stage-2 caches, gathered like the rest: ``image_patches (Ni, N, Dv)``, ``text_tokens
+    #: (Nt, L, Dt)`` and ``attention_mask (Nt, L)`` (a re-ranker's validation adds them).
+    extras: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 class EvalSetCollector:
@@ -36,7 +39,11 @@ class EvalSetCollector:
         self._parts: dict[str, list] = {}
         self._gathered: EvalSet | None = None
 
-    def add(self, batch: dict, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> None:
+    def add(self, batch: dict, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor,
+            image_extras: dict[str, torch.Tensor] | None = None,
+            text_extras: dict[str, torch.Tensor] | None = None) -> None:
+        """Keep one batch's non-padding rows; ``image_extras``/``text_extras`` are more per-image /
+        per-caption tensors (e.g. patch tokens) that end up in :attr:`EvalSet.extras`."""
         keep = ~batch["is_pad"]  # (B,)
         owner = batch["caption_owner"]  # (Bt,)
         keep_text = keep[owner]  # (Bt,)
@@ -49,6 +56,10 @@ class EvalSetCollector:
         }
         for key, value in rows.items():
             self._parts.setdefault(key, []).append(value.detach())
+        for key, value in (image_extras or {}).items():
+            self._parts.setdefault(f"extra:{key}", []).append(value[keep].detach())
+        for key, value in (text_extras or {}).items():
+            self._parts.setdefault(f"extra:{key}", []).append(value[keep_text].detach())
         self._parts.setdefault("places", []).extend(p for p, k in zip(batch["place"], keep.tolist()) if k)
         self._parts.setdefault("captions", []).extend(c for c, k in zip(batch["captions"], keep_text.tolist()) if k)
 
@@ -57,9 +68,11 @@ class EvalSetCollector:
             return self._gathered
         if not self._parts:
             raise RuntimeError("no evaluation batches were seen this epoch: is the split empty?")
-        fields = {}
+        fields: dict = {"extras": {}}
         for key, parts in self._parts.items():
-            if key in ("places", "captions"):
+            if key.startswith("extra:"):
+                fields["extras"][key[len("extra:"):]] = _gather_rows(torch.cat(parts), module)
+            elif key in ("places", "captions"):
                 fields[key] = _gather_objects(parts, module)
             else:
                 fields[key] = _gather_rows(torch.cat(parts), module)

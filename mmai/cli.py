@@ -21,6 +21,8 @@ commands:
   data shards    convert CUB (real or synthetic) into WebDataset shards + manifest
   data inspect   stream the shards through CUBWebDataModule and print a summary
   fit | validate | test | predict   LightningCLI (mmai fit --config configs/base.yaml ...)
+  rerank fit | validate | test      stage-2 re-ranker LightningCLI (mmai rerank fit --config configs/reranker.yaml ...)
+  saliency       render the saliency panel of a query and an image from a re-ranker checkpoint
   demo           synthesise data, write shards, train the tiny bi-encoder, print Recall@K
   bench NAME     run a benchmark (mmai bench --list)
   sweep run FILE run a W&B sweep file's trials here, no W&B server (mmai sweep run --help)
@@ -88,6 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     if command in APP_COMMANDS:
         importlib.import_module("lightning_modules.cli").cli_main([command, *rest])
         return 0
+    if command == "rerank":
+        if not rest or rest[0] not in {"fit", "validate", "test"}:
+            print("usage: mmai rerank {fit,validate,test} --config configs/reranker.yaml "
+                  "[--config configs/profiles/reranker_tiny_cpu.yaml] --model.bi_encoder_ckpt CKPT", file=sys.stderr)
+            return 2
+        importlib.import_module("lightning_modules.cli").rerank_cli_main(rest)
+        return 0
+    if command == "saliency":
+        from mmai.explain import main as saliency_main
+
+        return saliency_main(rest)
     if command == "demo":
         return importlib.import_module("lightning_modules.demo").main(rest)
     if command == "data":

@@ -64,7 +64,8 @@ def rerank_topk(
     mode: str = "combined",
     stage1_weight: float = 1.0,
     query_indices: torch.Tensor | None = None,
-) -> torch.Tensor:
+    return_scores: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Re-order the first ``k`` entries of stage-1 rankings; the rest stays as it is.
 
     Args:
@@ -78,9 +79,12 @@ def rerank_topk(
         mode: see :func:`final_scores` (default ``"combined"``); ``"stage1"`` skips ``rerank_fn``.
         stage1_weight: lambda (default 1.0).
         query_indices: ``(Q,)`` passed to ``rerank_fn`` (default ``arange(Q)``).
+        return_scores: also return ``(Q, R)`` scores consistent with the new order (default
+            False): the top-``k`` carry their final scores, the rest their stage-1 scores shifted
+            to sit just below the lowest top-``k`` score (gaps kept), e.g. to seed GAR.
 
     Returns:
-        ``(Q, R)`` gallery positions. Ties in the final score keep stage-1 order (stable sort),
+        ``(Q, R)`` gallery positions (and the scores, with ``return_scores``). Ties in the final score keep stage-1 order (stable sort),
         so with the re-ranker off, or any re-ranker whose final score preserves stage-1 order,
         the output equals ``candidates`` exactly.
     """
@@ -90,7 +94,7 @@ def rerank_topk(
     if mode not in RERANK_MODES:
         raise ValueError(f"rerank_topk: mode must be one of {RERANK_MODES}, got {mode!r}.")
     if rerank_fn is None or mode == "stage1" or k <= 0:
-        return candidates.clone()
+        return (candidates.clone(), stage1_scores.clone()) if return_scores else candidates.clone()
     depth = min(int(k), candidates.shape[1])
     top, top_scores = candidates[:, :depth], stage1_scores[:, :depth]  # (Q, k)
     if query_indices is None:
@@ -99,8 +103,16 @@ def rerank_topk(
     if logits.shape != top.shape:
         raise ValueError(f"rerank_topk: rerank_fn returned shape {tuple(logits.shape)}, expected {tuple(top.shape)}.")
     scores = final_scores(logits, top_scores, mode, stage1_weight).masked_fill(top < 0, -torch.inf)  # (Q, k)
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices  # (Q, k)
-    return torch.cat([top.gather(1, order), candidates[:, depth:]], dim=1)  # (Q, R)
+    sorted_scores, order = torch.sort(scores, dim=1, descending=True, stable=True)  # (Q, k) each
+    ranked = torch.cat([top.gather(1, order), candidates[:, depth:]], dim=1)  # (Q, R)
+    if not return_scores:
+        return ranked
+    tail = stage1_scores[:, depth:]  # (Q, R - k)
+    finite_top = sorted_scores.masked_fill(~torch.isfinite(sorted_scores), torch.inf)
+    floor = finite_top.min(dim=1, keepdim=True).values  # (Q, 1) lowest finite re-ranked score
+    floor = torch.where(torch.isfinite(floor), floor, top_scores[:, -1:])
+    shifted = tail - top_scores[:, -1:] + floor - 1e-3  # (Q, R - k): below every re-ranked item
+    return ranked, torch.cat([sorted_scores, shifted], dim=1)
 
 
 def two_stage_rank(
@@ -167,6 +179,8 @@ class TwoStageResult:
     k: int
     mode: str
     stage1_weight: float
+    #: direction -> ``(Q, R)`` scores in the order of ``rankings`` (see :func:`rerank_topk`).
+    scores: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -190,17 +204,18 @@ def fusion_rerank_fn(reranker: torch.nn.Module, direction: str, image_patches: t
         pad candidates (-1) score as if they were item 0 (callers ignore them).
     """
     device = next(reranker.parameters()).device
+    dtype = next(reranker.parameters()).dtype  # caches may be kept in float16 to halve their memory
 
     def t2i(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         queries, candidates = queries.to(text_tokens.device), candidates.clamp(min=0).to(image_patches.device)
-        text = text_tokens[queries].to(device)[:, None]  # (q, 1, L, Dt)
+        text = text_tokens[queries].to(device, dtype)[:, None]  # (q, 1, L, Dt)
         mask = attention_mask[queries].to(device)[:, None]  # (q, 1, L)
-        return reranker(text, mask, image_patches[candidates].to(device)).logits  # (q, K)
+        return reranker(text, mask, image_patches[candidates].to(device, dtype)).logits  # (q, K)
 
     def i2t(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         queries, candidates = queries.to(image_patches.device), candidates.clamp(min=0).to(text_tokens.device)
-        patches = image_patches[queries].to(device)[:, None]  # (q, 1, N, Dv)
-        text = text_tokens[candidates].to(device)  # (q, K, L, Dt)
+        patches = image_patches[queries].to(device, dtype)[:, None]  # (q, 1, N, Dv)
+        text = text_tokens[candidates].to(device, dtype)  # (q, K, L, Dt)
         return reranker(text, attention_mask[candidates].to(device), patches).logits  # (q, K)
 
     if direction not in DIRECTIONS:
@@ -230,10 +245,10 @@ def stage1_topk(queries: torch.Tensor, gallery_unit: torch.Tensor, length: int) 
 
 def _rank_direction(direction: str, queries: torch.Tensor, gallery: torch.Tensor, rerank_fn: RerankFn,
                     length: int, k: int, mode: str, stage1_weight: float, query_batch_size: int,
-                    device: torch.device, progress: bool) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+                    device: torch.device, progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
     queries = queries.to(device)
     gallery_unit = F.normalize(gallery.to(device).float(), dim=-1)  # (G, E), index-time work: not timed
-    stage1_parts, final_parts, stage1_s, stage2_s = [], [], 0.0, 0.0
+    stage1_parts, final_parts, score_parts, stage1_s, stage2_s = [], [], [], 0.0, 0.0
     starts = range(0, len(queries), query_batch_size)
     for start in tqdm(starts, desc=f"two-stage {direction}", disable=not progress, leave=False):
         query_indices = torch.arange(start, min(start + query_batch_size, len(queries)), device=device)  # (q,)
@@ -242,13 +257,16 @@ def _rank_direction(direction: str, queries: torch.Tensor, gallery: torch.Tensor
         positions, scores = stage1_topk(queries[query_indices], gallery_unit, length)  # (q, R)
         _synchronize(device)
         middle = time.perf_counter()
-        ranked = rerank_topk(positions, scores, k, rerank_fn, mode, stage1_weight, query_indices)  # (q, R)
+        ranked, final = rerank_topk(positions, scores, k, rerank_fn, mode, stage1_weight, query_indices,
+                                    return_scores=True)  # (q, R) each
         _synchronize(device)
         stage1_s, stage2_s = stage1_s + middle - begin, stage2_s + time.perf_counter() - middle
         stage1_parts.append(positions.cpu())
         final_parts.append(ranked.cpu())
+        score_parts.append(final.cpu())
     count = max(len(queries), 1)
-    return torch.cat(stage1_parts), torch.cat(final_parts), 1e3 * stage1_s / count, 1e3 * stage2_s / count
+    return (torch.cat(stage1_parts), torch.cat(final_parts), torch.cat(score_parts), 1e3 * stage1_s / count,
+            1e3 * stage2_s / count)
 
 
 @torch.no_grad()
@@ -270,6 +288,7 @@ def evaluate_two_stage(
     directions: Sequence[str] = DIRECTIONS,
     pairs_per_batch: int = 1024,
     progress: bool = True,
+    length: int | None = None,
 ) -> TwoStageResult:
     """Stage-1 and two-stage Recall@K, both relevances, with per-query latency of each stage.
 
@@ -292,28 +311,31 @@ def evaluate_two_stage(
             batch = ``max(1, pairs_per_batch // k)``; with 1 query per batch the latency is the
             single-query latency.
         progress: tqdm bar per direction (default True).
+        length: rankings are at least this long (default None: ``max(k, max(ks))``), e.g. the
+            candidate list GAR re-ranks afterwards.
 
     Returns:
         :class:`TwoStageResult`.
     """
     device = next(reranker.parameters()).device if reranker is not None else image_embeddings.device
-    length = max(int(k), max(ks))
+    length = max(int(k), max(ks), int(length or 0))
     query_batch_size = max(1, pairs_per_batch // max(int(k), 1))
     was_training = reranker.training if reranker is not None else False
     if reranker is not None:
         reranker.eval()
     labels = (image_ids, image_class_ids, text_image_ids, text_class_ids)
-    rankings, stage1_rankings, latency = {}, {}, {}
+    rankings, stage1_rankings, final_scores_by_direction, latency = {}, {}, {}, {}
     try:
         for direction in directions:
             rerank_fn = (fusion_rerank_fn(reranker, direction, image_patches, text_tokens, attention_mask)
                          if reranker is not None else None)
             queries, gallery = ((text_embeddings, image_embeddings) if direction == "t2i"
                                 else (image_embeddings, text_embeddings))
-            stage1, final, stage1_ms, stage2_ms = _rank_direction(
+            stage1, final, scores, stage1_ms, stage2_ms = _rank_direction(
                 direction, queries, gallery, rerank_fn, length, k, mode, stage1_weight, query_batch_size,
                 device, progress)
             stage1_rankings[direction], rankings[direction] = stage1, final
+            final_scores_by_direction[direction] = scores
             latency[f"{direction}/stage1"], latency[f"{direction}/stage2"] = stage1_ms, stage2_ms
     finally:
         if reranker is not None:
@@ -326,4 +348,4 @@ def evaluate_two_stage(
         metrics=evaluate_rankings(*labels, t2i=rankings.get("t2i"), i2t=rankings.get("i2t"), ks=ks),
         stage1_metrics=stage1_metrics,
         rankings=rankings, stage1_rankings=stage1_rankings, latency_ms=latency, k=int(k), mode=mode,
-        stage1_weight=stage1_weight)
+        stage1_weight=stage1_weight, scores=final_scores_by_direction)

@@ -150,3 +150,17 @@ def test_unknown_mode_and_bad_logit_shape_raise():
         two_stage_rank(scores, k=3, rerank_fn=random_logits, mode="sum")
     with pytest.raises(ValueError, match="shape"):
         two_stage_rank(scores, k=3, rerank_fn=lambda queries, top: torch.zeros(2, 2))
+
+
+def test_returned_scores_follow_the_new_order_and_keep_the_tail_below_the_reranked_items():
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.randn(6, 40, generator=generator)
+    stage1, positions = scores.topk(20, dim=1)
+
+    def random_logits(queries, candidates):
+        return torch.randn(candidates.shape, generator=generator) * 3
+
+    ranked, final = rerank_topk(positions, stage1, k=8, rerank_fn=random_logits, return_scores=True)
+    assert torch.equal(ranked[:, 8:], positions[:, 8:])
+    assert bool((final[:, :-1] >= final[:, 1:]).all())  # consistent with the order: non-increasing
+    assert torch.allclose(final[:, 9:] - final[:, 8:-1], stage1[:, 9:] - stage1[:, 8:-1], atol=1e-5)  # tail gaps kept

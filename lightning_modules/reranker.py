@@ -1,0 +1,223 @@
+"""``RerankerModule``: stage-2 training of the fusion re-ranker over a trained bi-encoder.
+
+ALBEF's image-text matching (ITM) objective (Li et al., NeurIPS 2021) as its own stage: the
+bi-encoder of a ``mmai fit`` checkpoint is loaded (towers frozen by default; ``finetune_towers``
+trains them too, at ``lr_towers``), every caption of a batch is paired with its image and with
+hard negative images drawn from the bi-encoder's similarities, every image with hard negative
+captions (:func:`mmai.negatives.build_match_batch`; never the same image; same-species
+candidates are the hard ones, ``same_class_weight`` scales them), and the
+:class:`~mmai.fusion.FusionReranker` learns to tell them apart (binary cross-entropy).
+
+Validation embeds the gallery like the bi-encoder does and also caches the gallery's patch tokens
+and the captions' token states, so two-stage retrieval never re-encodes an image per query.
+Logged: ``train/match_loss``, ``train/match_acc`` (and on positives / negatives),
+``val/match_loss``/``val/match_acc`` on in-batch hard negatives, and ``val/stage1/...`` Recall@K;
+the :class:`~callbacks.RetrievalEvalCallback` adds ``val/two_stage/...`` and GAR on top.
+Run it with ``mmai rerank fit --config configs/reranker.yaml --model.bi_encoder_ckpt PATH``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from lightning_modules.eval_set import EvalSet, EvalSetCollector
+from mmai.checkpoint import build_bi_encoder, build_reranker, read_checkpoint
+from mmai.fusion import match_loss
+from mmai.metrics import evaluate_retrieval
+from mmai.negatives import POSITIVE, build_match_batch
+from mmai.two_stage import TwoStageResult, evaluate_two_stage
+
+
+class RerankerModule(L.LightningModule):
+    """Trains the fusion re-ranker's match head on hard negatives of a trained bi-encoder.
+
+    Args:
+        bi_encoder_ckpt: a ``BiEncoderModule`` checkpoint (``mmai fit``); its hyperparameters are
+            copied into this module's (``bi_encoder``), so a re-ranker checkpoint stands alone.
+        bi_encoder: the bi-encoder's hyperparameters; filled from ``bi_encoder_ckpt`` (leave None).
+        fusion: :class:`~mmai.fusion.FusionReranker` arguments (``hidden_dim`` 256,
+            ``num_layers`` 2, ``num_heads`` 4, ``dropout`` 0.1, ``mlp_ratio`` 4.0).
+        finetune_towers: also train the bi-encoder's online towers (default False: frozen, eval mode).
+        lr: learning rate of the fusion layers (default 1e-4).
+        lr_towers: learning rate of the towers when ``finetune_towers`` (default 1e-5).
+        weight_decay: AdamW decay of weight matrices (default 0.02).
+        warmup_steps: linear warm-up, then cosine to 0 (default 100).
+        num_negatives: hard negatives per caption and per image (default 1, as ALBEF).
+        negative_temperature: sampling temperature over similarities (default 0.07; lower = harder).
+        same_class_weight: sampling weight multiplier of same-species candidates (default 1.0).
+        rerank_k: default K of two-stage evaluation (the callback's ``rerank_k`` wins; default 16).
+        stage1_weight: default lambda of ``match_logit + lambda * stage1_similarity`` (default 1.0).
+        batch_size: per-rank batch, linked from ``data.batch_size`` (default 64).
+        eval_ks: the K of Recall@K (default 1, 5, 10).
+    """
+
+    def __init__(self, bi_encoder_ckpt: str | None = None, bi_encoder: dict[str, Any] | None = None,
+                 fusion: dict[str, Any] | None = None, finetune_towers: bool = False, lr: float = 1e-4,
+                 lr_towers: float = 1e-5, weight_decay: float = 0.02, warmup_steps: int = 100,
+                 num_negatives: int = 1, negative_temperature: float = 0.07, same_class_weight: float = 1.0,
+                 rerank_k: int = 16, stage1_weight: float = 1.0, batch_size: int = 64,
+                 eval_ks: tuple[int, ...] = (1, 5, 10)):
+        super().__init__()
+        checkpoint = None
+        if bi_encoder is None:
+            if bi_encoder_ckpt is None:
+                raise ValueError("RerankerModule needs model.bi_encoder_ckpt: a checkpoint of `mmai fit` "
+                                 "(runs/<run>/checkpoints/last.ckpt)")
+            checkpoint = read_checkpoint(bi_encoder_ckpt, "model.bi_encoder_ckpt")
+            if any(key.startswith("reranker.") for key in checkpoint["state_dict"]):
+                raise ValueError(f"model.bi_encoder_ckpt {bi_encoder_ckpt!r} is a re-ranker checkpoint; pass the "
+                                 "bi-encoder's (`mmai fit`) checkpoint, or --ckpt_path to resume this run")
+            bi_encoder = {key: value for key, value in checkpoint["hyper_parameters"].items()
+                          if key != "init_from"}
+        self.save_hyperparameters(ignore=["bi_encoder"])
+        self.hparams["bi_encoder"] = dict(bi_encoder)
+        self.bi_encoder = build_bi_encoder(self.hparams["bi_encoder"], pretrained=False)
+        if checkpoint is not None:
+            self.bi_encoder.load_checkpoint_state(checkpoint["state_dict"], prefix="model.")
+        self.bi_encoder.requires_grad_(False)
+        if finetune_towers:
+            for name in ("vision", "vision_proj", "text", "text_proj"):
+                getattr(self.bi_encoder, name).requires_grad_(True)
+        self.reranker = build_reranker(self.hparams, self.bi_encoder)
+        self._collector = EvalSetCollector()
+        self._val_match: list[torch.Tensor] = []
+        self.train()
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def image_size(self) -> int:
+        return int(self.hparams["bi_encoder"].get("image_size", 224))
+
+    @property
+    def max_length(self) -> int:
+        return int(self.hparams["bi_encoder"].get("max_length", 64))
+
+    def train(self, mode: bool = True):
+        """Frozen towers stay in eval mode (no dropout, fixed statistics) while the head trains."""
+        super().train(mode)
+        if not self.hparams.finetune_towers:
+            self.bi_encoder.eval()
+        return self
+
+    # ---------------------------------------------------------------- encoding
+    def _encode(self, batch: dict) -> tuple[torch.Tensor, ...]:
+        with torch.set_grad_enabled(self.hparams.finetune_towers and self.training):
+            image_embeddings, patches = self.bi_encoder.encode_image(batch["image"])  # (B, E), (B, N, Dv)
+            text_embeddings, tokens = self.bi_encoder.encode_text(batch["input_ids"], batch["attention_mask"])
+        return image_embeddings, patches, text_embeddings, tokens  # tokens (Bt, L, Dt)
+
+    def _match_step(self, batch: dict, stage: str) -> torch.Tensor:
+        image_embeddings, patches, text_embeddings, tokens = self._encode(batch)
+        keep = ~batch["is_pad"] if "is_pad" in batch else None
+        owner = batch["caption_owner"]
+        similarity = text_embeddings @ image_embeddings.T  # (Bt, B)
+        if keep is not None and not bool(keep.all()):
+            similarity = similarity.masked_fill(~keep[None, :], -torch.inf)
+        hp = self.hparams
+        pairs = build_match_batch(similarity.detach(), owner, batch["image_id"], batch["class_id"],
+                                  num_negatives=hp.num_negatives, temperature=hp.negative_temperature,
+                                  same_class_weight=hp.same_class_weight)
+        if keep is not None:  # padding rows never enter the loss
+            valid = keep[owner[pairs.text_index]] & keep[pairs.image_index]
+            pairs = type(pairs)(pairs.text_index[valid], pairs.image_index[valid], pairs.labels[valid],
+                                pairs.kind[valid])
+        text, mask, image = pairs.gather(tokens, batch["attention_mask"], patches)
+        logits = self.reranker(text, mask, image).logits  # (P,)
+        loss = match_loss(logits, pairs.labels)
+        correct = ((logits > 0).float() == pairs.labels).float()  # (P,)
+        positive = pairs.kind == POSITIVE
+        size = int(batch["image"].shape[0])
+        on_step = stage == "train"
+        self.log(f"{stage}/match_loss", loss, prog_bar=True, batch_size=size, on_step=on_step, on_epoch=True,
+                 sync_dist=not on_step)
+        self.log(f"{stage}/match_acc", correct.mean(), prog_bar=True, batch_size=size, on_step=on_step,
+                 on_epoch=True, sync_dist=not on_step)
+        if positive.any() and (~positive).any():
+            self.log(f"{stage}/match_acc_positive", correct[positive].mean(), batch_size=size, on_step=on_step,
+                     on_epoch=True, sync_dist=not on_step)
+            self.log(f"{stage}/match_acc_negative", correct[~positive].mean(), batch_size=size, on_step=on_step,
+                     on_epoch=True, sync_dist=not on_step)
+        if stage != "train":
+            self._collector.add(batch, image_embeddings, text_embeddings,
+                                image_extras={"image_patches": patches.to(torch.float16)},
+                                text_extras=self._padded_tokens(tokens, batch["attention_mask"]))
+        return loss
+
+    def _padded_tokens(self, tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Token states padded to ``max_length`` so batches concatenate (fp16 to halve the cache)."""
+        pad = self.max_length - tokens.shape[1]
+        if pad > 0:
+            tokens, mask = F.pad(tokens, (0, 0, 0, pad)), F.pad(mask, (0, pad))
+        return {"text_tokens": tokens.to(torch.float16), "attention_mask": mask}
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._match_step(batch, "train")
+
+    def configure_optimizers(self):
+        total = self.trainer.estimated_stepping_batches
+        hp = self.hparams
+        decay, no_decay = [], []
+        for param in self.reranker.parameters():
+            (decay if param.ndim >= 2 else no_decay).append(param)
+        groups = [{"params": decay, "lr": hp.lr, "weight_decay": hp.weight_decay, "name": "fusion"},
+                  {"params": no_decay, "lr": hp.lr, "weight_decay": 0.0, "name": "fusion_no_decay"}]
+        towers = [p for p in self.bi_encoder.parameters() if p.requires_grad]
+        if towers:
+            groups.append({"params": towers, "lr": hp.lr_towers, "weight_decay": hp.weight_decay, "name": "towers"})
+        optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98))
+        warmup = max(int(hp.warmup_steps), 0)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -------------------------------------------------------------- evaluation
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._match_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._match_step(batch, "test")
+
+    def eval_set(self) -> EvalSet:
+        """This epoch's gathered gallery, queries and stage-2 caches (every rank holds all of it)."""
+        return self._collector.gather(self)
+
+    @torch.no_grad()
+    def two_stage(self, data: EvalSet, k: int | None = None, mode: str = "combined",
+                  stage1_weight: float | None = None, length: int | None = None,
+                  directions: tuple[str, ...] = ("t2i", "i2t")) -> TwoStageResult:
+        """Two-stage Recall@K over one gathered evaluation set (cached patches and tokens)."""
+        extras = data.extras
+        return evaluate_two_stage(
+            self.reranker, extras["image_patches"], extras["text_tokens"], extras["attention_mask"],
+            data.image_embeddings, data.text_embeddings, data.image_ids, data.class_ids, data.text_image_ids,
+            data.text_class_ids, k=int(k or self.hparams.rerank_k), mode=mode,
+            stage1_weight=float(self.hparams.stage1_weight if stage1_weight is None else stage1_weight),
+            ks=self.hparams.eval_ks, directions=directions, length=length, progress=False)
+
+    def _log_stage1(self, split: str) -> None:
+        data = self.eval_set()
+        metrics = evaluate_retrieval(data.image_embeddings, data.image_ids, data.class_ids, data.text_embeddings,
+                                     data.text_image_ids, data.text_class_ids, ks=self.hparams.eval_ks)
+        self.log_dict({f"{split}/stage1/{key}": value for key, value in metrics.items()}, rank_zero_only=False)
+        self.log(f"{split}/gallery_images", float(len(data.image_ids)))
+        self.log(f"{split}/queries_captions", float(len(data.text_image_ids)))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_stage1("val")
+        self._collector.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_stage1("test")
+        self._collector.reset()

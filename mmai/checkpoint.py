@@ -1,0 +1,327 @@
+"""Trained models out of Lightning checkpoints, without Lightning: for search, serving and panels.
+
+A Lightning ``.ckpt`` is a ``torch.save`` dict holding ``state_dict`` and ``hyper_parameters``
+(the module's ``__init__`` arguments). Both MMAI stages can be rebuilt from it alone:
+
+* a **bi-encoder** checkpoint (``BiEncoderModule``): weights under ``model.``;
+* a **re-ranker** checkpoint (``RerankerModule``): the frozen bi-encoder under ``bi_encoder.``
+  (its hyperparameters copied into ``hyper_parameters["bi_encoder"]``, so the file stands alone)
+  and the :class:`~mmai.fusion.FusionReranker` under ``reranker.``.
+
+:func:`load_stage1` accepts either and returns a :class:`Stage1Model` that embeds PIL images,
+strings and waveforms exactly as evaluation does (resize + centre crop, ImageNet normalisation,
+the tower's tokenizer). :func:`load_stage2` needs a re-ranker checkpoint and returns a
+:class:`Stage2Model` that scores (query, image) pairs and renders saliency panels.
+
+Example:
+    >>> stage2 = load_stage2("runs/reranker/checkpoints/last.ckpt")
+    >>> logits = stage2.rerank("a bird with an orange beak", [Image.open("bird.jpg")])
+    >>> stage2.explain("a bird with an orange beak", Image.open("bird.jpg")).save("panel.png")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmai.bi_encoder import BiEncoder
+from mmai.fusion import FusionReranker
+from mmai.towers import AudioTower, ClipTowers, TextTower, VisionTower
+
+#: BiEncoder arguments that come straight from a BiEncoderModule's hyperparameters.
+BI_ENCODER_ARGS = ("embed_dim", "queue_size", "momentum", "hard_negative_beta", "class_positives", "distill_alpha",
+                   "temperature_init", "projection_hidden_dim")
+
+
+def build_towers(hparams: dict[str, Any], pretrained: bool = True) -> dict[str, torch.nn.Module]:
+    """The towers a ``BiEncoderModule`` with these hyperparameters builds.
+
+    Args:
+        hparams: ``image_size``, ``text_model``, ``max_length``, ``vision``, ``text``, ``audio``, ``clip``.
+        pretrained: load the towers' pretrained weights (default True); False builds them from
+            their configs only, for weights that a checkpoint is about to overwrite.
+    """
+    def options(name: str) -> dict[str, Any]:
+        found = dict(hparams.get(name) or {})
+        return found if pretrained else {**found, "pretrained": False}
+
+    towers: dict[str, torch.nn.Module] = {}
+    if hparams.get("clip") is not None:
+        towers["clip"] = ClipTowers(**{"max_length": hparams.get("max_length", 64), **options("clip")})
+    else:
+        towers["vision"] = VisionTower(image_size=hparams.get("image_size", 224), **options("vision"))
+        towers["text"] = TextTower(model_name=hparams.get("text_model", "bert-base-uncased"),
+                                   max_length=hparams.get("max_length", 64), **options("text"))
+    if hparams.get("audio") is not None:
+        towers["audio"] = AudioTower(**options("audio"))
+    return towers
+
+
+def build_bi_encoder(hparams: dict[str, Any], pretrained: bool = True) -> BiEncoder:
+    """A :class:`~mmai.bi_encoder.BiEncoder` as ``BiEncoderModule(**hparams)`` builds it."""
+    args = {name: hparams[name] for name in BI_ENCODER_ARGS if name in hparams}
+    return BiEncoder(**build_towers(hparams, pretrained), **args)
+
+
+def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
+    """``torch.load`` a Lightning checkpoint with clear errors for a missing or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist: pass a .ckpt written by `mmai fit` "
+                                "(runs/<run>/checkpoints/last.ckpt)")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{what} {str(path)!r} is not a Lightning checkpoint (no 'state_dict')")
+    if "hyper_parameters" not in checkpoint:
+        raise ValueError(f"{what} {str(path)!r} has no 'hyper_parameters': it was not written by an MMAI module")
+    return checkpoint
+
+
+def is_reranker_checkpoint(checkpoint: dict[str, Any]) -> bool:
+    """True for a ``RerankerModule`` checkpoint (fusion weights inside)."""
+    return any(key.startswith("reranker.") for key in checkpoint["state_dict"])
+
+
+def _sub_state(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+def _tokenizer(hparams: dict[str, Any]):
+    from transformers import AutoTokenizer
+
+    from mmai.towers.pretrained import load_or_explain, resolve_model_path
+
+    name = (hparams["clip"].get("model_name", "openai/clip-vit-base-patch16") if hparams.get("clip")
+            else hparams.get("text_model", "bert-base-uncased"))
+    return load_or_explain(AutoTokenizer.from_pretrained, resolve_model_path(name, tower="text"), "text")
+
+
+@dataclasses.dataclass
+class Stage1Model:
+    """A trained bi-encoder in eval mode, with the preprocessing evaluation uses.
+
+    Attributes:
+        model: the :class:`~mmai.bi_encoder.BiEncoder` (eval mode, no gradients needed).
+        hparams: the bi-encoder's hyperparameters.
+        tokenizer: its text tokenizer.
+        checkpoint: the file it was read from.
+    """
+
+    model: BiEncoder
+    hparams: dict[str, Any]
+    tokenizer: Any
+    checkpoint: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def image_size(self) -> int:
+        return int(self.hparams.get("image_size", 224))
+
+    @property
+    def max_length(self) -> int:
+        return int(self.hparams.get("max_length", 64))
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.embed_dim)
+
+    @property
+    def has_audio(self) -> bool:
+        return self.model.audio is not None
+
+    def image_tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images → normalised ``(B, 3, S, S)`` on the model's device (evaluation transform)."""
+        from mmai.data.pipeline import image_transform, normalize_images
+
+        transform = image_transform(self.image_size, train=False)
+        pixels = torch.stack([transform(image.convert("RGB")) for image in images])  # (B, 3, S, S) uint8
+        return normalize_images(pixels.to(self.device))
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``input_ids``/``attention_mask`` ``(B, L)`` on the model's device."""
+        if isinstance(texts, str):
+            raise TypeError("tokenize expects a list of strings, got one string: wrap it in a list")
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                                return_tensors="pt")
+        return {"input_ids": tokens["input_ids"].to(self.device),
+                "attention_mask": tokens["attention_mask"].to(self.device)}
+
+    @torch.no_grad()
+    def encode_images(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``embeddings (B, E)`` unit rows and ``patches (B, N, Dv)`` of PIL images."""
+        return self.model.encode_image(self.image_tensor(images))
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``embeddings (B, E)``, token states ``(B, L, Dt)`` and ``attention_mask (B, L)``."""
+        tokens = self.tokenize(texts)
+        embeddings, states = self.model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+        return embeddings, states, tokens["attention_mask"]
+
+    def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """``(B, E)`` unit embeddings of PIL images, on the CPU."""
+        return self.encode_images(images)[0].float().cpu()
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """``(B, E)`` unit embeddings of strings, on the CPU."""
+        return self.encode_texts(texts)[0].float().cpu()
+
+    @torch.no_grad()
+    def embed_audio(self, waveforms: Sequence[np.ndarray]) -> torch.Tensor:
+        """``(B, E)`` unit embeddings of mono 48 kHz float waveforms, cropped or zero-padded to the
+        training length (``audio_seconds``), on the CPU.
+
+        Raises:
+            ValueError: the checkpoint has no audio tower.
+        """
+        if not self.has_audio:
+            raise ValueError(f"checkpoint {self.checkpoint!r} has no audio tower: train the bi-encoder with "
+                             "model.audio (and model.audio_seconds) to embed audio memories")
+        length = int(round(float(self.hparams.get("audio_seconds") or 1.0) * 48_000))
+        batch = np.zeros((len(waveforms), length), dtype=np.float32)
+        for row, wave in enumerate(waveforms):
+            wave = np.asarray(wave, dtype=np.float32).reshape(-1)[:length]
+            batch[row, : len(wave)] = wave
+        return self.model.encode_audio(torch.from_numpy(batch).to(self.device)).float().cpu()
+
+
+@dataclasses.dataclass
+class Stage2Model:
+    """A trained fusion re-ranker over its bi-encoder.
+
+    Attributes:
+        stage1: the :class:`Stage1Model` whose token states and patches it reads.
+        reranker: the :class:`~mmai.fusion.FusionReranker` (eval mode).
+        rerank_k: candidates it was evaluated on (default from training).
+        stage1_weight: lambda of ``match_logit + lambda * stage1_similarity``.
+    """
+
+    stage1: Stage1Model
+    reranker: FusionReranker
+    rerank_k: int = 16
+    stage1_weight: float = 1.0
+
+    @torch.no_grad()
+    def rerank(self, query: str, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
+        """Match logits ``(n,)`` of one query against ``n`` images (each encoded once)."""
+        if not images:
+            return np.zeros(0, dtype=np.float32)
+        _, tokens, mask = self.stage1.encode_texts([query])  # (1, L, Dt), (1, L)
+        logits = []
+        for start in range(0, len(images), batch_size):
+            _, patches = self.stage1.encode_images(images[start:start + batch_size])  # (b, N, Dv)
+            logits.append(self.reranker.score_candidates(tokens, mask, patches)[0])  # (b,)
+        return torch.cat(logits).float().cpu().numpy()
+
+    def saliency(self, query: str, image: Image.Image, method: str = "gradcam"):
+        """:class:`~mmai.saliency.SaliencyMaps` of one (query, image) pair, content tokens averaged."""
+        from mmai.saliency import saliency_maps
+
+        _, tokens, mask = self.stage1.encode_texts([query])
+        with torch.no_grad():
+            _, patches = self.stage1.encode_images([image])
+        content = mask.clone()
+        content[:, 0] = 0  # [CLS]
+        content[torch.arange(len(mask)), mask.sum(1) - 1] = 0  # [SEP]
+        return saliency_maps(self.reranker, tokens, mask, patches, self.stage1.image_size, method=method,
+                             token_mask=content)
+
+    def explain(self, query: str, image: Image.Image, rank: int | None = None, score: float | None = None,
+                method: str = "gradcam", token_maps: bool = True, note: str | None = None) -> Image.Image:
+        """An "original | heatmap | overlay" panel (plus per-word overlays) for one pair; ``note``
+        is appended to the facts line (e.g. which image this is)."""
+        from mmai.saliency import render_panel, token_maps_for_panel
+
+        maps = self.saliency(query, image, method)
+        view = _model_view(image, self.stage1.image_size)
+        words = None
+        if token_maps:
+            ids = self.stage1.tokenize([query])
+            names = self.stage1.tokenizer.convert_ids_to_tokens(ids["input_ids"][0].tolist())
+            words = token_maps_for_panel(maps.tokens[0], names, ids["attention_mask"][0])
+        logit = float(maps.logits[0]) if score is None else score
+        method_name = "grad x attention" if method == "gradcam" else "cross-attention"
+        return render_panel(view, maps.mean[0], query, score=logit, rank=rank, token_maps=words,
+                            subtitle=f"{method_name}, mean of fusion layers" + (f" · {note}" if note else ""))
+
+    def overlay(self, query: str, image: Image.Image, method: str = "gradcam", alpha: float = 0.5) -> Image.Image:
+        """The heatmap laid over the (model-view) image, as a PIL image."""
+        from mmai.saliency import overlay
+
+        maps = self.saliency(query, image, method)
+        view = _model_view(image, self.stage1.image_size)
+        return Image.fromarray(overlay(np.asarray(view), maps.mean[0].detach().cpu().numpy(), alpha=alpha))
+
+
+def _model_view(image: Image.Image, image_size: int) -> Image.Image:
+    """The image as the model saw it (resize + centre crop), so the heatmap lines up with it."""
+    from mmai.data.pipeline import image_transform
+
+    pixels = image_transform(image_size, train=False)(image.convert("RGB"))  # (3, S, S) uint8
+    return Image.fromarray(pixels.permute(1, 2, 0).numpy())
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _stage1_from(checkpoint: dict[str, Any], path: str, device: torch.device) -> Stage1Model:
+    hparams = dict(checkpoint["hyper_parameters"])
+    if is_reranker_checkpoint(checkpoint):
+        if "bi_encoder" not in hparams:
+            raise ValueError(f"re-ranker checkpoint {path!r} lacks hyper_parameters['bi_encoder']")
+        hparams, prefix = dict(hparams["bi_encoder"]), "bi_encoder."
+    else:
+        prefix = "model."
+    model = build_bi_encoder(hparams, pretrained=False)
+    model.load_checkpoint_state(checkpoint["state_dict"], prefix=prefix)
+    model.to(device).eval()
+    return Stage1Model(model, hparams, _tokenizer(hparams), str(path))
+
+
+def load_stage1(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> Stage1Model:
+    """The bi-encoder of a bi-encoder or re-ranker checkpoint, ready to embed.
+
+    Args:
+        path: a ``.ckpt`` from ``mmai fit`` (bi-encoder) or ``mmai rerank fit`` (re-ranker).
+        device: ``"cpu"`` (default), ``"cuda"``, or ``"auto"``/None for CUDA when available.
+    """
+    checkpoint = read_checkpoint(path)
+    return _stage1_from(checkpoint, str(path), _resolve_device(device))
+
+
+def build_reranker(hparams: dict[str, Any], bi_encoder: BiEncoder) -> FusionReranker:
+    """The :class:`~mmai.fusion.FusionReranker` a ``RerankerModule`` builds over ``bi_encoder``."""
+    text_width = bi_encoder.text.width
+    vision_width = bi_encoder.vision.width
+    return FusionReranker(text_width, vision_width, **dict(hparams.get("fusion") or {}))
+
+
+def load_stage2(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> Stage2Model:
+    """The re-ranker (and its bi-encoder) of a ``RerankerModule`` checkpoint.
+
+    Raises:
+        ValueError: ``path`` is a bi-encoder checkpoint (train a re-ranker on it with ``mmai rerank fit``).
+    """
+    checkpoint = read_checkpoint(path)
+    if not is_reranker_checkpoint(checkpoint):
+        raise ValueError(f"{str(path)!r} is a bi-encoder checkpoint without a re-ranker: train one with "
+                         f"`mmai rerank fit --config configs/reranker.yaml --model.bi_encoder_ckpt {path}`")
+    device = _resolve_device(device)
+    stage1 = _stage1_from(checkpoint, str(path), device)
+    hparams = checkpoint["hyper_parameters"]
+    reranker = build_reranker(hparams, stage1.model)
+    reranker.load_state_dict(_sub_state(checkpoint["state_dict"], "reranker."))
+    reranker.to(device).eval()
+    return Stage2Model(stage1, reranker, int(hparams.get("rerank_k", 16)), float(hparams.get("stage1_weight", 1.0)))

@@ -1,0 +1,49 @@
+"""Real tiny checkpoints (bi-encoder and re-ranker) in Lightning's format, built in seconds.
+
+The weights are freshly initialised (the text tower is the offline MiniLM's architecture,
+shrunk), which is what plumbing tests need: every loader, encoder and panel path runs for real.
+For trained weights use `mmai fit` / `mmai rerank fit` (tests/test_reranker.py does).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+#: BiEncoderModule hyperparameters of a tiny model (32 px images, 16 patches, 64-D space).
+TINY_BI_ENCODER = {
+    "image_size": 32, "text_model": MINILM, "max_length": 24,
+    "vision": {"model_name": "vit_tiny_patch16_224", "pretrained": False,
+               "model_kwargs": {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}},
+    "text": {"pretrained": False, "config_overrides": {"num_hidden_layers": 1, "hidden_size": 32,
+                                                       "num_attention_heads": 2, "intermediate_size": 64}},
+    "embed_dim": 64, "queue_size": 64, "warmup_steps": 2, "batch_size": 4,
+}
+TINY_FUSION = {"hidden_dim": 32, "num_layers": 2, "num_heads": 2, "dropout": 0.0}
+
+
+def make_bi_encoder_ckpt(folder: Path, seed: int = 0, **overrides) -> Path:
+    """Write ``folder/bi_encoder.ckpt`` from a freshly built tiny ``BiEncoderModule``."""
+    from lightning_modules.bi_encoder import BiEncoderModule
+
+    torch.manual_seed(seed)
+    module = BiEncoderModule(**{**TINY_BI_ENCODER, **overrides})
+    path = Path(folder) / "bi_encoder.ckpt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path
+
+
+def make_reranker_ckpt(folder: Path, seed: int = 0) -> Path:
+    """Write ``folder/reranker.ckpt`` (a tiny re-ranker over :func:`make_bi_encoder_ckpt`'s model)."""
+    from lightning_modules.reranker import RerankerModule
+
+    bi_encoder = make_bi_encoder_ckpt(folder, seed)
+    torch.manual_seed(seed)
+    module = RerankerModule(bi_encoder_ckpt=str(bi_encoder), fusion=TINY_FUSION, batch_size=4)
+    path = Path(folder) / "reranker.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path
