@@ -116,13 +116,13 @@ class RetrievalEvalCallback(L.Callback):
     def _two_stage(self, data: EvalSet, two_stage: Callable, k: int, metrics: dict) -> tuple[np.ndarray, np.ndarray]:
         """Log two-stage (combined and match-only) Recall@K; return the combined t2i list for GAR."""
         rerank_k = min(self.rerank_k, k)
-        result = two_stage(data, k=rerank_k, mode="combined", stage1_weight=self.stage1_weight, length=k)
+        result = two_stage(data, k=rerank_k, mode="combined", stage1_weight=self.stage1_weight, length=k,
+                           also_modes=("match",))
         metrics.update({f"two_stage/{key}": value for key, value in result.metrics.items()})
         metrics["two_stage/latency_ms"] = result.latency_ms["stage1"] + result.latency_ms["stage2"]
         metrics["two_stage/rerank_latency_ms"] = result.latency_ms["stage2"]
         metrics["two_stage/k"] = float(rerank_k)
-        matched = two_stage(data, k=rerank_k, mode="match", stage1_weight=self.stage1_weight, length=k)
-        metrics.update({f"two_stage_match/{key}": value for key, value in matched.metrics.items()})
+        metrics.update({f"two_stage_match/{key}": value for key, value in result.mode_metrics["match"].items()})
         hits = result.rankings["t2i"][:, :k].numpy()  # (Nt, k)
         scores = result.scores["t2i"][:, :k].numpy()  # (Nt, k)
         return hits, scores

@@ -173,9 +173,16 @@ class SaliencyPanelCallback(L.Callback):
             path = folder / f"probe{number}.png"
             panel.save(path)
             self.last_paths.append(path)
+        # W&B shows one image size per key: pad the panels (titles wrap to different heights) alike
+        width, height = max(p.width for _, p in panels), max(p.height for _, p in panels)
+        padded = []
+        for _, panel in panels:
+            canvas = Image.new("RGB", (width, height), "white")
+            canvas.paste(panel, (0, 0))
+            padded.append(canvas)
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
-                logger.log_image(key=f"{self.split}/saliency", images=[panel for _, panel in panels],
+                logger.log_image(key=f"{self.split}/saliency", images=padded,
                                  caption=[caption for caption, _ in panels], step=trainer.global_step)
 
 

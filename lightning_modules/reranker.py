@@ -196,7 +196,7 @@ class RerankerModule(L.LightningModule):
     @torch.no_grad()
     def two_stage(self, data: EvalSet, k: int | None = None, mode: str = "combined",
                   stage1_weight: float | None = None, length: int | None = None,
-                  directions: tuple[str, ...] = ("t2i", "i2t")) -> TwoStageResult:
+                  directions: tuple[str, ...] = ("t2i", "i2t"), also_modes: tuple[str, ...] = ()) -> TwoStageResult:
         """Two-stage Recall@K over one gathered evaluation set (cached patches and tokens)."""
         extras = data.extras
         return evaluate_two_stage(
@@ -204,7 +204,7 @@ class RerankerModule(L.LightningModule):
             data.image_embeddings, data.text_embeddings, data.image_ids, data.class_ids, data.text_image_ids,
             data.text_class_ids, k=int(k or self.hparams.rerank_k), mode=mode,
             stage1_weight=float(self.hparams.stage1_weight if stage1_weight is None else stage1_weight),
-            ks=self.hparams.eval_ks, directions=directions, length=length, progress=False)
+            ks=self.hparams.eval_ks, directions=directions, length=length, progress=False, also_modes=also_modes)
 
     def _log_stage1(self, split: str) -> None:
         data = self.eval_set()

@@ -23,7 +23,10 @@ commands:
   fit | validate | test | predict   LightningCLI (mmai fit --config configs/base.yaml ...)
   rerank fit | validate | test      stage-2 re-ranker LightningCLI (mmai rerank fit --config configs/reranker.yaml ...)
   saliency       render the saliency panel of a query and an image from a re-ranker checkpoint
-  demo           synthesise data, write shards, train the tiny bi-encoder, print Recall@K
+  ablate         train and evaluate the reference table's rows on one dataset (mmai ablate --help)
+  memory         personal memories: ingest | search | related | forget | stats | check | rebuild | consolidate
+  serve          the browser dashboard over a memory store (Gradio, 127.0.0.1)
+  demo           the whole pipeline on synthetic data on this machine (the README's main command)
   bench NAME     run a benchmark (mmai bench --list)
   sweep run FILE run a W&B sweep file's trials here, no W&B server (mmai sweep run --help)
 
@@ -101,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         from mmai.explain import main as saliency_main
 
         return saliency_main(rest)
+    if command == "ablate":
+        return importlib.import_module("lightning_modules.ablate").main(rest)
+    if command == "memory":
+        return importlib.import_module("mmai.memory.cli").main(rest)
+    if command == "serve":
+        return importlib.import_module("mmai.serve").main(rest)
     if command == "demo":
         return importlib.import_module("lightning_modules.demo").main(rest)
     if command == "data":

@@ -181,6 +181,8 @@ class TwoStageResult:
     stage1_weight: float
     #: direction -> ``(Q, R)`` scores in the order of ``rankings`` (see :func:`rerank_topk`).
     scores: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    #: ``also_modes`` -> their Recall@K (same keys as ``metrics``).
+    mode_metrics: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -244,11 +246,18 @@ def stage1_topk(queries: torch.Tensor, gallery_unit: torch.Tensor, length: int) 
 
 
 def _rank_direction(direction: str, queries: torch.Tensor, gallery: torch.Tensor, rerank_fn: RerankFn,
-                    length: int, k: int, mode: str, stage1_weight: float, query_batch_size: int,
-                    device: torch.device, progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
+                    length: int, k: int, modes: Sequence[str], stage1_weight: float, query_batch_size: int,
+                    device: torch.device, progress: bool) -> tuple[torch.Tensor, dict, dict, float, float]:
+    """Stage-1 rankings, and per mode the two-stage rankings and scores, of one direction.
+
+    The re-ranker runs once per query batch (timed, with the first mode's re-ordering); further
+    modes re-order the same logits."""
     queries = queries.to(device)
     gallery_unit = F.normalize(gallery.to(device).float(), dim=-1)  # (G, E), index-time work: not timed
-    stage1_parts, final_parts, score_parts, stage1_s, stage2_s = [], [], [], 0.0, 0.0
+    stage1_parts: list[torch.Tensor] = []
+    final_parts: dict[str, list] = {mode: [] for mode in modes}
+    score_parts: dict[str, list] = {mode: [] for mode in modes}
+    stage1_s = stage2_s = 0.0
     starts = range(0, len(queries), query_batch_size)
     for start in tqdm(starts, desc=f"two-stage {direction}", disable=not progress, leave=False):
         query_indices = torch.arange(start, min(start + query_batch_size, len(queries)), device=device)  # (q,)
@@ -257,15 +266,26 @@ def _rank_direction(direction: str, queries: torch.Tensor, gallery: torch.Tensor
         positions, scores = stage1_topk(queries[query_indices], gallery_unit, length)  # (q, R)
         _synchronize(device)
         middle = time.perf_counter()
-        ranked, final = rerank_topk(positions, scores, k, rerank_fn, mode, stage1_weight, query_indices,
-                                    return_scores=True)  # (q, R) each
-        _synchronize(device)
-        stage1_s, stage2_s = stage1_s + middle - begin, stage2_s + time.perf_counter() - middle
+        cache: dict[str, torch.Tensor] = {}
+
+        def once(query_rows: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+            if "logits" not in cache:
+                cache["logits"] = torch.as_tensor(rerank_fn(query_rows, candidates))
+            return cache["logits"]
+
+        for number, mode in enumerate(modes):
+            ranked, final = rerank_topk(positions, scores, k, once if rerank_fn is not None else None, mode,
+                                        stage1_weight, query_indices, return_scores=True)  # (q, R) each
+            if number == 0:
+                _synchronize(device)
+                stage2_s += time.perf_counter() - middle
+            final_parts[mode].append(ranked.cpu())
+            score_parts[mode].append(final.cpu())
+        stage1_s += middle - begin
         stage1_parts.append(positions.cpu())
-        final_parts.append(ranked.cpu())
-        score_parts.append(final.cpu())
     count = max(len(queries), 1)
-    return (torch.cat(stage1_parts), torch.cat(final_parts), torch.cat(score_parts), 1e3 * stage1_s / count,
+    return (torch.cat(stage1_parts), {mode: torch.cat(parts) for mode, parts in final_parts.items()},
+            {mode: torch.cat(parts) for mode, parts in score_parts.items()}, 1e3 * stage1_s / count,
             1e3 * stage2_s / count)
 
 
@@ -289,6 +309,7 @@ def evaluate_two_stage(
     pairs_per_batch: int = 1024,
     progress: bool = True,
     length: int | None = None,
+    also_modes: Sequence[str] = (),
 ) -> TwoStageResult:
     """Stage-1 and two-stage Recall@K, both relevances, with per-query latency of each stage.
 
@@ -313,6 +334,8 @@ def evaluate_two_stage(
         progress: tqdm bar per direction (default True).
         length: rankings are at least this long (default None: ``max(k, max(ks))``), e.g. the
             candidate list GAR re-ranks afterwards.
+        also_modes: more modes scored from the same match logits (no second fusion pass), their
+            Recall@K in :attr:`TwoStageResult.mode_metrics` (e.g. ``("match",)``).
 
     Returns:
         :class:`TwoStageResult`.
@@ -325,17 +348,21 @@ def evaluate_two_stage(
         reranker.eval()
     labels = (image_ids, image_class_ids, text_image_ids, text_class_ids)
     rankings, stage1_rankings, final_scores_by_direction, latency = {}, {}, {}, {}
+    modes = (mode, *[extra for extra in also_modes if extra != mode])
+    extra_rankings: dict[str, dict[str, torch.Tensor]] = {}
     try:
         for direction in directions:
             rerank_fn = (fusion_rerank_fn(reranker, direction, image_patches, text_tokens, attention_mask)
                          if reranker is not None else None)
             queries, gallery = ((text_embeddings, image_embeddings) if direction == "t2i"
                                 else (image_embeddings, text_embeddings))
-            stage1, final, scores, stage1_ms, stage2_ms = _rank_direction(
-                direction, queries, gallery, rerank_fn, length, k, mode, stage1_weight, query_batch_size,
+            stage1, finals, scores, stage1_ms, stage2_ms = _rank_direction(
+                direction, queries, gallery, rerank_fn, length, k, modes, stage1_weight, query_batch_size,
                 device, progress)
-            stage1_rankings[direction], rankings[direction] = stage1, final
-            final_scores_by_direction[direction] = scores
+            stage1_rankings[direction], rankings[direction] = stage1, finals[mode]
+            final_scores_by_direction[direction] = scores[mode]
+            for extra in modes[1:]:
+                extra_rankings.setdefault(extra, {})[direction] = finals[extra]
             latency[f"{direction}/stage1"], latency[f"{direction}/stage2"] = stage1_ms, stage2_ms
     finally:
         if reranker is not None:
@@ -348,4 +375,6 @@ def evaluate_two_stage(
         metrics=evaluate_rankings(*labels, t2i=rankings.get("t2i"), i2t=rankings.get("i2t"), ks=ks),
         stage1_metrics=stage1_metrics,
         rankings=rankings, stage1_rankings=stage1_rankings, latency_ms=latency, k=int(k), mode=mode,
-        stage1_weight=stage1_weight, scores=final_scores_by_direction)
+        stage1_weight=stage1_weight, scores=final_scores_by_direction,
+        mode_metrics={extra: evaluate_rankings(*labels, t2i=ranks.get("t2i"), i2t=ranks.get("i2t"), ks=ks)
+                      for extra, ranks in extra_rankings.items()})

@@ -120,10 +120,10 @@ def test_two_stage_metrics_equal_stage1_when_the_reranker_is_off():
 
     data = _eval_set()
 
-    def off(data, k, mode, stage1_weight, length):
+    def off(data, k, mode, stage1_weight, length, also_modes):
         return evaluate_two_stage(None, None, None, None, data.image_embeddings, data.text_embeddings, data.image_ids,
                                   data.class_ids, data.text_image_ids, data.text_class_ids, k=k, length=length,
-                                  progress=False)
+                                  progress=False, also_modes=also_modes)
 
     metrics = RetrievalEvalCallback(candidates=20, index_kind="flat").evaluate(data, off)
     exact = evaluate_retrieval(data.image_embeddings, data.image_ids, data.class_ids, data.text_embeddings,

@@ -164,3 +164,20 @@ def test_returned_scores_follow_the_new_order_and_keep_the_tail_below_the_rerank
     assert torch.equal(ranked[:, 8:], positions[:, 8:])
     assert bool((final[:, :-1] >= final[:, 1:]).all())  # consistent with the order: non-increasing
     assert torch.allclose(final[:, 9:] - final[:, 8:-1], stage1[:, 9:] - stage1[:, 8:-1], atol=1e-5)  # tail gaps kept
+
+
+def test_also_modes_reuse_one_fusion_pass_and_match_separate_runs():
+    from mmai.fusion import FusionReranker
+
+    torch.manual_seed(0)
+    reranker = FusionReranker(text_width=8, vision_width=6, hidden_dim=16, num_layers=1, num_heads=2)
+    calls = []
+    reranker.register_forward_hook(lambda module, inputs, output: calls.append(1))
+    images, texts = torch.randn(12, 4), torch.randn(30, 4)
+    args = (reranker, torch.randn(12, 5, 6), torch.randn(30, 7, 8), torch.ones(30, 7, dtype=torch.long), images, texts,
+            torch.arange(12), torch.arange(12) % 3, torch.arange(30) % 12, (torch.arange(30) % 12) % 3)
+    both = evaluate_two_stage(*args, k=6, also_modes=("match",), directions=("t2i",), progress=False)
+    passes = len(calls)
+    match = evaluate_two_stage(*args, k=6, mode="match", directions=("t2i",), progress=False)
+    assert len(calls) == 2 * passes  # the match mode alone costs as many passes as both together
+    assert both.mode_metrics["match"] == match.metrics

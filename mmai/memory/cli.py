@@ -1,0 +1,245 @@
+"""``mmai memory``: ingest a person's files, search them in words with filters, forget, maintain.
+
+The command line of :class:`~mmai.memory.personal.PersonalMemory` (see its module for how the
+store, the FAISS index and the episodic graph stay consistent)::
+
+    mmai memory ingest ~/Pictures/2023 notes/ --meta places.csv --checkpoint runs/reranker/last.ckpt
+    mmai memory ingest --from-synthetic data/synth_cub --limit 500      # the diary as an example collection
+    mmai memory search "white bird with an orange beak" --year 2023 --place Mumbai --rerank --gar --explain panels/
+    mmai memory related 3fa9c2e1
+    mmai memory forget --place Berlin --yes
+    mmai memory stats | check | rebuild | consolidate --threshold 0.97
+
+Every subcommand takes ``--root`` (default ``runs/memory``), ``--checkpoint`` (remembered in
+``ROOT/config.json`` after the first use), ``--chroma-host/--chroma-port`` (a Chroma server
+instead of ``ROOT/chroma``) and ``--gpu-index`` (faiss-gpu). Exit status: 0 done, 1 ``check``
+found problems, 2 a usage or input error (the message says what to fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+DEFAULT_ROOT = Path("runs/memory")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="memory folder (default runs/memory)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="bi-encoder or re-ranker .ckpt (remembered in ROOT/config.json after first use)")
+    parser.add_argument("--chroma-host", default=None, help="a Chroma server's host (default: embedded in ROOT/chroma)")
+    parser.add_argument("--chroma-port", type=int, default=8000, help="the Chroma server's port (default 8000)")
+    parser.add_argument("--gpu-index", action="store_true", help="exact FAISS index on GPU 0 (faiss-gpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--year", type=int, nargs="+", default=None, help="only these years (UTC)")
+    parser.add_argument("--place", nargs="+", default=None,
+                        help="only these places; a part of a name matches ('Mumbai' matches 'Powai Lake, Mumbai')")
+    parser.add_argument("--modality", nargs="+", choices=("image", "text", "audio"), default=None)
+    parser.add_argument("--after", default=None, help="from this time on (ISO-8601 like 2023-03-01, UTC)")
+    parser.add_argument("--before", default=None, help="before this time (ISO-8601, UTC)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mmai memory`` argument parser."""
+    parser = argparse.ArgumentParser(prog="mmai memory", description=__doc__.split("\n\n")[0].replace("``", ""))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ingest = sub.add_parser("ingest", help="add images, notes (.txt/.md) and audio (.wav/.flac)")
+    _common(ingest)
+    ingest.add_argument("paths", nargs="*", type=Path, help="files or folders (walked recursively)")
+    ingest.add_argument("--meta", type=Path, default=None,
+                        help="JSON or CSV of time/place/latitude/longitude per file name")
+    ingest.add_argument("--require-time", action="store_true",
+                        help="reject files without a time from a sidecar, --meta or EXIF (no mtime fallback)")
+    ingest.add_argument("--batch-size", type=int, default=16, help="files per confirmed batch (default 16)")
+    ingest.add_argument("--from-synthetic", type=Path, default=None, metavar="DIR",
+                        help="also ingest a synthetic CUB's photos and songs with the diary's time and place")
+    ingest.add_argument("--limit", type=int, default=None, help="with --from-synthetic: the first N photos")
+
+    search = sub.add_parser("search", help="find memories matching a sentence")
+    _common(search)
+    search.add_argument("query")
+    search.add_argument("-k", type=int, default=10, help="results (default 10)")
+    _filters(search)
+    search.add_argument("--rerank", action="store_true", help="re-score image candidates with the re-ranker")
+    search.add_argument("--rerank-k", type=int, default=None, help="candidates re-scored (default: checkpoint's)")
+    search.add_argument("--gar", action="store_true", help="graph-augmented re-ranking with explanations")
+    search.add_argument("--explain", type=Path, default=None, metavar="DIR", help="save saliency panels here")
+    search.add_argument("--recency-weight", type=float, default=0.0, help="weight of recency (default 0: off)")
+    search.add_argument("--json", action="store_true", help="print the hits as JSON lines")
+
+    related = sub.add_parser("related", help="memories linked to one in the episodic graph")
+    _common(related)
+    related.add_argument("id", help="a memory id (or its first 8+ hex digits)")
+    related.add_argument("-k", type=int, default=10)
+
+    forget = sub.add_parser("forget", help="remove memories by id and/or filter from every store")
+    _common(forget)
+    forget.add_argument("ids", nargs="*", help="memory ids (or first 8+ hex digits)")
+    _filters(forget)
+    forget.add_argument("--yes", action="store_true", help="really forget (otherwise: say what would go)")
+
+    for name, text in (("stats", "counts by modality, year and place"),
+                       ("check", "verify Chroma, FAISS and graph agree (exit 1 on problems)"),
+                       ("rebuild", "rebuild FAISS index and graph from Chroma, drop orphan media")):
+        _common(sub.add_parser(name, help=text))
+    consolidate = sub.add_parser("consolidate", help="merge near-duplicates, keeping all sources")
+    _common(consolidate)
+    consolidate.add_argument("--threshold", type=float, default=0.97, help="cosine (default 0.97)")
+    return parser
+
+
+def _open(args: argparse.Namespace):
+    from mmai.memory.personal import PersonalMemory
+
+    return PersonalMemory(args.root, args.checkpoint, chroma_host=args.chroma_host, chroma_port=args.chroma_port,
+                          use_gpu_index=args.gpu_index, progress=not args.quiet)
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "unknown time"
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _describe(metadata: dict[str, Any], document: str | None = None) -> str:
+    what = metadata.get("media_path") or metadata.get("source_path") or ""
+    if metadata.get("modality") == "text" and document:
+        what = repr(document[:60] + ("..." if len(document) > 60 else ""))
+    when, place = _when(metadata.get("timestamp")), metadata.get("place") or "-"
+    return f"{metadata.get('modality', '?'):5s} {when}  {place}  {what}"
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    """``mmai memory ingest``: files/folders (and/or the synthetic diary) -> memories, with a summary."""
+    from mmai.memory.ingest import synthetic_collection
+
+    if not args.paths and args.from_synthetic is None:
+        raise ValueError("ingest: give files or folders, or --from-synthetic DIR")
+    with _open(args) as memory:
+        paths, overrides = list(args.paths), {}
+        if args.from_synthetic is not None:
+            audio = bool(getattr(memory.encoder, "has_audio", False))
+            found, overrides = synthetic_collection(args.from_synthetic, args.limit, audio=audio)
+            paths += found
+            if not audio:
+                print("note: songs skipped: checkpoint has no audio tower (train with model.audio)", file=sys.stderr)
+        report = memory.ingest(paths, args.meta, progress=not args.quiet, require_time=args.require_time,
+                               batch_size=args.batch_size, overrides=overrides)
+        print(report.summary())
+        print(f"{memory.store.count()} memories in {memory.root}")
+    return 0
+
+
+def _hit_json(hit) -> dict[str, Any]:
+    metadata = {key: (str(value) if isinstance(value, Path) else value) for key, value in hit.metadata.items()}
+    return {"rank": hit.rank + 1, "id": hit.id, "score": hit.score, "stage1_score": hit.stage1_score,
+            "match_logit": hit.match_logit, "metadata": metadata, "document": hit.document,
+            "panel_path": None if hit.panel_path is None else str(hit.panel_path), "explanation": hit.explanation,
+            "related": [{"id": r.id, "weight": r.weight, "reason": r.reason} for r in hit.related]}
+
+
+def run_search(args: argparse.Namespace) -> int:
+    """``mmai memory search``: ranked memories, one line each (and GAR's reasons, panels)."""
+    with _open(args) as memory:
+        hits = memory.search(args.query, args.k, year=args.year, place=args.place, modality=args.modality,
+                             after=args.after, before=args.before, rerank=args.rerank, gar=args.gar,
+                             explain_dir=args.explain, rerank_k=args.rerank_k, recency_weight=args.recency_weight)
+        if args.json:
+            for hit in hits:
+                print(json.dumps(_hit_json(hit)))
+            return 0
+        if not hits:
+            print("no memories match" + (" (stored places: " + ", ".join(memory.known_places()) + ")"
+                                         if args.place else ""))
+        for hit in hits:
+            logit = "" if hit.match_logit is None else f" logit {hit.match_logit:+.3f}"
+            print(f"{hit.rank + 1:2d}. {hit.score:+.3f}{logit}  {hit.id[:12]}  {_describe(hit.metadata, hit.document)}")
+            if hit.explanation:
+                print(f"      why: {hit.explanation}")
+            for other in hit.related:
+                print(f"      related {other.id[:12]} ({other.reason}, {other.weight:.2f}): "
+                      f"{_describe(other.metadata)}")
+            if hit.panel_path:
+                print(f"      saliency: {hit.panel_path}")
+    return 0
+
+
+def run_related(args: argparse.Namespace) -> int:
+    with _open(args) as memory:
+        for other in memory.related(args.id, args.k):
+            print(f"{other.weight:.3f}  {other.id[:12]}  {other.reason:28s} {_describe(other.metadata)}")
+    return 0
+
+
+def run_forget(args: argparse.Namespace) -> int:
+    filters = {"year": args.year, "place": args.place, "modality": args.modality, "after": args.after,
+               "before": args.before}
+    filters = {key: value for key, value in filters.items() if value is not None}
+    if not args.ids and not filters:
+        raise ValueError("forget: give ids or a filter (--year/--place/--modality/--after/--before)")
+    with _open(args) as memory:
+        if not args.yes:
+            targets = memory.matching_ids(args.ids or None, **filters)
+            print(f"would forget {len(targets)} memories: {', '.join(t[:12] for t in targets[:10])}"
+                  f"{' ...' if len(targets) > 10 else ''}\nadd --yes to forget them")
+            return 0
+        removed = memory.forget(args.ids or None, **filters)
+        print(f"forgot {removed} memories; {memory.store.count()} remain")
+    return 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    with _open(args) as memory:
+        print(json.dumps(memory.stats(), indent=1, default=str))
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    with _open(args) as memory:
+        problems = memory.check()
+        print(f"{memory.store.count()} memories; index {memory.repaired} on open")
+        for problem in problems:
+            print(f"problem: {problem}")
+        print("consistent" if not problems else f"{len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def run_rebuild(args: argparse.Namespace) -> int:
+    with _open(args) as memory:
+        print(json.dumps(memory.rebuild()))
+    return 0
+
+
+def run_consolidate(args: argparse.Namespace) -> int:
+    with _open(args) as memory:
+        merged = memory.consolidate(args.threshold)
+        print(f"merged {merged} near-duplicate memories (cosine >= {args.threshold}); {memory.store.count()} remain")
+    return 0
+
+
+COMMANDS = {"ingest": run_ingest, "search": run_search, "related": run_related, "forget": run_forget,
+            "stats": run_stats, "check": run_check, "rebuild": run_rebuild, "consolidate": run_consolidate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``mmai memory`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"mmai memory {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""`mmai memory ...` (mmai.memory.cli.main): the commands end to end, and a real SIGKILL mid-ingest."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmai.memory.cli import main
+from mmai.memory.personal import PersonalMemory, int_id
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_checkpoints import make_reranker_ckpt  # noqa: E402
+
+torch.set_num_threads(2)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_reranker_ckpt(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from mmai.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("synth") / "cub"
+    synthesize(root, classes=4, images=16, image_size=64, audio=True, workers=1, progress=False)
+    return root
+
+
+def _photos(folder: Path, count: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        pixels = np.random.default_rng(i).integers(0, 255, (24, 24, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    return folder
+
+
+def _json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_ingest_search_related_forget_stats_from_the_command_line(tmp_path, checkpoint, synth, capsys):
+    root = ["--root", str(tmp_path / "memory"), "--quiet"]
+    assert main(["ingest", "--from-synthetic", str(synth), "--checkpoint", str(checkpoint), *root]) == 0
+    out, err = capsys.readouterr()
+    assert "added 16, duplicates 0, rejected 0" in out and "songs skipped: checkpoint has no audio tower" in err
+    assert main(["ingest", "--from-synthetic", str(synth), *root]) == 0  # checkpoint remembered
+    assert "added 0, duplicates 16, rejected 0" in capsys.readouterr().out
+
+    diary = [json.loads(line) for line in (synth / "mmai_extras" / "episodes.jsonl").read_text().splitlines()]
+    year = int(diary[0]["timestamp"][:4])
+    assert main(["search", "a bird with a red bill", "-k", "50", "--year", str(year), "--json", *root]) == 0
+    hits = _json_lines(capsys.readouterr().out)
+    assert len(hits) == sum(int(e["timestamp"][:4]) == year for e in diary)
+    assert {h["metadata"]["year"] for h in hits} == {year}
+    assert [h["rank"] for h in hits] == list(range(1, len(hits) + 1))
+    assert all(h["metadata"]["time_source"] == "synthetic diary" for h in hits)
+
+    city = diary[0]["place"].split(", ")[1]
+    panels = tmp_path / "panels"
+    assert main(["search", "a bird", "-k", "3", "--place", city, "--modality", "image", "--rerank", "--gar",
+                 "--explain", str(panels), *root]) == 0
+    text = capsys.readouterr().out
+    assert " 1. " in text and "logit" in text and "why: direct hit" in text and "saliency:" in text
+    assert city in text and len(list(panels.glob("*.png"))) >= 1
+    assert main(["search", "a bird", "--place", "Atlantis", *root]) == 0
+    assert "no memories match (stored places:" in capsys.readouterr().out
+
+    first = hits[0]["id"]
+    assert main(["related", first[:10], *root]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    with PersonalMemory(tmp_path / "memory", progress=False) as memory:
+        expected = memory.related(first)
+    assert [line.split()[1] for line in lines] == [r.id[:12] for r in expected]
+    assert all("same outing" in line or "similar content" in line for line in lines)
+    assert main(["forget", "--year", str(year), *root]) == 0
+    assert f"would forget {len(hits)} memories" in capsys.readouterr().out
+    assert main(["forget", "--year", str(year), "--yes", *root]) == 0
+    assert f"forgot {len(hits)} memories; {16 - len(hits)} remain" in capsys.readouterr().out
+    assert main(["stats", *root]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["memories"] == 16 - len(hits) and str(year) not in stats["by_year"]
+    assert main(["check", *root]) == 0 and "consistent" in capsys.readouterr().out
+    assert main(["consolidate", "--threshold", "0.9999", *root]) == 0
+    assert "merged 0" in capsys.readouterr().out
+    assert main(["rebuild", *root]) == 0
+    assert json.loads(capsys.readouterr().out) == {"memories": 16 - len(hits), "orphans_removed": 0}
+
+
+def test_errors_exit_2_with_a_message_that_says_what_to_fix(tmp_path, checkpoint, capsys):
+    root = ["--root", str(tmp_path / "memory"), "--quiet"]
+    assert main(["search", "a bird", *root]) == 0  # an empty memory finds nothing, without a model
+    assert "no memories match" in capsys.readouterr().out
+    _photos(tmp_path / "p", 1)
+    assert main(["ingest", str(tmp_path / "p"), *root]) == 2
+    assert "no checkpoint yet: pass checkpoint=... (--checkpoint PATH)" in capsys.readouterr().err
+    meta = tmp_path / "meta.csv"
+    meta.write_text("file,time,place\n0000.png,not a time,Mumbai\n")
+    assert main(["ingest", str(tmp_path / "p"), "--meta", str(meta), "--checkpoint", str(checkpoint), *root]) == 2
+    err = capsys.readouterr().err
+    assert "meta.csv line 2 (0000.png): field 'time'" in err and "cannot read 'not a time'" in err
+    assert main(["ingest", *root]) == 2 and "give files or folders" in capsys.readouterr().err
+    assert main(["forget", *root]) == 2 and "give ids or a filter" in capsys.readouterr().err
+    assert main(["related", "0123456789", *root]) == 2 and "is not a stored memory" in capsys.readouterr().err
+
+
+def _confirmed(journal: Path) -> list[str]:
+    ids = []
+    for line in journal.read_text(encoding="utf-8").splitlines():
+        try:
+            ids += json.loads(line)["confirmed"]
+        except json.JSONDecodeError:
+            continue  # a line cut by the kill was never confirmed
+    return ids
+
+
+def test_sigkill_mid_ingest_keeps_every_confirmed_memory_searchable(tmp_path, checkpoint):
+    photos = _photos(tmp_path / "photos", 240)
+    root = tmp_path / "memory"
+    command = [sys.executable, "-m", "mmai.memory.cli", "ingest", str(photos), "--root", str(root),
+               "--checkpoint", str(checkpoint), "--batch-size", "2", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    journal = root / "ingest.journal.jsonl"
+    deadline = time.time() + 120
+    try:
+        while not (journal.exists() and len(journal.read_text().splitlines()) >= 20):
+            assert process.poll() is None, process.communicate()
+            assert time.time() < deadline, "ingest confirmed nothing within 120 s"
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    confirmed = _confirmed(journal)
+    assert 40 <= len(confirmed) < 240, "the kill must land mid-ingest"
+
+    memory = PersonalMemory(root, progress=False)
+    assert memory.check() == []
+    assert set(confirmed) <= set(memory._chroma_ids())
+    found = {hit.id for hit in memory.search("a photo", k=memory.store.count())}
+    assert set(confirmed) <= found
+    for memory_id in confirmed:  # each one is its own nearest neighbour in the repaired index
+        vector = memory.index.reconstruct([int_id(memory_id)])
+        assert memory.index.search(vector, 1)[1][0, 0] == int_id(memory_id)
+        assert memory.media_path(memory_id) is not None
+
+    report = memory.ingest([photos])  # resuming adds exactly the rest
+    assert len(report.added) + len(report.duplicates) == 240 and not report.rejected
+    assert memory.store.count() == 240 and memory.check() == []
