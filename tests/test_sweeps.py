@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from fit_helpers import REPO, TINY_MODEL
-from lightning_modules.cli import parse_config
+from lightning_modules.cli import _make_rerank_cli_class, parse_config
 from lightning_modules.sweep_runner import Trial, main as sweep_main, run_sweep, write_results
 from mmai.metrics import evaluate_retrieval
 from mmai.sweep import (ARGS_MACROS, GOALS, METHODS, draw, expand_command, grid, infer_distribution, load_sweep,
@@ -37,6 +37,64 @@ def _logged_stage1_keys(eval_ks) -> set[str]:
     ids = torch.arange(4)
     metrics = evaluate_retrieval(embeddings, ids, ids, embeddings, ids, ids, ks=tuple(eval_ks))
     return {f"val/stage1/{key}" for key in metrics}
+
+
+def _logged_two_stage_keys(eval_ks) -> set[str]:
+    """The keys RetrievalEvalCallback logs for a module with a re-ranker: ``val/two_stage/`` +
+    evaluate_two_stage's keys (its stage-1-only path has the same keys)."""
+    from mmai.two_stage import evaluate_two_stage
+
+    torch.manual_seed(0)
+    images, texts = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1), torch.randn(8, 8)
+    ids, owners = torch.arange(4), torch.arange(8) // 2
+    result = evaluate_two_stage(None, torch.zeros(4, 2, 8), torch.zeros(8, 3, 8), torch.ones(8, 3, dtype=torch.long),
+                                images, torch.nn.functional.normalize(texts, dim=-1), ids, ids, owners, owners,
+                                k=4, ks=tuple(k for k in eval_ks if k <= 4) or (1,), progress=False)
+    prefixes = {key.rsplit("/R@", 1)[0] for key in result.metrics}  # e.g. t2i/instance
+    return {f"val/two_stage/{prefix}/R@{k}" for prefix in prefixes for k in eval_ks}
+
+
+def _is_rerank(sweep) -> bool:
+    return expand_command(sweep.command, {}, sweep.program)[2] == "rerank"
+
+
+def _cli_args(sweep, params: dict) -> list[str]:
+    """The arguments after `mmai fit` / `mmai rerank fit` of a trial."""
+    return expand_command(sweep.command, params, sweep.program)[4 if _is_rerank(sweep) else 3:]
+
+
+def parse_rerank_config(args: list[str]):
+    """Parse (links and the data settings read from the bi-encoder checkpoint applied) a `mmai rerank fit`
+    command without building anything."""
+    from datamodules import CUBWebDataModule
+    from lightning_modules.reranker import RerankerModule
+
+    class _ParseOnly(_make_rerank_cli_class()):
+        def instantiate_classes(self) -> None:
+            pass
+
+        def _add_configure_optimizers_method_to_model(self, subcommand) -> None:
+            pass
+
+    return _ParseOnly(RerankerModule, CUBWebDataModule, args=args, run=False,
+                      parser_kwargs={"parser_mode": "omegaconf+"}).config
+
+
+@pytest.fixture(scope="module")
+def bi_encoder_ckpt(tmp_path_factory):
+    """A real tiny bi-encoder checkpoint: the re-ranker's CLI reads the data settings from it."""
+    from tiny_checkpoints import make_bi_encoder_ckpt
+
+    return make_bi_encoder_ckpt(tmp_path_factory.mktemp("bi_encoder"))
+
+
+def _parse_trial(sweep, params: dict, bi_encoder_ckpt):
+    """The parsed config of a trial; a re-rank trial gets the test's checkpoint (the file's one is
+    written by `mmai fit` first)."""
+    args = _cli_args(sweep, params)
+    if _is_rerank(sweep):
+        return parse_rerank_config([*args, "--model.bi_encoder_ckpt", str(bi_encoder_ckpt)])
+    return parse_config(args)
 
 
 def _coverage_sets(sweep) -> list[dict]:
@@ -73,37 +131,43 @@ def test_sweep_file_structure_is_valid_for_wandb(path):
         assert raw["early_terminate"]["type"] == "hyperband" and raw["early_terminate"]["min_iter"] >= 1
 
 
+def test_there_is_a_sweep_over_rerank_k_and_lambda_that_runs_the_reranker():
+    swept = {name for path in SWEEP_FILES if _is_rerank(sweep := load_sweep(path)) for name in sweep.parameters}
+    assert {"retrieval.rerank_k", "retrieval.stage1_weight"} <= swept
+
+
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
-def test_sweep_command_is_mmai_fit_with_args(path):
+def test_sweep_command_is_mmai_fit_or_rerank_fit_with_args(path):
     sweep = load_sweep(path)
     assert "${args}" in sweep.command and not set(sweep.command) & {f"${{{m}}}" for m in ARGS_MACROS - {"args"}}
     argv = expand_command(sweep.command, {"model.lr": 0.001}, sweep.program)
-    assert argv[:3] == ["/usr/bin/env", "mmai", "fit"] and argv[-1] == "--model.lr=0.001"
+    assert argv[:3] in (["/usr/bin/env", "mmai", "fit"], ["/usr/bin/env", "mmai", "rerank"]) and \
+        argv[-1] == "--model.lr=0.001"
+    if _is_rerank(sweep):
+        assert argv[3] == "fit" and "--model.bi_encoder_ckpt" in argv
     configs = [argv[i + 1] for i, item in enumerate(argv) if item == "--config"]
     assert configs and all((REPO / config).is_file() for config in configs)
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
-def test_sweep_metric_is_a_key_the_bi_encoder_logs(path, monkeypatch):
+def test_sweep_metric_is_a_key_the_run_logs(path, monkeypatch, bi_encoder_ckpt):
     monkeypatch.chdir(REPO)
     sweep = load_sweep(path)
-    fit_args = expand_command(sweep.command, {}, sweep.program)[3:]
-    logged = _logged_stage1_keys(parse_config(fit_args).model.eval_ks)
+    config = _parse_trial(sweep, {}, bi_encoder_ckpt)
+    logged = _logged_stage1_keys(config.model.eval_ks)
     assert "val/stage1/t2i/instance/R@10" in logged  # the key ModelCheckpoint monitors in base.yaml
-    if sweep.metric_name.startswith("val/stage1/"):
-        assert sweep.metric_name in logged, f"{path.name}: {sweep.metric_name} is never logged; logged: {sorted(logged)}"
-    elif sweep.metric_name.startswith("val/gar"):  # RetrievalEvalCallback: GAR over the image memory graph, t2i
-        ks = parse_config(fit_args).retrieval.ks
-        gar_keys = {f"val/{stage}/t2i/{relevance}/R@{k}" for stage in ("gar", "gar_control")
-                    for relevance in ("instance", "class") for k in ks}
-        assert sweep.metric_name in gar_keys, f"{path.name}: {sweep.metric_name} is never logged"
-    else:  # stage 2 lands with the re-ranker: the documented {split}/{stage}/{direction}/{relevance}/R@{k}
-        ks = "|".join(str(k) for k in parse_config(fit_args).model.eval_ks)
-        assert re.fullmatch(rf"val/two_stage/(t2i|i2t)/(instance|class)/R@({ks})", sweep.metric_name)
+    ks = config.retrieval.ks
+    logged |= {f"val/{stage}/t2i/{relevance}/R@{k}" for stage in ("gar", "gar_control")  # GAR over gallery images
+               for relevance in ("instance", "class") for k in ks}
+    if _is_rerank(sweep):  # RetrievalEvalCallback's stage 2, and the key the re-ranker's ModelCheckpoint monitors
+        two_stage = _logged_two_stage_keys(config.model.eval_ks)
+        assert "val/two_stage/t2i/instance/R@10" in two_stage
+        logged |= two_stage
+    assert sweep.metric_name in logged, f"{path.name}: {sweep.metric_name} is never logged; logged: {sorted(logged)}"
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
-def test_every_sweep_parameter_is_a_real_mmai_fit_argument(path, monkeypatch):
+def test_every_sweep_parameter_is_a_real_argument_of_its_command(path, monkeypatch, bi_encoder_ckpt):
     """Drawn sets (and every listed value) pass the real LightningCLI parser and land where named."""
     monkeypatch.chdir(REPO)
     sweep = load_sweep(path)
@@ -111,15 +175,17 @@ def test_every_sweep_parameter_is_a_real_mmai_fit_argument(path, monkeypatch):
     if sweep.method == "grid":
         param_sets += draw(sweep)
     for params in param_sets:
-        fit_args = expand_command(sweep.command, params, sweep.program)[3:]
         try:
-            config = parse_config(fit_args)
+            config = _parse_trial(sweep, params, bi_encoder_ckpt)
         except SystemExit:
-            pytest.fail(f"{path.name}: `mmai fit` rejects {render_args(params)} (see the parser error above)")
+            pytest.fail(f"{path.name}: its command rejects {render_args(params)} (see the parser error above)")
         for name, value in params.items():
             assert config[name] == value, f"{path.name}: {name}={value} parsed as {config[name]!r}"
-        global_batch = config.data.batch_size * config.trainer.devices
-        assert config.model.queue_size % global_batch == 0, f"queue_size {config.model.queue_size} vs batch {global_batch}"
+        assert config.retrieval.rerank_k <= config.retrieval.candidates, "re-rank K beyond the stage-1 list"
+        if not _is_rerank(sweep):
+            global_batch = config.data.batch_size * config.trainer.devices
+            assert config.model.queue_size % global_batch == 0, \
+                f"queue_size {config.model.queue_size} vs batch {global_batch}"
 
 
 def test_a_misspelt_parameter_fails_the_cli_check(monkeypatch):
@@ -321,3 +387,31 @@ def test_sweep_run_trains_two_tiny_trials_and_ranks_them(shards, tmp_path):
         assert summary["finished"] and len(summary["validations"]) == 1
     assert metric in (out / "results.md").read_text()
 
+
+
+def test_a_misspelt_rerank_parameter_fails_the_cli_check(monkeypatch, bi_encoder_ckpt):
+    monkeypatch.chdir(REPO)
+    sweep = load_sweep(REPO / "sweeps/rerank_grid.yaml")
+    with pytest.raises(SystemExit):
+        _parse_trial(sweep, {"retrieval.rerank_top_k": 8}, bi_encoder_ckpt)
+
+
+@pytest.mark.slow
+def test_sweep_run_trains_two_tiny_rerankers_and_k_reaches_the_evaluation(shards, bi_encoder_ckpt, tmp_path):
+    """`mmai sweep run` on the re-rank grid's own command: two real `mmai rerank fit` processes."""
+    config = yaml.safe_load((REPO / "sweeps/rerank_grid.yaml").read_text())
+    config["parameters"] = {"retrieval.rerank_k": {"values": [2, 5]}, "retrieval.stage1_weight": {"values": [0.5]}}
+    sweep_file = _write_sweep(tmp_path, config)
+    out = tmp_path / "out"
+    extra = ["--model.bi_encoder_ckpt", str(bi_encoder_ckpt), "--data.shard_dir", str(shards),
+             "--data.batch_size", "4", "--data.num_workers", "0", "--data.shuffle_buffer", "16",
+             "--model.fusion", json.dumps({"hidden_dim": 32, "num_layers": 2, "num_heads": 2}),
+             "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--retrieval.candidates", "10"]
+    assert sweep_main(["run", str(sweep_file), "--out", str(out), "--workdir", str(REPO), "--", *extra]) == 0
+    with open(out / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    metric = config["metric"]["name"]
+    assert len(rows) == 2 and all(row["status"] == "ok" for row in rows)
+    assert all(0.0 <= float(row[metric]) <= 1.0 for row in rows)
+    for row in rows:  # the drawn K is the K the callback re-ranked with
+        assert float(row["val/two_stage/k"]) == float(row["retrieval.rerank_k"])

@@ -1,0 +1,186 @@
+"""`mmai ablate`: settings, the planned runs, the table, and a real --quick run on tiny shards."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from fit_helpers import REPO
+from lightning_modules.ablate import (LATENCY_COLUMNS, RECALL_COLUMNS, ROWS, RunSpec, clip_unavailable_reason,
+                                      flags, format_markdown, load_settings, main, plan_runs, table_rows)
+
+#: tests/fit_helpers.TINY_MODEL as ablation-config args: a step takes well under a second.
+TINY_BI_ENCODER_ARGS = {
+    "model.image_size": 32,
+    "model.vision": {"model_name": "vit_tiny_patch16_224", "pretrained": False,
+                     "model_kwargs": {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}},
+    "model.text": {"pretrained": False, "config_overrides": {
+        "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128}},
+    "model.queue_size": 64, "model.embed_dim": 64, "model.warmup_steps": 2,
+    "data.batch_size": 4, "data.num_workers": 0, "data.shuffle_buffer": 16,
+}
+TINY_RERANKER_ARGS = {"model.fusion": {"hidden_dim": 32, "num_layers": 2, "num_heads": 2},
+                      "data.batch_size": 4, "data.num_workers": 0, "data.shuffle_buffer": 16}
+
+
+def _tiny_config(tmp_path, **changes) -> dict:
+    config = yaml.safe_load((REPO / "configs/experiments/ablation.yaml").read_text())
+    config["quick"] = {"bi_encoder": {"epochs": 1, "args": TINY_BI_ENCODER_ARGS},
+                       "reranker": {"epochs": 1, "args": TINY_RERANKER_ARGS},
+                       "retrieval": {"candidates": 20, "rerank_k": 4}}
+    config.update(changes)
+    return config
+
+
+def _write(tmp_path, config: dict, name: str = "ablation.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------ settings
+def test_quick_merges_its_block_key_by_key():
+    full = load_settings(REPO / "configs/experiments/ablation.yaml")
+    quick = load_settings(REPO / "configs/experiments/ablation.yaml", quick=True)
+    assert quick["bi_encoder"]["epochs"] < full["bi_encoder"]["epochs"]
+    assert quick["bi_encoder"]["configs"] == full["bi_encoder"]["configs"]  # kept: not in the quick block
+    assert quick["retrieval"]["stage1_weight"] == full["retrieval"]["stage1_weight"]
+    assert quick["retrieval"]["candidates"] != full["retrieval"]["candidates"]
+    assert "quick" not in quick and "quick" not in full
+
+
+def test_an_unknown_key_names_the_file_and_the_key(tmp_path):
+    path = _write(tmp_path, {**_tiny_config(tmp_path), "rerank": {}}, "broken.yaml")
+    with pytest.raises(ValueError, match=r"broken\.yaml: unknown key\(s\) \['rerank'\]"):
+        load_settings(path)
+    config = _tiny_config(tmp_path)
+    del config["reranker"]
+    with pytest.raises(ValueError, match=r"reranker\.configs is required"):
+        load_settings(_write(tmp_path, config, "no_reranker.yaml"))
+
+
+def test_flags_write_mappings_as_json_and_the_rest_as_text():
+    assert flags({"model.lr": 0.001, "model.fusion": {"hidden_dim": 32}, "model.class_positives": True},
+                 prefix="") == ["--model.lr", "0.001", "--model.fusion", '{"hidden_dim": 32}',
+                                "--model.class_positives", "true"]
+    assert flags({"rerank_k": 8}, prefix="retrieval.") == ["--retrieval.rerank_k", "8"]
+
+
+# ---------------------------------------------------------------------------------------- runs
+def test_rows_share_data_seed_and_retrieval_and_differ_only_in_their_feature(tmp_path):
+    settings = load_settings(_write(tmp_path, _tiny_config(tmp_path)), quick=True)
+    runs = plan_runs(settings, tmp_path / "shards", tmp_path / "out")
+    baseline, full = runs["baseline"].argv, runs["queue_hn"].argv
+    assert baseline[:len(full)] == full  # row 1 = row 2's command + its two overrides (which come last)
+    assert baseline[len(full):] == ["--model.queue_size", "0", "--model.hard_negative_beta", "0.0"]
+    for spec in runs.values():
+        argv = spec.argv
+        assert argv[argv.index("--seed_everything") + 1] == "0"
+        assert argv[argv.index("--data.shard_dir") + 1] == str(tmp_path / "shards")
+        assert argv[argv.index("--retrieval.rerank_k") + 1] == "4"
+    rerank = runs["rerank"].argv
+    assert rerank[rerank.index("--model.bi_encoder_ckpt") + 1] == str(runs["queue_hn"].last_checkpoint)
+    assert "--model.clip" in runs["clip"].argv and runs["clip"].command == "validate"
+    assert len({spec.run_dir for spec in runs.values()}) == 4
+
+
+def test_a_changed_setting_gets_a_new_run_directory_and_the_rest_are_kept(tmp_path):
+    first = plan_runs(load_settings(_write(tmp_path, _tiny_config(tmp_path)), quick=True), tmp_path, tmp_path)
+    config = _tiny_config(tmp_path)
+    config["quick"]["reranker"]["epochs"] = 2
+    second = plan_runs(load_settings(_write(tmp_path, config, "b.yaml"), quick=True), tmp_path, tmp_path)
+    assert first["rerank"].run_dir != second["rerank"].run_dir
+    assert first["queue_hn"].run_dir == second["queue_hn"].run_dir  # reused by the second ablation
+
+
+def test_clip_row_says_why_it_was_not_run_and_accepts_a_local_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    reason = clip_unavailable_reason("mmai-tests/no-such-clip")
+    assert reason.startswith("not run: no CLIP weights offline") and "huggingface-cli download" in reason
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    assert "has no config.json" in clip_unavailable_reason(str(folder))
+    (folder / "config.json").write_text("{}")
+    assert clip_unavailable_reason(str(folder)) is None
+
+
+# --------------------------------------------------------------------------------------- table
+def _fake_runs(tmp_path) -> dict[str, RunSpec]:
+    stages = ("stage1", "two_stage", "gar", "gar_control")
+    metrics = {f"val/{stage}/{column}": 0.1 * (i + 1) for i, stage in enumerate(stages) for column in RECALL_COLUMNS
+               if not (stage.startswith("gar") and column.startswith("i2t"))}
+    metrics.update({"val/stage1/latency_ms": 0.5, "val/two_stage/rerank_latency_ms": 10.0, "val/gar/latency_ms": 2.0})
+    runs = {name: RunSpec(name, "fit", [], tmp_path / name, status="trained", metrics=dict(metrics))
+            for name in ("baseline", "queue_hn", "rerank")}
+    runs["clip"] = RunSpec("clip", "validate", [], tmp_path / "clip", status="not run: no CLIP weights offline (x)")
+    return runs
+
+
+def test_table_reads_each_row_from_its_stage_and_marks_gar_i2t_as_not_applicable(tmp_path):
+    rows = table_rows(_fake_runs(tmp_path))
+    assert [row["row"] for row in rows] == [spec.number for spec in ROWS] == [0, 1, 2, 3, 4, 5]
+    by_number = {row["row"]: row for row in rows}
+    assert by_number[2]["t2i/instance/R@1"] == pytest.approx(0.1)
+    assert by_number[3]["i2t/class/R@10"] == pytest.approx(0.2)
+    assert by_number[4]["t2i/class/R@5"] == pytest.approx(0.3) and by_number[4]["i2t/class/R@5"] is None
+    assert by_number[5]["t2i/instance/R@10"] == pytest.approx(0.4)
+    assert (by_number[2]["rerank_ms"], by_number[2]["total_ms"]) == (None, 0.5)
+    assert by_number[3]["total_ms"] == pytest.approx(10.5) and by_number[4]["total_ms"] == pytest.approx(12.5)
+    assert by_number[5]["gar_ms"] is None and by_number[0]["t2i/instance/R@1"] is None
+    facts = {"split": "zero-shot/val", "gallery_images": 10, "gallery_captions": 100, "gallery_classes": 2,
+             "data": "d", "candidates_K": 20, "rerank_k": 4, "stage1_weight": 1.0, "gar_alpha": 0.5,
+             "gar_damping": 0.5, "seed": 0, "bi_encoder_epochs": 1, "reranker_epochs": 1, "bi_encoder_configs": "a",
+             "reranker_configs": "b", "hardware": "cpu", "run_wall_s": "", "wall_s": 1.0}
+    lines = format_markdown(rows, facts).splitlines()
+    gar_line = next(line for line in lines if line.startswith("| 4 |"))
+    assert gar_line.split(" | ")[2:5] == ["30.0", "30.0", "30.0"] and gar_line.count("—") == 6
+    assert "not run: no CLIP weights offline" in next(line for line in lines if line.startswith("| 0 |"))
+
+
+# ------------------------------------------------------------------------------ the real thing
+def _read_csv(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_ablate_quick_writes_every_row_and_column_and_reuses_its_runs(synth_shards, tmp_path, capsys):
+    """`mmai ablate --quick` on the 64-image fixture: three real runs, one table; then all reused."""
+    config = _write(tmp_path, _tiny_config(tmp_path))
+    out = tmp_path / "out"
+    args = ["--config", str(config), "--quick", "--out", str(out), "--shard-dir", str(synth_shards)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    rows = _read_csv(out / "ablation.csv")
+    assert [int(row["row"]) for row in rows] == [0, 1, 2, 3, 4, 5]
+    assert set(RECALL_COLUMNS + LATENCY_COLUMNS) <= set(rows[0])
+    assert {"split", "gallery_images", "gallery_captions", "candidates_K", "rerank_k", "hardware",
+            "bi_encoder_epochs"} <= set(rows[0])
+    assert rows[0]["status"].startswith("not run: no CLIP weights offline")
+    for row in rows[1:]:
+        assert row["status"] == "trained"
+        for column in RECALL_COLUMNS:
+            if int(row["row"]) >= 4 and column.startswith("i2t"):
+                assert row[column] == ""  # GAR is text→image only
+            else:
+                assert 0.0 <= float(row[column]) <= 1.0, (row["row"], column)
+        assert float(row["stage1_ms"]) > 0
+    assert float(rows[3]["rerank_ms"]) > 0 and float(rows[4]["gar_ms"]) > 0 and rows[5]["gar_ms"] == ""
+    assert rows[1]["split"] == "zero-shot/val" and int(rows[1]["rerank_k"]) == 4
+    queue_hn = json.loads(next((out / "runs").glob("queue_hn-*/ablation_metrics.json")).read_text())
+    rerank = json.loads(next((out / "runs").glob("rerank-*/ablation_metrics.json")).read_text())
+    stage1 = [key for key in queue_hn["validations"][-1] if key.startswith("val/stage1/") and "/R@" in key]
+    assert stage1 and all(queue_hn["validations"][-1][k] == rerank["validations"][-1][k] for k in stage1), \
+        "the re-ranker did not run on row 2's bi-encoder"
+    markdown = (out / "ablation.md").read_text()
+    assert all(spec.label in markdown for spec in ROWS) and "Protocol:" in markdown and "zero-shot/val" in markdown
+    assert "| 5 | + GAR control" in printed and list(out.glob("wandb/offline-run-*"))
+
+    assert main([*args, "--no-wandb"]) == 0  # idempotent: nothing is retrained
+    printed = capsys.readouterr().out
+    assert printed.count(": reused") == 3 and "trained in" not in printed
+    again = _read_csv(out / "ablation.csv")
+    assert [{c: r[c] for c in RECALL_COLUMNS} for r in again] == [{c: r[c] for c in RECALL_COLUMNS} for r in rows]
