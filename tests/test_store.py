@@ -249,3 +249,18 @@ def test_http_client_against_a_real_chroma_server(chroma_server):
         assert query_all(remote, build_where(year=2021, modality="text")) == matching(
             lambda r: r["timestamp"] < YEAR_START[2022] and r["modality"] == "text"
         )
+
+
+def test_get_reads_more_ids_than_one_sqlite_query_allows(tmp_path):
+    """40,000 ids in one call used to fail with 'too many SQL variables'; they are read in pages."""
+    from mmai.memory.store import MemoryStore
+
+    store = MemoryStore(tmp_path / "db")
+    count = 40_000
+    vectors = np.random.default_rng(0).normal(size=(count, 4)).astype(np.float32)
+    ids = [f"m{i}" for i in range(count)]
+    store.add(ids, vectors, [{"modality": "image"}] * count, progress=False)
+    records = store.get(ids[::-1], include_embeddings=True)
+    assert records.ids == ids[::-1]
+    assert np.allclose(records.embeddings[0], vectors[-1] / np.linalg.norm(vectors[-1]), atol=1e-5)
+    store.close()

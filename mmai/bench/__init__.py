@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "loader": "mmai.bench.loader",
     "retrieval": "mmai.bench.retrieval",
     "rerank": "mmai.bench.rerank",
+    "memory": "mmai.bench.memory",
     # benchmarks of the Lightning app live beside it (mmai itself never imports Lightning)
     "train": "lightning_modules.throughput",
 }

@@ -142,8 +142,9 @@ class MemoryStore:
         peek = self.collection.get(limit=1, include=["embeddings"])
         return None if not peek["ids"] else int(len(peek["embeddings"][0]))
 
-    def get(self, ids: Iterable[Any], *, include_embeddings: bool = True) -> StoreRecords:
-        """Records for ``ids``, in that order.
+    def get(self, ids: Iterable[Any], *, include_embeddings: bool = True, page_size: int = 5000) -> StoreRecords:
+        """Records for ``ids``, in that order, read in pages of ``page_size`` ids (SQLite limits the
+        variables of one query, so a single call with 100,000 ids would fail).
 
         Raises:
             KeyError: an id is not stored (the first missing one is named).
@@ -152,7 +153,13 @@ class MemoryStore:
         include = ["metadatas", "documents"] + (["embeddings"] if include_embeddings else [])
         if not wanted:
             return StoreRecords([], np.empty((0, 0), np.float32) if include_embeddings else None, [], [])
-        found = self.collection.get(ids=wanted, include=include)
+        step = max(1, min(page_size, self.max_batch_size))
+        found: dict[str, list] = {"ids": [], "metadatas": [], "documents": [], "embeddings": []}
+        for start in range(0, len(wanted), step):
+            page = self.collection.get(ids=wanted[start:start + step], include=include)
+            for key in found:
+                values = page.get(key)
+                found[key].extend(list(values) if values is not None else [None] * len(page["ids"]))
         position = {memory_id: i for i, memory_id in enumerate(found["ids"])}
         missing = [memory_id for memory_id in wanted if memory_id not in position]
         if missing:

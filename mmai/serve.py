@@ -1,0 +1,561 @@
+"""``mmai serve``: a browser dashboard over a personal memory (Gradio, local only).
+
+The dashboard is a thin view of :class:`~mmai.memory.personal.PersonalMemory`:
+
+* **search** — a query box, filters (year, place, modality, after/before) and the re-rank
+  (stage-2 fusion re-ranker) and GAR (graph-augmented retrieval) toggles; the results come back
+  as a gallery captioned with rank, score, place and date;
+* **inspect** — selecting a result shows the saliency overlay of the query on that image (the
+  re-ranker's cross-attention, :mod:`mmai.saliency`), its associated memories from the episodic
+  graph with the reason ("same outing" / "similar content"), a player for audio memories and the
+  text of notes;
+* **add** — an upload form whose files are checked (allowed type, size limit, the image or
+  recording decodes, the note is UTF-8) before anything is stored; each file is reported as
+  added, duplicate or rejected with the reason.
+
+Privacy: the server binds to 127.0.0.1 unless told otherwise, Gradio's analytics are off
+(``GRADIO_ANALYTICS_ENABLED=False``, set before Gradio is imported), no share link is made, the
+default theme's fonts are bundled, and nothing here calls the internet.
+
+Example::
+
+    mmai serve --root runs/memories --checkpoint runs/reranker.ckpt      # http://127.0.0.1:7860
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import functools
+import ipaddress
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported anywhere
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from mmai.memory.ingest import SUFFIXES, IngestError, parse_time, read_memory_file  # noqa: E402
+from mmai.memory.personal import PersonalMemory  # noqa: E402
+from mmai.saliency import _font, _wrap  # noqa: E402
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+DEFAULT_MAX_UPLOAD_MB = 20.0
+MODALITY_CHOICES = ("any", "image", "text", "audio")
+THUMBNAIL_SIZE = 256
+CSS = """
+#mmai-results .caption-label { font-size: 0.8rem; max-width: 96%; }
+#mmai-details { font-size: 0.95rem; }
+#mmai-related table { font-size: 0.8rem; }
+#mmai-related th, #mmai-related td { padding: 4px 6px; }
+#mmai-status { min-height: 1.5rem; }
+"""
+
+
+# ---------------------------------------------------------------------- upload checks
+@dataclasses.dataclass
+class UploadCheck:
+    """The verdict on one uploaded file before anything is stored.
+
+    Attributes:
+        path: the uploaded file.
+        name: its file name as the user sent it.
+        modality: ``"image"``, ``"text"`` or ``"audio"`` when accepted, else ``None``.
+        reason: why it was rejected (``None`` when it passed).
+        memory_id: the id it would get (content hash) when accepted.
+    """
+
+    path: Path
+    name: str
+    modality: str | None
+    reason: str | None
+    memory_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def check_upload(path: str | os.PathLike, max_bytes: int) -> UploadCheck:
+    """Check one upload: an allowed type, at most ``max_bytes``, and content that decodes.
+
+    Images are fully decoded (a truncated or corrupt file fails), notes must be UTF-8 and not
+    empty, recordings must be readable WAV/FLAC. Nothing is written anywhere.
+
+    Args:
+        path: the uploaded file (Gradio keeps the user's file name).
+        max_bytes: the size limit in bytes.
+
+    Returns:
+        An :class:`UploadCheck`; ``reason`` names the file and what to do when it fails.
+    """
+    path = Path(path)
+    name = path.name
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        allowed = " ".join(sorted(SUFFIXES))
+        return UploadCheck(path, name, None,
+                           f"{name}: file type {suffix or '(none)'!r} is not allowed; upload one of {allowed}")
+    if not path.is_file():
+        return UploadCheck(path, name, None, f"{name}: the upload did not arrive (no file at {path}); try again")
+    size = path.stat().st_size
+    if size > max_bytes:
+        return UploadCheck(path, name, None,
+                           f"{name}: {size / 2**20:.1f} MiB is over the {max_bytes / 2**20:.1f} MiB upload limit "
+                           "(mmai serve --max-upload-mb); ingest large files with `mmai memory ingest`")
+    try:
+        memory_file = read_memory_file(path, max_bytes=max_bytes)
+    except IngestError as error:
+        return UploadCheck(path, name, None, str(error).replace(str(path), name))
+    return UploadCheck(path, name, memory_file.modality, None, memory_file.id)
+
+
+def upload_meta(names: Sequence[str], place: str | None, when: str | None) -> dict[str, dict[str, Any]] | None:
+    """The ``--meta`` records that give every upload the form's place and time (``None`` if neither).
+
+    Raises:
+        ValueError: ``when`` is not a readable time (the message says which formats work).
+    """
+    record: dict[str, Any] = {}
+    if place and place.strip():
+        record["place"] = place.strip()
+    if when and when.strip():
+        parse_time(when.strip(), "upload form: time")  # IngestError (a ValueError) names the formats
+        record["time"] = when.strip()
+    return {name: dict(record) for name in names} if record else None
+
+
+# ---------------------------------------------------------------------- search filters
+@dataclasses.dataclass
+class SearchFilters:
+    """Filters of one dashboard search, parsed from the form (``None`` = no filter)."""
+
+    year: int | None = None
+    place: str | None = None
+    modality: str | None = None
+    after: float | None = None
+    before: float | None = None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_filters(year: Any, place: Any, modality: Any, after: Any, before: Any) -> SearchFilters:
+    """Turn the form's strings into :class:`SearchFilters`.
+
+    Raises:
+        ValueError: a year that is not a whole number, an unknown modality, an unreadable date,
+            or ``after`` not earlier than ``before`` (the message names the field).
+    """
+    filters = SearchFilters()
+    if year not in (None, "") and not (isinstance(year, float) and math.isnan(year)):
+        try:
+            filters.year = int(str(year).strip().split(".")[0]) if str(year).strip() else None
+        except ValueError:
+            raise ValueError(f"Year: {year!r} is not a year; type e.g. 2023 or leave it empty") from None
+    if place and str(place).strip() and str(place).strip() != "any":
+        filters.place = str(place).strip()
+    if modality and modality != "any":
+        if modality not in MODALITY_CHOICES:
+            raise ValueError(f"Modality: {modality!r} is not one of {', '.join(MODALITY_CHOICES)}")
+        filters.modality = str(modality)
+    for field in ("after", "before"):
+        value = {"after": after, "before": before}[field]
+        if value and str(value).strip():
+            setattr(filters, field, parse_time(str(value).strip(), f"{field.capitalize()}"))
+    if filters.after is not None and filters.before is not None and filters.after >= filters.before:
+        raise ValueError(f"After ({after}) must be earlier than Before ({before})")
+    return filters
+
+
+# ---------------------------------------------------------------------- rendering
+def format_time(timestamp: Any) -> str:
+    """``2023-05-14 07:32 UTC`` for unix seconds; ``"unknown time"`` when absent."""
+    if timestamp is None or (isinstance(timestamp, float) and not math.isfinite(timestamp)):
+        return "unknown time"
+    return dt.datetime.fromtimestamp(float(timestamp), dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def hit_caption(hit: Any) -> str:
+    """The gallery caption of a hit: ``#1 · 0.812 · Powai Lake · 2023-05-14`` (place up to its first comma)."""
+    metadata = hit.metadata or {}
+    date = format_time(metadata.get("timestamp")).split(" ")[0]
+    place = (metadata.get("place") or "no place").split(",")[0]
+    return f"#{hit.rank + 1} · {hit.score:.3f} · {place} · {date}"
+
+
+def text_card(text: str, title: str, size: int = THUMBNAIL_SIZE, background=(250, 246, 231)) -> Image.Image:
+    """A square card with a title and wrapped text, for notes and recordings in the gallery."""
+    card = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(card)
+    margin, title_size, body_size = size // 16, size // 10, size // 13
+    title_font, body_font = _font(title_size), _font(body_size)
+    draw.text((margin, size // 7), title, fill=(120, 70, 0), font=title_font)
+    y = size // 7 + title_size + margin // 2
+    lines = _wrap(draw, text, body_font, size - 2 * margin) if text else []
+    for number, line in enumerate(lines):
+        if y + 2 * body_size > size * 0.78 and number < len(lines) - 1:  # the caption covers the bottom
+            draw.text((margin, y), line + " …", fill=(40, 40, 40), font=body_font)
+            break
+        draw.text((margin, y), line, fill=(40, 40, 40), font=body_font)
+        y += int(body_size * 1.25)
+    return card
+
+
+def waveform_card(samples: np.ndarray | None, title: str, size: int = THUMBNAIL_SIZE) -> Image.Image:
+    """A square card with a recording's waveform (min/max envelope per pixel column)."""
+    card = text_card("", title, size, background=(232, 240, 250))
+    if samples is None or len(samples) == 0:
+        return card
+    draw = ImageDraw.Draw(card)
+    middle, half = size // 2, size // 5
+    margin = size // 16
+    columns = np.array_split(np.asarray(samples, dtype=np.float32), size - 2 * margin)  # one chunk per column
+    peak = max(float(np.abs(samples).max()), 1e-6)
+    for x, chunk in enumerate(columns, start=margin):
+        if len(chunk):
+            top, bottom = float(chunk.max()) / peak, float(chunk.min()) / peak
+            draw.line([(x, middle - top * half), (x, middle - bottom * half)], fill=(30, 80, 160))
+    return card
+
+
+def read_audio_file(path: Path | None) -> tuple[int, np.ndarray] | None:
+    """``(sample_rate, samples)`` of a recording for ``gr.Audio`` (``None`` when unreadable)."""
+    if path is None or not Path(path).is_file():
+        return None
+    import soundfile
+
+    try:
+        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)  # (S, C)
+    except (RuntimeError, ValueError):
+        return None
+    return int(rate), samples.mean(axis=1)  # (S,)
+
+
+# ---------------------------------------------------------------------- the dashboard's logic
+class Dashboard:
+    """The callbacks of the dashboard, kept apart from the layout so tests can call them.
+
+    Args:
+        memory: the personal memory to search and add to.
+        max_upload_mb: uploads larger than this are rejected (default 20 MiB).
+        k: results per search (default 12).
+    """
+
+    def __init__(self, memory: PersonalMemory, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, k: int = 12) -> None:
+        self.memory = memory
+        self.max_upload_bytes = int(max_upload_mb * 2**20)
+        self.k = k
+        self.reranker_note = ""
+
+    # ---------------------------------------------------------------- search
+    def search(self, query: str, year: Any = None, place: Any = None, modality: Any = "any", after: Any = None,
+               before: Any = None, rerank: bool = False, gar: bool = False, k: Any = None):
+        """Run a search; returns ``(gallery items, hits, query, status markdown)``.
+
+        Problems (empty query, bad filter, no checkpoint) come back as the status line and an
+        empty gallery, never as an exception, so the page always says what happened.
+        """
+        query = (query or "").strip()
+        if not query:
+            return [], [], "", "Type what you are looking for, e.g. *a white bird with an orange beak*."
+        try:
+            filters = parse_filters(year, place, modality, after, before)
+            if rerank and not self.has_reranker:
+                return [], [], query, (f"**Re-rank is unavailable:** {self.reranker_note} — switch re-rank off "
+                                       "or serve a re-ranker checkpoint.")
+            hits = self.memory.search(query, k=int(k or self.k), rerank=bool(rerank), gar=bool(gar),
+                                      **filters.as_kwargs())
+        except (ValueError, KeyError) as error:
+            return [], [], query, f"**Search failed:** {error}"
+        gallery = [(self.thumbnail(hit), hit_caption(hit)) for hit in hits]
+        return gallery, hits, query, self._search_status(query, hits, filters, rerank, gar)
+
+    @staticmethod
+    def _search_status(query: str, hits: list, filters: SearchFilters, rerank: bool, gar: bool) -> str:
+        active = ", ".join(f"{key}={value if key not in ('after', 'before') else format_time(value)}"
+                           for key, value in filters.as_kwargs().items() if value is not None)
+        stages = " + ".join(["stage 1"] + (["re-rank"] if rerank else []) + (["GAR"] if gar else []))
+        if not hits:
+            return f"No memory matches *{query}*" + (f" with {active}." if active else ".")
+        return (f"{len(hits)} memories for *{query}* ({stages}" + (f"; filters: {active}" if active else "")
+                + "). Select one to see why it matched.")
+
+    def thumbnail(self, hit: Any) -> Image.Image:
+        """The gallery picture of a hit: the photo, a note card, or a waveform card."""
+        modality = (hit.metadata or {}).get("modality")
+        path = (hit.metadata or {}).get("media_path")
+        if modality == "image" and path is not None and Path(path).is_file():
+            with Image.open(path) as image:
+                picture = image.convert("RGB")
+            picture.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+            return picture
+        if modality == "audio":
+            audio = read_audio_file(path)
+            name = Path((hit.metadata or {}).get("source_path", "recording")).name
+            return waveform_card(None if audio is None else audio[1], f"♪ {name}")
+        return text_card(hit.document or "(no text)", "Note" if modality == "text" else str(modality or "memory"))
+
+    # ---------------------------------------------------------------- inspect
+    @functools.cached_property
+    def reranker(self):
+        """The memory's stage-2 model, or ``None`` for a bi-encoder checkpoint (see :attr:`reranker_note`)."""
+        try:
+            return self.memory.stage2
+        except (ValueError, FileNotFoundError) as error:
+            self.reranker_note = str(error)
+            return None
+
+    @property
+    def has_reranker(self) -> bool:
+        return self.reranker is not None
+
+    def select(self, index: int | None, hits: list, query: str):
+        """Show one result; returns ``(overlay, overlay note, details, related, audio, note text)``."""
+        if index is None or not hits or not 0 <= int(index) < len(hits):
+            return None, "", "Select a result to see why it matched.", "", None, ""
+        hit = hits[int(index)]
+        modality = hit.metadata.get("modality")
+        overlay, note = self.overlay(hit, query)
+        audio = read_audio_file(hit.metadata.get("media_path")) if modality == "audio" else None
+        text = (hit.document or "") if modality == "text" else ""
+        return overlay, note, self.details(hit), self.related(hit), audio, text
+
+    def overlay(self, hit: Any, query: str) -> tuple[Image.Image | None, str]:
+        """The saliency panel of ``query`` on the hit's image, or why there is none."""
+        modality = hit.metadata.get("modality")
+        if modality != "image":
+            return None, f"No saliency overlay: this is a {modality} memory (the overlay explains images)."
+        if getattr(hit, "panel_path", None) and Path(hit.panel_path).is_file():
+            panel = Image.open(hit.panel_path).convert("RGB")
+            return panel, "Saliency of the query on this photo (re-ranker attention)."
+        if self.reranker is None:
+            return None, ("No saliency overlay: the checkpoint is a bi-encoder without a re-ranker; "
+                          "serve a re-ranker checkpoint to see where the query matched.")
+        path = hit.metadata.get("media_path")
+        if path is None or not Path(path).is_file():
+            return None, f"No saliency overlay: the photo of memory {hit.id} is missing from the store."
+        with Image.open(path) as image:
+            photo = image.convert("RGB")
+        panel = self.reranker.explain(query, photo, rank=hit.rank + 1, score=hit.score)
+        return panel, "Saliency of the query on this photo: original | heatmap | overlay (re-ranker attention)."
+
+    @staticmethod
+    def details(hit: Any) -> str:
+        """Markdown facts of a hit: scores, time, place, source."""
+        metadata = hit.metadata or {}
+        scores = [f"score **{hit.score:.3f}**", f"stage 1 {hit.stage1_score:.3f}"]
+        if getattr(hit, "match_logit", None) is not None:
+            scores.append(f"match logit {hit.match_logit:.2f}")
+        sources = [source.get("path") if isinstance(source, dict) else source
+                   for source in metadata.get("sources") or [metadata.get("source_path")]]
+        lines = [
+            f"### #{hit.rank + 1} · {metadata.get('modality', 'memory')}",
+            " · ".join(scores),
+            f"**When:** {format_time(metadata.get('timestamp'))}"
+            + (f" (from {metadata['time_source']})" if metadata.get("time_source") else ""),
+            f"**Where:** {metadata.get('place') or 'unknown place'}"
+            + (f" ({metadata['latitude']:.4f}, {metadata['longitude']:.4f})"
+               if metadata.get("latitude") is not None and metadata.get("longitude") is not None else ""),
+            f"**Source:** {', '.join(Path(str(s)).name for s in sources if s)}",
+            f"**Id:** `{hit.id}`",
+        ]
+        if getattr(hit, "explanation", None):
+            lines.insert(2, f"**Why (GAR):** {hit.explanation}")
+        return "\n\n".join(lines)
+
+    def related(self, hit: Any, k: int = 6) -> str:
+        """Markdown table of the hit's associated memories (from GAR, else the graph neighbours)."""
+        related = list(getattr(hit, "related", None) or [])
+        if not related:
+            try:
+                related = self.memory.related(hit.id, k=k)
+            except (KeyError, ValueError) as error:
+                return f"No associated memories: {error}"
+        if not related:
+            return "No associated memories (no memory shares this outing or looks alike)."
+        rows = ["| memory | why | weight | when | where |", "|---|---|---|---|---|"]
+        for item in related[:k]:
+            metadata = item.metadata or {}
+            label = Path(str(metadata.get("source_path", item.id))).name
+            rows.append(f"| {label} ({metadata.get('modality', '?')}) | {item.reason} | {item.weight:.2f} | "
+                        f"{format_time(metadata.get('timestamp'))[:16]} | {metadata.get('place') or '—'} |")
+        return "**Associated memories** (episodic graph)\n\n" + "\n".join(rows)
+
+    # ---------------------------------------------------------------- add
+    def upload(self, files: Sequence[Any] | None, place: str | None = None, when: str | None = None) -> str:
+        """Check the uploaded files, ingest those that pass, and report every file's fate (markdown)."""
+        paths = [Path(getattr(item, "name", item)) for item in (files or [])]
+        if not paths:
+            return "Choose one or more photos (.jpg .png …), notes (.txt .md) or recordings (.wav .flac) first."
+        checks = [check_upload(path, self.max_upload_bytes) for path in paths]
+        lines = [f"- **rejected** {check.reason}" for check in checks if not check.ok]
+        accepted = [check for check in checks if check.ok]
+        if accepted:
+            try:
+                meta = upload_meta([check.name for check in accepted], place, when)
+            except ValueError as error:
+                return f"**Nothing was added:** {error}"
+            lines = self._ingest(accepted, meta) + lines
+        return "\n".join(lines)
+
+    def _ingest(self, accepted: list[UploadCheck], meta: dict | None) -> list[str]:
+        staging = Path(tempfile.mkdtemp(prefix="mmai-upload-"))
+        try:
+            meta_path = None
+            if meta is not None:
+                meta_path = staging / "meta.json"
+                meta_path.write_text(json.dumps(meta), encoding="utf-8")
+            report = self.memory.ingest([check.path for check in accepted], meta=meta_path, progress=False)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        added = set(report.added)
+        lines = [f"- **added** {check.name} ({check.modality}) as `{check.memory_id}`" for check in accepted
+                 if check.memory_id in added]
+        lines += [f"- **duplicate** {Path(path).name} is already stored as `{memory_id}`"
+                  for path, memory_id in report.duplicates]
+        lines += [f"- **rejected** {reason.replace(str(path), Path(path).name)}" for path, reason in report.rejected]
+        return lines
+
+
+# ---------------------------------------------------------------------- layout
+def _filters_row(places: Sequence[str]):
+    with gr.Row():
+        year = gr.Textbox(label="Year", placeholder="e.g. 2023", scale=1, min_width=90, elem_id="mmai-year")
+        place = gr.Dropdown(["any", *places], value="any", label="Place (or part of a name)", allow_custom_value=True,
+                            filterable=True, scale=2, min_width=160, elem_id="mmai-place")
+        modality = gr.Dropdown(list(MODALITY_CHOICES), value="any", label="Modality", scale=1, min_width=110,
+                               elem_id="mmai-modality")
+        after = gr.Textbox(label="After", placeholder="2023-05-01", scale=1, min_width=110, elem_id="mmai-after")
+        before = gr.Textbox(label="Before", placeholder="2023-06-01", scale=1, min_width=110, elem_id="mmai-before")
+    return year, place, modality, after, before
+
+
+def build_app(memory: PersonalMemory, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, k: int = 12) -> gr.Blocks:
+    """The dashboard of ``memory`` as a Gradio app (launch it with :func:`launch`).
+
+    Args:
+        memory: the personal memory to show.
+        max_upload_mb: upload size limit in MiB (default 20).
+        k: results per search (default 12).
+    """
+    board = Dashboard(memory, max_upload_mb=max_upload_mb, k=k)
+    with gr.Blocks(title="MMAI — personal memory", analytics_enabled=False) as app:
+        gr.Markdown("## MMAI personal memory\nSearch your photos, notes and recordings in words.")
+        with gr.Row():
+            query = gr.Textbox(label="Search", placeholder="a white bird with an orange beak at the lake",
+                               elem_id="mmai-query", scale=5)
+            search = gr.Button("Search", variant="primary", elem_id="mmai-search", scale=1, min_width=100)
+        year, place, modality, after, before = _filters_row(memory.known_places())
+        with gr.Row():
+            rerank = gr.Checkbox(label="Re-rank (stage 2)", value=board.has_reranker, interactive=board.has_reranker,
+                                 elem_id="mmai-rerank")
+            gar = gr.Checkbox(label="GAR (associated memories)", value=False, elem_id="mmai-gar")
+            count = gr.Slider(1, 50, value=k, step=1, label="Results")
+        status = gr.Markdown(elem_id="mmai-status")
+        hits, searched = gr.State([]), gr.State("")
+        with gr.Row():
+            with gr.Column(scale=1):
+                gallery = gr.Gallery(label="Results", columns=3, height=760, object_fit="cover",
+                                     allow_preview=False, elem_id="mmai-results")
+            with gr.Column(scale=1):
+                overlay = gr.Image(label="Why it matched (saliency)", type="pil", interactive=False, show_label=False,
+                                   elem_id="mmai-overlay", height=380)
+                overlay_note = gr.Markdown(elem_id="mmai-overlay-note")
+                audio = gr.Audio(label="Recording", type="numpy", interactive=False, visible=False,
+                                 elem_id="mmai-audio")
+                note = gr.Textbox(label="Note", lines=3, interactive=False, visible=False, elem_id="mmai-note")
+                details = gr.Markdown("Select a result to see why it matched.", elem_id="mmai-details")
+                related = gr.Markdown(elem_id="mmai-related")
+        with gr.Accordion("Add memories", open=False):
+            files = gr.File(label="Photos, notes, recordings", file_count="multiple",
+                            file_types=sorted(SUFFIXES), elem_id="mmai-upload")
+            with gr.Row():
+                upload_place = gr.Textbox(label="Place (optional)", placeholder="e.g. Lakeside",
+                                          elem_id="mmai-upload-place")
+                upload_time = gr.Textbox(label="Time (optional)", placeholder="2023-05-14T07:30:00Z",
+                                         elem_id="mmai-upload-time")
+            add = gr.Button("Add to memory", elem_id="mmai-add")
+            upload_report = gr.Markdown(elem_id="mmai-upload-report")
+
+        inputs = [query, year, place, modality, after, before, rerank, gar, count]
+        outputs = [gallery, hits, searched, status]
+        search.click(board.search, inputs, outputs)
+        query.submit(board.search, inputs, outputs)
+
+        def on_select(chosen: gr.SelectData, current_hits: list, current_query: str):
+            picture, why, facts, associated, recording, text = board.select(chosen.index, current_hits, current_query)
+            return (picture, why, facts, associated, gr.update(value=recording, visible=recording is not None),
+                    gr.update(value=text, visible=bool(text)))
+
+        gallery.select(on_select, [hits, searched], [overlay, overlay_note, details, related, audio, note])
+        add.click(board.upload, [files, upload_place, upload_time], upload_report)
+    return app
+
+
+# ---------------------------------------------------------------------- serving
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only listens on this machine (``127.0.0.1``, ``::1``, ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def launch(app: gr.Blocks, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, block: bool = True,
+           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, quiet: bool = False):
+    """Serve ``app`` locally: no share link, no analytics, no server-side rendering (no Node).
+
+    Args:
+        app: from :func:`build_app`.
+        host: interface to bind (default ``127.0.0.1``: this machine only).
+        port: TCP port (default 7860).
+        block: wait until the server stops (``False``: return at once, for tests).
+        max_upload_mb: Gradio refuses larger uploads before they reach the dashboard.
+        quiet: do not print the URL.
+    """
+    if not is_loopback(host):
+        print(f"mmai serve: WARNING: binding to {host} exposes your memories to other machines", file=sys.stderr)
+    return app.launch(server_name=host, server_port=int(port), share=False, prevent_thread_lock=not block,
+                      show_error=True, quiet=quiet, ssr_mode=False, pwa=False, mcp_server=False,
+                      max_file_size=int(max_upload_mb * 2**20), footer_links=[], css=CSS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmai serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, required=True, help="the memory folder (as for `mmai memory`)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="bi-encoder or re-ranker checkpoint (default: the one remembered in ROOT/config.json)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default 7860)")
+    parser.add_argument("--chroma-host", default=None, help="use a Chroma server instead of ROOT's embedded store")
+    parser.add_argument("--chroma-port", type=int, default=8000, help="the Chroma server's port (default 8000)")
+    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                        help=f"reject larger uploads (default {DEFAULT_MAX_UPLOAD_MB:g} MiB)")
+    parser.add_argument("--results", type=int, default=12, help="results per search (default 12)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``mmai serve``."""
+    args = build_parser().parse_args(argv)
+    memory = PersonalMemory(args.root, args.checkpoint, chroma_host=args.chroma_host, chroma_port=args.chroma_port)
+    try:
+        app = build_app(memory, max_upload_mb=args.max_upload_mb, k=args.results)
+        launch(app, args.host, args.port, max_upload_mb=args.max_upload_mb)
+    finally:
+        memory.close()
+    return 0

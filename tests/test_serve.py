@@ -1,0 +1,299 @@
+"""The dashboard's logic (mmai/serve.py): upload checks, filters, and the search/select/upload callbacks.
+
+Every test runs against a real :class:`PersonalMemory` built from a tiny synthetic collection
+(procedural birds with the diary's times and places, notes with sidecars) and real tiny
+checkpoints (tests/tiny_checkpoints.py). The browser drives the same callbacks in
+tests/test_dashboard_browser.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from PIL import Image
+
+from mmai.data.synth import synthesize
+from mmai.memory.personal import PersonalMemory
+from mmai.serve import (Dashboard, build_app, build_parser, check_upload, format_time, is_loopback, parse_filters,
+                        upload_meta)
+from tiny_checkpoints import make_bi_encoder_ckpt, make_reranker_ckpt
+from tiny_configs import TINY_CLAP
+
+NOTES = {
+    "lake_walk.txt": ("Saw a white bird with a long orange beak wading at the lake edge.", "2022-03-05T07:10:00Z"),
+    "garden.md": ("Two small brown birds were singing in the garden hedge this morning.", "2021-11-20T08:00:00Z"),
+}
+
+
+# ---------------------------------------------------------------------- fixtures
+def diary_overrides(synth_root: Path, audio: bool = False) -> dict[str, dict]:
+    """``{absolute file path: {time, place, latitude, longitude}}`` from the synthetic diary."""
+    relpaths = dict(line.split() for line in (synth_root / "CUB_200_2011" / "images.txt").read_text().splitlines())
+    overrides = {}
+    for line in (synth_root / "mmai_extras" / "episodes.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        fields = {key: entry[key] for key in ("place", "latitude", "longitude")} | {"time": entry["timestamp"]}
+        relpath = relpaths[str(entry["image_id"])]
+        overrides[str((synth_root / "CUB_200_2011" / "images" / relpath).absolute())] = fields
+        if audio:
+            song = synth_root / "mmai_extras" / "audio" / Path(relpath).with_suffix(".wav")
+            overrides[str(song.absolute())] = fields
+    return overrides
+
+
+def write_notes(folder: Path) -> list[Path]:
+    """The :data:`NOTES` as files, each with a sidecar giving its time and place."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, (text, when) in NOTES.items():
+        (folder / name).write_text(text, encoding="utf-8")
+        (folder / f"{name}.json").write_text(json.dumps({"time": when, "place": "Hebbal Lake, Bengaluru"}))
+        paths.append(folder / name)
+    return paths
+
+
+def build_collection(folder: Path, checkpoint: Path, *, images: int = 12, audio: bool = False) -> PersonalMemory:
+    """A :class:`PersonalMemory` of synthetic photos (and songs) with the diary's time/place, plus notes."""
+    synth = folder / "synth"
+    synthesize(synth, classes=4, images=images, image_size=64, audio=audio, workers=1, progress=False)
+    memory = PersonalMemory(folder / "memory", checkpoint, progress=False)
+    sources = [synth / "CUB_200_2011" / "images", *write_notes(folder / "notes")]
+    if audio:
+        sources.append(synth / "mmai_extras" / "audio")
+    report = memory.ingest(sources, overrides=diary_overrides(synth, audio))
+    assert not report.rejected, report.summary()
+    return memory
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    return {"reranker": make_reranker_ckpt(folder / "reranker"),
+            "audio": make_bi_encoder_ckpt(folder / "audio", audio={"pretrained": False, "config_overrides": TINY_CLAP,
+                                                                   "max_length_s": 0.5}, audio_seconds=0.5)}
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory, checkpoints):
+    """Dashboard over a re-ranker memory of 12 photos and 2 notes (searched, never written to)."""
+    memory = build_collection(tmp_path_factory.mktemp("reranker_memory"), checkpoints["reranker"])
+    yield Dashboard(memory)
+    memory.close()
+
+
+@pytest.fixture(scope="module")
+def audio_board(tmp_path_factory, checkpoints):
+    """Dashboard over a bi-encoder (with audio tower, no re-ranker) memory of photos, songs and notes."""
+    memory = build_collection(tmp_path_factory.mktemp("audio_memory"), checkpoints["audio"], images=8, audio=True)
+    yield Dashboard(memory)
+    memory.close()
+
+
+def jpeg_bytes(seed: int = 0, size: int = 48) -> bytes:
+    import io
+
+    pixels = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def index_of(hits, modality: str) -> int:
+    return next(i for i, hit in enumerate(hits) if hit.metadata["modality"] == modality)
+
+
+# ---------------------------------------------------------------------- upload checks
+def test_check_upload_accepts_photos_notes_and_recordings_that_decode(tmp_path):
+    photo = tmp_path / "bird.jpg"
+    photo.write_bytes(jpeg_bytes())
+    note = tmp_path / "note.md"
+    note.write_text("a heron at dawn", encoding="utf-8")
+    song = tmp_path / "song.wav"
+    soundfile.write(song, np.sin(np.linspace(0, 400, 8000)).astype(np.float32), 16_000)
+    checks = [check_upload(path, max_bytes=2**20) for path in (photo, note, song)]
+    assert [check.reason for check in checks] == [None, None, None]
+    assert [check.modality for check in checks] == ["image", "text", "audio"]
+    assert checks[0].memory_id == hashlib.sha256(photo.read_bytes()).hexdigest()[:32]
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("installer.exe", b"MZ\x90\x00", "not allowed"),
+    ("notes.docx", b"PK\x03\x04", "not allowed"),
+    ("huge.jpg", None, "upload limit"),
+    ("broken.jpg", "truncated", "corrupt"),
+    ("fake.png", b"this is not a picture at all", "corrupt"),
+    ("latin.txt", "café".encode("latin-1"), "UTF-8"),
+    ("blank.md", b"   \n", "empty"),
+    ("noise.wav", b"RIFF....WAVEjunk", "audio"),
+])
+def test_check_upload_rejects_wrong_type_oversize_and_undecodable_files_naming_them(tmp_path, name, content, words):
+    path = tmp_path / name
+    if content is None:
+        path.write_bytes(jpeg_bytes(size=256))  # a valid photo, but over the tiny limit below
+    elif content == "truncated":
+        path.write_bytes(jpeg_bytes()[:300])
+    else:
+        path.write_bytes(content)
+    check = check_upload(path, max_bytes=4_000)
+    assert not check.ok and check.modality is None
+    assert name in check.reason and words in check.reason
+    assert str(tmp_path) not in check.reason  # the user's file name, not the server's temp path
+
+
+def test_upload_form_time_and_place_must_be_readable():
+    assert upload_meta(["a.jpg"], " ", "") is None
+    assert upload_meta(["a.jpg", "b.txt"], "Powai Lake", "2023-05-14") == {
+        "a.jpg": {"place": "Powai Lake", "time": "2023-05-14"}, "b.txt": {"place": "Powai Lake", "time": "2023-05-14"}}
+    with pytest.raises(ValueError, match="upload form: time"):
+        upload_meta(["a.jpg"], None, "last tuesday")
+
+
+def test_upload_stores_only_files_that_pass_the_checks_and_reports_each(tmp_path, checkpoints):
+    memory = PersonalMemory(tmp_path / "memory", checkpoints["reranker"], progress=False)
+    board = Dashboard(memory, max_upload_mb=0.01)
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    (uploads / "heron.jpg").write_bytes(jpeg_bytes(1))
+    (uploads / "broken.jpg").write_bytes(jpeg_bytes(2)[:200])
+    (uploads / "script.exe").write_bytes(b"MZ")
+    (uploads / "panorama.png").write_bytes(b"\x89PNG" + b"\x00" * 20_000)  # over 0.01 MiB
+    files = [str(uploads / name) for name in ("heron.jpg", "broken.jpg", "script.exe", "panorama.png")]
+
+    assert "Choose one or more" in board.upload(None)
+    assert "Nothing was added" in board.upload(files[:1], "Powai Lake", "sometime in spring")
+    assert memory.stats()["memories"] == 0
+
+    report = board.upload(files, "Powai Lake, Mumbai", "2021-03-04T05:06:07Z")
+    lines = report.splitlines()
+    assert len(lines) == 4
+    assert any(line.startswith("- **added** heron.jpg (image)") for line in lines)
+    for name, words in (("broken.jpg", "corrupt"), ("script.exe", "not allowed"), ("panorama.png", "upload limit")):
+        assert any(line.startswith("- **rejected**") and name in line and words in line for line in lines), report
+    assert memory.stats()["memories"] == 1
+    hits = memory.search("a bird", place="Mumbai", year=2021)
+    assert len(hits) == 1 and hits[0].metadata["place"] == "Powai Lake, Mumbai"
+    assert Path(hits[0].metadata["media_path"]).is_file()
+
+    again = board.upload(files[:1])
+    assert again.startswith("- **duplicate** heron.jpg") and memory.stats()["memories"] == 1
+    memory.close()
+
+
+# ---------------------------------------------------------------------- filters
+def test_parse_filters_reads_the_form_and_names_the_bad_field():
+    filters = parse_filters("2023", "Mumbai", "image", "2023-01-01", "2023-06-01T12:00:00Z")
+    assert filters.as_kwargs() == {"year": 2023, "place": "Mumbai", "modality": "image",
+                                   "after": 1672531200.0, "before": 1685620800.0}
+    assert parse_filters("", "any", "any", "", None).as_kwargs() == dict.fromkeys(
+        ("year", "place", "modality", "after", "before"))
+    assert parse_filters(2022.0, None, None, None, None).year == 2022  # a gr.Number gives floats
+    for arguments, field in ((("twenty", None, "any", "", ""), "Year"),
+                             (("", None, "video", "", ""), "Modality"),
+                             (("", None, "any", "2023-13-45", ""), "After"),
+                             (("", None, "any", "2023-06-01", "2023-01-01"), "must be earlier")):
+        with pytest.raises(ValueError, match=field):
+            parse_filters(*arguments)
+
+
+def test_format_time_is_utc_and_says_when_unknown():
+    assert format_time(1684049530.0) == "2023-05-14 07:32 UTC"
+    assert format_time(None) == "unknown time" and format_time(float("nan")) == "unknown time"
+
+
+# ---------------------------------------------------------------------- search
+def test_search_fills_the_gallery_with_ranked_captions(board):
+    gallery, hits, query, status = board.search("a bird with a long orange bill", k=6)
+    assert query == "a bird with a long orange bill" and len(gallery) == len(hits) == 6
+    for rank, ((picture, caption), hit) in enumerate(zip(gallery, hits), start=1):
+        assert isinstance(picture, Image.Image) and max(picture.size) <= 256
+        assert caption.startswith(f"#{rank} · {hit.score:.3f} · ")
+        place, day = hit.metadata["place"].split(",")[0], format_time(hit.metadata["timestamp"])[:10]
+        assert caption.endswith(f"{place} · {day}")
+    assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
+    assert "6 memories" in status and "stage 1" in status
+
+
+def test_search_filters_narrow_the_results(board):
+    place = board.memory.known_places()[0]
+    _, hits, _, status = board.search("a bird", place=place, modality="image", k=20)
+    assert hits and all(h.metadata["place"] == place and h.metadata["modality"] == "image" for h in hits)
+    assert f"place={place}" in status
+    _, notes, _, _ = board.search("a bird", modality="text", k=20)
+    assert sorted(Path(h.metadata["source_path"]).name for h in notes) == sorted(NOTES)
+    _, old, _, _ = board.search("a bird", before="2021-12-31", after="2021-11-01", k=20)
+    assert all(format_time(h.metadata["timestamp"]).startswith("2021-1") for h in old)
+    assert "garden.md" in {Path(h.metadata["source_path"]).name for h in old}
+
+
+def test_search_problems_are_reported_on_the_page_not_raised(board):
+    gallery, hits, _, status = board.search("   ")
+    assert gallery == [] and hits == [] and "Type what you are looking for" in status
+    gallery, _, _, status = board.search("a bird", year="last year")
+    assert gallery == [] and "Search failed" in status and "Year" in status
+    gallery, _, _, status = board.search("a bird", place="Atlantis")
+    assert gallery == [] and "No memory matches" in status and "place=Atlantis" in status
+
+
+# ---------------------------------------------------------------------- select
+def test_selecting_an_image_shows_the_saliency_panel_and_associated_memories(board):
+    assert board.has_reranker
+    _, hits, query, status = board.search("a bird with a long orange bill", rerank=True, k=8)
+    assert "re-rank" in status
+    position = index_of(hits, "image")
+    overlay, note, details, related, audio, text = board.select(position, hits, query)
+    assert isinstance(overlay, Image.Image) and overlay.width > overlay.height  # original | heatmap | overlay
+    assert "Saliency" in note and audio is None and text == ""
+    assert "match logit" in details and hits[position].id in details
+    assert "Associated memories" in related and ("same outing" in related or "similar content" in related)
+
+
+def test_gar_results_carry_the_reason_of_each_association(board):
+    _, hits, query, status = board.search("a small brown bird singing", gar=True, k=6)
+    assert "GAR" in status and all(hit.related for hit in hits)
+    _, _, details, related, _, _ = board.select(0, hits, query)
+    assert "**Why (GAR):**" in details
+    reasons = {item.reason for item in hits[0].related}
+    assert any(reason in related for reason in reasons)
+
+
+def test_selecting_a_note_shows_its_text_and_why_there_is_no_overlay(board):
+    _, hits, query, _ = board.search("white bird wading at the lake", modality="text")
+    overlay, note, details, _, audio, text = board.select(0, hits, query)
+    assert overlay is None and audio is None and "text memory" in note
+    assert text == hits[0].document and text in {body for body, _ in NOTES.values()}
+    assert board.select(None, hits, query)[2] == "Select a result to see why it matched."
+
+
+def test_bi_encoder_memory_plays_songs_and_says_why_there_is_no_overlay(audio_board):
+    assert not audio_board.has_reranker and "bi-encoder" in audio_board.reranker_note
+    gallery, _, _, status = audio_board.search("a bird", rerank=True)
+    assert gallery == [] and "Re-rank is unavailable" in status
+    gallery, hits, query, _ = audio_board.search("a bird song", modality="audio")
+    assert hits and all(hit.metadata["modality"] == "audio" for hit in hits)
+    assert gallery[0][0].size == (256, 256)  # a waveform card stands in for the picture
+    overlay, note, _, _, audio, _ = audio_board.select(0, hits, query)
+    rate, samples = audio
+    assert overlay is None and "audio memory" in note
+    assert rate == 48_000 and samples.ndim == 1 and len(samples) > rate // 10
+    _, hits, query, _ = audio_board.search("a bird", modality="image")
+    overlay, note, *_ = audio_board.select(0, hits, query)
+    assert overlay is None and "bi-encoder without a re-ranker" in note
+
+
+# ---------------------------------------------------------------------- app and serving
+def test_app_builds_offline_and_binds_to_this_machine_by_default(board):
+    import gradio as gr
+
+    app = build_app(board.memory)
+    assert isinstance(app, gr.Blocks) and app.analytics_enabled is False
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+    args = build_parser().parse_args(["--root", "memories"])
+    assert (args.host, args.port, args.chroma_host) == ("127.0.0.1", 7860, None)
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
