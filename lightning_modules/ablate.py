@@ -445,11 +445,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``mmai ablate --config FILE [--quick] [--out DIR] [--shard-dir DIR]``: train, evaluate, tabulate."""
     args = build_parser().parse_args(argv)
-    start = time.perf_counter()
     settings = load_settings(args.config, quick=args.quick)
     out = Path(args.out or settings.get("out") or "runs/ablation").resolve()
+    run_ablation(settings, out, args.shard_dir, wandb=not args.no_wandb)
+    return 0
+
+
+def run_ablation(settings: dict[str, Any], out: Path, shard_dir: Path | None = None,
+                 wandb: bool = True) -> dict[str, RunSpec]:
+    """Train or reuse every run, write ``out/ablation.md`` and ``.csv`` (and the W&B table), print
+    the table; returns the runs by name (``runs["rerank"].last_checkpoint`` is the re-ranker)."""
+    start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    shards, data = prepare_shards(settings, out, args.shard_dir)
+    shards, data = prepare_shards(settings, out, shard_dir)
     runs = plan_runs(settings, shards, out)
     reason = clip_unavailable_reason((settings.get("clip") or {}).get("model_name", "openai/clip-vit-base-patch16"))
     order = [("clip", "row 0"), ("baseline", "row 1"), ("queue_hn", "row 2"), ("rerank", "rows 3-5")]
@@ -469,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "ablation.md").write_text(markdown)
     write_csv(rows, facts, out / "ablation.csv")
     print("\n" + markdown)
-    if not args.no_wandb:
+    if wandb:
         print(f"[ablate] W&B table ablation/table: {log_wandb_table(rows, facts, out)}")
     print(f"[ablate] wrote {out / 'ablation.md'} and {out / 'ablation.csv'}")
-    return 0
+    return runs

@@ -43,6 +43,10 @@ class RerankerModule(L.LightningModule):
         fusion: :class:`~mmai.fusion.FusionReranker` arguments (``hidden_dim`` 256,
             ``num_layers`` 2, ``num_heads`` 4, ``dropout`` 0.1, ``mlp_ratio`` 4.0).
         finetune_towers: also train the bi-encoder's online towers (default False: frozen, eval mode).
+        itc_weight: with ``finetune_towers``, weight of the bi-encoder's own contrastive loss
+            (momentum queue included) trained beside the match loss, as ALBEF trains ITC with
+            ITM, so that fine-tuning for matching does not pull the stage-1 space apart
+            (default 1.0; 0 trains the towers on the match loss alone).
         lr: learning rate of the fusion layers (default 1e-4).
         lr_towers: learning rate of the towers when ``finetune_towers`` (default 1e-5).
         weight_decay: AdamW decay of weight matrices (default 0.02).
@@ -57,7 +61,8 @@ class RerankerModule(L.LightningModule):
     """
 
     def __init__(self, bi_encoder_ckpt: str | None = None, bi_encoder: dict[str, Any] | None = None,
-                 fusion: dict[str, Any] | None = None, finetune_towers: bool = False, lr: float = 1e-4,
+                 fusion: dict[str, Any] | None = None, finetune_towers: bool = False, itc_weight: float = 1.0,
+                 lr: float = 1e-4,
                  lr_towers: float = 1e-5, weight_decay: float = 0.02, warmup_steps: int = 100,
                  num_negatives: int = 1, negative_temperature: float = 0.07, same_class_weight: float = 1.0,
                  rerank_k: int = 16, stage1_weight: float = 1.0, batch_size: int = 64,
@@ -83,6 +88,8 @@ class RerankerModule(L.LightningModule):
         if finetune_towers:
             for name in ("vision", "vision_proj", "text", "text_proj"):
                 getattr(self.bi_encoder, name).requires_grad_(True)
+            if itc_weight > 0:
+                self.bi_encoder.temperature.requires_grad_(True)
         self.reranker = build_reranker(self.hparams, self.bi_encoder)
         self._collector = EvalSetCollector()
         self._val_match: list[torch.Tensor] = []
@@ -111,8 +118,19 @@ class RerankerModule(L.LightningModule):
             text_embeddings, tokens = self.bi_encoder.encode_text(batch["input_ids"], batch["attention_mask"])
         return image_embeddings, patches, text_embeddings, tokens  # tokens (Bt, L, Dt)
 
+    @property
+    def _joint(self) -> bool:
+        """Train the towers with their contrastive loss beside the match loss (ALBEF's ITC + ITM)."""
+        return bool(self.hparams.finetune_towers and self.hparams.itc_weight > 0)
+
     def _match_step(self, batch: dict, stage: str) -> torch.Tensor:
-        image_embeddings, patches, text_embeddings, tokens = self._encode(batch)
+        contrastive = None
+        if stage == "train" and self._joint:
+            contrastive = self.bi_encoder(batch)  # online embeddings with grad, momentum keys, ITC loss
+            image_embeddings, patches = contrastive.image_embeddings, contrastive.image_patches
+            text_embeddings, tokens = contrastive.text_embeddings, contrastive.text_tokens
+        else:
+            image_embeddings, patches, text_embeddings, tokens = self._encode(batch)
         keep = ~batch["is_pad"] if "is_pad" in batch else None
         owner = batch["caption_owner"]
         similarity = text_embeddings @ image_embeddings.T  # (Bt, B)
@@ -129,6 +147,12 @@ class RerankerModule(L.LightningModule):
         text, mask, image = pairs.gather(tokens, batch["attention_mask"], patches)
         logits = self.reranker(text, mask, image).logits  # (P,)
         loss = match_loss(logits, pairs.labels)
+        if contrastive is not None:
+            self.bi_encoder.enqueue(contrastive)  # after the loss, as in BiEncoderModule
+            self.log("train/itc_loss", contrastive.loss, batch_size=int(batch["image"].shape[0]))
+            total = loss + self.hparams.itc_weight * contrastive.loss
+        else:
+            total = loss
         correct = ((logits > 0).float() == pairs.labels).float()  # (P,)
         positive = pairs.kind == POSITIVE
         size = int(batch["image"].shape[0])
@@ -146,7 +170,7 @@ class RerankerModule(L.LightningModule):
             self._collector.add(batch, image_embeddings, text_embeddings,
                                 image_extras={"image_patches": patches.to(torch.float16)},
                                 text_extras=self._padded_tokens(tokens, batch["attention_mask"]))
-        return loss
+        return total
 
     def _padded_tokens(self, tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Token states padded to ``max_length`` so batches concatenate (fp16 to halve the cache)."""
@@ -169,7 +193,10 @@ class RerankerModule(L.LightningModule):
                   {"params": no_decay, "lr": hp.lr, "weight_decay": 0.0, "name": "fusion_no_decay"}]
         towers = [p for p in self.bi_encoder.parameters() if p.requires_grad]
         if towers:
-            groups.append({"params": towers, "lr": hp.lr_towers, "weight_decay": hp.weight_decay, "name": "towers"})
+            groups.append({"params": [p for p in towers if p.ndim >= 2], "lr": hp.lr_towers,
+                           "weight_decay": hp.weight_decay, "name": "towers"})
+            groups.append({"params": [p for p in towers if p.ndim < 2], "lr": hp.lr_towers, "weight_decay": 0.0,
+                           "name": "towers_no_decay"})
         optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98))
         warmup = max(int(hp.warmup_steps), 0)
 

@@ -57,6 +57,9 @@ class BiEncoderOutput:
         key_valid: modality -> ``(B,)`` bool, False for rows without that modality.
         image_ids, class_ids: ``(B,)`` long, the ids stored with the keys.
         temperature: the (clamped) temperature used, detached scalar.
+        image_patches: ``(B, N, Dv)`` the vision tower's patch tokens (for a fusion re-ranker
+            trained jointly, as ALBEF's ITM beside ITC).
+        text_tokens: ``(Bt, L, Dt)`` the text tower's token states.
     """
 
     loss: torch.Tensor
@@ -69,6 +72,8 @@ class BiEncoderOutput:
     image_ids: torch.Tensor
     class_ids: torch.Tensor
     temperature: torch.Tensor
+    image_patches: torch.Tensor | None = None
+    text_tokens: torch.Tensor | None = None
 
 
 @dataclasses.dataclass
@@ -265,8 +270,8 @@ class BiEncoder(nn.Module):
             :class:`BiEncoderOutput`; pass it to :meth:`enqueue` after the optimiser step.
         """
         self.clamp_temperature()
-        image_embeddings, _ = self.encode_image(batch["image"])  # (B, E)
-        text_embeddings, _ = self.encode_text(batch["input_ids"], batch["attention_mask"])  # (Bt, E)
+        image_embeddings, image_patches = self.encode_image(batch["image"])  # (B, E), (B, N, Dv)
+        text_embeddings, text_tokens = self.encode_text(batch["input_ids"], batch["attention_mask"])  # (Bt, E), (Bt, L, Dt)
         audio_embeddings = self.encode_audio(batch["audio"]) if self._batch_has_audio(batch) else None  # (B, E)
         if self.training:
             self.momentum_update()
@@ -279,7 +284,7 @@ class BiEncoder(nn.Module):
             loss=self._total(losses, [image_embeddings, text_embeddings, audio_embeddings]), losses=losses,
             image_embeddings=image_embeddings, text_embeddings=text_embeddings, audio_embeddings=audio_embeddings,
             keys=queue_keys, key_valid=key_valid, image_ids=batch["image_id"], class_ids=batch["class_id"],
-            temperature=self.temperature.detach(),
+            temperature=self.temperature.detach(), image_patches=image_patches, text_tokens=text_tokens,
         )
 
     @staticmethod

@@ -32,7 +32,8 @@ def rerank_run(synth_shards, tmp_path_factory):
     root = tmp_path_factory.mktemp("rerank")
     ckpt = make_bi_encoder_ckpt(root)
     run_dir = root / "run"
-    rerank_cli_main(_rerank_args(synth_shards, run_dir, ckpt, "--trainer.max_epochs", "2"))
+    rerank_cli_main(_rerank_args(synth_shards, run_dir, ckpt, "--trainer.max_epochs", "2",
+                                 "--model.finetune_towers", "false"))
     return ckpt, run_dir
 
 
@@ -74,6 +75,24 @@ def test_frozen_towers_are_unchanged_and_the_checkpoint_loads_as_stage2(rerank_r
     assert all(torch.equal(before[key], after[key]) for key in before)
     image = Image.new("RGB", (40, 30), (200, 120, 40))
     assert stage2.rerank("a bird with an orange beak", [image, image]).shape == (2,)
+
+
+def test_finetuning_trains_towers_with_their_contrastive_loss_beside_the_match_loss(synth_shards, tmp_path):
+    """ALBEF's ITC + ITM: the towers move, the momentum queue fills, and stage 1 is logged as trained."""
+    from lightning_modules.cli import rerank_cli_main
+    from mmai.checkpoint import load_stage1, read_checkpoint
+
+    ckpt = make_bi_encoder_ckpt(tmp_path)
+    run_dir = tmp_path / "run"
+    rerank_cli_main(_rerank_args(synth_shards, run_dir, ckpt, "--trainer.max_epochs", "1",
+                                 "--model.finetune_towers", "true", "--model.itc_weight", "1.0"))
+    before = load_stage1(ckpt).model.state_dict()
+    state = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+    assert not torch.equal(state["bi_encoder.vision_proj.net.weight"], before["vision_proj.net.weight"])
+    assert not torch.equal(state["bi_encoder.text_proj.net.weight"], before["text_proj.net.weight"])
+    assert int(state["bi_encoder.queue.filled"]) > 0  # the momentum queue was fed
+    final = json.loads((run_dir / "metrics.json").read_text())["final"]
+    assert np.isfinite(final["train/itc_loss"]) and np.isfinite(final["val/two_stage/t2i/class/R@10"])
 
 
 def test_saliency_command_renders_a_panel_from_a_checkpoint(tmp_path, capsys):
