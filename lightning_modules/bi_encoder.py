@@ -15,13 +15,12 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_modules.eval_set import EvalSet, EvalSetCollector
+from lightning_modules.eval_set import EvalSet, EvalSetCollector, Stage1Evaluation
 from mmai.bi_encoder import BiEncoder
-from mmai.metrics import evaluate_retrieval
 from mmai.checkpoint import build_towers
 
 
-class BiEncoderModule(L.LightningModule):
+class BiEncoderModule(Stage1Evaluation, L.LightningModule):
     """Trains image, text (and audio) towers into one ``embed_dim`` space.
 
     Args:
@@ -143,26 +142,6 @@ class BiEncoderModule(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch)
-
-    def eval_set(self) -> EvalSet:
-        """This epoch's gathered gallery and queries (every rank holds all of it); computed once."""
-        return self._collector.gather(self)
-
-    def _log_stage1(self, split: str) -> None:
-        data = self.eval_set()
-        metrics = evaluate_retrieval(data.image_embeddings, data.image_ids, data.class_ids, data.text_embeddings,
-                                     data.text_image_ids, data.text_class_ids, ks=self.hparams.eval_ks)
-        self.log_dict({f"{split}/stage1/{key}": value for key, value in metrics.items()}, rank_zero_only=False)
-        self.log(f"{split}/gallery_images", float(len(data.image_ids)))
-        self.log(f"{split}/queries_captions", float(len(data.text_image_ids)))
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_stage1("val")
-        self._collector.reset()
-
-    def on_test_epoch_end(self) -> None:
-        self._log_stage1("test")
-        self._collector.reset()
 
     # ------------------------------------------------------------ checkpoints
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -8,6 +8,8 @@ import dataclasses
 import lightning as L
 import torch
 
+from mmai.metrics import evaluate_retrieval
+
 
 @dataclasses.dataclass
 class EvalSet:
@@ -98,3 +100,29 @@ def _gather_objects(local: list, module: L.LightningModule) -> list:
     gathered: list = [None] * module.trainer.world_size
     torch.distributed.all_gather_object(gathered, local)
     return [item for part in gathered for item in part]
+
+
+class Stage1Evaluation:
+    """Mixin of the LightningModules that embed the gallery at evaluation (``self._collector``):
+    full-gallery stage-1 Recall@K, logged as ``{split}/stage1/{direction}/{relevance}/R@k`` at the
+    end of every validation and test epoch, after the callbacks have used :meth:`eval_set`."""
+
+    def eval_set(self) -> EvalSet:
+        """This epoch's gathered gallery and queries (every rank holds all of it); computed once."""
+        return self._collector.gather(self)
+
+    def _log_stage1(self, split: str) -> None:
+        data = self.eval_set()
+        metrics = evaluate_retrieval(data.image_embeddings, data.image_ids, data.class_ids, data.text_embeddings,
+                                     data.text_image_ids, data.text_class_ids, ks=self.hparams.eval_ks)
+        self.log_dict({f"{split}/stage1/{key}": value for key, value in metrics.items()}, rank_zero_only=False)
+        self.log(f"{split}/gallery_images", float(len(data.image_ids)))
+        self.log(f"{split}/queries_captions", float(len(data.text_image_ids)))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_stage1("val")
+        self._collector.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_stage1("test")
+        self._collector.reset()

@@ -25,15 +25,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.eval_set import EvalSet, EvalSetCollector
+from lightning_modules.eval_set import EvalSet, EvalSetCollector, Stage1Evaluation
 from mmai.checkpoint import build_bi_encoder, build_reranker, read_checkpoint
 from mmai.fusion import match_loss
-from mmai.metrics import evaluate_retrieval
 from mmai.negatives import POSITIVE, build_match_batch
 from mmai.two_stage import TwoStageResult, evaluate_two_stage
 
 
-class RerankerModule(L.LightningModule):
+class RerankerModule(Stage1Evaluation, L.LightningModule):
     """Trains the fusion re-ranker's match head on hard negatives of a trained bi-encoder.
 
     Args:
@@ -216,10 +215,6 @@ class RerankerModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._match_step(batch, "test")
 
-    def eval_set(self) -> EvalSet:
-        """This epoch's gathered gallery, queries and stage-2 caches (every rank holds all of it)."""
-        return self._collector.gather(self)
-
     @torch.no_grad()
     def two_stage(self, data: EvalSet, k: int | None = None, mode: str = "combined",
                   stage1_weight: float | None = None, length: int | None = None,
@@ -233,18 +228,3 @@ class RerankerModule(L.LightningModule):
             stage1_weight=float(self.hparams.stage1_weight if stage1_weight is None else stage1_weight),
             ks=self.hparams.eval_ks, directions=directions, length=length, progress=False, also_modes=also_modes)
 
-    def _log_stage1(self, split: str) -> None:
-        data = self.eval_set()
-        metrics = evaluate_retrieval(data.image_embeddings, data.image_ids, data.class_ids, data.text_embeddings,
-                                     data.text_image_ids, data.text_class_ids, ks=self.hparams.eval_ks)
-        self.log_dict({f"{split}/stage1/{key}": value for key, value in metrics.items()}, rank_zero_only=False)
-        self.log(f"{split}/gallery_images", float(len(data.image_ids)))
-        self.log(f"{split}/queries_captions", float(len(data.text_image_ids)))
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_stage1("val")
-        self._collector.reset()
-
-    def on_test_epoch_end(self) -> None:
-        self._log_stage1("test")
-        self._collector.reset()
