@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from mmai.memory.files import atomic_write
 from mmai.memory.vectors import as_ids, as_unit_vectors
 
 KINDS = ("hnsw", "flat")
@@ -264,16 +264,7 @@ class VectorIndex:
             "ids": self._ids,
             "config": np.frombuffer(json.dumps(self._config()).encode(), dtype=np.uint8),
         }
-        handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                np.savez(file, **payload)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp_name, path)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda file: np.savez(file, **payload))
         return path
 
     @classmethod

@@ -57,8 +57,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -68,6 +66,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from mmai.memory.files import atomic_copy, atomic_write
 from mmai.memory.filters import METADATA_FIELDS, build_where, clean_metadata
 from mmai.memory.gar import GraphAugmentedRetriever
 from mmai.memory.graph import EDGE_REASONS, EpisodicGraph, GraphConfig
@@ -173,27 +172,7 @@ def _ids_digest(ids: Iterable[str]) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_copy(source: Path, target: Path) -> None:
-    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        shutil.copyfile(source, temp)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda file: file.write(data))
 
 
 def _checkpoint_fingerprint(path: Path) -> str:
@@ -665,7 +644,7 @@ class PersonalMemory:
             if memory_file.modality != "text":
                 target = self.media_dir / f"{memory_file.id}{memory_file.suffix}"
                 if not target.exists():
-                    _atomic_copy(memory_file.path, target)
+                    atomic_copy(memory_file.path, target)
                 metadata["media_file"] = target.name
             metadata["sources"] = json.dumps([{"id": memory_file.id, "path": str(memory_file.path),
                                                "timestamp": metadata["timestamp"], "place": metadata.get("place")}])
