@@ -15,9 +15,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_modules.eval_set import EvalSet, EvalSetCollector, Stage1Evaluation
+from lightning_modules.eval_set import EvalSetCollector, Stage1Evaluation
 from mmai.bi_encoder import BiEncoder
-from mmai.checkpoint import build_towers
+from mmai.checkpoint import build_towers, read_checkpoint
 
 
 class BiEncoderModule(Stage1Evaluation, L.LightningModule):
@@ -72,7 +72,9 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
         self._collector = EvalSetCollector()
         self._last_step_time: float | None = None
         if init_from is not None:
-            self.model.load_checkpoint_state(_read_state_dict(init_from), prefix="model.")
+            self.model.load_checkpoint_state(
+                read_checkpoint(init_from, "model.init_from", require_hyperparameters=False)["state_dict"],
+                prefix="model.")
         # transformers' from_pretrained returns modules in eval mode and Lightning keeps the modes
         # it finds: without this the pretrained text tower would train with dropout off.
         self.train()
@@ -147,18 +149,6 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Fail with the offending shapes (e.g. another embed_dim) before Lightning's own error."""
         self.model.check_compatible(checkpoint["state_dict"], prefix="model.")
-
-
-def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """The ``state_dict`` of a Lightning checkpoint, with a clear error for a missing or foreign file."""
-    from pathlib import Path
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"model.init_from: checkpoint {path!r} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if "state_dict" not in checkpoint:
-        raise ValueError(f"model.init_from: {path!r} is not a Lightning checkpoint (no 'state_dict')")
-    return checkpoint["state_dict"]
 
 
 def _param_groups(model: torch.nn.Module, pretrained_prefixes: tuple[str, ...], lr: float, lr_pretrained: float,

@@ -58,6 +58,8 @@ def inspect_main(argv: list[str]) -> int:
 def _make_cli_class():
     from lightning.pytorch.cli import LightningCLI
 
+    from mmai.checkpoint import tokenizer_name
+
     class _CLI(LightningCLI):
         """LightningCLI with MMAI's links: values the model and the data must agree on are set once."""
 
@@ -69,7 +71,7 @@ def _make_cli_class():
             parser.add_lightning_class_args(RetrievalEvalCallback, "retrieval")
             parser.link_arguments("data.batch_size", "model.batch_size")
             parser.link_arguments("model.image_size", "data.image_size")
-            parser.link_arguments(("model.text_model", "model.clip"), "data.tokenizer", compute_fn=_tokenizer_name)
+            parser.link_arguments(("model.text_model", "model.clip"), "data.tokenizer", compute_fn=tokenizer_name)
             parser.link_arguments("model.max_length", "data.max_length")
             parser.link_arguments("model.audio_seconds", "data.audio_seconds")
 
@@ -105,7 +107,7 @@ def _make_rerank_cli_class():
 
 def _data_from_bi_encoder(config) -> None:
     """Set ``data.image_size/tokenizer/max_length`` from ``model.bi_encoder_ckpt``'s hyperparameters."""
-    from mmai.checkpoint import read_checkpoint
+    from mmai.checkpoint import read_checkpoint, tokenizer_name
 
     path = config.model.bi_encoder_ckpt
     if path is None:
@@ -113,7 +115,7 @@ def _data_from_bi_encoder(config) -> None:
                          "(e.g. runs/<run>/checkpoints/last.ckpt)")
     hparams = read_checkpoint(path, "model.bi_encoder_ckpt")["hyper_parameters"]
     config.data.image_size = hparams.get("image_size", 224)
-    config.data.tokenizer = _tokenizer_name(hparams.get("text_model", "bert-base-uncased"), hparams.get("clip"))
+    config.data.tokenizer = tokenizer_name(hparams.get("text_model", "bert-base-uncased"), hparams.get("clip"))
     config.data.max_length = hparams.get("max_length", 64)
     config.data.audio_seconds = None
 
@@ -127,10 +129,6 @@ def rerank_cli_main(args: list[str] | None = None, run: bool = True):
     return _make_rerank_cli_class()(RerankerModule, CUBWebDataModule, args=args, run=run,
                                     parser_kwargs={"parser_mode": "omegaconf+"},
                                     save_config_kwargs={"overwrite": True})
-
-
-def _tokenizer_name(text_model: str, clip: dict | None) -> str:
-    return clip.get("model_name", "openai/clip-vit-base-patch16") if clip else text_model
 
 
 def _check_ckpt_path(ckpt_path) -> None:

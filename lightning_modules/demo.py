@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import math
 import time
 from pathlib import Path
@@ -56,7 +55,6 @@ def _settings(args) -> dict:
     from lightning_modules.ablate import load_settings
 
     settings = load_settings(REPO / "configs/experiments/ablation.yaml")
-    settings["seed"] = 0
     settings["bi_encoder"]["epochs"] = args.epochs
     settings["reranker"]["epochs"] = args.rerank_epochs
     settings["retrieval"] = {**settings["retrieval"], "rerank_k": args.rerank_k}

@@ -69,16 +69,18 @@ def build_bi_encoder(hparams: dict[str, Any], pretrained: bool = True) -> BiEnco
     return BiEncoder(**build_towers(hparams, pretrained), **args)
 
 
-def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
-    """``torch.load`` a Lightning checkpoint with clear errors for a missing or foreign file."""
+def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint",
+                    require_hyperparameters: bool = True) -> dict[str, Any]:
+    """``torch.load`` a Lightning checkpoint (tensors and plain data only: ``weights_only``) with
+    clear errors for a missing or foreign file; ``what`` names the argument in the messages."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist: pass a .ckpt written by `mmai fit` "
                                 "(runs/<run>/checkpoints/last.ckpt)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{what} {str(path)!r} is not a Lightning checkpoint (no 'state_dict')")
-    if "hyper_parameters" not in checkpoint:
+    if require_hyperparameters and "hyper_parameters" not in checkpoint:
         raise ValueError(f"{what} {str(path)!r} has no 'hyper_parameters': it was not written by an MMAI module")
     return checkpoint
 
@@ -92,13 +94,17 @@ def _sub_state(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, to
     return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
 
 
+def tokenizer_name(text_model: str, clip: dict[str, Any] | None) -> str:
+    """The tokenizer a bi-encoder reads its captions with: CLIP's own with ``clip``, else the text tower's."""
+    return clip.get("model_name", "openai/clip-vit-base-patch16") if clip else text_model
+
+
 def _tokenizer(hparams: dict[str, Any]):
     from transformers import AutoTokenizer
 
     from mmai.towers.pretrained import load_or_explain, resolve_model_path
 
-    name = (hparams["clip"].get("model_name", "openai/clip-vit-base-patch16") if hparams.get("clip")
-            else hparams.get("text_model", "bert-base-uncased"))
+    name = tokenizer_name(hparams.get("text_model", "bert-base-uncased"), hparams.get("clip"))
     return load_or_explain(AutoTokenizer.from_pretrained, resolve_model_path(name, tower="text"), "text")
 
 
