@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mmai.grounding import PARTS, named_parts, pointing_game, chance_level, rescale_boxes, word_part
+from mmai.grounding import chance_level, named_parts, pointing_game, rescale_boxes, word_part
 
 
 class SaliencyPanelCallback(L.Callback):
@@ -73,9 +72,15 @@ class SaliencyPanelCallback(L.Callback):
         """Panels ``[(caption, PIL)]`` for the probes and the grounding metrics (rank 0)."""
         stage2 = _stage2_view(pl_module)
         shard_dir = Path(trainer.datamodule.shard_dir)
+        if self.probes is None:
+            self.probes = self._default_probes(data)
+        picks = [(query, *self._top1(stage2, data, query)) for query in self.probes]
+        pairs = self._grounding_pairs(data) if self.grounding_pairs else []
+        wanted = {int(data.image_ids[row]) for _, row, _ in picks} | {image_id for _, image_id, _ in pairs}
+        samples = read_split_samples(shard_dir, self.split, wanted)  # one pass over the shards per epoch
         with torch.inference_mode(False), torch.enable_grad():
-            panels = self._panels(stage2, data, shard_dir)
-            metrics = self._grounding(stage2, data, shard_dir) if self.grounding_pairs else {}
+            panels = self._panels(stage2, data, picks, samples)
+            metrics = self._grounding(stage2, pairs, samples)
         return metrics, panels
 
     # ---------------------------------------------------------------- panels
@@ -103,12 +108,9 @@ class SaliencyPanelCallback(L.Callback):
         best = int(final.argmax())
         return int(candidates[0, best]), float(logits[best])
 
-    def _panels(self, stage2, data, shard_dir: Path) -> list[tuple[str, Image.Image]]:
-        if self.probes is None:
-            self.probes = self._default_probes(data)
-        picks = [(query, *self._top1(stage2, data, query)) for query in self.probes]
-        wanted = {int(data.image_ids[row]) for _, row, _ in picks}
-        samples = read_split_samples(shard_dir, self.split, wanted)
+    def _panels(self, stage2, data, picks: list[tuple[str, int, float]],
+                samples: dict[int, tuple[Image.Image, dict]]) -> list[tuple[str, Image.Image]]:
+        """A panel per probe ``(query, gallery row of its top-1, logit)``."""
         own_ids = {caption: int(image_id) for caption, image_id in zip(data.captions, data.text_image_ids.tolist())}
         panels = []
         for query, row, logit in picks:
@@ -122,17 +124,18 @@ class SaliencyPanelCallback(L.Callback):
         return panels
 
     # ------------------------------------------------------------- grounding
-    def _grounding(self, stage2, data, shard_dir: Path) -> dict[str, float]:
+    def _grounding_pairs(self, data) -> list[tuple[str, int, str]]:
+        """Up to ``grounding_pairs`` ``(caption, its image id, the one part it names)``, spread over the set."""
         pairs = []
         for caption, image_id in zip(data.captions, data.text_image_ids.tolist()):
             parts = named_parts(caption)
             if len(parts) == 1:
                 pairs.append((caption, int(image_id), parts[0]))
-        if not pairs:
-            return {}
         step = max(1, len(pairs) // self.grounding_pairs)
-        pairs = pairs[::step][: self.grounding_pairs]
-        samples = read_split_samples(shard_dir, self.split, {image_id for _, image_id, _ in pairs})
+        return pairs[::step][: self.grounding_pairs]
+
+    def _grounding(self, stage2, pairs: list[tuple[str, int, str]],
+                   samples: dict[int, tuple[Image.Image, dict]]) -> dict[str, float]:
         pairs = [pair for pair in pairs if pair[2] in samples[pair[1]][1].get("parts", {})]
         if not pairs:
             return {}
@@ -148,13 +151,12 @@ class SaliencyPanelCallback(L.Callback):
         for start in range(0, len(pairs), 16):
             chunk = pairs[start:start + 16]
             tokens = stage2.stage1.tokenize([caption for caption, _, _ in chunk])
-            _, states = stage2.stage1.model.encode_text(tokens["input_ids"], tokens["attention_mask"])
-            with torch.no_grad():
+            with torch.no_grad():  # gradients are taken at the fusion's attention only
+                _, states = stage2.stage1.model.encode_text(tokens["input_ids"], tokens["attention_mask"])
                 _, patches = stage2.stage1.encode_images(images[start:start + 16])
             mask = tokens["attention_mask"]
             content, word = _content_and_part_masks(stage2.stage1.tokenizer, tokens["input_ids"], mask,
                                                     [part for _, _, part in chunk])
-            states = states.detach()
             query_maps.append(saliency_maps(stage2.reranker, states, mask, patches, size, self.method,
                                             token_mask=content).mean.detach().cpu())
             word_maps.append(saliency_maps(stage2.reranker, states, mask, patches, size, self.method,
