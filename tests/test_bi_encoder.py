@@ -10,6 +10,7 @@ import torch
 from mmai.bi_encoder import BiEncoder, first_caption_index
 from mmai.towers import AudioTower, ClipTowers, TextTower, VisionTower
 
+from ddp_helpers import run_on_two_cpu_ranks
 from tiny_configs import TINY_BERT, TINY_CLAP, TINY_CLIP, TINY_VIT
 
 torch.set_num_threads(1)
@@ -191,39 +192,28 @@ def test_clip_backbone_reproduces_clip_embeddings_and_trains():
         BiEncoder(vision=None, text=None)
 
 
-def _ddp_worker(rank: int, init_file: str, result_dir: str) -> None:
-    import os
-
-    import torch.distributed as dist
+def _ddp_training_steps(rank: int) -> dict:
     from torch.nn.parallel import DistributedDataParallel
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        model = tiny_bi_encoder(audio=True, queue_size=16)
-        ddp = DistributedDataParallel(model)  # find_unused_parameters=False: every parameter must get a gradient
-        optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
-        batch = tiny_batch(audio=True)
-        batch["image_id"] = batch["image_id"] + 100 * rank
-        for step in range(3):
-            if step == 1:
-                batch["has_audio"][:] = False  # a batch without audio must not break DDP either
-            output = ddp(batch)
-            output.loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            model.enqueue(output)
-        torch.save(model.queue.state_dict(), os.path.join(result_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    model = tiny_bi_encoder(audio=True, queue_size=16)
+    ddp = DistributedDataParallel(model)  # find_unused_parameters=False: every parameter must get a gradient
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
+    batch = tiny_batch(audio=True)
+    batch["image_id"] = batch["image_id"] + 100 * rank
+    for step in range(3):
+        if step == 1:
+            batch["has_audio"][:] = False  # a batch without audio must not break DDP either
+        output = ddp(batch)
+        output.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        model.enqueue(output)
+    return model.queue.state_dict()
 
 
 @pytest.mark.slow
 def test_ddp_training_steps_on_two_cpu_ranks(tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    queues = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    queues = run_on_two_cpu_ranks(_ddp_training_steps, tmp_path)
     assert queues[0]["image_id_queue"].tolist()[:8] == [10, 20, 30, 40, 110, 120, 130, 140]
     for name in ("image_queue", "text_queue", "audio_queue", "audio_valid_queue", "ptr"):
         assert torch.equal(queues[0][name], queues[1][name]), name

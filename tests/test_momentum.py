@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch
@@ -12,6 +11,8 @@ from torch import nn
 
 from mmai import distributed
 from mmai.momentum import MomentumQueue, copy_params, momentum_update
+
+from ddp_helpers import run_on_two_cpu_ranks
 
 torch.set_num_threads(1)
 
@@ -112,30 +113,19 @@ def test_distributed_helpers_are_the_identity_without_a_process_group():
     assert distributed.all_gather_with_grad(tensor) is tensor
 
 
-def _two_rank_worker(rank: int, init_file: str, result_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        queue = MomentumQueue(embed_dim=4, queue_size=8, modalities=("image",))
-        ids = torch.tensor([rank * 10 + 1, rank * 10 + 2])
-        queue.enqueue({"image": keys_for(ids, 4)}, ids, ids, valid={"image": torch.tensor([True, rank == 0])})
-        features = torch.full((2, 3), float(rank), requires_grad=True)
-        gathered = distributed.all_gather_with_grad(features)
-        gathered.sum().backward()
-        torch.save({"queue": queue.state_dict(), "grad": features.grad, "gathered": gathered.detach()},
-                   os.path.join(result_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _enqueue_and_gather(rank: int) -> dict:
+    queue = MomentumQueue(embed_dim=4, queue_size=8, modalities=("image",))
+    ids = torch.tensor([rank * 10 + 1, rank * 10 + 2])
+    queue.enqueue({"image": keys_for(ids, 4)}, ids, ids, valid={"image": torch.tensor([True, rank == 0])})
+    features = torch.full((2, 3), float(rank), requires_grad=True)
+    gathered = distributed.all_gather_with_grad(features)
+    gathered.sum().backward()
+    return {"queue": queue.state_dict(), "grad": features.grad, "gathered": gathered.detach()}
 
 
 @pytest.mark.slow
 def test_enqueue_gathers_keys_from_every_rank(tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.spawn(_two_rank_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    results = run_on_two_cpu_ranks(_enqueue_and_gather, tmp_path)
     for result in results:
         queue = result["queue"]
         assert queue["image_id_queue"].tolist() == [1, 2, 11, 12, -1, -1, -1, -1]
