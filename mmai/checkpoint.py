@@ -192,7 +192,9 @@ class Stage1Model:
         if not self.has_audio:
             raise ValueError(f"checkpoint {self.checkpoint!r} has no audio tower: train the bi-encoder with "
                              "model.audio (and model.audio_seconds) to embed audio memories")
-        length = int(round(float(self.hparams.get("audio_seconds") or 1.0) * 48_000))
+        from mmai.data.pipeline import AUDIO_SAMPLE_RATE
+
+        length = int(round(float(self.hparams.get("audio_seconds") or 1.0) * AUDIO_SAMPLE_RATE))
         batch = np.zeros((len(waveforms), length), dtype=np.float32)
         for row, wave in enumerate(waveforms):
             wave = np.asarray(wave, dtype=np.float32).reshape(-1)[:length]
