@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader
 
-from mmai.data.pipeline import IMAGENET_MEAN, IMAGENET_STD, Collator, CorruptCounter, EvalStream, SampleDecoder, SharedEpoch, normalize_images, train_pipeline, world_size
+from mmai.data.pipeline import IMAGENET_MEAN, IMAGENET_STD, Collator, CorruptCounter, EvalBatches, EvalStream, SampleDecoder, SharedEpoch, normalize_images, train_pipeline, world_size
 from mmai.data.shards import read_manifest, shard_urls
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenisers run inside dataloader workers
@@ -105,8 +105,13 @@ class CUBWebDataModule(L.LightningDataModule):
         hp = self.hparams
         stream = EvalStream(shard_urls(self.shard_dir, split, self.manifest), self.num_images(split),
                             self._decoder(False), self.corrupt)
-        return DataLoader(stream, batch_size=hp.eval_batch_size or hp.batch_size, num_workers=hp.num_workers,
-                          collate_fn=self._collator())
+        batches = EvalBatches(stream, hp.eval_batch_size or hp.batch_size, hp.num_workers, self._collator())
+        return DataLoader(batches, batch_size=None, num_workers=hp.num_workers)
+
+    def expected_counts(self, split: str) -> tuple[int, int]:
+        """``(images, captions)`` the manifest lists for ``split``: what an evaluation must score."""
+        info = self.manifest["splits"][split]
+        return int(info["images"]), int(info["captions"])
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("val")

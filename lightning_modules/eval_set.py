@@ -40,6 +40,7 @@ class EvalSetCollector:
     def reset(self) -> None:
         self._parts: dict[str, list] = {}
         self._gathered: EvalSet | None = None
+        self.checked = False  # Stage1Evaluation.eval_set's coverage check ran on this epoch's set
 
     def add(self, batch: dict, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor,
             image_extras: dict[str, torch.Tensor] | None = None,
@@ -108,8 +109,42 @@ class Stage1Evaluation:
     end of every validation and test epoch, after the callbacks have used :meth:`eval_set`."""
 
     def eval_set(self) -> EvalSet:
-        """This epoch's gathered gallery and queries (every rank holds all of it); computed once."""
-        return self._collector.gather(self)
+        """This epoch's gathered gallery and queries (every rank holds all of it); computed once,
+        and checked to be exactly the split's samples before anything scores it."""
+        data = self._collector.gather(self)
+        if not self._collector.checked:
+            self._collector.checked = True
+            trainer = self._trainer
+            if trainer is not None and not trainer.sanity_checking:
+                self.check_coverage("test" if trainer.testing else "val", data)
+        return data
+
+    def check_coverage(self, split: str, data: EvalSet) -> None:
+        """Fail when this epoch's gathered set is not exactly the split the manifest lists.
+
+        Every evaluation must score every sample once: a count that differs (a loader cut short,
+        a duplicated row, an unreadable sample) would make every number of the epoch wrong, and
+        the best-checkpoint monitor reads them. Checked against the DataModule's manifest when
+        the DataModule has one (``expected_counts``).
+        """
+        datamodule = getattr(self._trainer, "datamodule", None)
+        expected = getattr(datamodule, "expected_counts", None)
+        images, captions = len(data.image_ids), len(data.text_image_ids)
+        distinct = len(set(data.image_ids.tolist()))
+        if distinct != images:
+            raise RuntimeError(f"{split} evaluation scored {images} gallery rows but only {distinct} distinct "
+                               "images: some samples were scored twice. Every sample must be scored once.")
+        if expected is None:
+            return
+        want_images, want_captions = expected(split)
+        if (images, captions) != (want_images, want_captions):
+            corrupt = getattr(datamodule, "corrupt_samples", 0)
+            raise RuntimeError(
+                f"{split} evaluation scored {images} images and {captions} captions, but the manifest of "
+                f"{getattr(datamodule, 'shard_dir', 'the shards')} lists {want_images} and {want_captions}"
+                f" ({corrupt} sample(s) failed to decode on this rank). Every number of this epoch would be "
+                "computed on part of the split, so it is not logged: rewrite the damaged shards "
+                "(`mmai data shards`), or report this as a bug if the shards are intact.")
 
     def _log_stage1(self, split: str) -> None:
         data = self.eval_set()

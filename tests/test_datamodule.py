@@ -111,3 +111,29 @@ def test_corrupt_sample_is_skipped_counted_and_eval_stays_aligned(shards, tmp_pa
     kept = [i for b in batches for i, p in zip(b["image_id"].tolist(), b["is_pad"].tolist()) if not p]
     assert sorted(kept) == [11, 13, 14, 15]
     assert sum(len(b["image_id"]) for b in batches) == 5  # replaced by a padding row, not dropped
+
+
+@pytest.mark.parametrize("images_per_class, samples_per_shard, batch_size, num_workers, ranks", [
+    (6, 5, 2, 2, 1),   # 6 val rows over 2 workers of 3: each worker ends on a partial batch
+    (6, 2, 4, 2, 1),   # one partial batch per worker, batch larger than a worker's rows
+    (7, 3, 2, 2, 2),   # 7 rows over 2 ranks (one padded) and 2 workers each
+    (7, 2, 3, 3, 2),   # 3 workers, one of them with a single row
+    (5, 5, 64, 0, 1),  # the whole split in one batch, no workers
+])
+def test_every_eval_sample_is_scored_exactly_once(tmp_path, monkeypatch, images_per_class, samples_per_shard,
+                                                  batch_size, num_workers, ranks):
+    """Lightning takes exactly len(loader) batches: those must hold every manifest sample once."""
+    write_tiny_cub(tmp_path / "raw", images_per_class=images_per_class)
+    manifest = write_shards(tmp_path / "raw", tmp_path / "shards", samples_per_shard=samples_per_shard,
+                            progress=False)
+    scored, lengths = [], set()
+    for rank in range(ranks):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", str(ranks))
+        loader = _datamodule(tmp_path / "shards", batch_size=batch_size, num_workers=num_workers).val_dataloader()
+        batches = list(loader)
+        assert len(batches) == len(loader)  # no batch beyond len(), none missing
+        lengths.add(len(loader))
+        scored += [i for b in batches for i, pad in zip(b["image_id"].tolist(), b["is_pad"].tolist()) if not pad]
+    assert len(lengths) == 1  # every rank runs the same number of steps
+    assert sorted(scored) == sorted(set(scored)) and len(scored) == manifest["splits"]["val"]["images"]

@@ -169,3 +169,18 @@ def test_fit_with_songs_trains_the_audio_tower_on_every_audio_term(tmp_path):
     for term in ("a2t", "t2a", "a2i", "i2a"):
         assert f"train/loss_{term}" in cli.trainer.callback_metrics, term
     assert int(cli.model.model.queue.filled) > 0 and cli.model.model.queue.valid_mask("audio").any()
+
+
+def test_validation_scores_the_whole_manifest_with_workers_and_fails_when_cut_short(shards, tmp_path):
+    """Two loader workers used to end on two partial batches that Lightning never fetched (half
+    the gallery scored, exit 0); a loader cut short must now fail instead of logging."""
+    from mmai.data.shards import read_manifest
+
+    val = read_manifest(shards)["splits"]["val"]
+    cli = cli_main(["validate", *tiny_args(shards, tmp_path / "runs", "--data.num_workers", "2",
+                                          "--data.batch_size", "4", "--trainer.logger", "false")])
+    metrics = cli.trainer.callback_metrics
+    assert metrics["val/gallery_images"] == val["images"] and metrics["val/queries_captions"] == val["captions"]
+    with pytest.raises(RuntimeError, match=r"val evaluation scored 4 images and \d+ captions, but the manifest"):
+        cli_main(["validate", *tiny_args(shards, tmp_path / "runs2", "--trainer.limit_val_batches", "1",
+                                        "--trainer.logger", "false")])

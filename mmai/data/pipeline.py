@@ -307,6 +307,43 @@ class EvalStream(IterableDataset):
         return math.ceil(self.num_samples / world_size())
 
 
+def worker_rows(num_samples: int, world_size: int, num_workers: int) -> list[int]:
+    """Rows each dataloader worker of one rank yields in :class:`EvalStream` (padding included):
+    the rank's ``ceil(N / W)`` positions dealt round-robin over ``max(1, num_workers)`` workers."""
+    per_rank, workers = math.ceil(num_samples / world_size), max(1, num_workers)
+    return [len(range(worker, per_rank, workers)) for worker in range(workers)]
+
+
+class EvalBatches(IterableDataset):
+    """:class:`EvalStream` batched inside each worker, with an exact ``len()``.
+
+    A ``DataLoader(batch_size=B)`` over a sample stream lets each of its workers emit its own
+    partial last batch, so it yields more than ``ceil(rows / B)`` batches while its ``len()``
+    says ``ceil(rows / B)``; Lightning stops at ``len()`` and silently leaves samples unscored.
+    Here every worker batches its own rows and ``len()`` is the sum of the workers' batch
+    counts, so the loader (``batch_size=None``) yields exactly ``len()`` batches and every sample.
+    """
+
+    def __init__(self, stream: EvalStream, batch_size: int, num_workers: int, collator: Callable) -> None:
+        if batch_size < 1:
+            raise ValueError(f"evaluation batch_size must be >= 1, got {batch_size}")
+        self.stream, self.batch_size, self.num_workers, self.collator = stream, batch_size, num_workers, collator
+
+    def __iter__(self) -> Iterator[dict]:
+        rows: list[dict] = []
+        for row in self.stream:
+            rows.append(row)
+            if len(rows) == self.batch_size:
+                yield self.collator(rows)
+                rows = []
+        if rows:
+            yield self.collator(rows)
+
+    def __len__(self) -> int:
+        counts = worker_rows(self.stream.num_samples, world_size(), self.num_workers)
+        return sum(math.ceil(count / self.batch_size) for count in counts)
+
+
 def world_size() -> int:
     """Ranks taking part: from ``WORLD_SIZE`` or the process group, as WebDataset sees them."""
     return wds.utils.pytorch_worker_info()[1]
