@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from mmai.data.pipeline import IMAGENET_MEAN, IMAGENET_STD, Collator, CorruptCounter, EvalBatches, EvalStream, SampleDecoder, SharedEpoch, normalize_images, train_pipeline, world_size
 from mmai.data.shards import read_manifest, shard_urls
+from mmai.feature_cache import CachedTrainBatches, SplitFeatures
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenisers run inside dataloader workers
 
@@ -85,18 +86,28 @@ class CUBWebDataModule(L.LightningDataModule):
         return SampleDecoder(hp.image_size, train, hp.audio_seconds)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """Normalise the uint8 images on the device they were moved to."""
-        batch["image"] = normalize_images(batch["image"], self.hparams.mean, self.hparams.std)
+        """Normalise the uint8 images on the device they were moved to (cached batches have none)."""
+        if "image" in batch:
+            batch["image"] = normalize_images(batch["image"], self.hparams.mean, self.hparams.std)
         return batch
+
+    def use_train_features(self, features: SplitFeatures | None) -> None:
+        """Serve training batches from a locked towers' feature cache (None: stream the shards)."""
+        self._train_features = features
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
+        epoch_fn = lambda: self.trainer.current_epoch if self.trainer is not None else 0  # noqa: E731
+        if getattr(self, "_train_features", None) is not None:
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            batches = CachedTrainBatches(self._train_features, hp.batch_size, self._world_size(), rank, hp.seed,
+                                         epoch_fn)
+            return DataLoader(batches, batch_size=None, num_workers=0)
         dataset = train_pipeline(
             shard_urls(self.shard_dir, "train", self.manifest), num_samples=self.num_images("train"),
             batch_size=hp.batch_size, world_size=self._world_size(), num_workers=hp.num_workers,
             decoder=self._decoder(True), collator=self._collator(), corrupt=self.corrupt, epoch=self._epoch,
             seed=hp.seed, shuffle_buffer=hp.shuffle_buffer, resampled=hp.resampled)
-        epoch_fn = lambda: self.trainer.current_epoch if self.trainer is not None else 0  # noqa: E731
         return _EpochLoader(dataset, batch_size=None, num_workers=hp.num_workers, epoch=self._epoch,
                             epoch_fn=epoch_fn, persistent_workers=False, pin_memory=False)
 

@@ -15,9 +15,13 @@ from typing import Any
 import lightning as L
 import torch
 
+from lightning.pytorch.utilities import rank_zero_info
+
 from lightning_modules.eval_set import EvalSetCollector, Stage1Evaluation
+from lightning_modules.feature_cache import compute_split_features, feature_cache_path
 from mmai.bi_encoder import BiEncoder
 from mmai.checkpoint import build_towers, read_checkpoint
+from mmai.feature_cache import CorruptCache, SplitFeatures, StaleCache, load_features
 
 
 class BiEncoderModule(Stage1Evaluation, L.LightningModule):
@@ -38,7 +42,8 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
         clip: :class:`~mmai.towers.ClipTowers` arguments to use a CLIP backbone instead of the
             vision and text towers (the zero-shot baseline), or None (default).
         embed_dim, queue_size, momentum, hard_negative_beta, class_positives, distill_alpha,
-            temperature_init, projection_hidden_dim: see :class:`~mmai.bi_encoder.BiEncoder`.
+            temperature_init, projection_hidden_dim, projection_input_norm: see
+            :class:`~mmai.bi_encoder.BiEncoder`.
         lr: learning rate of the new parts: projections, temperature, memory tokens, and towers
             trained from scratch (default 1e-4).
         lr_pretrained: learning rate of pretrained towers (default 1e-5).
@@ -48,6 +53,11 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
         eval_ks: the K of Recall@K (default 1, 5, 10).
         init_from: a checkpoint whose model weights, queues and temperature start this run (a new
             run, fresh optimiser; to resume a run use ``--ckpt_path`` instead). Default None.
+        feature_cache: when the vision and text towers are both fully locked (LiT), compute their
+            pooled features once per sample and train and validate on them (default True; see
+            :mod:`mmai.feature_cache`). Ignored for towers that train.
+        feature_cache_dir: where cache files go (default: ``feature_cache/`` in the shard folder,
+            or ``~/.cache/mmai/features`` when that is not writable).
     """
 
     def __init__(self, image_size: int = 224, text_model: str = "bert-base-uncased", max_length: int = 64,
@@ -57,9 +67,10 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
                  embed_dim: int = 512, queue_size: int = 4096, momentum: float = 0.995,
                  hard_negative_beta: float = 0.0, class_positives: bool = False, distill_alpha: float = 0.0,
                  temperature_init: float = 0.07, projection_hidden_dim: int | None = None,
+                 projection_input_norm: bool = False,
                  lr: float = 1e-4, lr_pretrained: float = 1e-5, weight_decay: float = 0.02,
                  warmup_steps: int = 200, batch_size: int = 64, eval_ks: tuple[int, ...] = (1, 5, 10),
-                 init_from: str | None = None):
+                 init_from: str | None = None, feature_cache: bool = True, feature_cache_dir: str | None = None):
         super().__init__()
         if audio is not None and not audio_seconds:
             raise ValueError("model.audio is set but model.audio_seconds is not: set the song length "
@@ -68,8 +79,10 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
         self.model = BiEncoder(**self._towers(), embed_dim=embed_dim, queue_size=queue_size, momentum=momentum,
                                hard_negative_beta=hard_negative_beta, class_positives=class_positives,
                                distill_alpha=distill_alpha, temperature_init=temperature_init,
-                               projection_hidden_dim=projection_hidden_dim)
+                               projection_hidden_dim=projection_hidden_dim,
+                               projection_input_norm=projection_input_norm)
         self._collector = EvalSetCollector()
+        self._features: dict[str, SplitFeatures] = {}
         self._last_step_time: float | None = None
         if init_from is not None:
             self.model.load_checkpoint_state(
@@ -82,11 +95,43 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
     def _towers(self) -> dict[str, torch.nn.Module]:
         return build_towers(dict(self.hparams))
 
+    # ---------------------------------------------------------- feature cache
+    def setup(self, stage: str) -> None:
+        """With both towers fully locked, load (or compute once) the splits' cached features and
+        let the DataModule serve training batches from them."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not (self.hparams.feature_cache and self.model.cacheable and hasattr(datamodule, "use_train_features")):
+            return
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
+        for split in splits:
+            self._features[split] = self._split_features(datamodule, split)
+        if "train" in self._features:
+            datamodule.use_train_features(self._features["train"])
+
+    def _split_features(self, datamodule, split: str) -> SplitFeatures:
+        path, key = feature_cache_path(self, datamodule, split)
+        features, problem = None, None
+        try:
+            features = load_features(path, key)
+        except FileNotFoundError:
+            problem = "not cached yet"
+        except (StaleCache, CorruptCache) as error:
+            problem = f"rebuilding: {error}"
+        if self.trainer.strategy.reduce_boolean_decision(features is not None, all=True):
+            return features
+        rank_zero_info(f"feature cache {path}: {problem}; computing the locked towers' features of the "
+                       f"{split} split once")
+        features = compute_split_features(self, datamodule, split)
+        if self.trainer.is_global_zero:
+            features.save(path, key)
+        self.trainer.strategy.barrier("feature_cache")
+        return features
+
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         output = self.model(batch)
         self.model.enqueue(output)  # after the loss: this batch's keys never score against themselves
-        images = batch["image"].shape[0]
+        images = batch["image_id"].shape[0]
         self.log("train/loss", output.loss, prog_bar=True, batch_size=images)
         self.log_dict({f"train/loss_{name}": value for name, value in output.losses.items()}, batch_size=images)
         self.log("train/temperature", output.temperature, batch_size=images)
@@ -135,8 +180,10 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
 
     # -------------------------------------------------------------- evaluation
     def _eval_step(self, batch: dict) -> None:
-        image_embeddings, _ = self.model.encode_image(batch["image"])  # (B, E)
-        text_embeddings, _ = self.model.encode_text(batch["input_ids"], batch["attention_mask"])  # (Bt, E)
+        features = self._features.get("test" if self.trainer.testing else "val")
+        if features is not None:
+            batch = {**batch, **features.lookup(batch)}  # the locked towers' cached features
+        image_embeddings, text_embeddings = self.model.embed_batch(batch)  # (B, E), (Bt, E)
         self._collector.add(batch, image_embeddings, text_embeddings)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

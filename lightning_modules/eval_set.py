@@ -8,7 +8,9 @@ import dataclasses
 import lightning as L
 import torch
 
-from mmai.metrics import evaluate_retrieval
+from lightning.pytorch.utilities import rank_zero_warn
+
+from mmai.metrics import embedding_diversity, evaluate_retrieval
 
 
 @dataclasses.dataclass
@@ -74,23 +76,24 @@ class EvalSetCollector:
         fields: dict = {"extras": {}}
         for key, parts in self._parts.items():
             if key.startswith("extra:"):
-                fields["extras"][key[len("extra:"):]] = _gather_rows(torch.cat(parts), module)
+                fields["extras"][key[len("extra:"):]] = gather_rows(torch.cat(parts), module)
             elif key in ("places", "captions"):
                 fields[key] = _gather_objects(parts, module)
             else:
-                fields[key] = _gather_rows(torch.cat(parts), module)
+                fields[key] = gather_rows(torch.cat(parts), module)
         self._gathered = EvalSet(**fields)
         return self._gathered
 
 
-def _gather_rows(local: torch.Tensor, module: L.LightningModule) -> torch.Tensor:
+def gather_rows(local: torch.Tensor, module: L.LightningModule) -> torch.Tensor:
     """Concatenate a tensor's rows from every rank (ranks may hold different row counts)."""
     if module.trainer is None or module.trainer.world_size == 1:
         return local.cpu()
-    count = torch.tensor([local.shape[0]], device=module.device)
+    device = module.trainer.strategy.root_device  # also before the module is moved there (setup)
+    count = torch.tensor([local.shape[0]], device=device)
     counts = module.all_gather(count).view(-1).tolist()  # (W,)
-    padded = torch.zeros((max(counts), *local.shape[1:]), dtype=local.dtype, device=module.device)
-    padded[: local.shape[0]] = local.to(module.device)
+    padded = torch.zeros((max(counts), *local.shape[1:]), dtype=local.dtype, device=device)
+    padded[: local.shape[0]] = local.to(device)
     everything = module.all_gather(padded)  # (W, max, ...)
     return torch.cat([everything[rank, :n] for rank, n in enumerate(counts)]).cpu()
 
@@ -151,6 +154,15 @@ class Stage1Evaluation:
         metrics = evaluate_retrieval(data.image_embeddings, data.image_ids, data.class_ids, data.text_embeddings,
                                      data.text_image_ids, data.text_class_ids, ks=self.hparams.eval_ks)
         self.log_dict({f"{split}/stage1/{key}": value for key, value in metrics.items()}, rank_zero_only=False)
+        diversity = embedding_diversity(data.image_embeddings, data.text_embeddings)
+        self.log_dict({f"{split}/stage1/diversity/{key}": value for key, value in diversity.items()},
+                      rank_zero_only=False)
+        if diversity["collapsed"]:
+            rank_zero_warn(
+                f"{split}: the bi-encoder looks COLLAPSED: {diversity['distinct_top1']:.1%} of the gallery is some "
+                f"caption's top-1 (distinct_top1), mean pairwise cosine text {diversity['text_mean_cosine']:.2f}, "
+                f"image {diversity['image_mean_cosine']:.2f}. Its Recall@K is near chance; check the learning "
+                "rate, temperature and towers (the locked LiT profile, configs/profiles/lit_cpu.yaml, avoids this).")
         self.log(f"{split}/gallery_images", float(len(data.image_ids)))
         self.log(f"{split}/queries_captions", float(len(data.text_image_ids)))
 

@@ -131,6 +131,8 @@ class BiEncoder(nn.Module):
         temperature_init: initial learnable temperature (default 0.07).
         temperature_min, temperature_max: clamp applied in every forward (default 0.001, 0.5).
         projection_hidden_dim: None for linear projections (default), an int for MLP ones.
+        projection_input_norm: LayerNorm the tower features entering the projections (default
+            False; the LiT profile sets it for its locked features).
         audio_loss_weight: weight of the mean audio term in the total loss (default 1.0).
 
     Attributes:
@@ -157,6 +159,7 @@ class BiEncoder(nn.Module):
         temperature_max: float = 0.5,
         projection_hidden_dim: int | None = None,
         audio_loss_weight: float = 1.0,
+        projection_input_norm: bool = False,
     ) -> None:
         super().__init__()
         if not temperature_min <= temperature_init <= temperature_max:
@@ -168,6 +171,7 @@ class BiEncoder(nn.Module):
         self.hard_negative_beta, self.class_positives = hard_negative_beta, class_positives
         self.distill_alpha, self.audio_loss_weight = distill_alpha, audio_loss_weight
         self.temperature_min, self.temperature_max = temperature_min, temperature_max
+        self.projection_input_norm = projection_input_norm
         self._build_online(vision, text, audio, clip, projection_hidden_dim)
         for name in self.online_names:
             setattr(self, f"{name}_m", copy.deepcopy(getattr(self, name)))
@@ -190,16 +194,52 @@ class BiEncoder(nn.Module):
         else:
             if vision is None or text is None:
                 raise ValueError("BiEncoder needs a vision and a text tower (or clip=ClipTowers(...)).")
-            self.vision, self.vision_proj = vision, Projection(vision.width, self.embed_dim, hidden_dim)
-            self.text, self.text_proj = text, Projection(text.width, self.embed_dim, hidden_dim)
+            norm = {"input_norm": self.projection_input_norm}
+            self.vision, self.vision_proj = vision, Projection(vision.width, self.embed_dim, hidden_dim, **norm)
+            self.text, self.text_proj = text, Projection(text.width, self.embed_dim, hidden_dim, **norm)
         self.audio = audio
-        self.audio_proj = Projection(audio.width, self.embed_dim, hidden_dim) if audio is not None else None
+        self.audio_proj = (Projection(audio.width, self.embed_dim, hidden_dim, input_norm=self.projection_input_norm)
+                           if audio is not None else None)
 
     @property
     def online_names(self) -> list[str]:
-        """Names of the online modules that have momentum twins."""
+        """Names of the online modules that have momentum twins.
+
+        A fully locked tower (``fully_locked``, LiT-style) has none: its EMA would equal itself,
+        so the momentum path runs the online tower and only its projection has a twin.
+        """
         names = ["vision", "vision_proj", "text", "text_proj"]
-        return names + (["audio", "audio_proj"] if self.audio is not None else [])
+        names += ["audio", "audio_proj"] if self.audio is not None else []
+        return [name for name in names if not self.is_locked(name)]
+
+    def is_locked(self, name: str) -> bool:
+        """True when the module ``name`` (``vision``, ``text``, ``audio``) is a fully locked tower."""
+        return bool(getattr(getattr(self, name, None), "fully_locked", False))
+
+    @property
+    def cacheable(self) -> bool:
+        """Vision and text towers are both fully locked (and no audio): their pooled features can be
+        computed once per sample and passed as ``image_features``/``text_features``."""
+        return self.is_locked("vision") and self.is_locked("text") and self.audio is None
+
+    def _twin(self, name: str) -> nn.Module:
+        return getattr(self, name) if self.is_locked(name) else getattr(self, f"{name}_m")
+
+    def _pooled(self, batch: dict[str, torch.Tensor], modality: str, momentum: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A batch's pooled tower features and tokens: cached ones (``{modality}_features``,
+        allowed only for a fully locked tower) or the tower's (its twin's with ``momentum``)."""
+        name = {"image": "vision", "text": "text"}[modality]
+        cached = batch.get(f"{modality}_features")
+        if cached is not None:
+            if not self.is_locked(name):
+                raise ValueError(f"batch has cached {modality}_features but the {name} tower is not fully locked: "
+                                 "cached features are only valid for a locked tower.")
+            return cached, None
+        tower = self._twin(name) if momentum else getattr(self, name)
+        if modality == "image":
+            return tower(batch["image"])
+        return tower(batch["input_ids"], batch["attention_mask"])
 
     @property
     def model_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
@@ -243,12 +283,16 @@ class BiEncoder(nn.Module):
             raise ValueError("this BiEncoder has no audio tower; build it with audio=AudioTower(...).")
         return self.audio_proj(self.audio(audio).pooled)
 
+    def embed_batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Online ``image (B, E)`` and ``text (Bt, E)`` embeddings of a batch (cached features or pixels and tokens)."""
+        return self.vision_proj(self._pooled(batch, "image")[0]), self.text_proj(self._pooled(batch, "text")[0])
+
     @torch.no_grad()
     def encode_momentum(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Momentum keys of a batch: ``image (B, E)``, ``text (Bt, E)`` and ``audio (B, E)`` if any."""
         keys = {
-            "image": self.vision_proj_m(self.vision_m(batch["image"]).pooled),
-            "text": self.text_proj_m(self.text_m(batch["input_ids"], batch["attention_mask"]).pooled),
+            "image": self.vision_proj_m(self._pooled(batch, "image", momentum=True)[0]),
+            "text": self.text_proj_m(self._pooled(batch, "text", momentum=True)[0]),
         }
         if self._batch_has_audio(batch):
             keys["audio"] = self.audio_proj_m(self.audio_m(batch["audio"]).pooled)
@@ -261,7 +305,9 @@ class BiEncoder(nn.Module):
         """Encode a batch, update the twins (training mode), and compute the contrastive loss.
 
         Args:
-            batch: ``image (B, 3, H, W)``, ``input_ids``/``attention_mask (Bt, L)``,
+            batch: ``image (B, 3, H, W)``, ``input_ids``/``attention_mask (Bt, L)`` (or, for fully
+                locked towers, their cached pooled features ``image_features (B, Dv)`` and
+                ``text_features (Bt, Dt)``),
                 ``caption_owner (Bt,)`` (default ``arange(B)``), ``image_id``/``class_id (B,)``;
                 optionally ``audio (B, S)`` with ``has_audio (B,)`` bool, and ``is_pad (B,)`` bool
                 (padding rows of evaluation batches, left out of the loss and the queue).
@@ -270,12 +316,15 @@ class BiEncoder(nn.Module):
             :class:`BiEncoderOutput`; pass it to :meth:`enqueue` after the optimiser step.
         """
         self.clamp_temperature()
-        image_embeddings, image_patches = self.encode_image(batch["image"])  # (B, E), (B, N, Dv)
-        text_embeddings, text_tokens = self.encode_text(batch["input_ids"], batch["attention_mask"])  # (Bt, E), (Bt, L, Dt)
+        image_pooled, image_patches = self._pooled(batch, "image")  # (B, Dv), (B, N, Dv) or None when cached
+        text_pooled, text_tokens = self._pooled(batch, "text")  # (Bt, Dt), (Bt, L, Dt) or None when cached
+        image_embeddings, text_embeddings = self.vision_proj(image_pooled), self.text_proj(text_pooled)  # (B, E), (Bt, E)
         audio_embeddings = self.encode_audio(batch["audio"]) if self._batch_has_audio(batch) else None  # (B, E)
         if self.training:
             self.momentum_update()
-        keys = self.encode_momentum(batch)
+        pooled = {"vision": ("image_features", image_pooled), "text": ("text_features", text_pooled)}
+        keys = self.encode_momentum({**batch, **{key: value.detach() for name, (key, value) in pooled.items()
+                                                 if self.is_locked(name)}})  # locked: the online pass is its twin's
         embeddings = {"image": image_embeddings, "text": text_embeddings, "audio": audio_embeddings}
         sides = self._sides(batch, embeddings, keys)
         losses = self._losses([side for side in sides.values() if bool(side.present.any())])

@@ -32,11 +32,11 @@ from PIL import Image
 
 from mmai.bi_encoder import BiEncoder
 from mmai.fusion import FusionReranker
-from mmai.towers import AudioTower, ClipTowers, TextTower, VisionTower
+from mmai.towers import AudioTower, ClipTowers, CNNTower, TextTower, VisionTower
 
 #: BiEncoder arguments that come straight from a BiEncoderModule's hyperparameters.
 BI_ENCODER_ARGS = ("embed_dim", "queue_size", "momentum", "hard_negative_beta", "class_positives", "distill_alpha",
-                   "temperature_init", "projection_hidden_dim")
+                   "temperature_init", "projection_hidden_dim", "projection_input_norm")
 
 
 def build_towers(hparams: dict[str, Any], pretrained: bool = True) -> dict[str, torch.nn.Module]:
@@ -55,12 +55,24 @@ def build_towers(hparams: dict[str, Any], pretrained: bool = True) -> dict[str, 
     if hparams.get("clip") is not None:
         towers["clip"] = ClipTowers(**{"max_length": hparams.get("max_length", 64), **options("clip")})
     else:
-        towers["vision"] = VisionTower(image_size=hparams.get("image_size", 224), **options("vision"))
+        towers["vision"] = build_vision_tower(hparams.get("image_size", 224), options("vision"))
         towers["text"] = TextTower(model_name=hparams.get("text_model", "bert-base-uncased"),
                                    max_length=hparams.get("max_length", 64), **options("text"))
     if hparams.get("audio") is not None:
         towers["audio"] = AudioTower(**options("audio"))
     return towers
+
+
+def build_vision_tower(image_size: int, options: dict[str, Any]) -> torch.nn.Module:
+    """A vision tower from a ``model.vision`` block: ``tower: vit`` (default,
+    :class:`~mmai.towers.VisionTower`) or ``tower: cnn`` (:class:`~mmai.towers.CNNTower`)."""
+    options = dict(options)
+    kind = options.pop("tower", "vit")
+    if kind == "cnn":
+        return CNNTower(image_size=image_size, **options)
+    if kind != "vit":
+        raise ValueError(f"model.vision.tower must be 'vit' or 'cnn', got {kind!r}")
+    return VisionTower(image_size=image_size, **options)
 
 
 def build_bi_encoder(hparams: dict[str, Any], pretrained: bool = True) -> BiEncoder:
@@ -312,7 +324,7 @@ def load_stage1(path: str | os.PathLike, device: str | torch.device | None = "cp
 def build_reranker(hparams: dict[str, Any], bi_encoder: BiEncoder) -> FusionReranker:
     """The :class:`~mmai.fusion.FusionReranker` a ``RerankerModule`` builds over ``bi_encoder``."""
     text_width = bi_encoder.text.width
-    vision_width = bi_encoder.vision.width
+    vision_width = getattr(bi_encoder.vision, "patch_width", bi_encoder.vision.width)
     return FusionReranker(text_width, vision_width, **dict(hparams.get("fusion") or {}))
 
 

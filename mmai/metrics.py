@@ -224,3 +224,39 @@ def evaluate_rankings(
             for k, value in recall_at_k_ranked(ranked, query_labels, gallery_labels, ks).items():
                 results[f"{direction}/{relevance}/R@{k}"] = value
     return results
+
+
+#: Collapse thresholds of :func:`embedding_diversity`'s warning: fewer distinct top-1 images than
+#: this fraction of the gallery, or a mean pairwise cosine above this, in either modality.
+COLLAPSE_DISTINCT_TOP1 = 0.1
+COLLAPSE_MEAN_COSINE = 0.9
+
+
+def mean_pairwise_cosine(embeddings: torch.Tensor) -> float:
+    """Mean cosine over all pairs ``i != j`` of rows (1.0: every row points the same way)."""
+    unit = torch.nn.functional.normalize(embeddings.float(), dim=-1)
+    n = unit.shape[0]
+    if n < 2:
+        return float("nan")
+    total = unit.sum(dim=0)
+    return float(((total @ total) - n) / (n * (n - 1)))
+
+
+def embedding_diversity(image_emb: torch.Tensor, text_emb: torch.Tensor) -> dict[str, float]:
+    """Signs of a collapsed bi-encoder: how many gallery images are some caption's top-1, and how
+    alike the embeddings of each modality are.
+
+    Returns:
+        ``distinct_top1`` (distinct top-1 images over all caption queries / gallery size),
+        ``text_mean_cosine``, ``image_mean_cosine`` and ``collapsed`` (1.0 when any crosses
+        :data:`COLLAPSE_DISTINCT_TOP1` / :data:`COLLAPSE_MEAN_COSINE`, else 0.0).
+    """
+    image = torch.nn.functional.normalize(image_emb.float(), dim=-1)
+    text = torch.nn.functional.normalize(text_emb.float(), dim=-1)
+    top1 = torch.cat([(chunk @ image.T).argmax(dim=1) for chunk in text.split(1024)])
+    result = {"distinct_top1": torch.unique(top1).numel() / max(1, image.shape[0]),
+              "text_mean_cosine": mean_pairwise_cosine(text), "image_mean_cosine": mean_pairwise_cosine(image)}
+    result["collapsed"] = float(result["distinct_top1"] < COLLAPSE_DISTINCT_TOP1
+                                or result["text_mean_cosine"] > COLLAPSE_MEAN_COSINE
+                                or result["image_mean_cosine"] > COLLAPSE_MEAN_COSINE)
+    return result

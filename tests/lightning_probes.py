@@ -20,7 +20,7 @@ class QueueProbe(L.Callback):
         queue = pl_module.model.queue
         record = {
             "step": trainer.global_step, "rank": trainer.global_rank, "world_size": trainer.world_size,
-            "batch": int(batch["image"].shape[0]), "ptr": int(queue.ptr), "batch_ids": batch["image_id"].tolist(),
+            "batch": int(batch["image_id"].shape[0]), "ptr": int(queue.ptr), "batch_ids": batch["image_id"].tolist(),
             "image_queue_sum": float(queue.image_queue.double().sum()),
             "image_ids": queue.image_id_queue.tolist(),
         }

@@ -56,7 +56,7 @@ def test_unknown_tower_names_are_clear_errors():
         VisionTower("vit_foo")
     with pytest.raises(ValueError, match=r"Did you mean 'vit_base_patch16_224'"):
         build_tower("vision", model_name="vit_base_patch16_22")
-    with pytest.raises(ValueError, match=r"unknown tower kind 'video'; known kinds: vision, text, audio, clip"):
+    with pytest.raises(ValueError, match=r"unknown tower kind 'video'; known kinds: vision, cnn, text, audio, clip"):
         build_tower("video")
     with pytest.raises(FileNotFoundError, match=r"model path '/no/such/dir/minilm' does not exist"):
         TextTower("/no/such/dir/minilm")

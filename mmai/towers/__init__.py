@@ -6,6 +6,7 @@ space.
 tower              backbone                                    pooled feature / tokens
 =================  ==========================================  ===============================
 ``VisionTower``    timm ViT (+ optional memory tokens)         [CLS] / patches
+``CNNTower``       timm CNN (EfficientNet-Lite0 offline)       average pool / stride-16 map
 ``TextTower``      transformers encoder (BERT, MiniLM)         masked mean / token states
 ``AudioTower``     CLAP HTSAT-fused over 48 kHz waveforms      average pool / token grid
 ``ClipTowers``     transformers CLIP (vision + text + proj.)   CLIP's pooled / tokens
@@ -23,6 +24,7 @@ from torch import nn
 from mmai.towers.audio import AudioTower
 from mmai.towers.base import TowerOutput
 from mmai.towers.clip import ClipTextTower, ClipTowers, ClipVisionTower
+from mmai.towers.cnn import CNNTower
 from mmai.towers.projection import NormalizedLinear, Projection
 from mmai.towers.text import TextTower
 from mmai.towers.vision import VisionTower
@@ -30,6 +32,7 @@ from mmai.towers.vision import VisionTower
 #: kind -> tower class, for :func:`build_tower`.
 TOWERS: dict[str, type[nn.Module]] = {
     "vision": VisionTower,
+    "cnn": CNNTower,
     "text": TextTower,
     "audio": AudioTower,
     "clip": ClipTowers,
@@ -40,7 +43,7 @@ def build_tower(kind: str, **kwargs: Any) -> nn.Module:
     """Build a tower by kind.
 
     Args:
-        kind: one of ``"vision"``, ``"text"``, ``"audio"``, ``"clip"``.
+        kind: one of ``"vision"``, ``"cnn"``, ``"text"``, ``"audio"``, ``"clip"``.
         **kwargs: the tower's own arguments (``model_name``, ``pretrained``, ...).
 
     Raises:
@@ -53,6 +56,6 @@ def build_tower(kind: str, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "AudioTower", "ClipTextTower", "ClipTowers", "ClipVisionTower", "NormalizedLinear", "Projection",
+    "AudioTower", "CNNTower", "ClipTextTower", "ClipTowers", "ClipVisionTower", "NormalizedLinear", "Projection",
     "TOWERS", "TextTower", "TowerOutput", "VisionTower", "build_tower",
 ]

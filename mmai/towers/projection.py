@@ -21,12 +21,16 @@ class Projection(nn.Module):
         hidden_dim: None for a single linear layer (default); an int for
             Linear(D, hidden) -> GELU -> Linear(hidden, E).
         dropout: dropout before the (first) linear layer (default 0.0).
+        input_norm: LayerNorm the features first (default False). Locked pretrained features
+            (LiT) are far from zero-mean and unit-scale; normalising them lets the few trained
+            steps go into the mapping rather than into undoing their offset and scale.
     """
 
-    def __init__(self, in_dim: int, embed_dim: int = 512, hidden_dim: int | None = None, dropout: float = 0.0) -> None:
+    def __init__(self, in_dim: int, embed_dim: int = 512, hidden_dim: int | None = None, dropout: float = 0.0,
+                 input_norm: bool = False) -> None:
         super().__init__()
         self.in_dim, self.embed_dim = in_dim, embed_dim
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Sequential(nn.LayerNorm(in_dim), nn.Dropout(dropout)) if input_norm else nn.Dropout(dropout)
         if hidden_dim is None:
             self.net: nn.Module = nn.Linear(in_dim, embed_dim)
         else:

@@ -47,6 +47,9 @@ class TextTower(nn.Module):
             "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}`` with
             ``pretrained=False`` for a tiny random encoder that keeps the real tokenizer.
         local_files_only: never contact the hub (default False; ``HF_HUB_OFFLINE=1`` does the same).
+        locked: freeze the encoder, LiT-style: no gradients, and eval mode (no dropout) even while
+            the model trains (default False).
+        tune_last_n: with ``locked``, the last ``n`` transformer layers stay trainable (default 0).
 
     Attributes:
         model: the transformers model (its unused pooler is removed, so every parameter gets a
@@ -66,6 +69,8 @@ class TextTower(nn.Module):
         max_length: int = 64,
         config_overrides: dict[str, Any] | None = None,
         local_files_only: bool = False,
+        locked: bool = False,
+        tune_last_n: int = 0,
     ) -> None:
         super().__init__()
         path = resolve_model_path(model_name, tower="text")
@@ -82,6 +87,34 @@ class TextTower(nn.Module):
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None  # unused by mean pooling; DDP needs every parameter used
         self.width = int(self.model.config.hidden_size)
+        self.locked, self.tune_last_n = bool(locked), int(tune_last_n)
+        if self.locked:
+            self.model.requires_grad_(False)
+            for unit in self.trainable_units():
+                unit.requires_grad_(True)
+
+    @property
+    def fully_locked(self) -> bool:
+        """Nothing in the tower trains: its outputs can be cached once per caption."""
+        return self.locked and self.tune_last_n == 0
+
+    def trainable_units(self) -> list[nn.Module]:
+        """The modules that train: all of it unlocked, else the last ``tune_last_n`` layers."""
+        if not self.locked:
+            return [self.model]
+        layers = list(getattr(getattr(self.model, "encoder", None), "layer", None) or [])
+        if self.tune_last_n > len(layers):
+            raise ValueError(f"tune_last_n={self.tune_last_n} but {self.model_name!r} has {len(layers)} layers.")
+        return layers[len(layers) - self.tune_last_n:] if self.tune_last_n else []
+
+    def train(self, mode: bool = True) -> "TextTower":
+        """Locked parts stay in eval mode whatever ``mode`` says."""
+        super().train(mode)
+        if self.locked:
+            self.model.eval()
+            for unit in self.trainable_units():
+                unit.train(mode)
+        return self
 
     def tokenize(self, texts: list[str], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         """Tokenise captions the way the tower expects (pad to the longest, cut at ``max_length``).

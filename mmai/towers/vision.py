@@ -100,6 +100,7 @@ class VisionTower(nn.Module):
             load_timm_weights(self.model, pretrained)
         self.num_prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 0))
         self.width = int(self.model.num_features)
+        self.patch_width = self.width  # patch tokens have the pooled feature's width in a ViT
         self.num_patches = int(self.model.patch_embed.num_patches)
         self.data_config = timm.data.resolve_model_data_config(self.model)
         self.num_memory_tokens = int(memory_tokens)

@@ -1,0 +1,235 @@
+"""Features of locked towers, computed once per sample and stored at the lock boundary.
+
+With Locked-image Tuning (LiT, Zhai et al., CVPR 2022) only the projections above a locked tower
+train, so the tower's output for a sample never changes: it is computed once, stored, and every
+training and validation epoch reads it back (an epoch takes seconds instead of re-running the
+towers). MMAI caches the pooled features of both stage-1 towers when both are fully locked:
+
+* one image feature ``(Dv,)`` per image, from the evaluation transform (resize + centre crop).
+  No augmented views are cached: with the tower locked and only a linear (or small MLP)
+  projection training, random crops and flips of 128-px synthetic birds mostly move the feature
+  along directions the projection cannot use, while each extra view multiplies the caching
+  cost; LiT's own recipe likewise trains on precomputed single-view features;
+* one text feature ``(Dt,)`` for every caption of every image (all ten), so training draws a
+  random caption per image and step as the streaming pipeline does.
+
+A cache file belongs to exactly one (tower weights, preprocessing, split shards) combination: its
+key hashes the towers' weights, the image size, the token limit, the tokenizer, and the sha256s
+the shard manifest records for the split. A file whose key differs (other weights, rewritten
+shards) is stale and a file that fails to load or whose checksum does not match is corrupt: both
+are rebuilt, never used (:func:`load_features` raises :class:`StaleCache` / :class:`CorruptCache`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import IterableDataset
+
+FORMAT_VERSION = 1
+TENSOR_FIELDS = ("image_ids", "class_ids", "image_features", "text_image_ids", "text_features")
+
+
+class StaleCache(Exception):
+    """The cache file was written for other weights, preprocessing or shards."""
+
+
+class CorruptCache(Exception):
+    """The cache file cannot be read, or its contents do not match their checksum."""
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """sha256 over a module's state (names, dtypes, shapes and values): changes with any weight."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def cache_key(*, vision: str, text: str, image_size: int, max_length: int, tokenizer: str,
+              mean: tuple[float, ...], std: tuple[float, ...], split: str, shard_sha256s: list[str]) -> str:
+    """The key a cache file must carry to be used (see the module docstring)."""
+    fields = {"format": FORMAT_VERSION, "vision": vision, "text": text, "image_size": int(image_size),
+              "max_length": int(max_length), "tokenizer": tokenizer, "mean": [float(m) for m in mean],
+              "std": [float(s) for s in std], "split": split, "shards": list(shard_sha256s)}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in TENSOR_FIELDS:
+        digest.update(name.encode())
+        digest.update(tensors[name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass
+class SplitFeatures:
+    """The cached features of one split; image rows sorted by id, captions grouped by image.
+
+    Attributes:
+        image_ids, class_ids: ``(N,)`` long.
+        image_features: ``(N, Dv)`` float32 pooled features of the vision tower.
+        text_image_ids: ``(Nt,)`` long, the image of each caption, in image-row order.
+        text_features: ``(Nt, Dt)`` float32 pooled features of the text tower.
+    """
+
+    image_ids: torch.Tensor
+    class_ids: torch.Tensor
+    image_features: torch.Tensor
+    text_image_ids: torch.Tensor
+    text_features: torch.Tensor
+
+    @classmethod
+    def from_rows(cls, image_ids, class_ids, image_features, text_image_ids, text_features) -> "SplitFeatures":
+        """Sort gathered rows (any rank order) by image id, keeping each image's caption order."""
+        order = torch.argsort(image_ids, stable=True)
+        text_order = torch.argsort(text_image_ids, stable=True)
+        features = cls(image_ids[order].long(), class_ids[order].long(), image_features[order].float(),
+                       text_image_ids[text_order].long(), text_features[text_order].float())
+        features.validate()
+        return features
+
+    def validate(self) -> None:
+        """Raise :class:`CorruptCache` unless rows are consistent (unique images, captions of known images)."""
+        n = self.image_ids.shape[0]
+        if not (self.class_ids.shape[0] == self.image_features.shape[0] == n
+                and self.text_image_ids.shape[0] == self.text_features.shape[0]):
+            raise CorruptCache("row counts of the cached fields differ")
+        if torch.unique(self.image_ids).numel() != n:
+            raise CorruptCache("an image appears twice")
+        if not bool(torch.isin(self.text_image_ids, self.image_ids).all()):
+            raise CorruptCache("a caption belongs to no cached image")
+
+    @property
+    def caption_start(self) -> torch.Tensor:
+        """``(N,)`` first caption row of each image row."""
+        counts = self.caption_count
+        return torch.cumsum(counts, 0) - counts
+
+    @property
+    def caption_count(self) -> torch.Tensor:
+        """``(N,)`` number of captions of each image row."""
+        rows = torch.searchsorted(self.image_ids, self.text_image_ids)
+        return torch.bincount(rows, minlength=self.image_ids.shape[0])
+
+    def rows_of(self, image_ids: torch.Tensor) -> torch.Tensor:
+        """Rows of these image ids; raises :class:`StaleCache` naming an id the cache lacks."""
+        ids = image_ids.cpu().long()
+        rows = torch.searchsorted(self.image_ids, ids).clamp(max=max(0, self.image_ids.shape[0] - 1))
+        missing = self.image_ids[rows] != ids
+        if bool(missing.any()):
+            raise StaleCache(f"image id {int(ids[missing][0])} is not in the feature cache")
+        return rows
+
+    def lookup(self, batch: dict) -> dict[str, torch.Tensor]:
+        """``image_features`` and ``text_features`` of an evaluation batch (all captions of each
+        image, in order), on the batch's device.
+
+        Raises:
+            StaleCache: an image is not cached, or its caption count differs from the cache's.
+        """
+        rows = self.rows_of(batch["image_id"])  # (B,)
+        owner = batch["caption_owner"].cpu()  # (Bt,)
+        per_image = torch.bincount(owner, minlength=rows.shape[0])  # (B,)
+        if not torch.equal(per_image, self.caption_count[rows]):
+            raise StaleCache("an image's caption count differs from the feature cache's")
+        position = torch.arange(owner.shape[0]) - (torch.cumsum(per_image, 0) - per_image)[owner]  # (Bt,)
+        text_rows = self.caption_start[rows][owner] + position  # (Bt,)
+        device = batch["image_id"].device
+        return {"image_features": self.image_features[rows].to(device),
+                "text_features": self.text_features[text_rows].to(device)}
+
+    def save(self, path: Path, key: str) -> None:
+        """Write atomically (temporary file, fsync, rename, fsync of the folder)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {name: getattr(self, name).cpu().contiguous() for name in TENSOR_FIELDS}
+        payload = {"format": FORMAT_VERSION, "key": key, "checksum": _checksum(tensors), "tensors": tensors}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+def load_features(path: Path, key: str) -> SplitFeatures:
+    """Read a cache file written for ``key``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        StaleCache: written for another key (other weights, preprocessing or shards).
+        CorruptCache: unreadable, or the contents do not match the stored checksum.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(str(path))
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        tensors = payload["tensors"]
+        stored_key, checksum, version = payload["key"], payload["checksum"], payload["format"]
+    except Exception as error:  # noqa: BLE001 - any failure to read is a corrupt file
+        raise CorruptCache(f"{path}: cannot be read ({type(error).__name__}: {error})") from None
+    if version != FORMAT_VERSION or stored_key != key:
+        raise StaleCache(f"{path}: written for other tower weights, preprocessing or shards")
+    if not isinstance(tensors, dict) or set(tensors) != set(TENSOR_FIELDS) or _checksum(tensors) != checksum:
+        raise CorruptCache(f"{path}: contents do not match their checksum")
+    features = SplitFeatures(**{name: tensors[name] for name in TENSOR_FIELDS})
+    features.validate()
+    return features
+
+
+class CachedTrainBatches(IterableDataset):
+    """Training batches straight from the cache: an epoch is a seeded permutation of the images,
+    cut into global batches (``drop_last``), each rank taking its own slice; every image comes
+    with one of its captions drawn at random, as the streaming pipeline draws one.
+
+    Args:
+        features: the train split's :class:`SplitFeatures`.
+        batch_size: images per rank per step.
+        world_size, rank: this rank's place among the ranks.
+        seed: the data seed; the epoch comes from ``epoch_fn()`` when iteration starts.
+        epoch_fn: returns the current epoch (the trainer's).
+    """
+
+    def __init__(self, features: SplitFeatures, batch_size: int, world_size: int, rank: int, seed: int,
+                 epoch_fn) -> None:
+        self.features, self.batch_size, self.world_size, self.rank = features, batch_size, world_size, rank
+        self.seed, self.epoch_fn = seed, epoch_fn
+        if len(self) == 0:
+            raise ValueError(f"the feature cache holds {features.image_ids.shape[0]} training images, fewer than one "
+                             f"global batch ({batch_size} x {world_size} ranks): lower data.batch_size")
+
+    def __len__(self) -> int:
+        return self.features.image_ids.shape[0] // (self.batch_size * self.world_size)
+
+    def __iter__(self) -> Iterator[dict]:
+        epoch = int(self.epoch_fn())
+        generator = torch.Generator().manual_seed(hash((self.seed, epoch)) % (2 ** 31))
+        order = torch.randperm(self.features.image_ids.shape[0], generator=generator)
+        start, count = self.features.caption_start, self.features.caption_count
+        for step in range(len(self)):
+            first = (step * self.world_size + self.rank) * self.batch_size
+            rows = order[first:first + self.batch_size]  # (B,)
+            draw = torch.rand(rows.shape[0], generator=generator)
+            captions = start[rows] + (draw * count[rows]).long()  # (B,)
+            yield {"image_features": self.features.image_features[rows],
+                   "text_features": self.features.text_features[captions],
+                   "image_id": self.features.image_ids[rows], "class_id": self.features.class_ids[rows],
+                   "caption_owner": torch.arange(rows.shape[0]),
+                   "is_pad": torch.zeros(rows.shape[0], dtype=torch.bool)}
