@@ -39,6 +39,9 @@ SETTING_KEYS = {"seed", "out", "shard_dir", "synth", "bi_encoder", "reranker", "
 RECALL_COLUMNS = [f"{direction}/{relevance}/R@{k}" for direction in ("t2i", "i2t")
                   for relevance in ("instance", "class") for k in (1, 5, 10)]
 LATENCY_COLUMNS = ["stage1_ms", "rerank_ms", "gar_ms", "total_ms"]
+#: The collapse guard of each row's stage-1 model (``val/stage1/diversity/...``): distinct top-1
+#: images over the val captions as a fraction of the gallery, and mean pairwise cosines.
+DIVERSITY_COLUMNS = ["distinct_top1", "text_mean_cosine", "image_mean_cosine"]
 MISSING = "—"
 
 
@@ -308,13 +311,15 @@ def table_rows(runs: dict[str, RunSpec]) -> list[dict[str, Any]]:
         run = runs[spec.run]
         row: dict[str, Any] = {"row": spec.number, "feature set": spec.label, "status": run.status}
         if not run.metrics:
-            rows.append({**row, **{c: None for c in [*RECALL_COLUMNS, *LATENCY_COLUMNS]}, "run_dir": ""})
+            rows.append({**row, **{c: None for c in [*RECALL_COLUMNS, *LATENCY_COLUMNS, *DIVERSITY_COLUMNS]},
+                         "run_dir": ""})
             continue
         m = run.metrics
         for column in RECALL_COLUMNS:
             skip = spec.t2i_only and column.startswith("i2t")
             row[column] = None if skip else m.get(f"val/{spec.stage}/{column}")
         row.update(_latency(spec, m))
+        row.update({column: m.get(f"val/stage1/diversity/{column}") for column in DIVERSITY_COLUMNS})
         row["run_dir"] = str(run.run_dir)
         rows.append(row)
     return rows
@@ -372,14 +377,16 @@ def _run_seconds(run: RunSpec) -> float:
 
 def format_markdown(rows: list[dict[str, Any]], facts: dict[str, Any]) -> str:
     """The table in percent (``—`` where a cell does not apply or was not run) with its protocol."""
-    head = ["#", "feature set", *RECALL_COLUMNS, "stage-1 ms", "re-rank ms", "GAR ms", "total ms", "run"]
+    head = ["#", "feature set", *RECALL_COLUMNS, "stage-1 ms", "re-rank ms", "GAR ms", "total ms",
+            "distinct top-1", "text cos", "image cos", "run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         if row["status"].startswith("not run"):
-            cells = [MISSING] * (len(RECALL_COLUMNS) + len(LATENCY_COLUMNS))
+            cells = [MISSING] * (len(RECALL_COLUMNS) + len(LATENCY_COLUMNS) + len(DIVERSITY_COLUMNS))
         else:
             cells = [MISSING if row[c] is None else f"{100 * row[c]:.1f}" for c in RECALL_COLUMNS]
             cells += [MISSING if row[c] is None else f"{row[c]:.3f}" for c in LATENCY_COLUMNS]
+            cells += [MISSING if row[c] is None else f"{row[c]:.2f}" for c in DIVERSITY_COLUMNS]
         lines.append("| " + " | ".join([str(row["row"]), row["feature set"], *cells, row["status"]]) + " |")
     notes = [
         f"Ablation — Recall@K in %, split {facts['split']}: gallery {facts['gallery_images']} images and "
@@ -394,6 +401,9 @@ def format_markdown(rows: list[dict[str, Any]], facts: dict[str, Any]) -> str:
         "text→image only; the control shuffles the graph's times and places.",
         "- latency: ms per query per stage, search/re-rank/GAR only (queries pre-encoded, gallery patch "
         "tokens cached; encoding not included); the control's GAR is not timed.",
+        "- collapse guard (the row's stage-1 model): distinct top-1 = distinct images that are some val caption's "
+        "top-1, over the gallery size; text/image cos = mean pairwise cosine of the embeddings (near 1 and a "
+        "distinct top-1 near 1/gallery mean a collapsed model).",
         f"- training: seed {facts['seed']}, same shards for every run; bi-encoder {facts['bi_encoder_epochs']} "
         f"epoch(s) ({facts['bi_encoder_configs']}), re-ranker {facts['reranker_epochs']} epoch(s) on row 2's last "
         f"checkpoint ({facts['reranker_configs']}).",
@@ -404,7 +414,8 @@ def format_markdown(rows: list[dict[str, Any]], facts: dict[str, Any]) -> str:
 
 def write_csv(rows: list[dict[str, Any]], facts: dict[str, Any], path: Path) -> None:
     """The table as CSV: recall as fractions, latency in ms, empty where not applicable; protocol in every row."""
-    columns = ["row", "feature set", *RECALL_COLUMNS, *LATENCY_COLUMNS, "status", "run_dir", *facts]
+    columns = ["row", "feature set", *RECALL_COLUMNS, *LATENCY_COLUMNS, *DIVERSITY_COLUMNS, "status", "run_dir",
+               *facts]
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
@@ -419,7 +430,7 @@ def log_wandb_table(rows: list[dict[str, Any]], facts: dict[str, Any], out: Path
     from lightning_modules.tracking import wandb_credentials_available
 
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_available() else "offline")
-    columns = ["row", "feature set", *RECALL_COLUMNS, *LATENCY_COLUMNS, "status"]
+    columns = ["row", "feature set", *RECALL_COLUMNS, *LATENCY_COLUMNS, *DIVERSITY_COLUMNS, "status"]
     run = wandb.init(project="mmai", job_type="ablation", name="ablation", dir=str(out), config=facts,
                      mode="offline" if mode in {"offline", "dryrun"} else mode)
     run.log({"ablation/table": wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])})

@@ -3,7 +3,7 @@
 1. synthesise a CUB-format dataset (if missing) and write its shards (if missing);
 2. stream a few validation batches through the DataModule;
 3. ``mmai ablate`` on those shards: the in-batch baseline, the bi-encoder with momentum queue and
-   hard negatives, and the fusion re-ranker over it (tiny CPU profiles), evaluated into the
+   hard negatives, and the fusion re-ranker over it (the LiT CPU profile: locked pretrained towers, cached features; a tiny fusion model), evaluated into the
    reference table (stage 1 → + re-rank → + GAR → GAR control; markdown, CSV, W&B table);
 4. a personal memory store (Chroma + FAISS + episodic graph) of the synthetic photos with the
    diary's times and places, embedded by the trained models;
@@ -125,17 +125,22 @@ def _print_recall_with_chance(runs: dict, manifest: dict) -> None:
             ("two-stage (+ fusion re-rank)", runs["rerank"], "two_stage"),
             ("+ GAR", runs["rerank"], "gar"), ("GAR control (shuffled)", runs["rerank"], "gar_control")]
     print("\nRecall@10 (%) next to chance — the same split and gallery as the table above")
-    print(f"| {'row':<34} | t2i inst | t2i class | i2t inst | i2t class |")
-    print(f"| {'-' * 34} | -------- | --------- | -------- | --------- |")
+    print("(distinct top-1: distinct images that are some val caption's top-1 / gallery size; a collapsed "
+          "model sits near 1/gallery)")
+    print(f"| {'row':<34} | t2i inst | t2i class | i2t inst | i2t class | distinct top-1 |")
+    print(f"| {'-' * 34} | -------- | --------- | -------- | --------- | -------------- |")
     for label, run, stage in rows:
         cells = []
         for direction, relevance in (("t2i", "instance"), ("t2i", "class"), ("i2t", "instance"), ("i2t", "class")):
             value = run.metrics.get(f"val/{stage}/{direction}/{relevance}/R@10")
             cells.append(f"{100 * value:.1f}" if value is not None else "—")
-        print(f"| {label:<34} | {cells[0]:>8} | {cells[1]:>9} | {cells[2]:>8} | {cells[3]:>9} |")
+        distinct = run.metrics.get("val/stage1/diversity/distinct_top1")
+        cells.append(f"{100 * distinct:.0f}%" if distinct is not None else "—")
+        print(f"| {label:<34} | {cells[0]:>8} | {cells[1]:>9} | {cells[2]:>8} | {cells[3]:>9} | {cells[4]:>14} |")
     print(f"| {'chance (random ranking)':<34} | " + " | ".join(
         f"{100 * chance[f'{d}/R@10']:>{w}.1f}" for d, w in (("t2i/instance", 8), ("t2i/class", 9),
-                                                            ("i2t/instance", 8), ("i2t/class", 9))) + " |")
+                                                            ("i2t/instance", 8), ("i2t/class", 9))) + " | "
+          + f"{'—':>14} |")
 
 
 def main(argv: list[str]) -> int:
@@ -143,7 +148,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("data/demo"))
     parser.add_argument("--classes", type=int, default=40, help="synthetic species (CUB has 200)")
     parser.add_argument("--images", type=int, default=1200, help="synthetic images (CUB has 11,788)")
-    parser.add_argument("--epochs", type=int, default=8, help="bi-encoder epochs (each of the two rows)")
+    parser.add_argument("--epochs", type=int, default=60,
+                        help="bi-encoder epochs (each of the two rows; LiT profile: ~4 cached steps an epoch)")
     parser.add_argument("--rerank-epochs", type=int, default=3, help="re-ranker epochs")
     parser.add_argument("--rerank-k", type=int, default=8, help="candidates the re-ranker re-scores per query")
     args = parser.parse_args(argv)
@@ -167,7 +173,7 @@ def main(argv: list[str]) -> int:
     manifest = read_manifest(shards)
     print("[2/6] a few validation batches through CUBWebDataModule")
     inspect_main(["--shards", str(shards), "--split", "val", "--batches", "2", "--num-workers", "2",
-                  "--image-size", "64"])
+                  "--image-size", "224"])
     print(f"[3/6] + [4/6] the ablation (mmai ablate): in-batch baseline and queue + hard negatives "
           f"({args.epochs} epochs each), then the re-ranker ({args.rerank_epochs} epochs)")
     runs = run_ablation(_settings(args), workdir / "ablation", shards)
