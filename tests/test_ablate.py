@@ -46,7 +46,9 @@ def test_quick_merges_its_block_key_by_key():
     full = load_settings(REPO / "configs/experiments/ablation.yaml")
     quick = load_settings(REPO / "configs/experiments/ablation.yaml", quick=True)
     assert quick["bi_encoder"]["epochs"] < full["bi_encoder"]["epochs"]
-    assert quick["bi_encoder"]["configs"] == full["bi_encoder"]["configs"]  # kept: not in the quick block
+    assert quick["reranker"]["configs"] == full["reranker"]["configs"]  # kept: not in the quick block
+    assert quick["bi_encoder"]["configs"][-1].endswith("tiny_cpu.yaml")  # replaced: the test-speed profile
+    assert full["bi_encoder"]["configs"][-1].endswith("lit_cpu.yaml")
     assert quick["retrieval"]["stage1_weight"] == full["retrieval"]["stage1_weight"]
     assert quick["retrieval"]["candidates"] != full["retrieval"]["candidates"]
     assert "quick" not in quick and "quick" not in full
@@ -112,7 +114,9 @@ def _fake_runs(tmp_path) -> dict[str, RunSpec]:
     stages = ("stage1", "two_stage", "gar", "gar_control")
     metrics = {f"val/{stage}/{column}": 0.1 * (i + 1) for i, stage in enumerate(stages) for column in RECALL_COLUMNS
                if not (stage.startswith("gar") and column.startswith("i2t"))}
-    metrics.update({"val/stage1/latency_ms": 0.5, "val/two_stage/rerank_latency_ms": 10.0, "val/gar/latency_ms": 2.0})
+    metrics.update({"val/stage1/latency_ms": 0.5, "val/two_stage/rerank_latency_ms": 10.0, "val/gar/latency_ms": 2.0,
+                    "val/stage1/diversity/distinct_top1": 0.62, "val/stage1/diversity/text_mean_cosine": 0.2,
+                    "val/stage1/diversity/image_mean_cosine": 0.4})
     runs = {name: RunSpec(name, "fit", [], tmp_path / name, status="trained", metrics=dict(metrics))
             for name in ("baseline", "queue_hn", "rerank")}
     runs["clip"] = RunSpec("clip", "validate", [], tmp_path / "clip", status="not run: no CLIP weights offline (x)")
@@ -137,6 +141,7 @@ def test_table_reads_each_row_from_its_stage_and_marks_gar_i2t_as_not_applicable
     lines = format_markdown(rows, facts).splitlines()
     gar_line = next(line for line in lines if line.startswith("| 4 |"))
     assert gar_line.split(" | ")[2:5] == ["30.0", "30.0", "30.0"] and gar_line.count("—") == 6
+    assert gar_line.split(" | ")[-4:-1] == ["0.62", "0.20", "0.40"]  # the collapse guard beside the row
     assert "not run: no CLIP weights offline" in next(line for line in lines if line.startswith("| 0 |"))
 
 
