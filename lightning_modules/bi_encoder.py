@@ -17,7 +17,7 @@ import torch
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_modules.eval_set import EvalSetCollector, Stage1Evaluation
+from lightning_modules.eval_set import EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
 from lightning_modules.feature_cache import compute_split_features, feature_cache_path
 from mmai.bi_encoder import BiEncoder
 from mmai.checkpoint import build_towers, read_checkpoint
@@ -99,6 +99,8 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
     def setup(self, stage: str) -> None:
         """With both towers fully locked, load (or compute once) the splits' cached features and
         let the DataModule serve training batches from them."""
+        if any(self.model.is_locked(name) for name in ("vision", "text", "audio")):
+            expect_eval_mode_modules()
         datamodule = getattr(self.trainer, "datamodule", None)
         if not (self.hparams.feature_cache and self.model.cacheable and hasattr(datamodule, "use_train_features")):
             return

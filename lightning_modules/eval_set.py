@@ -106,6 +106,14 @@ def _gather_objects(local: list, module: L.LightningModule) -> list:
     return [item for part in gathered for item in part]
 
 
+def expect_eval_mode_modules() -> None:
+    """Silence Lightning's "Found N module(s) in eval mode at the start of training": frozen and
+    locked towers are in eval mode on purpose (fixed BatchNorm statistics, no dropout)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+
+
 class Stage1Evaluation:
     """Mixin of the LightningModules that embed the gallery at evaluation (``self._collector``):
     full-gallery stage-1 Recall@K, logged as ``{split}/stage1/{direction}/{relevance}/R@k`` at the

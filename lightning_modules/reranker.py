@@ -25,7 +25,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.eval_set import EvalSet, EvalSetCollector, Stage1Evaluation
+from lightning_modules.eval_set import EvalSet, EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
 from mmai.checkpoint import build_bi_encoder, build_reranker, read_checkpoint
 from mmai.fusion import match_loss
 from mmai.negatives import POSITIVE, build_match_batch
@@ -90,6 +90,8 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
             if itc_weight > 0:
                 self.bi_encoder.temperature.requires_grad_(True)
         self.reranker = build_reranker(self.hparams, self.bi_encoder)
+        if not finetune_towers:
+            expect_eval_mode_modules()  # the frozen towers stay in eval mode on purpose
         self._collector = EvalSetCollector()
         self._val_match: list[torch.Tensor] = []
         self.train()
