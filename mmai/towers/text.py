@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from mmai.towers.base import TowerOutput
+from mmai.towers.base import Lockable, TowerOutput
 from mmai.towers.pretrained import load_or_explain, resolve_model_path
 
 
@@ -33,7 +33,7 @@ def mean_pool(token_states: torch.Tensor, attention_mask: torch.Tensor) -> torch
     return summed / mask.sum(dim=1).clamp(min=1.0)  # (B, D)
 
 
-class TextTower(nn.Module):
+class TextTower(Lockable, nn.Module):
     """A transformers encoder returning the mean-pooled feature and the token states.
 
     Args:
@@ -87,34 +87,11 @@ class TextTower(nn.Module):
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None  # unused by mean pooling; DDP needs every parameter used
         self.width = int(self.model.config.hidden_size)
-        self.locked, self.tune_last_n = bool(locked), int(tune_last_n)
-        if self.locked:
-            self.model.requires_grad_(False)
-            for unit in self.trainable_units():
-                unit.requires_grad_(True)
+        self.apply_lock(locked, tune_last_n)
 
-    @property
-    def fully_locked(self) -> bool:
-        """Nothing in the tower trains: its outputs can be cached once per caption."""
-        return self.locked and self.tune_last_n == 0
-
-    def trainable_units(self) -> list[nn.Module]:
-        """The modules that train: all of it unlocked, else the last ``tune_last_n`` layers."""
-        if not self.locked:
-            return [self.model]
-        layers = list(getattr(getattr(self.model, "encoder", None), "layer", None) or [])
-        if self.tune_last_n > len(layers):
-            raise ValueError(f"tune_last_n={self.tune_last_n} but {self.model_name!r} has {len(layers)} layers.")
-        return layers[len(layers) - self.tune_last_n:] if self.tune_last_n else []
-
-    def train(self, mode: bool = True) -> "TextTower":
-        """Locked parts stay in eval mode whatever ``mode`` says."""
-        super().train(mode)
-        if self.locked:
-            self.model.eval()
-            for unit in self.trainable_units():
-                unit.train(mode)
-        return self
+    def units(self) -> list[nn.Module]:
+        """The encoder's transformer layers, bottom to top."""
+        return list(getattr(getattr(self.model, "encoder", None), "layer", None) or [])
 
     def tokenize(self, texts: list[str], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         """Tokenise captions the way the tower expects (pad to the longest, cut at ``max_length``).

@@ -22,7 +22,7 @@ import timm
 import torch
 from torch import nn
 
-from mmai.towers.base import TowerOutput
+from mmai.towers.base import TimmPreprocessing, TowerOutput
 from mmai.towers.pretrained import load_state_dict_strictly, read_state_dict
 
 
@@ -55,7 +55,7 @@ def load_timm_weights(model: nn.Module, path: str | Path) -> None:
     load_state_dict_strictly(model, state_dict, str(path))
 
 
-class VisionTower(nn.Module):
+class VisionTower(TimmPreprocessing, nn.Module):
     """A timm ViT returning the pooled [CLS] feature and the patch tokens.
 
     Args:
@@ -134,16 +134,6 @@ class VisionTower(nn.Module):
         if not all(hasattr(self.model, name) for name in needed):
             raise ValueError(f"memory_tokens needs a timm VisionTransformer; {self.model_name!r} "
                              f"({type(self.model).__name__}) is not one.")
-
-    @property
-    def image_mean(self) -> tuple[float, ...]:
-        """Per-channel normalisation mean the pretrained weights expect."""
-        return tuple(self.data_config["mean"])
-
-    @property
-    def image_std(self) -> tuple[float, ...]:
-        """Per-channel normalisation std the pretrained weights expect."""
-        return tuple(self.data_config["std"])
 
     def sequence(self, images: torch.Tensor) -> torch.Tensor:
         """The full final token sequence, memory tokens included.
