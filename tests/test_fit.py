@@ -39,6 +39,9 @@ def test_every_profile_parses_with_links_applied():
                          str(REPO / "configs/profiles/full_gpu.yaml")])
     assert (full.model.image_size, full.model.queue_size, full.trainer.precision) == (224, 4096, "bf16-mixed")
     assert full.data.tokenizer == "bert-base-uncased" and full.data.audio_seconds == 1.0
+    lit = parse_config(["--config", str(REPO / "configs/base.yaml"), "--config", str(REPO / "configs/profiles/lit_cpu.yaml")])
+    assert lit.data.image_size == lit.model.image_size == 224 and lit.model.queue_size % lit.data.batch_size == 0
+    assert lit.model.vision["tower"] == "cnn" and lit.model.vision["locked"] and lit.model.text["locked"]
 
 
 def test_run_dir_override_propagates_through_interpolation(tmp_path):
