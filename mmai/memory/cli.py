@@ -13,7 +13,8 @@ store, the FAISS index and the episodic graph stay consistent)::
 Every subcommand takes ``--root`` (default ``runs/memory``), ``--checkpoint`` (remembered in
 ``ROOT/config.json`` after the first use), ``--chroma-host/--chroma-port`` (a Chroma server
 instead of ``ROOT/chroma``) and ``--gpu-index`` (faiss-gpu). Exit status: 0 done, 1 ``check``
-found problems, 2 a usage or input error (the message says what to fix).
+found problems, 2 a usage or input error (the message says what to fix), 3 another process kept
+the store's write lock past ``--lock-timeout``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chroma-port", type=int, default=8000, help="the Chroma server's port (default 8000)")
     parser.add_argument("--gpu-index", action="store_true", help="exact FAISS index on GPU 0 (faiss-gpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
+                        help="while another process writes ROOT, wait at most this long (default: wait; 0: refuse)")
 
 
 def _filters(parser: argparse.ArgumentParser) -> None:
@@ -100,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _open(args: argparse.Namespace):
     from mmai.memory.personal import PersonalMemory
 
-    return PersonalMemory(args.root, args.checkpoint, chroma_host=args.chroma_host, chroma_port=args.chroma_port,
-                          use_gpu_index=args.gpu_index, progress=not args.quiet)
+    memory = PersonalMemory(args.root, args.checkpoint, chroma_host=args.chroma_host, chroma_port=args.chroma_port,
+                            use_gpu_index=args.gpu_index, progress=not args.quiet,
+                            lock_timeout=args.lock_timeout)
+    return memory
 
 
 def _when(timestamp: float | None) -> str:
@@ -232,9 +237,14 @@ COMMANDS = {"ingest": run_ingest, "search": run_search, "related": run_related, 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mmai memory`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    from mmai.memory.personal import StoreBusyError
+
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return COMMANDS[args.command](args)
+    except StoreBusyError as error:
+        print(f"mmai memory {args.command}: error: {error}", file=sys.stderr)
+        return 3
     except (ValueError, FileNotFoundError, KeyError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"mmai memory {args.command}: error: {message}", file=sys.stderr)

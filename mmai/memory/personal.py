@@ -28,7 +28,16 @@ fsynced) — a memory is *confirmed* (reported as added) once it is in that jour
 killed at any moment leaves Chroma with every confirmed memory; the FAISS file on disk may then
 be stale, and the next open repairs it from Chroma. A media copy written just before a kill may
 be an orphan (no memory); ``rebuild()`` removes orphans. Writers (ingest, forget, consolidate,
-rebuild) take an exclusive ``fcntl`` lock on ``root/.lock`` so two processes never write at once.
+rebuild) take an exclusive ``fcntl`` lock on ``root/.lock`` so two processes never write at once;
+a writer that finds it held prints who holds it and waits (``lock_timeout`` seconds at most, then
+:class:`StoreBusyError`).
+
+Other processes. An embedded Chroma client keeps its vector segment in memory and does not see
+another process's writes (its queries then fail with ``InternalError: Error finding id``). Every
+write to Chroma therefore replaces ``root/.generation`` with a new token; each public read (and
+each writer, once it holds the lock) compares it with the token it last saw and, when it changed,
+reopens Chroma and reloads the FAISS index (:meth:`PersonalMemory.refresh`). A read that still
+meets that error reopens and retries once. A long-running dashboard thus sees every write.
 
 Media. Images and audio are *copied* into ``root/media`` so that moving or deleting the
 original does not break display or re-ranking; ``source_path`` keeps where it came from.
@@ -54,10 +63,13 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import os
+import sys
 import threading
+import uuid
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,7 +88,7 @@ from mmai.memory.ingest import (IngestError, MemoryFile, MetaTable, content_id, 
 from mmai.memory.store import MemoryStore
 from mmai.memory.vectors import as_unit_vectors
 
-__all__ = ["IngestReport", "PersonalMemory", "Related", "SearchHit", "int_id"]
+__all__ = ["IngestReport", "PersonalMemory", "Related", "SearchHit", "StoreBusyError", "int_id"]
 
 FORMAT = "mmai.PersonalMemory"
 HNSW_FROM = 20_000  # index_kind="auto": exact flat index below this many memories, HNSW from here
@@ -217,6 +229,29 @@ class _NoMatch(Exception):
     """A filter that no stored memory can match (e.g. an unknown place)."""
 
 
+class StoreBusyError(TimeoutError):
+    """Another process held the store's write lock for longer than ``lock_timeout``."""
+
+
+def _chroma_internal_error() -> type[Exception]:
+    from chromadb.errors import InternalError
+
+    return InternalError
+
+
+def _sees_other_writers(method):
+    """A public reader: first see other processes' writes (:meth:`PersonalMemory.refresh`), and
+    retry once after a forced reopen when Chroma still reports a stale client."""
+
+    @functools.wraps(method)
+    def reader(self, *args: Any, **kwargs: Any):
+        with self._mutex:
+            self._fresh()
+            return self._retrying(method, self, *args, **kwargs)
+
+    return reader
+
+
 # ---------------------------------------------------------------------- the memory
 class PersonalMemory:
     """Photos, notes and recordings in one embedding space, over Chroma + FAISS + episodic graph.
@@ -238,6 +273,8 @@ class PersonalMemory:
         graph_config: how the episodic graph is built (default :class:`GraphConfig`).
         collection: Chroma collection name (default ``"memories"``).
         progress: tqdm bars (default ``True``).
+        lock_timeout: seconds a writer waits for another process's write lock before raising
+            :class:`StoreBusyError` (default ``None``: wait as long as it takes; ``0``: refuse at once).
     """
 
     def __init__(
@@ -253,10 +290,12 @@ class PersonalMemory:
         graph_config: GraphConfig | None = None,
         collection: str = "memories",
         progress: bool = True,
+        lock_timeout: float | None = None,
     ) -> None:
         if index_kind not in ("auto", "flat", "hnsw"):
             raise ValueError(f"PersonalMemory: index_kind must be 'auto', 'flat' or 'hnsw', got {index_kind!r}")
         self.root = Path(root).expanduser()
+        self.lock_timeout, self._lock_depth = lock_timeout, 0
         self.root.mkdir(parents=True, exist_ok=True)
         self.media_dir = self.root / "media"
         self.media_dir.mkdir(exist_ok=True)
@@ -265,6 +304,7 @@ class PersonalMemory:
         self._mutex = threading.RLock()
         self._config = self._read_config()
         self.store = MemoryStore(self.root / "chroma", collection, host=chroma_host, port=chroma_port)
+        self._generation = self._read_generation()
         self.checkpoint = self._resolve_checkpoint(checkpoint, encoder)
         self._encoder, self._stage2 = encoder, None
         self._graph: EpisodicGraph | None = None
@@ -448,20 +488,107 @@ class PersonalMemory:
         """Forget derived state that depends on the set of memories (graph, GAR, places)."""
         self._graph, self._gar, self._places = None, None, None
 
+    # ------------------------------------------------------------------ other processes
+    @property
+    def _generation_path(self) -> Path:
+        return self.root / ".generation"
+
+    def _read_generation(self) -> str:
+        try:
+            return self._generation_path.read_text(encoding="utf-8")
+        except OSError:
+            return ""
+
+    def _changed(self) -> None:
+        """Record that this process wrote Chroma (readers elsewhere see a new generation and reopen)."""
+        self._generation = f"{uuid.uuid4().hex} {os.getpid()}\n"
+        _atomic_write(self._generation_path, self._generation.encode())
+
+    def refresh(self, force: bool = False) -> bool:
+        """See what other processes wrote: when the store's generation changed on disk (or with
+        ``force``), reopen Chroma, reload the FAISS index and drop the graph.
+
+        A long-running reader (the dashboard) calls this before every request through the
+        public methods; returns whether anything was reloaded.
+        """
+        with self._mutex:
+            generation = self._read_generation()
+            if not force and generation == self._generation:
+                return False
+            self.store.reopen()
+            self._generation = generation
+            self.index = None  # reloaded from the file the writer saved, then synced with Chroma
+            self._invalidate()
+            self.repaired = self._sync_index()
+            return True
+
+    def _retrying(self, call, *args: Any, **kwargs: Any):
+        """``call(*args, **kwargs)``; once more after a forced refresh if Chroma reports a stale client."""
+        try:
+            return call(*args, **kwargs)
+        except _chroma_internal_error():
+            self.refresh(force=True)
+            return call(*args, **kwargs)
+
     def _fresh(self) -> None:
-        """Repair the index if another process changed Chroma since (cheap count check)."""
+        """Reopen after another process's writes; repair the index if Chroma's count differs."""
+        if self.refresh():
+            return
         if (0 if self.index is None else len(self.index)) != self.store.count():
             self._sync_index()
 
     @contextmanager
     def _write_lock(self) -> Iterator[None]:
-        with self._mutex, open(self.root / ".lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        """The store's exclusive write lock (re-entrant within this object: nested writes share it)."""
+        with self._mutex:
+            if self._lock_depth:
+                self._lock_depth += 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth -= 1
+                return
+            with open(self.root / ".lock", "a+") as handle:
+                self._acquire(handle)
+                self._lock_depth = 1
+                try:
+                    handle.seek(0)
+                    handle.truncate()
+                    handle.write(f"pid {os.getpid()} ({' '.join(sys.argv[:3])[:120]})\n")
+                    handle.flush()
+                    self._fresh()
+                    yield
+                finally:
+                    self._lock_depth = 0
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _acquire(self, handle) -> None:
+        """Take the exclusive lock; while another process holds it, say so once and wait (up to
+        :attr:`lock_timeout` seconds)."""
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        limit = self.lock_timeout
+        if limit is not None and limit <= 0:
+            raise StoreBusyError(f"{self.root} is being written by {holder}; try again when it is done "
+                                 "(or pass --lock-timeout SECONDS to wait)")
+        wait = "" if limit is None else f" (up to {limit:g} s)"
+        print(f"mmai memory: {self.root} is being written by {holder}; waiting for it to finish{wait}",
+              file=sys.stderr, flush=True)
+        deadline = None if limit is None else time.monotonic() + limit
+        while True:
             try:
-                self._fresh()
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise StoreBusyError(f"{self.root} is still being written by {holder} after {limit:g} s; "
+                                         "try again later or raise --lock-timeout") from None
+                time.sleep(0.05)
 
     # ------------------------------------------------------------------ ingest
     def ingest(
@@ -586,6 +713,7 @@ class PersonalMemory:
                 metadatas.append({**metadata, "sources": json.dumps(sources)})
         if ids:
             self.store.collection.update(ids=ids, metadatas=metadatas)
+            self._changed()
 
     def _read(self, path: Path, given: str, table, require_time: bool, override) -> MemoryFile:
         memory_file = read_memory_file(path, meta=table, given=given, require_time=require_time and not override)
@@ -654,6 +782,7 @@ class PersonalMemory:
         self.store.collection.upsert(ids=ids, embeddings=vectors, metadatas=metadatas,
                                      documents=[f.document for f in files])
         self._journal(ids, [str(f.path) for f in files])
+        self._changed()
         numbers = np.array([int_id(i) for i in ids], dtype=np.int64)
         for number, memory_id in zip(numbers.tolist(), ids):
             self._str_ids[number] = memory_id
@@ -678,6 +807,7 @@ class PersonalMemory:
             self._write_config()
 
     # ------------------------------------------------------------------ filters
+    @_sees_other_writers
     def known_places(self) -> list[str]:
         """Distinct place names of the stored memories (cached until the next write)."""
         with self._mutex:
@@ -718,6 +848,7 @@ class PersonalMemory:
         return build_where(year=year, place=places, modality=modality, after=after, before=before)
 
     # ------------------------------------------------------------------ search
+    @_sees_other_writers
     def search(
         self,
         query: str,
@@ -769,7 +900,6 @@ class PersonalMemory:
         if int(k) < 1:
             raise ValueError(f"search: k must be >= 1, got {k}")
         with self._mutex:
-            self._fresh()
             if self.index is None:
                 return []
             try:
@@ -910,6 +1040,7 @@ class PersonalMemory:
         decoded["media_path"] = self._media_from(decoded)
         return decoded
 
+    @_sees_other_writers
     def related(self, memory_id: str, k: int = 10) -> list[Related]:
         """The memories most strongly linked to ``memory_id`` in the episodic graph.
 
@@ -1001,6 +1132,7 @@ class PersonalMemory:
             return Path(source)
         return None
 
+    @_sees_other_writers
     def media_path(self, memory_id: str) -> Path | None:
         """The file to display or play for an image/audio memory (stored copy, else the original).
 
@@ -1010,6 +1142,7 @@ class PersonalMemory:
             memory_id = self.resolve_id(memory_id)
             return self._metadata_of([memory_id])[memory_id]["media_path"]
 
+    @_sees_other_writers
     def get(self, memory_id: str) -> SearchHit:
         """One memory as a :class:`SearchHit` (scores 0), e.g. for a dashboard's detail view."""
         with self._mutex:
@@ -1038,6 +1171,7 @@ class PersonalMemory:
             targets = self.matching_ids(ids, **filters)
             return self._remove(targets)
 
+    @_sees_other_writers
     def matching_ids(self, ids: Iterable[str] | None = None, **filters: Any) -> list[str]:
         """Stored ids among ``ids`` (full ids or 8+ digit prefixes) that match ``filters``."""
         try:
@@ -1067,6 +1201,7 @@ class PersonalMemory:
             return 0
         records = self.store.get(targets, include_embeddings=False)
         self.store.delete(ids=targets)
+        self._changed()
         for metadata in records.metadatas:
             if metadata.get("media_file"):
                 (self.media_dir / metadata["media_file"]).unlink(missing_ok=True)
@@ -1154,6 +1289,7 @@ class PersonalMemory:
         if importance:
             metadata["importance"] = float(max(importance))
         self.store.collection.update(ids=[records.ids[keeper]], metadatas=[metadata])
+        self._changed()
         return [records.ids[i] for i in order[1:]]
 
     # ------------------------------------------------------------------ maintenance
@@ -1189,6 +1325,7 @@ class PersonalMemory:
             values.update(m[field] for m in page["metadatas"] if m and field in m)
         return values
 
+    @_sees_other_writers
     def check(self, *, tolerance: float = 1e-4) -> list[str]:
         """Verify that Chroma, FAISS and the graph agree; an empty list means consistent.
 
@@ -1262,6 +1399,7 @@ class PersonalMemory:
                                     f"{metadata.get('source_path')} are both missing")
         return problems
 
+    @_sees_other_writers
     def stats(self) -> dict[str, Any]:
         """Counts by modality, year and place, sizes of the index and graph, and where things are."""
         with self._mutex:
