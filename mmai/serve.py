@@ -552,7 +552,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mmai serve``."""
     args = build_parser().parse_args(argv)
-    memory = PersonalMemory(args.root, args.checkpoint, chroma_host=args.chroma_host, chroma_port=args.chroma_port)
+    try:
+        memory = PersonalMemory(args.root, args.checkpoint, chroma_host=args.chroma_host,
+                                chroma_port=args.chroma_port, create=False)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"mmai serve: error: {error}", file=sys.stderr)
+        return 2
     try:
         app = build_app(memory, max_upload_mb=args.max_upload_mb, k=args.results)
         launch(app, args.host, args.port, max_upload_mb=args.max_upload_mb)

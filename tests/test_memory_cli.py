@@ -101,8 +101,6 @@ def test_ingest_search_related_forget_stats_from_the_command_line(tmp_path, chec
 
 def test_errors_exit_2_with_a_message_that_says_what_to_fix(tmp_path, checkpoint, capsys):
     root = ["--root", str(tmp_path / "memory"), "--quiet"]
-    assert main(["search", "a bird", *root]) == 0  # an empty memory finds nothing, without a model
-    assert "no memories match" in capsys.readouterr().out
     _photos(tmp_path / "p", 1)
     assert main(["ingest", str(tmp_path / "p"), *root]) == 2
     assert "no checkpoint yet: pass checkpoint=... (--checkpoint PATH)" in capsys.readouterr().err
@@ -114,6 +112,32 @@ def test_errors_exit_2_with_a_message_that_says_what_to_fix(tmp_path, checkpoint
     assert main(["ingest", *root]) == 2 and "give files or folders" in capsys.readouterr().err
     assert main(["forget", *root]) == 2 and "give ids or a filter" in capsys.readouterr().err
     assert main(["related", "0123456789", *root]) == 2 and "is not a stored memory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["search", "a bird"], ["related", "0123456789"], ["stats"], ["check"],
+                                     ["forget", "--year", "2023", "--yes"], ["rebuild"], ["consolidate"]])
+def test_reading_a_root_without_a_store_is_an_error_naming_it(tmp_path, command, capsys):
+    typo = tmp_path / "mem_typo"
+    assert main([*command, "--root", str(typo), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{typo} holds no memory store" in err and "mmai memory ingest" in err and "Traceback" not in err
+    assert not typo.exists()  # nothing was created at the mistyped root
+
+
+def test_serve_refuses_a_root_without_a_store(tmp_path, capsys):
+    from mmai.serve import main as serve_main
+
+    assert serve_main(["--root", str(tmp_path / "mem_typo")]) == 2
+    assert f"{tmp_path / 'mem_typo'} holds no memory store" in capsys.readouterr().err
+    assert not (tmp_path / "mem_typo").exists()
+
+
+def test_an_emptied_store_is_still_a_store(tmp_path, checkpoint, capsys):
+    root = ["--root", str(tmp_path / "memory"), "--quiet"]
+    assert main(["ingest", str(_photos(tmp_path / "p", 1)), "--checkpoint", str(checkpoint), *root]) == 0
+    assert main(["forget", "--modality", "image", "--yes", *root]) == 0
+    capsys.readouterr()
+    assert main(["search", "a bird", *root]) == 0 and "no memories match" in capsys.readouterr().out
 
 
 def _confirmed(journal: Path) -> list[str]:

@@ -63,7 +63,7 @@ def _all_searchable(root: Path) -> None:
     """`mmai memory check` is clean and a search over everything finds every confirmed memory."""
     check = _cli("memory", "check", "--root", str(root), "--quiet")
     assert check.returncode == 0 and "consistent" in check.stdout, check.stdout + check.stderr
-    with PersonalMemory(root, progress=False, ) as memory:
+    with PersonalMemory(root, progress=False, create=False) as memory:
         found = {hit.id for hit in memory.search("a photo", k=memory.store.count())}
         assert _confirmed(root) <= found and memory.check() == []
 

@@ -14,7 +14,8 @@ Every subcommand takes ``--root`` (default ``runs/memory``), ``--checkpoint`` (r
 ``ROOT/config.json`` after the first use), ``--chroma-host/--chroma-port`` (a Chroma server
 instead of ``ROOT/chroma``) and ``--gpu-index`` (faiss-gpu). Exit status: 0 done, 1 ``check``
 found problems, 2 a usage or input error (the message says what to fix), 3 another process kept
-the store's write lock past ``--lock-timeout``.
+the store's write lock past ``--lock-timeout``. Only ``ingest`` creates a store: the other
+commands refuse a ``--root`` that holds none (a mistyped root is an error, not an empty memory).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def _open(args: argparse.Namespace):
 
     memory = PersonalMemory(args.root, args.checkpoint, chroma_host=args.chroma_host, chroma_port=args.chroma_port,
                             use_gpu_index=args.gpu_index, progress=not args.quiet,
-                            lock_timeout=args.lock_timeout)
+                            create=args.command == "ingest", lock_timeout=args.lock_timeout)
     return memory
 
 

@@ -88,7 +88,7 @@ from mmai.memory.ingest import (IngestError, MemoryFile, MetaTable, content_id, 
 from mmai.memory.store import MemoryStore
 from mmai.memory.vectors import as_unit_vectors
 
-__all__ = ["IngestReport", "PersonalMemory", "Related", "SearchHit", "StoreBusyError", "int_id"]
+__all__ = ["IngestReport", "NoStoreError", "PersonalMemory", "Related", "SearchHit", "StoreBusyError", "int_id"]
 
 FORMAT = "mmai.PersonalMemory"
 HNSW_FROM = 20_000  # index_kind="auto": exact flat index below this many memories, HNSW from here
@@ -229,6 +229,10 @@ class _NoMatch(Exception):
     """A filter that no stored memory can match (e.g. an unknown place)."""
 
 
+class NoStoreError(FileNotFoundError):
+    """A root opened for reading holds no memory store (e.g. a mistyped ``--root``)."""
+
+
 class StoreBusyError(TimeoutError):
     """Another process held the store's write lock for longer than ``lock_timeout``."""
 
@@ -252,6 +256,12 @@ def _sees_other_writers(method):
     return reader
 
 
+def has_store(root: str | os.PathLike) -> bool:
+    """Whether ``root`` holds a memory store (its config or its embedded Chroma database)."""
+    root = Path(root).expanduser()
+    return (root / "config.json").is_file() or (root / "chroma" / "chroma.sqlite3").is_file()
+
+
 # ---------------------------------------------------------------------- the memory
 class PersonalMemory:
     """Photos, notes and recordings in one embedding space, over Chroma + FAISS + episodic graph.
@@ -273,6 +283,9 @@ class PersonalMemory:
         graph_config: how the episodic graph is built (default :class:`GraphConfig`).
         collection: Chroma collection name (default ``"memories"``).
         progress: tqdm bars (default ``True``).
+        create: make a new store when ``root`` holds none (default ``True``); with ``False`` a
+            root without a store raises :class:`NoStoreError` (readers: a mistyped root must not
+            become an empty store). Ignored with ``chroma_host`` (the memories are on the server).
         lock_timeout: seconds a writer waits for another process's write lock before raising
             :class:`StoreBusyError` (default ``None``: wait as long as it takes; ``0``: refuse at once).
     """
@@ -290,11 +303,16 @@ class PersonalMemory:
         graph_config: GraphConfig | None = None,
         collection: str = "memories",
         progress: bool = True,
+        create: bool = True,
         lock_timeout: float | None = None,
     ) -> None:
         if index_kind not in ("auto", "flat", "hnsw"):
             raise ValueError(f"PersonalMemory: index_kind must be 'auto', 'flat' or 'hnsw', got {index_kind!r}")
         self.root = Path(root).expanduser()
+        if not create and chroma_host is None and not has_store(self.root):
+            raise NoStoreError(f"{self.root} holds no memory store (no config.json or chroma/ database): check the "
+                               "--root folder, or create a store there with `mmai memory ingest FILES --root "
+                               f"{self.root} --checkpoint CKPT`")
         self.lock_timeout, self._lock_depth = lock_timeout, 0
         self.root.mkdir(parents=True, exist_ok=True)
         self.media_dir = self.root / "media"
