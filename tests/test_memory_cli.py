@@ -140,6 +140,26 @@ def test_an_emptied_store_is_still_a_store(tmp_path, checkpoint, capsys):
     assert main(["search", "a bird", *root]) == 0 and "no memories match" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_damaged_faiss_file_is_reported_and_rebuilt_from_chroma(tmp_path, checkpoint, damage, capsys):
+    root = ["--root", str(tmp_path / "memory"), "--quiet"]
+    assert main(["ingest", str(_photos(tmp_path / "p", 3)), "--checkpoint", str(checkpoint), *root]) == 0
+    index = tmp_path / "memory" / "index.npz"
+    data = index.read_bytes()
+    capsys.readouterr()
+    for command in (["check"], ["search", "a photo", "--json"], ["rebuild"]):
+        index.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x00x" * 50, "empty": b""}[damage])
+        assert main([*command, *root]) == 0, command
+        out, err = capsys.readouterr()
+        assert "FAISS index rebuilt from Chroma" in err and "index.npz damaged" in err, (command, err)
+        if command == ["check"]:
+            assert "consistent" in out
+        if command[0] == "search":
+            assert len(_json_lines(out)) == 3
+    with PersonalMemory(tmp_path / "memory", progress=False) as memory:
+        assert memory.repaired == "in sync" and memory.check() == []
+
+
 def _confirmed(journal: Path) -> list[str]:
     ids = []
     for line in journal.read_text(encoding="utf-8").splitlines():

@@ -107,6 +107,8 @@ def _open(args: argparse.Namespace):
     memory = PersonalMemory(args.root, args.checkpoint, chroma_host=args.chroma_host, chroma_port=args.chroma_port,
                             use_gpu_index=args.gpu_index, progress=not args.quiet,
                             create=args.command == "ingest", lock_timeout=args.lock_timeout)
+    if memory.repaired.startswith("rebuilt"):
+        print(f"note: {memory.root}: FAISS index {memory.repaired}", file=sys.stderr)
     return memory
 
 

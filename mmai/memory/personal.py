@@ -444,10 +444,15 @@ class PersonalMemory:
         return "flat" if count < HNSW_FROM else "hnsw"
 
     def _load_index(self) -> VectorIndex | None:
+        """The saved index, or ``None`` when it is missing or damaged (:attr:`_index_problem` says which)."""
+        self._index_problem = None
         try:
             return VectorIndex.load(self._index_path, use_gpu=self.use_gpu_index)
-        except (FileNotFoundError, ValueError, RuntimeError):
-            return None  # missing or damaged: rebuilt from Chroma
+        except FileNotFoundError:
+            self._index_problem = f"{self._index_path.name} missing"
+        except (ValueError, RuntimeError) as error:
+            self._index_problem = f"{self._index_path} damaged: {error}"
+        return None  # rebuilt from Chroma, the source of truth
 
     def _sync_index(self) -> str:
         """Make the FAISS index hold exactly Chroma's memories; returns what was done."""
@@ -461,7 +466,8 @@ class PersonalMemory:
                 return "empty"
             if index is None or index.dim != self.store.dim or not np.isin(index.ids, wanted).all():
                 self._rebuild_index()
-                return "rebuilt from Chroma"
+                why = "it did not match Chroma" if index is not None else self._index_problem
+                return "rebuilt from Chroma" + (f" ({why})" if why else "")
             missing = wanted[~np.isin(wanted, index.ids)]
             self.index = index
             if len(missing):
