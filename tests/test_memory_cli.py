@@ -160,6 +160,30 @@ def test_a_damaged_faiss_file_is_reported_and_rebuilt_from_chroma(tmp_path, chec
         assert memory.repaired == "in sync" and memory.check() == []
 
 
+def test_ingest_skips_links_that_leave_the_given_folders_and_says_so(tmp_path, checkpoint, capsys):
+    folder = _photos(tmp_path / "photos", 2)
+    secret = tmp_path / "elsewhere" / "passwd.txt"
+    secret.parent.mkdir()
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    outside = _photos(tmp_path / "outside", 1)  # 0000.png again: same bytes, so use another picture
+    Image.fromarray(np.full((24, 24, 3), 7, np.uint8)).save(outside / "0000.png")
+    (folder / "passwd.txt").symlink_to(secret)
+    (folder / "album").symlink_to(outside, target_is_directory=True)
+    (folder / "again.png").symlink_to(folder / "0001.png")  # inside the folder: followed (a duplicate)
+    root = ["--root", str(tmp_path / "memory"), "--quiet"]
+    assert main(["ingest", str(folder), "--checkpoint", str(checkpoint), *root]) == 0
+    out = capsys.readouterr().out
+    assert "added 2, duplicates 1, rejected 0" in out
+    assert f"skipped: {folder / 'passwd.txt'}: a link to {secret}, outside the given folders" in out
+    assert f"skipped: {folder / 'album'}: a link to {outside}" in out and "--follow-links" in out
+    with PersonalMemory(tmp_path / "memory", progress=False) as memory:
+        stored = memory.store.collection.get(include=["documents", "metadatas"])
+        assert not any("root:x" in (document or "") for document in stored["documents"])
+        assert all(str(tmp_path / "elsewhere") not in json.dumps(m) for m in stored["metadatas"])
+    assert main(["ingest", str(folder), "--follow-links", *root]) == 0
+    assert "added 2, duplicates 3, rejected 0" in capsys.readouterr().out  # the note and the album photo
+
+
 def _confirmed(journal: Path) -> list[str]:
     ids = []
     for line in journal.read_text(encoding="utf-8").splitlines():

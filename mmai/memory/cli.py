@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--from-synthetic", type=Path, default=None, metavar="DIR",
                         help="also ingest a synthetic CUB's photos and songs with the diary's time and place")
     ingest.add_argument("--limit", type=int, default=None, help="with --from-synthetic: the first N photos")
+    ingest.add_argument("--follow-links", action="store_true",
+                        help="follow symbolic links inside the folders even when they point outside the given paths "
+                             "(default: skip and list them)")
 
     search = sub.add_parser("search", help="find memories matching a sentence")
     _common(search)
@@ -141,7 +144,7 @@ def run_ingest(args: argparse.Namespace) -> int:
             if not audio:
                 print("note: songs skipped: checkpoint has no audio tower (train with model.audio)", file=sys.stderr)
         report = memory.ingest(paths, args.meta, progress=not args.quiet, require_time=args.require_time,
-                               batch_size=args.batch_size, overrides=overrides)
+                               batch_size=args.batch_size, overrides=overrides, follow_links=args.follow_links)
         print(report.summary())
         print(f"{memory.store.count()} memories in {memory.root}")
     return 0

@@ -162,12 +162,14 @@ class IngestReport:
         added: ids of the memories written (confirmed), in order.
         duplicates: ``(path, id)`` of files already stored (same bytes).
         rejected: ``(path, reason)`` of files not stored.
+        skipped: ``(link, reason)`` of symbolic links not followed (they leave the given folders).
         seconds: wall time.
     """
 
     added: list[str] = dataclasses.field(default_factory=list)
     duplicates: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
     rejected: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    skipped: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -175,6 +177,7 @@ class IngestReport:
         lines = [f"added {len(self.added)}, duplicates {len(self.duplicates)}, rejected {len(self.rejected)} "
                  f"in {self.seconds:.1f} s"]
         lines += [f"  rejected: {reason}" for _, reason in self.rejected]  # reasons name their file
+        lines += [f"  skipped: {reason}" for _, reason in self.skipped]
         return "\n".join(lines)
 
 
@@ -624,6 +627,7 @@ class PersonalMemory:
         require_time: bool = False,
         batch_size: int = 16,
         overrides: dict[str, dict[str, Any]] | None = None,
+        follow_links: bool = False,
     ) -> IngestReport:
         """Add files (or folders of files) as memories.
 
@@ -637,6 +641,9 @@ class PersonalMemory:
             overrides: ``{absolute path: {field: value}}`` metadata that wins over every other
                 source (used for the synthetic diary); fields as in sidecars, plus ``source``: the
                 ``time_source`` label to record (default ``"override"``).
+            follow_links: follow symbolic links inside the folders even when their target is
+                outside the given paths (default ``False``: such links are skipped and listed
+                in the report's ``skipped``).
 
         Returns:
             An :class:`IngestReport`. A file that cannot be read is rejected with its reason;
@@ -649,7 +656,7 @@ class PersonalMemory:
         started = time.perf_counter()
         report = IngestReport()
         table = None if meta is None else MetaTable(meta)
-        files = self._expand(paths, report)
+        files = self._expand(paths, report, follow_links)
         if files:
             self.encoder  # noqa: B018 - load the model first: no model is a usage error, not a file's
         show = self.progress if progress is None else progress
@@ -668,11 +675,13 @@ class PersonalMemory:
         return report
 
     @staticmethod
-    def _expand(paths: Sequence[str | os.PathLike], report: IngestReport) -> list[tuple[Path, str]]:
+    def _expand(paths: Sequence[str | os.PathLike], report: IngestReport,
+                follow_links: bool = False) -> list[tuple[Path, str]]:
         files: list[tuple[Path, str]] = []
         for given in paths:
             try:
-                files += [(path, str(given)) for path in expand_paths([given])]
+                found = expand_paths([given], follow_links=follow_links, skipped=report.skipped, roots=paths)
+                files += [(path, str(given)) for path in found]
             except FileNotFoundError as error:
                 report.rejected.append((Path(given), str(error)))
         return list({path: (path, given) for path, given in files}.values())
