@@ -640,7 +640,9 @@ class PersonalMemory:
             batch_size: files per confirmed batch (default 16).
             overrides: ``{absolute path: {field: value}}`` metadata that wins over every other
                 source (used for the synthetic diary); fields as in sidecars, plus ``source``: the
-                ``time_source`` label to record (default ``"override"``).
+                ``time_source`` label to record (default ``"override"``), and ``source_path``: what
+                to record as the file's origin instead of its path (e.g. a dashboard upload's name,
+                not the temporary copy it was read from).
             follow_links: follow symbolic links inside the folders even when their target is
                 outside the given paths (default ``False``: such links are skipped and listed
                 in the report's ``skipped``).
@@ -705,7 +707,8 @@ class PersonalMemory:
             for memory_file in files:
                 seen[memory_file.id] = memory_file.path
             report.added += [memory_file.id for memory_file in files]
-        self._add_sources([(memory_id, path) for path, memory_id in duplicates])
+        self._add_sources([(memory_id, overrides.get(str(path), {}).get("source_path", path))
+                           for path, memory_id in duplicates])
 
     def _duplicates(self, batch, report: IngestReport, seen: dict[str, Path]) -> list[tuple[Path, str]]:
         """``(path, id)`` of files in ``batch`` already stored, or with the same bytes as a file
@@ -753,12 +756,15 @@ class PersonalMemory:
         if override:
             override = dict(override)
             label = str(override.pop("source", "override"))
+            origin = override.pop("source_path", None)
             fields = validate_fields(override, f"override for {path}")
             metadata = memory_file.metadata
             if "time" in fields:
                 metadata["timestamp"], metadata["time_source"] = fields.pop("time"), label
             metadata.update({k: v for k, v in fields.items() if k != "caption"})
             memory_file.document = fields.get("caption", memory_file.document)
+            if origin is not None:
+                metadata["source_path"] = str(origin)
         if memory_file.modality == "audio" and not self._has_audio():
             raise IngestError(f"{path}: checkpoint has no audio tower: train with model.audio to ingest audio "
                               "memories (the bi-encoder's audio tower embeds them in the same space)")
@@ -807,7 +813,7 @@ class PersonalMemory:
                 if not target.exists():
                     atomic_copy(memory_file.path, target)
                 metadata["media_file"] = target.name
-            metadata["sources"] = json.dumps([{"id": memory_file.id, "path": str(memory_file.path),
+            metadata["sources"] = json.dumps([{"id": memory_file.id, "path": metadata["source_path"],
                                                "timestamp": metadata["timestamp"], "place": metadata.get("place")}])
             metadatas.append(_clean_record(metadata, f"memory {memory_file.path}"))
         ids = [memory_file.id for memory_file in files]
