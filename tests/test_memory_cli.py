@@ -96,7 +96,8 @@ def test_ingest_search_related_forget_stats_from_the_command_line(tmp_path, chec
     assert main(["consolidate", "--threshold", "0.9999", *root]) == 0
     assert "merged 0" in capsys.readouterr().out
     assert main(["rebuild", *root]) == 0
-    assert json.loads(capsys.readouterr().out) == {"memories": 16 - len(hits), "orphans_removed": 0}
+    assert json.loads(capsys.readouterr().out) == {"memories": 16 - len(hits), "orphans_removed": 0,
+                                                   "media_restored": 0}
 
 
 def test_errors_exit_2_with_a_message_that_says_what_to_fix(tmp_path, checkpoint, capsys):
@@ -182,6 +183,56 @@ def test_ingest_skips_links_that_leave_the_given_folders_and_says_so(tmp_path, c
         assert all(str(tmp_path / "elsewhere") not in json.dumps(m) for m in stored["metadatas"])
     assert main(["ingest", str(folder), "--follow-links", *root]) == 0
     assert "added 2, duplicates 3, rejected 0" in capsys.readouterr().out  # the note and the album photo
+
+
+def test_check_reports_a_missing_media_copy_and_rebuild_copies_it_again(tmp_path, checkpoint, capsys):
+    photos = _photos(tmp_path / "p", 2)
+    root = ["--root", str(tmp_path / "memory"), "--quiet"]
+    assert main(["ingest", str(photos), "--checkpoint", str(checkpoint), *root]) == 0
+    copies = sorted((tmp_path / "memory" / "media").iterdir())
+    kept = copies[0].read_bytes()
+    copies[0].unlink()
+    capsys.readouterr()
+    assert main(["check", *root]) == 1
+    out = capsys.readouterr().out
+    assert f"media copy {copies[0]} is missing; run `mmai memory rebuild`" in out and "consistent" not in out
+    assert main(["rebuild", *root]) == 0 and json.loads(capsys.readouterr().out)["media_restored"] == 1
+    assert copies[0].read_bytes() == kept
+    assert main(["check", *root]) == 0 and "consistent" in capsys.readouterr().out
+    copies[0].unlink()
+    for original in photos.iterdir():  # the originals no longer have the memories' bytes
+        original.write_bytes(b"changed")
+    assert main(["check", *root]) == 1
+    assert "is missing and its source" in capsys.readouterr().out
+    assert main(["rebuild", *root]) == 0 and json.loads(capsys.readouterr().out)["media_restored"] == 0
+
+
+def test_forgetting_an_unknown_id_is_an_error_naming_it(tmp_path, checkpoint, capsys):
+    root = ["--root", str(tmp_path / "memory"), "--quiet"]
+    assert main(["ingest", str(_photos(tmp_path / "p", 2)), "--checkpoint", str(checkpoint), *root]) == 0
+    with PersonalMemory(tmp_path / "memory", progress=False) as memory:
+        known = memory._chroma_ids()[0]
+    for extra in ([], ["--yes"]):
+        capsys.readouterr()
+        assert main(["forget", known[:12], "deadbeef00", *extra, *root]) == 2
+        err = capsys.readouterr().err
+        assert "id 'deadbeef00' is not a stored memory" in err and "Traceback" not in err
+    assert main(["stats", *root]) == 0 and json.loads(capsys.readouterr().out)["memories"] == 2  # nothing went
+    assert main(["forget", known[:12], "--yes", *root]) == 0 and "forgot 1 memories" in capsys.readouterr().out
+
+
+def test_a_garbage_checkpoint_is_not_a_checkpoint_and_a_new_store_does_not_record_it(tmp_path, checkpoint, capsys):
+    garbage = tmp_path / "model.ckpt"
+    garbage.write_bytes(b"these are not weights\n" * 10)
+    root = ["--root", str(tmp_path / "memory"), "--quiet"]
+    photos = _photos(tmp_path / "p", 1)
+    assert main(["ingest", str(photos), "--checkpoint", str(garbage), *root]) == 2
+    err = capsys.readouterr().err
+    assert f"--checkpoint '{garbage}' is not a checkpoint" in err and "weights_only" not in err
+    config = tmp_path / "memory" / "config.json"
+    assert not config.exists() or "checkpoint" not in json.loads(config.read_text())
+    assert main(["ingest", str(photos), *root]) == 2 and "no checkpoint yet" in capsys.readouterr().err
+    assert main(["ingest", str(photos), "--checkpoint", str(checkpoint), *root]) == 0
 
 
 def _confirmed(journal: Path) -> list[str]:

@@ -205,6 +205,8 @@ def run_forget(args: argparse.Namespace) -> int:
             return 0
         removed = memory.forget(args.ids or None, **filters)
         print(f"forgot {removed} memories; {memory.store.count()} remain")
+        if not removed:
+            print("no memory matches those filters; nothing was forgotten", file=sys.stderr)
     return 0
 
 

@@ -379,6 +379,10 @@ class PersonalMemory:
             raise FileNotFoundError(f"--checkpoint {path} does not exist: pass a .ckpt written by `mmai fit` "
                                     "or `mmai rerank fit`")
         fingerprint = _checkpoint_fingerprint(path)
+        if (recorded, self._config.get("fingerprint")) != (str(path), fingerprint):
+            from mmai.checkpoint import read_checkpoint
+
+            read_checkpoint(path, "--checkpoint")  # a file that is no checkpoint is never recorded
         if recorded and self._config.get("fingerprint") != fingerprint and self.store.count() > 0:
             raise ValueError(
                 f"{self.root}: its {self.store.count()} memories were embedded with {recorded} "
@@ -1199,6 +1203,7 @@ class PersonalMemory:
 
         Raises:
             ValueError: neither ids nor a filter is given, or an unknown filter name.
+            KeyError: a given id is not stored (or its prefix is ambiguous); nothing is removed.
         """
         unknown = set(filters) - {"year", "place", "modality", "after", "before"}
         if unknown:
@@ -1212,21 +1217,18 @@ class PersonalMemory:
 
     @_sees_other_writers
     def matching_ids(self, ids: Iterable[str] | None = None, **filters: Any) -> list[str]:
-        """Stored ids among ``ids`` (full ids or 8+ digit prefixes) that match ``filters``."""
+        """Stored ids among ``ids`` (full ids or 8+ digit prefixes) that match ``filters``.
+
+        Raises:
+            KeyError: an id in ``ids`` is not stored or is an ambiguous prefix (it is named).
+        """
+        wanted = None if ids is None else [self.resolve_id(memory_id) for memory_id in ids]
         try:
             where = self.where(**filters) if filters else None
         except _NoMatch:
             return []
-        wanted = None
-        if ids is not None:
-            wanted = []
-            for memory_id in ids:
-                try:
-                    wanted.append(self.resolve_id(memory_id))
-                except KeyError:
-                    continue  # not stored: nothing to forget
-            if not wanted:
-                return []
+        if wanted is not None and not wanted:
+            return []
         if where is None:
             return wanted or []
         found: list[str] = []
@@ -1335,17 +1337,20 @@ class PersonalMemory:
     def rebuild(self) -> dict[str, Any]:
         """Rebuild the FAISS index and the graph from Chroma and remove orphan media copies.
 
+        Missing media copies whose original still exists with the same bytes are copied again.
+
         Returns:
-            ``{"memories", "orphans_removed"}``.
+            ``{"memories", "orphans_removed", "media_restored"}``.
         """
         with self._write_lock():
             self._rebuild_index()
             orphans = self._orphan_media()
             for path in orphans:
                 path.unlink(missing_ok=True)
+            restored = self._restore_media()
             if self.index is not None:
                 self.graph()
-            return {"memories": self.store.count(), "orphans_removed": len(orphans)}
+            return {"memories": self.store.count(), "orphans_removed": len(orphans), "media_restored": restored}
 
     def _media_files(self) -> dict[str, Path]:
         return {path.name: path for path in self.media_dir.iterdir()
@@ -1427,16 +1432,47 @@ class PersonalMemory:
         return problems
 
     def _check_metadata(self, records) -> list[str]:
+        """Metadata fields, and the media copy of every image/audio memory (with a Chroma server the
+        copies live on the machine that ingested them: there only both missing is a problem)."""
         problems = []
         media = self._media_files()
+        local = self.store.is_local
         for memory_id, metadata in zip(records.ids, records.metadatas):
             if metadata.get("modality") not in ("image", "text", "audio") or "timestamp" not in metadata:
                 problems.append(f"memory {memory_id}: metadata lacks modality or timestamp ({metadata})")
             elif metadata["modality"] != "text" and metadata.get("media_file") not in media:
-                if not (metadata.get("source_path") and Path(metadata["source_path"]).is_file()):
-                    problems.append(f"memory {memory_id}: media copy {metadata.get('media_file')} and source "
-                                    f"{metadata.get('source_path')} are both missing")
+                source = metadata.get("source_path")
+                if self._restorable(memory_id, metadata):
+                    if local:
+                        problems.append(f"memory {memory_id}: media copy {self.media_dir / str(metadata.get('media_file'))} "
+                                        f"is missing; run `mmai memory rebuild` to copy it again from {source}")
+                else:
+                    problems.append(f"memory {memory_id}: media copy {self.media_dir / str(metadata.get('media_file'))} "
+                                    f"is missing and its source {source} is gone or changed; restore the file "
+                                    "or forget the memory")
         return problems
+
+    @staticmethod
+    def _restorable(memory_id: str, metadata: dict[str, Any]) -> bool:
+        """Whether the memory's original still exists with the same bytes (its id is their hash)."""
+        source = metadata.get("source_path")
+        try:
+            return bool(source) and content_id(Path(source).read_bytes()) == memory_id
+        except OSError:
+            return False
+
+    def _restore_media(self) -> int:
+        """Copy missing media copies again from their originals (same bytes only); returns how many."""
+        media, restored = self._media_files(), 0
+        total = self.store.count()
+        for offset in range(0, total, _PAGE):
+            page = self.store.collection.get(limit=_PAGE, offset=offset, include=["metadatas"])
+            for memory_id, metadata in zip(page["ids"], page["metadatas"]):
+                name = (metadata or {}).get("media_file")
+                if name and name not in media and self._restorable(memory_id, metadata):
+                    atomic_copy(Path(metadata["source_path"]), self.media_dir / name)
+                    restored += 1
+        return restored
 
     @_sees_other_writers
     def stats(self) -> dict[str, Any]:

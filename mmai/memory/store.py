@@ -122,6 +122,11 @@ class MemoryStore:
         )
         self.max_batch_size = int(self.client.get_max_batch_size())
 
+    @property
+    def is_local(self) -> bool:
+        """True for an embedded store (a folder), False for a Chroma server."""
+        return self._where[2] is None
+
     def __repr__(self) -> str:
         return f"MemoryStore({self.location!r}, collection={self.collection.name!r}, count={self.count()})"
 
