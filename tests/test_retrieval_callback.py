@@ -58,7 +58,8 @@ def _tiny_shards(root: Path, images: int) -> Path:
 
 def test_a_gallery_smaller_than_the_largest_k_is_refused_with_what_to_change():
     callback = RetrievalEvalCallback(candidates=20, index_kind="flat")
-    with pytest.raises(ValueError, match=r"val gallery has 5 image\(s\).*ks=\(1, 5, 10\).*smaller ks.*bigger val split"):
+    expected = r"val gallery has 5 image\(s\).*ks=\(1, 5, 10\).*smaller ks.*bigger val split"
+    with pytest.raises(ValueError, match=expected):
         callback.check_gallery(5)
     callback.check_gallery(10)
 
@@ -95,7 +96,8 @@ def test_an_evaluation_error_at_epoch_end_saves_the_weights_first(tmp_path):
 
     shards = _tiny_shards(tmp_path, images=40)  # val: 10 images, exactly max(ks) ...
     _blank_one_val_image(shards)  # ... until one fails to decode at run time
-    with pytest.raises(RuntimeError, match=r"retrieval evaluation failed at the end of epoch 0 .*val gallery has 9") as error:
+    expected = r"retrieval evaluation failed at the end of epoch 0 .*val gallery has 9"
+    with pytest.raises(RuntimeError, match=expected) as error:
         cli_main(["fit", *tiny_args(shards, tmp_path / "runs", "--trainer.max_epochs", "1",
                                     "--trainer.limit_train_batches", "2")])
     saved = sorted((tmp_path / "runs" / "checkpoints").glob("eval-failed-epoch=0-step=*.ckpt"))

@@ -367,7 +367,8 @@ def verify_shards(shard_dir: Path | str, manifest: dict | None = None, full: boo
                 digest = _sha256(path)
                 hashed += 1
                 if digest != shard["sha256"]:
-                    _shard_error(shard_dir, path, f"has sha256 {digest[:12]}…, the manifest says {shard['sha256'][:12]}…")
+                    _shard_error(shard_dir, path,
+                                 f"has sha256 {digest[:12]}…, the manifest says {shard['sha256'][:12]}…")
                 cache[shard["file"]] = {**stamp, "sha256": digest}
     if hashed:
         _write_hash_cache(shard_dir, cache)

@@ -1441,15 +1441,14 @@ class PersonalMemory:
             if metadata.get("modality") not in ("image", "text", "audio") or "timestamp" not in metadata:
                 problems.append(f"memory {memory_id}: metadata lacks modality or timestamp ({metadata})")
             elif metadata["modality"] != "text" and metadata.get("media_file") not in media:
-                source = metadata.get("source_path")
+                source, copy = metadata.get("source_path"), self.media_dir / str(metadata.get("media_file"))
                 if self._restorable(memory_id, metadata):
                     if local:
-                        problems.append(f"memory {memory_id}: media copy {self.media_dir / str(metadata.get('media_file'))} "
-                                        f"is missing; run `mmai memory rebuild` to copy it again from {source}")
+                        problems.append(f"memory {memory_id}: media copy {copy} is missing; run "
+                                        f"`mmai memory rebuild` to copy it again from {source}")
                 else:
-                    problems.append(f"memory {memory_id}: media copy {self.media_dir / str(metadata.get('media_file'))} "
-                                    f"is missing and its source {source} is gone or changed; restore the file "
-                                    "or forget the memory")
+                    problems.append(f"memory {memory_id}: media copy {copy} is missing and its source {source} "
+                                    "is gone or changed; restore the file or forget the memory")
         return problems
 
     @staticmethod
