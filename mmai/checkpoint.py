@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -80,10 +79,14 @@ def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint",
                                 "(runs/<run>/checkpoints/last.ckpt)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, IndexError) as error:
+    except OSError:
+        raise  # unreadable (permissions, I/O): torch's message says so
+    except Exception as error:  # noqa: BLE001 - garbage bytes raise anything (UnpicklingError, struct.error, ...)
         # torch's own message advises weights_only=False, i.e. running code from an unknown file: not here
+        kind = type(error).__name__ if type(error).__module__ == "builtins" else \
+            f"{type(error).__module__.lstrip('_')}.{type(error).__name__}"
         raise ValueError(f"{what} {str(path)!r} is not a checkpoint (torch.load cannot read it as tensors and "
-                         f"plain data: {type(error).__name__}; a truncated or foreign file?): pass a .ckpt written "
+                         f"plain data: {kind}; a truncated or foreign file?): pass a .ckpt written "
                          "by `mmai fit` or `mmai rerank fit` (runs/<run>/checkpoints/last.ckpt)") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{what} {str(path)!r} is not a Lightning checkpoint (no 'state_dict')")

@@ -223,16 +223,20 @@ def test_forgetting_an_unknown_id_is_an_error_naming_it(tmp_path, checkpoint, ca
 
 def test_a_garbage_checkpoint_is_not_a_checkpoint_and_a_new_store_does_not_record_it(tmp_path, checkpoint, capsys):
     garbage = tmp_path / "model.ckpt"
-    garbage.write_bytes(b"these are not weights\n" * 10)
     root = ["--root", str(tmp_path / "memory"), "--quiet"]
     photos = _photos(tmp_path / "p", 1)
-    assert main(["ingest", str(photos), "--checkpoint", str(garbage), *root]) == 2
-    err = capsys.readouterr().err
-    assert f"--checkpoint '{garbage}' is not a checkpoint" in err and "weights_only" not in err
-    config = tmp_path / "memory" / "config.json"
-    assert not config.exists() or "checkpoint" not in json.loads(config.read_text())
+    for junk in (b"these are not weights\n" * 10, b"junk", b""):  # UnpicklingError, struct.error, EOFError
+        garbage.write_bytes(junk)
+        assert main(["ingest", str(photos), "--checkpoint", str(garbage), *root]) == 2
+        err = capsys.readouterr().err
+        assert f"--checkpoint '{garbage}' is not a checkpoint" in err and "weights_only" not in err, err
+        assert not (tmp_path / "memory").exists()  # checked before a new store is made
     assert main(["ingest", str(photos), *root]) == 2 and "no checkpoint yet" in capsys.readouterr().err
     assert main(["ingest", str(photos), "--checkpoint", str(checkpoint), *root]) == 0
+    config = tmp_path / "memory" / "config.json"
+    recorded = config.read_text()
+    assert main(["search", "a photo", "--checkpoint", str(garbage), *root]) == 2  # an existing store
+    assert "is not a checkpoint" in capsys.readouterr().err and config.read_text() == recorded
 
 
 def _confirmed(journal: Path) -> list[str]:

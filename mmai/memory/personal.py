@@ -317,6 +317,9 @@ class PersonalMemory:
                                "--root folder, or create a store there with `mmai memory ingest FILES --root "
                                f"{self.root} --checkpoint CKPT`")
         self.lock_timeout, self._lock_depth = lock_timeout, 0
+        self._checked: set[str] = set()  # checkpoints read once and found valid
+        if checkpoint is not None and encoder is None and chroma_host is None and not has_store(self.root):
+            self._check_checkpoint(Path(checkpoint).expanduser().absolute())  # before a new store is made
         self.root.mkdir(parents=True, exist_ok=True)
         self.media_dir = self.root / "media"
         self.media_dir.mkdir(exist_ok=True)
@@ -380,9 +383,7 @@ class PersonalMemory:
                                     "or `mmai rerank fit`")
         fingerprint = _checkpoint_fingerprint(path)
         if (recorded, self._config.get("fingerprint")) != (str(path), fingerprint):
-            from mmai.checkpoint import read_checkpoint
-
-            read_checkpoint(path, "--checkpoint")  # a file that is no checkpoint is never recorded
+            self._check_checkpoint(path)  # a file that is no checkpoint is never recorded
         if recorded and self._config.get("fingerprint") != fingerprint and self.store.count() > 0:
             raise ValueError(
                 f"{self.root}: its {self.store.count()} memories were embedded with {recorded} "
@@ -392,6 +393,16 @@ class PersonalMemory:
         self._config.update(checkpoint=str(path), fingerprint=fingerprint)
         self._write_config()
         return str(path)
+
+    def _check_checkpoint(self, path: Path) -> None:
+        """Raise FileNotFoundError/ValueError (from :func:`~mmai.checkpoint.read_checkpoint`) unless
+        ``path`` is a readable checkpoint (read once per object)."""
+        if str(path) in self._checked:
+            return
+        from mmai.checkpoint import read_checkpoint
+
+        read_checkpoint(path, "--checkpoint")
+        self._checked.add(str(path))
 
     @property
     def encoder(self):
