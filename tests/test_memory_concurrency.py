@@ -165,3 +165,30 @@ def test_a_writer_with_lock_timeout_0_refuses_with_a_clear_message(tmp_path, che
     assert f"{root} is being written by pid {holder.pid}" in busy.stderr and "try again" in busy.stderr
     assert len(memory.search("a photo", k=10)) == 3  # the holder's memory; the refused ingest added none
     memory.close()
+
+
+RAW_WRITER = """
+import sys
+import numpy as np
+from mmai.memory.store import MemoryStore
+store = MemoryStore(sys.argv[1])
+vectors = np.random.default_rng(0).standard_normal((3, store.dim)).astype(np.float32)
+store.add(["%x" % (0xabc0 + i) + "0" * 28 for i in range(3)], vectors,
+          [{"timestamp": 1.7e9, "modality": "text"}] * 3, ["a note"] * 3, progress=False)
+"""
+
+
+def test_a_write_that_did_not_announce_itself_is_seen_after_chromas_error(tmp_path, checkpoint):
+    """A writer that does not replace ROOT/.generation (Chroma written directly, or an older mmai):
+    the stale client's error is caught once, Chroma reopened, and the search retried."""
+    root = tmp_path / "memory"
+    memory = PersonalMemory(root, checkpoint, progress=False)
+    memory.ingest([_photos(tmp_path / "a", 3, 0)])
+    assert len(memory.search("a photo", k=10)) == 3
+    raw = subprocess.run([sys.executable, "-c", RAW_WRITER, str(root / "chroma")], cwd=REPO, env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert raw.returncode == 0, raw.stderr
+    hits = memory.search("a photo", k=10)
+    assert len(hits) == 6 and {hit.id for hit in hits} >= {"%x" % (0xabc0 + i) + "0" * 28 for i in range(3)}
+    assert memory.check() == []
+    memory.close()

@@ -252,9 +252,12 @@ def _sees_other_writers(method):
 
     @functools.wraps(method)
     def reader(self, *args: Any, **kwargs: Any):
-        with self._mutex:
+        def read():
             self._fresh()
-            return self._retrying(method, self, *args, **kwargs)
+            return method(self, *args, **kwargs)
+
+        with self._mutex:
+            return self._retrying(read)
 
     return reader
 
@@ -598,7 +601,7 @@ class PersonalMemory:
                     handle.truncate()
                     handle.write(f"pid {os.getpid()} ({' '.join(sys.argv[:3])[:120]})\n")
                     handle.flush()
-                    self._fresh()
+                    self._retrying(self._fresh)
                     yield
                 finally:
                     self._lock_depth = 0
