@@ -24,12 +24,17 @@ Logged (``val/`` prefix):
 * ``graph/{nodes,temporal_edges,semantic_edges,mean_degree,episodes,schemas}``.
 
 Exact full-gallery stage-1 Recall@K (``val/stage1/...``) is logged by the module itself.
+
+A val gallery smaller than ``max(ks)`` is refused at setup (before any training), with what to
+change. Should the evaluation still fail at an epoch's end, the weights are saved first
+(``{default_root_dir}/checkpoints/eval-failed-epoch=E-step=S.ckpt``) and the error names that file.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -73,14 +78,48 @@ class RetrievalEvalCallback(L.Callback):
             raise ValueError(f"RetrievalEvalCallback: rerank_k must be >= 1, got {rerank_k}")
         self.rerank_k, self.stage1_weight = int(rerank_k), float(stage1_weight)
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Refuse a val gallery too small for ``ks`` before training starts (a manifest gives its size)."""
+        if stage not in ("fit", "validate"):
+            return
+        images = _val_gallery_size(trainer)
+        if images is not None:
+            self.check_gallery(images)
+
+    def check_gallery(self, images: int) -> None:
+        """Raise a ValueError saying what to change when ``images`` cannot rank ``max(ks)`` deep."""
+        if images < max(self.ks):
+            raise ValueError(
+                f"RetrievalEvalCallback: the val gallery has {images} image(s), fewer than the largest Recall@k "
+                f"(ks={self.ks}); use smaller ks (e.g. retrieval ks: [1, {max(1, min(5, images))}] in the config, "
+                "the callback's init_args.ks) or a bigger val split (write the shards from more images)")
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         data = pl_module.eval_set()  # a collective: every rank calls it
         two_stage = getattr(pl_module, "two_stage", None)
-        metrics = self.evaluate(data, two_stage) if trainer.is_global_zero else None
+        metrics = None
+        if trainer.is_global_zero:
+            try:
+                self.check_gallery(len(data.image_embeddings))
+                metrics = self.evaluate(data, two_stage)
+            except Exception as error:  # noqa: BLE001 - reported below, after the weights are safe
+                metrics = {"__error__": f"{type(error).__name__}: {error}"}
         metrics = trainer.strategy.broadcast(metrics, src=0)
+        if "__error__" in metrics:
+            path = self._save_weights(trainer)
+            raise RuntimeError(f"retrieval evaluation failed at the end of epoch {trainer.current_epoch} "
+                               f"({metrics['__error__']}); this epoch's weights are saved in {path}")
         pl_module.log_dict({f"val/{key}": value for key, value in metrics.items()})
+
+    @staticmethod
+    def _save_weights(trainer: L.Trainer) -> Path:
+        """Save a checkpoint of the current weights (every rank takes part) and return its path."""
+        folder = Path(trainer.default_root_dir) / "checkpoints"
+        path = folder / f"eval-failed-epoch={trainer.current_epoch}-step={trainer.global_step}.ckpt"
+        trainer.save_checkpoint(path)
+        return path
 
     def evaluate(self, data: EvalSet, two_stage: Callable | None = None) -> dict[str, float]:
         """Stage 1 → (stage 2 if ``two_stage`` is given) → GAR and its control, on one gathered set.
@@ -126,3 +165,12 @@ class RetrievalEvalCallback(L.Callback):
         hits = result.rankings["t2i"][:, :k].numpy()  # (Nt, k)
         scores = result.scores["t2i"][:, :k].numpy()  # (Nt, k)
         return hits, scores
+
+
+def _val_gallery_size(trainer: L.Trainer) -> int | None:
+    """Images in the val split, from the datamodule's shard manifest (``None`` when unknown)."""
+    datamodule = getattr(trainer, "datamodule", None)
+    try:
+        return int(datamodule.manifest["splits"]["val"]["images"])
+    except (AttributeError, KeyError, TypeError, ValueError, OSError):
+        return None

@@ -19,7 +19,13 @@ def inspect_main(argv: list[str]) -> int:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--audio-seconds", type=float, default=None)
     parser.add_argument("--batches", type=int, default=0, help="stop after N batches (0: one full epoch)")
+    parser.add_argument("--verify-full", action="store_true",
+                        help="hash every shard (default: sizes, and sha256 of shards changed since last hashed)")
     args = parser.parse_args(argv)
+    from mmai.data.shards import read_manifest, verify_shards
+
+    hashed = verify_shards(args.shards, read_manifest(args.shards), full=args.verify_full)
+    print(f"shards verified against the manifest ({hashed} hashed)")
     data = CUBWebDataModule(args.shards, batch_size=args.batch_size, num_workers=args.num_workers,
                             image_size=args.image_size, audio_seconds=args.audio_seconds, shuffle_buffer=500)
     manifest = data.manifest

@@ -89,7 +89,17 @@ def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint",
     if not path.is_file():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist: pass a .ckpt written by `mmai fit` "
                                 "(runs/<run>/checkpoints/last.ckpt)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise  # unreadable (permissions, I/O): torch's message says so
+    except Exception as error:  # noqa: BLE001 - garbage bytes raise anything (UnpicklingError, struct.error, ...)
+        # torch's own message advises weights_only=False, i.e. running code from an unknown file: not here
+        kind = type(error).__name__ if type(error).__module__ == "builtins" else \
+            f"{type(error).__module__.lstrip('_')}.{type(error).__name__}"
+        raise ValueError(f"{what} {str(path)!r} is not a checkpoint (torch.load cannot read it as tensors and "
+                         f"plain data: {kind}; a truncated or foreign file?): pass a .ckpt written "
+                         "by `mmai fit` or `mmai rerank fit` (runs/<run>/checkpoints/last.ckpt)") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{what} {str(path)!r} is not a Lightning checkpoint (no 'state_dict')")
     if require_hyperparameters and "hyper_parameters" not in checkpoint:

@@ -3,17 +3,24 @@
 ``mmai data …`` and ``mmai bench …`` are library commands. ``fit``, ``validate``, ``test``,
 ``predict`` (LightningCLI) and ``data inspect`` belong to the Lightning app and are dispatched by
 module name to ``lightning_modules.cli``, so this library module never imports Lightning.
+
+Expected user errors (a bad path, a bad value, a damaged input file: ``ValueError``,
+``FileNotFoundError``, ``KeyError`` and their kin) of ``data``, ``fit``/``validate``/``test``/
+``predict`` and ``rerank`` print their message alone and exit 2; ``--debug`` (anywhere on the
+command line) or ``MMAI_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
 
 APP_COMMANDS = {"fit", "validate", "test", "predict"}
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, KeyError)
 USAGE = """usage: mmai COMMAND [args]
 
 commands:
@@ -86,10 +93,23 @@ def _data(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("MMAI_DEBUG", "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--debug"]
     if not argv or argv[0] in {"-h", "--help"}:
         print(USAGE)
         return 0
-    command, rest = argv[0], argv[1:]
+    if argv[0] in APP_COMMANDS | {"rerank", "data"} and not debug:
+        try:
+            return _dispatch(argv[0], argv[1:])
+        except USER_ERRORS as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else error
+            print(f"mmai {argv[0]}: error: {message}\n(run with --debug or MMAI_DEBUG=1 for the traceback)",
+                  file=sys.stderr)
+            return 2
+    return _dispatch(argv[0], argv[1:])
+
+
+def _dispatch(command: str, rest: list[str]) -> int:
     if command in APP_COMMANDS:
         importlib.import_module("lightning_modules.cli").cli_main([command, *rest])
         return 0

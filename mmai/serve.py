@@ -15,7 +15,13 @@ The dashboard is a thin view of :class:`~mmai.memory.personal.PersonalMemory`:
 
 Privacy: the server binds to 127.0.0.1 unless told otherwise, Gradio's analytics are off
 (``GRADIO_ANALYTICS_ENABLED=False``, set before Gradio is imported), no share link is made, the
-default theme's fonts are bundled, and nothing here calls the internet.
+default theme's fonts are bundled, and nothing here calls the internet. Gradio's temporary files
+(gallery thumbnails, copies of uploads) go to a private folder under the store root
+(``ROOT/.serve-cache/pid…``, mode 0700, files 0600) that is removed when the server stops (those
+of a killed server are removed at the next start), not to the system temp folder. An upload's
+``source_path`` records the name it was uploaded under, not the temporary copy. User text (places,
+file names, queries, notes' paths) is escaped before it goes into Markdown, so a place like
+``![x](http://host/p.png)`` shows as text instead of loading a remote image.
 
 Example::
 
@@ -30,11 +36,15 @@ import datetime as dt
 import functools
 import ipaddress
 import json
+import html
 import math
 import os
+import re
 import shutil
+import signal
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -54,6 +64,8 @@ DEFAULT_PORT = 7860
 DEFAULT_MAX_UPLOAD_MB = 20.0
 MODALITY_CHOICES = ("any", "image", "text", "audio")
 THUMBNAIL_SIZE = 256
+CACHE_EXPIRY = (600, 3600)  # Gradio deletes its temporary files older than an hour, checking every 10 min
+UPLOAD_SOURCE = "uploaded via dashboard: "  # + the file's name: the source_path of an upload
 CSS = """
 #mmai-results .caption-label { font-size: 0.8rem; max-width: 96%; }
 #mmai-details { font-size: 0.95rem; }
@@ -61,6 +73,15 @@ CSS = """
 #mmai-related th, #mmai-related td { padding: 4px 6px; }
 #mmai-status { min-height: 1.5rem; }
 """
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~<>:])")  # ':' too: no autolinks
+
+
+def md_escape(text: Any) -> str:
+    """``text`` shown literally in Markdown: HTML escaped and Markdown's punctuation backslashed,
+    so user text cannot add links, images (remote beacons) or markup."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False)).replace("\n", " ")
 
 
 # ---------------------------------------------------------------------- upload checks
@@ -278,14 +299,15 @@ class Dashboard:
             hits = self.memory.search(query, k=int(k or self.k), rerank=bool(rerank), gar=bool(gar),
                                       **filters.as_kwargs())
         except (ValueError, KeyError) as error:
-            return [], [], query, f"**Search failed:** {error}"
+            return [], [], query, f"**Search failed:** {md_escape(error)}"
         gallery = [(self.thumbnail(hit), hit_caption(hit)) for hit in hits]
         return gallery, hits, query, self._search_status(query, hits, filters, rerank, gar)
 
     @staticmethod
     def _search_status(query: str, hits: list, filters: SearchFilters, rerank: bool, gar: bool) -> str:
-        active = ", ".join(f"{key}={value if key not in ('after', 'before') else format_time(value)}"
+        active = ", ".join(f"{key}={md_escape(value if key not in ('after', 'before') else format_time(value))}"
                            for key, value in filters.as_kwargs().items() if value is not None)
+        query = md_escape(query)
         stages = " + ".join(["stage 1"] + (["re-rank"] if rerank else []) + (["GAR"] if gar else []))
         if not hits:
             return f"No memory matches *{query}*" + (f" with {active}." if active else ".")
@@ -364,15 +386,15 @@ class Dashboard:
             f"### #{hit.rank + 1} · {metadata.get('modality', 'memory')}",
             " · ".join(scores),
             f"**When:** {format_time(metadata.get('timestamp'))}"
-            + (f" (from {metadata['time_source']})" if metadata.get("time_source") else ""),
-            f"**Where:** {metadata.get('place') or 'unknown place'}"
+            + (f" (from {md_escape(metadata['time_source'])})" if metadata.get("time_source") else ""),
+            f"**Where:** {md_escape(metadata.get('place') or 'unknown place')}"
             + (f" ({metadata['latitude']:.4f}, {metadata['longitude']:.4f})"
                if metadata.get("latitude") is not None and metadata.get("longitude") is not None else ""),
-            f"**Source:** {', '.join(Path(str(s)).name for s in sources if s)}",
-            f"**Id:** `{hit.id}`",
+            f"**Source:** {', '.join(md_escape(Path(str(s)).name) for s in sources if s)}",
+            f"**Id:** `{md_escape(hit.id)}`",
         ]
         if getattr(hit, "explanation", None):
-            lines.insert(2, f"**Why (GAR):** {hit.explanation}")
+            lines.insert(2, f"**Why (GAR):** {md_escape(hit.explanation)}")
         return "\n\n".join(lines)
 
     def related(self, hit: Any, k: int = 6) -> str:
@@ -382,15 +404,16 @@ class Dashboard:
             try:
                 related = self.memory.related(hit.id, k=k)
             except (KeyError, ValueError) as error:
-                return f"No associated memories: {error}"
+                return f"No associated memories: {md_escape(error)}"
         if not related:
             return "No associated memories (no memory shares this outing or looks alike)."
         rows = ["| memory | why | weight | when | where |", "|---|---|---|---|---|"]
         for item in related[:k]:
             metadata = item.metadata or {}
-            label = Path(str(metadata.get("source_path", item.id))).name
-            rows.append(f"| {label} ({metadata.get('modality', '?')}) | {item.reason} | {item.weight:.2f} | "
-                        f"{format_time(metadata.get('timestamp'))[:16]} | {metadata.get('place') or '—'} |")
+            label = md_escape(Path(str(metadata.get("source_path", item.id))).name)
+            rows.append(f"| {label} ({md_escape(metadata.get('modality', '?'))}) | {md_escape(item.reason)} | "
+                        f"{item.weight:.2f} | {format_time(metadata.get('timestamp'))[:16]} | "
+                        f"{md_escape(metadata.get('place') or '—')} |")
         return "**Associated memories** (episodic graph)\n\n" + "\n".join(rows)
 
     # ---------------------------------------------------------------- add
@@ -400,32 +423,33 @@ class Dashboard:
         if not paths:
             return "Choose one or more photos (.jpg .png …), notes (.txt .md) or recordings (.wav .flac) first."
         checks = [check_upload(path, self.max_upload_bytes) for path in paths]
-        lines = [f"- **rejected** {check.reason}" for check in checks if not check.ok]
+        lines = [f"- **rejected** {md_escape(check.reason)}" for check in checks if not check.ok]
         accepted = [check for check in checks if check.ok]
         if accepted:
             try:
                 meta = upload_meta([check.name for check in accepted], place, when)
             except ValueError as error:
-                return f"**Nothing was added:** {error}"
+                return f"**Nothing was added:** {md_escape(error)}"
             lines = self._ingest(accepted, meta) + lines
         return "\n".join(lines)
 
     def _ingest(self, accepted: list[UploadCheck], meta: dict | None) -> list[str]:
-        staging = Path(tempfile.mkdtemp(prefix="mmai-upload-"))
-        try:
-            meta_path = None
-            if meta is not None:
-                meta_path = staging / "meta.json"
-                meta_path.write_text(json.dumps(meta), encoding="utf-8")
-            report = self.memory.ingest([check.path for check in accepted], meta=meta_path, progress=False)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        """Ingest the accepted uploads with the form's place/time; their ``source_path`` is the
+        name they were uploaded under (the file read is Gradio's temporary copy)."""
+        overrides = {}
+        for check in accepted:
+            record = dict((meta or {}).get(check.name, {}), source_path=f"{UPLOAD_SOURCE}{check.name}")
+            if "time" in record:
+                record["source"] = "upload form"
+            overrides[str(check.path.absolute())] = record
+        report = self.memory.ingest([check.path for check in accepted], progress=False, overrides=overrides)
         added = set(report.added)
-        lines = [f"- **added** {check.name} ({check.modality}) as `{check.memory_id}`" for check in accepted
+        lines = [f"- **added** {md_escape(check.name)} ({check.modality}) as `{check.memory_id}`" for check in accepted
                  if check.memory_id in added]
-        lines += [f"- **duplicate** {Path(path).name} is already stored as `{memory_id}`"
+        lines += [f"- **duplicate** {md_escape(Path(path).name)} is already stored as `{memory_id}`"
                   for path, memory_id in report.duplicates]
-        lines += [f"- **rejected** {reason.replace(str(path), Path(path).name)}" for path, reason in report.rejected]
+        lines += [f"- **rejected** {md_escape(reason.replace(str(path), Path(path).name))}"
+                  for path, reason in report.rejected]
         return lines
 
 
@@ -451,7 +475,7 @@ def build_app(memory: PersonalMemory, *, max_upload_mb: float = DEFAULT_MAX_UPLO
         k: results per search (default 12).
     """
     board = Dashboard(memory, max_upload_mb=max_upload_mb, k=k)
-    with gr.Blocks(title="MMAI — personal memory", analytics_enabled=False) as app:
+    with gr.Blocks(title="MMAI — personal memory", analytics_enabled=False, delete_cache=CACHE_EXPIRY) as app:
         gr.Markdown("## MMAI personal memory\nSearch your photos, notes and recordings in words.")
         with gr.Row():
             query = gr.Textbox(label="Search", placeholder="a white bird with an orange beak at the lake",
@@ -505,6 +529,51 @@ def build_app(memory: PersonalMemory, *, max_upload_mb: float = DEFAULT_MAX_UPLO
 
 
 # ---------------------------------------------------------------------- serving
+@contextmanager
+def private_temp_dir(root: str | os.PathLike):
+    """Gradio's temporary files in ``root/.serve-cache/pid<PID>-…`` (0700, files 0600), removed on exit.
+
+    Sets ``GRADIO_TEMP_DIR`` and a 077 umask for the duration (build the app inside: Gradio
+    reads the folder when components are made); folders left by servers that are no longer
+    running are removed first.
+    """
+    parent = Path(root) / ".serve-cache"
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    parent.chmod(0o700)
+    for stale in parent.glob("pid*-*"):
+        pid = stale.name[3:].split("-")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"pid{os.getpid()}-", dir=parent))  # mode 0700
+    previous = os.environ.get("GRADIO_TEMP_DIR")
+    umask = os.umask(0o077)
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    try:
+        yield folder
+    finally:
+        os.umask(umask)
+        if previous is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = previous
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # Gradio's blocking loop stops on it, and the finally clauses clean up
+
+
+
 def is_loopback(host: str) -> bool:
     """True when ``host`` only listens on this machine (``127.0.0.1``, ``::1``, ``localhost``)."""
     if host == "localhost":
@@ -552,10 +621,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mmai serve``."""
     args = build_parser().parse_args(argv)
-    memory = PersonalMemory(args.root, args.checkpoint, chroma_host=args.chroma_host, chroma_port=args.chroma_port)
     try:
-        app = build_app(memory, max_upload_mb=args.max_upload_mb, k=args.results)
-        launch(app, args.host, args.port, max_upload_mb=args.max_upload_mb)
+        memory = PersonalMemory(args.root, args.checkpoint, chroma_host=args.chroma_host,
+                                chroma_port=args.chroma_port, create=False)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"mmai serve: error: {error}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        with private_temp_dir(memory.root):
+            app = build_app(memory, max_upload_mb=args.max_upload_mb, k=args.results)
+            try:
+                launch(app, args.host, args.port, max_upload_mb=args.max_upload_mb)
+            finally:
+                app.close()
     finally:
         memory.close()
     return 0

@@ -114,3 +114,111 @@ def test_shards_mix_classes_instead_of_following_cub_class_order(tmp_path):
         members = _tar_members(tmp_path / "shards" / shard["file"])
         classes_per_shard.append({json.loads(v)["class_id"] for k, v in members.items() if k.endswith(".json")})
     assert sum(len(c) > 1 for c in classes_per_shard) >= 2  # class-ordered writing gives one class per shard
+
+
+# ---------------------------------------------------------------------- failed runs, stale shards, verification
+def _folder(path):
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+def test_a_failed_run_leaves_the_existing_shard_folder_exactly_as_it_was(cub, tmp_path):
+    write_shards(cub, tmp_path / "shards", samples_per_shard=3, progress=False)
+    before = _folder(tmp_path / "shards")
+    index = read_cub(cub)
+    index.image_path(index.images[3]).write_bytes(b"\xff\xd8 not really a jpeg")  # found only when decoded
+    with pytest.raises(CUBLayoutError, match="1 missing or unreadable"):
+        write_shards(cub, tmp_path / "shards", samples_per_shard=5, progress=False)
+    assert _folder(tmp_path / "shards") == before  # no new tars beside the old manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "shards"]  # no temporary folder left
+    from mmai.data.shards import verify_shards
+
+    verify_shards(tmp_path / "shards", full=True)
+
+
+def test_a_new_run_removes_the_shards_of_an_earlier_run(cub, tmp_path):
+    first = write_shards(cub, tmp_path / "shards", samples_per_shard=1, progress=False)
+    second = write_shards(cub, tmp_path / "shards", samples_per_shard=8, progress=False)
+    listed = {s["file"] for info in second["splits"].values() for s in info["shards"]}
+    assert len(listed) < len({s["file"] for info in first["splits"].values() for s in info["shards"]})
+    assert {p.name for p in (tmp_path / "shards").glob("*.tar")} == listed
+
+
+def test_output_folder_with_other_files_is_refused_and_kept(cub, tmp_path):
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "notes.txt").write_text("mine")
+    with pytest.raises(CUBLayoutError, match=r"holds files that are not shards of an earlier run \(notes.txt\)"):
+        write_shards(cub, tmp_path / "shards", progress=False)
+    assert _folder(tmp_path / "shards") == {"notes.txt": b"mine"}
+
+
+def test_verify_shards_names_a_truncated_or_changed_shard_and_says_to_rewrite(cub, tmp_path):
+    from mmai.data.shards import ShardError, verify_shards
+
+    manifest = write_shards(cub, tmp_path / "shards", samples_per_shard=3, progress=False)
+    shards = tmp_path / "shards"
+    assert verify_shards(shards, manifest) == 0  # sizes and mtimes as when written: nothing hashed
+    assert verify_shards(shards, manifest, full=True) == sum(len(i["shards"]) for i in manifest["splits"].values())
+    first = shards / manifest["splits"]["train"]["shards"][0]["file"]
+    data = first.read_bytes()
+    first.write_bytes(data[:-512])
+    with pytest.raises(ShardError, match=rf"shard {first} has {len(data) - 512} bytes.*mmai data shards"):
+        verify_shards(shards, manifest)
+    first.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, other bytes, new mtime
+    with pytest.raises(ShardError, match=rf"shard {first} has sha256 .*rewrite the shards"):
+        verify_shards(shards, manifest)
+    first.unlink()
+    with pytest.raises(ShardError, match=rf"shard {first} is missing"):
+        verify_shards(shards, manifest)
+
+
+def test_missing_and_undecodable_files_are_listed_together(cub, tmp_path):
+    index = read_cub(cub)
+    gone, broken = index.image_path(index.images[0]), index.image_path(index.images[6])
+    gone.unlink()
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(CUBLayoutError) as error:
+        write_shards(cub, tmp_path / "shards", progress=False)
+    assert "2 missing or unreadable" in str(error.value)
+    assert f"{gone}: missing" in str(error.value) and f"{broken}: " in str(error.value)
+    assert not (tmp_path / "shards").exists()
+
+
+def test_a_caption_file_with_fewer_lines_is_warned_about_and_counted(cub, tmp_path, capsys):
+    index = read_cub(cub)
+    short = index.caption_path(index.images[2])
+    short.write_text("a bird.\na small bird.\na red bird.\n")
+    manifest = write_shards(cub, tmp_path / "shards", progress=False)
+    assert manifest["short_captions"] == {"expected": 10, "count": 1, "files": [{"path": str(short), "captions": 3}]}
+    assert f"warning: {short}: 3 caption line(s), most files have 10" in capsys.readouterr().err
+
+
+def test_a_table_that_is_not_utf8_is_named(cub):
+    classes = cub / "CUB_200_2011" / "classes.txt"
+    classes.write_bytes(classes.read_bytes() + "201 Bécasse\n".encode("latin-1"))
+    with pytest.raises(CUBLayoutError, match=rf"{classes} is not UTF-8 text \(byte 0xe9"):
+        read_cub(cub)
+
+
+def test_data_shards_and_inspect_errors_print_the_message_without_a_traceback(cub, tmp_path, capsys, monkeypatch):
+    from mmai.cli import main
+
+    (cub / "CUB_200_2011" / "classes.txt").unlink()
+    assert main(["data", "shards", "--cub-root", str(cub), "--out", str(tmp_path / "shards")]) == 2
+    err = capsys.readouterr().err
+    assert "mmai data: error: " in err and "classes.txt" in err and "Traceback" not in err and "--debug" in err
+    with pytest.raises(CUBLayoutError):
+        main(["data", "shards", "--cub-root", str(cub), "--out", str(tmp_path / "shards"), "--debug"])
+    monkeypatch.setenv("MMAI_DEBUG", "1")
+    with pytest.raises(CUBLayoutError):
+        main(["data", "shards", "--cub-root", str(cub), "--out", str(tmp_path / "shards")])
+
+
+def test_data_inspect_refuses_a_damaged_shard_naming_it(cub, tmp_path, capsys):
+    from mmai.cli import main
+
+    manifest = write_shards(cub, tmp_path / "shards", samples_per_shard=3, progress=False)
+    shard = tmp_path / "shards" / manifest["splits"]["val"]["shards"][0]["file"]
+    shard.write_bytes(shard.read_bytes()[:1024])
+    assert main(["data", "inspect", "--shards", str(tmp_path / "shards"), "--split", "val", "--num-workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"shard {shard} has 1024 bytes" in err and "rewrite the shards" in err and "Traceback" not in err

@@ -96,13 +96,12 @@ def test_ingest_search_related_forget_stats_from_the_command_line(tmp_path, chec
     assert main(["consolidate", "--threshold", "0.9999", *root]) == 0
     assert "merged 0" in capsys.readouterr().out
     assert main(["rebuild", *root]) == 0
-    assert json.loads(capsys.readouterr().out) == {"memories": 16 - len(hits), "orphans_removed": 0}
+    assert json.loads(capsys.readouterr().out) == {"memories": 16 - len(hits), "orphans_removed": 0,
+                                                   "media_restored": 0}
 
 
 def test_errors_exit_2_with_a_message_that_says_what_to_fix(tmp_path, checkpoint, capsys):
     root = ["--root", str(tmp_path / "memory"), "--quiet"]
-    assert main(["search", "a bird", *root]) == 0  # an empty memory finds nothing, without a model
-    assert "no memories match" in capsys.readouterr().out
     _photos(tmp_path / "p", 1)
     assert main(["ingest", str(tmp_path / "p"), *root]) == 2
     assert "no checkpoint yet: pass checkpoint=... (--checkpoint PATH)" in capsys.readouterr().err
@@ -114,6 +113,130 @@ def test_errors_exit_2_with_a_message_that_says_what_to_fix(tmp_path, checkpoint
     assert main(["ingest", *root]) == 2 and "give files or folders" in capsys.readouterr().err
     assert main(["forget", *root]) == 2 and "give ids or a filter" in capsys.readouterr().err
     assert main(["related", "0123456789", *root]) == 2 and "is not a stored memory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["search", "a bird"], ["related", "0123456789"], ["stats"], ["check"],
+                                     ["forget", "--year", "2023", "--yes"], ["rebuild"], ["consolidate"]])
+def test_reading_a_root_without_a_store_is_an_error_naming_it(tmp_path, command, capsys):
+    typo = tmp_path / "mem_typo"
+    assert main([*command, "--root", str(typo), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{typo} holds no memory store" in err and "mmai memory ingest" in err and "Traceback" not in err
+    assert not typo.exists()  # nothing was created at the mistyped root
+
+
+def test_serve_refuses_a_root_without_a_store(tmp_path, capsys):
+    from mmai.serve import main as serve_main
+
+    assert serve_main(["--root", str(tmp_path / "mem_typo")]) == 2
+    assert f"{tmp_path / 'mem_typo'} holds no memory store" in capsys.readouterr().err
+    assert not (tmp_path / "mem_typo").exists()
+
+
+def test_an_emptied_store_is_still_a_store(tmp_path, checkpoint, capsys):
+    root = ["--root", str(tmp_path / "memory"), "--quiet"]
+    assert main(["ingest", str(_photos(tmp_path / "p", 1)), "--checkpoint", str(checkpoint), *root]) == 0
+    assert main(["forget", "--modality", "image", "--yes", *root]) == 0
+    capsys.readouterr()
+    assert main(["search", "a bird", *root]) == 0 and "no memories match" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_damaged_faiss_file_is_reported_and_rebuilt_from_chroma(tmp_path, checkpoint, damage, capsys):
+    root = ["--root", str(tmp_path / "memory"), "--quiet"]
+    assert main(["ingest", str(_photos(tmp_path / "p", 3)), "--checkpoint", str(checkpoint), *root]) == 0
+    index = tmp_path / "memory" / "index.npz"
+    data = index.read_bytes()
+    capsys.readouterr()
+    for command in (["check"], ["search", "a photo", "--json"], ["rebuild"]):
+        index.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x00x" * 50, "empty": b""}[damage])
+        assert main([*command, *root]) == 0, command
+        out, err = capsys.readouterr()
+        assert "FAISS index rebuilt from Chroma" in err and "index.npz damaged" in err, (command, err)
+        if command == ["check"]:
+            assert "consistent" in out
+        if command[0] == "search":
+            assert len(_json_lines(out)) == 3
+    with PersonalMemory(tmp_path / "memory", progress=False) as memory:
+        assert memory.repaired == "in sync" and memory.check() == []
+
+
+def test_ingest_skips_links_that_leave_the_given_folders_and_says_so(tmp_path, checkpoint, capsys):
+    folder = _photos(tmp_path / "photos", 2)
+    secret = tmp_path / "elsewhere" / "passwd.txt"
+    secret.parent.mkdir()
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    outside = _photos(tmp_path / "outside", 1)  # 0000.png again: same bytes, so use another picture
+    Image.fromarray(np.full((24, 24, 3), 7, np.uint8)).save(outside / "0000.png")
+    (folder / "passwd.txt").symlink_to(secret)
+    (folder / "album").symlink_to(outside, target_is_directory=True)
+    (folder / "again.png").symlink_to(folder / "0001.png")  # inside the folder: followed (a duplicate)
+    root = ["--root", str(tmp_path / "memory"), "--quiet"]
+    assert main(["ingest", str(folder), "--checkpoint", str(checkpoint), *root]) == 0
+    out = capsys.readouterr().out
+    assert "added 2, duplicates 1, rejected 0" in out
+    assert f"skipped: {folder / 'passwd.txt'}: a link to {secret}, outside the given folders" in out
+    assert f"skipped: {folder / 'album'}: a link to {outside}" in out and "--follow-links" in out
+    with PersonalMemory(tmp_path / "memory", progress=False) as memory:
+        stored = memory.store.collection.get(include=["documents", "metadatas"])
+        assert not any("root:x" in (document or "") for document in stored["documents"])
+        assert all(str(tmp_path / "elsewhere") not in json.dumps(m) for m in stored["metadatas"])
+    assert main(["ingest", str(folder), "--follow-links", *root]) == 0
+    assert "added 2, duplicates 3, rejected 0" in capsys.readouterr().out  # the note and the album photo
+
+
+def test_check_reports_a_missing_media_copy_and_rebuild_copies_it_again(tmp_path, checkpoint, capsys):
+    photos = _photos(tmp_path / "p", 2)
+    root = ["--root", str(tmp_path / "memory"), "--quiet"]
+    assert main(["ingest", str(photos), "--checkpoint", str(checkpoint), *root]) == 0
+    copies = sorted((tmp_path / "memory" / "media").iterdir())
+    kept = copies[0].read_bytes()
+    copies[0].unlink()
+    capsys.readouterr()
+    assert main(["check", *root]) == 1
+    out = capsys.readouterr().out
+    assert f"media copy {copies[0]} is missing; run `mmai memory rebuild`" in out and "consistent" not in out
+    assert main(["rebuild", *root]) == 0 and json.loads(capsys.readouterr().out)["media_restored"] == 1
+    assert copies[0].read_bytes() == kept
+    assert main(["check", *root]) == 0 and "consistent" in capsys.readouterr().out
+    copies[0].unlink()
+    for original in photos.iterdir():  # the originals no longer have the memories' bytes
+        original.write_bytes(b"changed")
+    assert main(["check", *root]) == 1
+    assert "is missing and its source" in capsys.readouterr().out
+    assert main(["rebuild", *root]) == 0 and json.loads(capsys.readouterr().out)["media_restored"] == 0
+
+
+def test_forgetting_an_unknown_id_is_an_error_naming_it(tmp_path, checkpoint, capsys):
+    root = ["--root", str(tmp_path / "memory"), "--quiet"]
+    assert main(["ingest", str(_photos(tmp_path / "p", 2)), "--checkpoint", str(checkpoint), *root]) == 0
+    with PersonalMemory(tmp_path / "memory", progress=False) as memory:
+        known = memory._chroma_ids()[0]
+    for extra in ([], ["--yes"]):
+        capsys.readouterr()
+        assert main(["forget", known[:12], "deadbeef00", *extra, *root]) == 2
+        err = capsys.readouterr().err
+        assert "id 'deadbeef00' is not a stored memory" in err and "Traceback" not in err
+    assert main(["stats", *root]) == 0 and json.loads(capsys.readouterr().out)["memories"] == 2  # nothing went
+    assert main(["forget", known[:12], "--yes", *root]) == 0 and "forgot 1 memories" in capsys.readouterr().out
+
+
+def test_a_garbage_checkpoint_is_not_a_checkpoint_and_a_new_store_does_not_record_it(tmp_path, checkpoint, capsys):
+    garbage = tmp_path / "model.ckpt"
+    root = ["--root", str(tmp_path / "memory"), "--quiet"]
+    photos = _photos(tmp_path / "p", 1)
+    for junk in (b"these are not weights\n" * 10, b"junk", b""):  # UnpicklingError, struct.error, EOFError
+        garbage.write_bytes(junk)
+        assert main(["ingest", str(photos), "--checkpoint", str(garbage), *root]) == 2
+        err = capsys.readouterr().err
+        assert f"--checkpoint '{garbage}' is not a checkpoint" in err and "weights_only" not in err, err
+        assert not (tmp_path / "memory").exists()  # checked before a new store is made
+    assert main(["ingest", str(photos), *root]) == 2 and "no checkpoint yet" in capsys.readouterr().err
+    assert main(["ingest", str(photos), "--checkpoint", str(checkpoint), *root]) == 0
+    config = tmp_path / "memory" / "config.json"
+    recorded = config.read_text()
+    assert main(["search", "a photo", "--checkpoint", str(garbage), *root]) == 2  # an existing store
+    assert "is not a checkpoint" in capsys.readouterr().err and config.read_text() == recorded
 
 
 def _confirmed(journal: Path) -> list[str]:

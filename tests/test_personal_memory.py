@@ -360,13 +360,14 @@ def test_index_is_repaired_from_chroma_when_missing_stale_or_damaged(tmp_path, s
     reopened = PersonalMemory(tmp_path / "memory", encoder=stage1, progress=False)
     assert reopened.repaired == "added 2 missing from Chroma" and reopened.check() == []
     (tmp_path / "memory" / "index.npz").write_bytes(b"garbage")
-    assert PersonalMemory(tmp_path / "memory", encoder=stage1, progress=False).repaired == "rebuilt from Chroma"
+    damaged = PersonalMemory(tmp_path / "memory", encoder=stage1, progress=False).repaired
+    assert damaged.startswith(f"rebuilt from Chroma ({tmp_path / 'memory' / 'index.npz'} damaged: ")
     (tmp_path / "memory" / "index.npz").unlink()
     again = PersonalMemory(tmp_path / "memory", encoder=stage1, progress=False)
-    assert again.repaired == "rebuilt from Chroma" and len(again.index) == 6 and again.check() == []
+    assert again.repaired == "rebuilt from Chroma (index.npz missing)" and len(again.index) == 6 and again.check() == []
     orphan = tmp_path / "memory" / "media" / "deadbeef.png"
     orphan.write_bytes(b"left by a kill")
-    assert again.rebuild() == {"memories": 6, "orphans_removed": 1} and not orphan.exists()
+    assert again.rebuild() == {"memories": 6, "orphans_removed": 1, "media_restored": 0} and not orphan.exists()
 
 
 def test_a_different_model_is_refused_for_an_existing_memory(tmp_path, checkpoints):
@@ -422,7 +423,7 @@ def test_server_mode_round_trip_against_chroma_run(tmp_path, stage1, chroma_serv
     assert len(hits) == 3 and {h.metadata["year"] for h in hits} == {2023}
     other = PersonalMemory(tmp_path / "machine_b", encoder=stage1, chroma_host="127.0.0.1", chroma_port=chroma_server,
                            progress=False)  # another machine: its FAISS index is built from the server
-    assert other.repaired == "rebuilt from Chroma"
+    assert other.repaired == "rebuilt from Chroma (index.npz missing)"
     assert [h.id for h in other.search("a bird", year=2023)] == [h.id for h in hits]
     assert other.forget(year=2022) == 3 and other.check() == []
     assert memory.search("a bird", k=10) and len(memory.search("a bird", k=10)) == 3  # machine a sees the change

@@ -35,3 +35,72 @@ def test_gallery_without_times_builds_a_semantic_only_graph():
     metrics = RetrievalEvalCallback(candidates=10, index_kind="flat").evaluate(_eval_set(times=False))
     assert metrics["graph/temporal_edges"] == 0 and metrics["graph/episodes"] == 40
     assert 0.0 <= metrics["gar/t2i/instance/R@10"] <= 1.0 and metrics["gar/latency_ms"] > 0
+
+
+# ---------------------------------------------------------------------- small val galleries in `mmai fit`
+import io  # noqa: E402
+import tarfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from fit_helpers import tiny_args  # noqa: E402
+
+
+def _tiny_shards(root: Path, images: int) -> Path:
+    from mmai.data.shards import write_shards
+    from mmai.data.synth import synthesize
+
+    synthesize(root / "synth", classes=8, images=images, image_size=64, audio=False, workers=1, progress=False)
+    write_shards(root / "synth", root / "shards", samples_per_shard=8, progress=False)
+    return root / "shards"
+
+
+def test_a_gallery_smaller_than_the_largest_k_is_refused_with_what_to_change():
+    callback = RetrievalEvalCallback(candidates=20, index_kind="flat")
+    expected = r"val gallery has 5 image\(s\).*ks=\(1, 5, 10\).*smaller ks.*bigger val split"
+    with pytest.raises(ValueError, match=expected):
+        callback.check_gallery(5)
+    callback.check_gallery(10)
+
+
+@pytest.mark.slow
+def test_fit_with_a_small_val_split_stops_at_setup_before_training(tmp_path):
+    from lightning_modules.cli import cli_main
+
+    shards = _tiny_shards(tmp_path, images=24)  # val: 6 images
+    with pytest.raises(ValueError, match=r"val gallery has 6 image\(s\)"):
+        cli_main(["fit", *tiny_args(shards, tmp_path / "runs", "--trainer.max_epochs", "1",
+                                    "--trainer.limit_train_batches", "2")])
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))  # refused before any step: nothing to lose
+
+
+def _blank_one_val_image(shards: Path) -> None:
+    """Zero the bytes of one val JPEG (same size): it fails to decode and the gathered gallery shrinks."""
+    shard = sorted(shards.glob("val-*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        members = [(member, tar.extractfile(member).read()) for member in tar.getmembers()]
+    first_jpg = next(i for i, (member, _) in enumerate(members) if member.name.endswith(".jpg"))
+    member, data = members[first_jpg]
+    members[first_jpg] = (member, b"\0" * len(data))
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for member, data in members:
+            tar.addfile(member, io.BytesIO(data))
+
+
+@pytest.mark.slow
+def test_an_evaluation_error_at_epoch_end_saves_the_weights_first(tmp_path):
+    import torch
+
+    from lightning_modules.cli import cli_main
+
+    shards = _tiny_shards(tmp_path, images=40)  # val: 10 images, exactly max(ks) ...
+    _blank_one_val_image(shards)  # ... until one fails to decode at run time
+    expected = r"retrieval evaluation failed at the end of epoch 0 .*val gallery has 9"
+    with pytest.raises(RuntimeError, match=expected) as error:
+        cli_main(["fit", *tiny_args(shards, tmp_path / "runs", "--trainer.max_epochs", "1",
+                                    "--trainer.limit_train_batches", "2")])
+    saved = sorted((tmp_path / "runs" / "checkpoints").glob("eval-failed-epoch=0-step=*.ckpt"))
+    assert len(saved) == 1 and str(saved[0]) in str(error.value)
+    state = torch.load(saved[0], weights_only=False)
+    assert state["global_step"] == 2 and "model.queue.image_queue" in state["state_dict"]

@@ -297,3 +297,95 @@ def test_app_builds_offline_and_binds_to_this_machine_by_default(board):
     assert (args.host, args.port, args.chroma_host) == ("127.0.0.1", 7860, None)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
+
+
+# ---------------------------------------------------------------------- privacy of temporary files and text
+def _modes(folder: Path) -> dict[str, int]:
+    return {str(path.relative_to(folder)): path.stat().st_mode & 0o777 for path in folder.rglob("*")}
+
+
+def test_served_thumbnails_and_uploads_stay_private_under_the_root_and_go_on_exit(tmp_path, checkpoints):
+    from gradio_client import Client, handle_file
+
+    from mmai.serve import launch, private_temp_dir
+    from test_dashboard_browser import free_port
+
+    memory = build_collection(tmp_path, checkpoints["reranker"], images=4)
+    photo = tmp_path / "outside" / "heron.jpg"
+    photo.parent.mkdir()
+    photo.write_bytes(jpeg_bytes(7))
+    with private_temp_dir(memory.root) as folder:
+        assert folder.parent == memory.root / ".serve-cache" and folder.stat().st_mode & 0o777 == 0o700
+        app = build_app(memory)
+        port = free_port()
+        launch(app, port=port, block=False, quiet=True)
+        try:
+            client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+            gallery, status = client.predict("a bird", "", "any", "any", "", "", False, False, 4, api_name="/search")
+            report = client.predict([handle_file(str(photo))], "Powai Lake", "", api_name="/upload")
+        finally:
+            app.close()
+        assert len(gallery) == 4 and "**added** heron" in report, (status, report)
+        written = _modes(folder)
+        assert written and all(mode == (0o700 if (folder / name).is_dir() else 0o600)
+                               for name, mode in written.items()), written
+        thumbnails = [Path(item["image"]["path"] if isinstance(item["image"], dict) else item["image"])
+                      for item in gallery]
+        assert all(folder in path.parents for path in thumbnails), thumbnails
+    assert not folder.exists() and "GRADIO_TEMP_DIR" not in os.environ
+    upload = memory.search("a bird", k=20, place="Powai Lake")
+    assert [hit.metadata["source_path"] for hit in upload] == ["uploaded via dashboard: heron.jpg"]
+    assert [s["path"] for s in upload[0].metadata["sources"]] == ["uploaded via dashboard: heron.jpg"]
+    assert Path(upload[0].metadata["media_path"]).parent == memory.root / "media"
+    memory.close()
+
+
+def test_mmai_serve_removes_its_temporary_folder_when_stopped(tmp_path, checkpoints):
+    import signal
+    import subprocess
+    import sys
+
+    from test_dashboard_browser import REPO, free_port, wait_until_serving
+
+    build_collection(tmp_path, checkpoints["reranker"], images=4).close()
+    cache = tmp_path / "memory" / ".serve-cache"
+    cache.mkdir(mode=0o700)
+    (cache / "pid999999999-leftover").mkdir()  # a killed server's folder
+    (cache / "pid999999999-leftover" / "thumbnail.png").write_bytes(b"old")
+    port, log = free_port(), tmp_path / "serve.log"
+    command = [sys.executable, "-c", "import sys; from mmai.serve import main; sys.exit(main(sys.argv[1:]))",
+               "--root", str(tmp_path / "memory"), "--port", str(port)]
+    with open(log, "w") as output:
+        server = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        wait_until_serving(f"http://127.0.0.1:{port}/", server, log)
+        folders = [path.name for path in cache.iterdir()]
+        assert folders and all(name.startswith(f"pid{server.pid}-") for name in folders), folders
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0, log.read_text()[-2000:]
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert list(cache.iterdir()) == []
+
+
+def test_user_text_is_escaped_in_the_dashboards_markdown(board):
+    from types import SimpleNamespace
+
+    beacon = "![x](http://host/p.png)"
+    hit = SimpleNamespace(rank=0, score=0.5, stage1_score=0.5, match_logit=None, id="ab12", explanation=None,
+                          metadata={"modality": "image", "timestamp": 0.0, "place": beacon,
+                                    "time_source": "<img src=http://host/q.png>",
+                                    "sources": [{"path": "/photos/[a](http://host).jpg"}]})
+    details = board.details(hit)
+    assert "![x](" not in details and "<img" not in details and "[a](" not in details
+    assert r"\!\[x\]\(http\://host/p.png\)" in details
+    related = SimpleNamespace(id="cd34", weight=0.9, reason="same outing",
+                              metadata={"source_path": "/p/x|y.jpg", "modality": "image", "place": beacon})
+    hit.related = [related]
+    table = board.related(hit)
+    assert "![x](" not in table and r"x\|y.jpg" in table
+    _, _, _, status = board.search(beacon, place=beacon)
+    assert "![x](" not in status

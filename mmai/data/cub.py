@@ -101,12 +101,21 @@ def resolve_roots(cub_root: Path | str, captions_root: Path | str | None = None)
     return root, captions, extras if extras.is_dir() else None
 
 
+def _read_utf8(path: Path) -> str:
+    """The text of a CUB table; a file that is not UTF-8 is a CUBLayoutError naming it and the byte."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise CUBLayoutError(f"{path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                             f"{error.start}); re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
 def _read_table(path: Path, columns: int, problems: list[str]) -> list[list[str]]:
     if not path.exists():
         problems.append(f"missing table: {path}")
         return []
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(_read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
@@ -118,7 +127,7 @@ def _read_table(path: Path, columns: int, problems: list[str]) -> list[list[str]
 
 
 def _read_class_list(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in _read_utf8(path).splitlines() if line.strip()]
 
 
 def read_cub(cub_root: Path | str, captions_root: Path | str | None = None) -> CUBIndex:

@@ -5,8 +5,13 @@ keyed by its zero-padded image id and holds ``jpg`` (RGB JPEG), ``json`` (image
 id, class id and name, the ten captions, bounding box and, where the extras exist, part boxes
 and the diary entry) and, when a song exists, ``wav``. Tar members carry fixed metadata (mtime 0,
 root owner), so the same input gives byte-identical shards, and ``manifest.json`` records the
-sha256 of each one. Grayscale and CMYK JPEGs (real CUB has both) are converted to RGB; JPEGs that
-are already RGB are stored byte for byte.
+sha256 and size of each one. Grayscale and CMYK JPEGs (real CUB has both) are converted to RGB;
+JPEGs that are already RGB are stored byte for byte.
+
+A run writes into a temporary folder beside ``out`` (``.NAME.tmp-PID``) and swaps it in only when
+every sample was written, so a failed run leaves an existing shard folder exactly as it was, and
+shards of earlier runs that the new manifest does not list are gone. :func:`verify_shards` checks
+shards against their manifest (sizes; sha256 in full, or when a file changed since it was hashed).
 """
 
 from __future__ import annotations
@@ -15,7 +20,11 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import random
+import re
+import shutil
+import sys
 import tarfile
 from pathlib import Path
 
@@ -26,6 +35,13 @@ from mmai.data.cub import SPLITS, CUBImage, CUBIndex, CUBLayoutError, read_capti
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+HASH_CACHE = ".verify-cache.json"  # {shard file: {size, mtime_ns, sha256}} of the last hash of each shard
+_OURS = re.compile(rf"^({'|'.join(SPLITS)})-\d{{5}}\.tar(\.tmp)?$|^{re.escape(MANIFEST)}(\.tmp)?$"
+                   rf"|^{re.escape(HASH_CACHE)}")  # what a run writes: replaced as a whole by the next run
+
+
+class ShardError(ValueError):
+    """A shard that does not match its manifest (missing, another size, another sha256)."""
 
 
 @dataclasses.dataclass
@@ -51,7 +67,7 @@ def _rgb_jpeg(path: Path) -> bytes:
 def _sample(index: CUBIndex, image: CUBImage, extras, split: str) -> dict[str, bytes]:
     captions = read_captions(index, image)
     if not captions:
-        raise ValueError("caption file has no non-blank line")
+        raise ValueError(f"{index.caption_path(image)}: caption file has no non-blank line")
     meta = {
         "image_id": image.image_id,
         "class_id": image.class_id,
@@ -104,7 +120,8 @@ class _ShardSink:
         self._tar.close()
         name = self.shards[-1]["file"]
         tmp = self.out / (name + ".tmp")
-        self.shards[-1]["sha256"] = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        data = tmp.read_bytes()
+        self.shards[-1]["sha256"], self.shards[-1]["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
         tmp.replace(self.out / name)
         self._tar = None
 
@@ -120,7 +137,9 @@ def write_shards(cub_root: Path | str, out: Path | str, split: str = "zero-shot"
 
     Args:
         cub_root: ``CUB_200_2011/`` or its parent.
-        out: output folder (created). Existing shards of the same names are replaced.
+        out: output folder (created). It may hold only an earlier run's shards, manifest and hash
+            cache: they are replaced as a whole once the new run succeeded (a failed run changes
+            nothing there).
         split: ``zero-shot`` (caption release class split) or ``standard`` (CUB image split).
         captions_root: the caption release's folder, if not beside ``cub_root``.
         samples_per_shard: images per tar (default 256: CUB is small, and DDP needs at least
@@ -131,8 +150,13 @@ def write_shards(cub_root: Path | str, out: Path | str, split: str = "zero-shot"
             a streaming shuffle buffer could not mix them, so most contrastive negatives would be
             same-species images with indistinguishable captions.
 
+    A caption file with another number of lines than most (CUB has 10 per image) is written
+    with the captions it has, warned about on stderr and counted in the manifest's
+    ``short_captions``.
+
     Raises:
-        CUBLayoutError: unless ``skip_bad``, listing every missing or unreadable file at once.
+        CUBLayoutError: unless ``skip_bad``, listing every missing or undecodable file at once;
+            or ``out`` holds files that are not shards of an earlier run.
     """
     index = read_cub(cub_root, captions_root)
     if index.captions_root is None:
@@ -141,16 +165,49 @@ def write_shards(cub_root: Path | str, out: Path | str, split: str = "zero-shot"
     extras = read_extras(index)
     assignments = split_images(index, split)
     bad = _find_missing(index, assignments)
-    if bad and not skip_bad:
-        raise _bad_files_error(bad)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_output(out)
+    final, out = out, out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    try:
+        manifest = _write_all(index, extras, assignments, out, split, samples_per_shard, skip_bad, progress, seed, bad)
+        _swap_in(out, final)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    _record_hashes(final, manifest)
+    return manifest
+
+
+def _check_output(out: Path) -> None:
+    """Refuse an output folder with files that are not an earlier run's (they would be lost in the swap)."""
+    if out.exists() and not out.is_dir():
+        raise CUBLayoutError(f"--out {out} is a file, not a folder; choose a folder for the shards")
+    foreign = sorted(p.name for p in out.iterdir() if not _OURS.match(p.name)) if out.is_dir() else []
+    if foreign:
+        raise CUBLayoutError(f"--out {out} holds files that are not shards of an earlier run "
+                             f"({', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}); choose an empty "
+                             "or new folder (a run replaces the whole folder)")
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Replace ``final`` by ``new`` (two renames; the old folder is removed after)."""
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    if final.exists():
+        final.rename(old)
+    new.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_all(index, extras, assignments, out: Path, split: str, samples_per_shard: int, skip_bad: bool,
+               progress: bool, seed: int, bad: list[BadFile]) -> dict:
     missing = {entry.path for entry in bad}
     manifest: dict = {"format_version": FORMAT_VERSION, "split": split, "seed": seed, "cub_root": str(index.root),
                       "captions_root": str(index.captions_root), "has_extras": extras is not None,
                       "samples_per_shard": samples_per_shard, "splits": {}}
     total = sum(len(images) for images in assignments.values())
     bar = tqdm(total=total, desc="writing shards", unit="img", disable=not progress)
+    caption_counts: list[tuple[str, int]] = []
     for name in SPLITS:
         sink = _ShardSink(out, name, samples_per_shard)
         captions = 0
@@ -163,7 +220,9 @@ def write_shards(cub_root: Path | str, out: Path | str, split: str = "zero-shot"
             except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three on bad files
                 bad.append(BadFile(str(index.image_path(image)), f"{type(error).__name__}: {error}"))
                 continue
-            captions += len(json.loads(sample["json"])["captions"])
+            count = len(json.loads(sample["json"])["captions"])
+            captions += count
+            caption_counts.append((str(index.caption_path(image)), count))
             sink.write(sample)
         shards = sink.close()
         manifest["splits"][name] = {
@@ -174,10 +233,26 @@ def write_shards(cub_root: Path | str, out: Path | str, split: str = "zero-shot"
     if bad and not skip_bad:
         raise _bad_files_error(bad)
     manifest["skipped"] = {"count": len(bad), "files": [dataclasses.asdict(b) for b in bad]}
+    manifest["short_captions"] = _odd_caption_files(caption_counts)
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
     tmp.replace(out / MANIFEST)
     return manifest
+
+
+def _odd_caption_files(counts: list[tuple[str, int]]) -> dict:
+    """Caption files with another number of captions than most (warned about on stderr)."""
+    if not counts:
+        return {"expected": None, "count": 0, "files": []}
+    numbers = [count for _, count in counts]
+    expected = max(set(numbers), key=numbers.count)
+    odd = [{"path": path, "captions": count} for path, count in counts if count != expected]
+    for entry in odd[:20]:
+        print(f"warning: {entry['path']}: {entry['captions']} caption line(s), most files have {expected}; "
+              "written with the captions it has", file=sys.stderr)
+    if len(odd) > 20:
+        print(f"warning: ... and {len(odd) - 20} more caption files with another number of lines", file=sys.stderr)
+    return {"expected": expected, "count": len(odd), "files": odd}
 
 
 def _find_missing(index: CUBIndex, assignments: dict[str, list[CUBImage]]) -> list[BadFile]:
@@ -220,3 +295,86 @@ def shard_urls(shard_dir: Path | str, split: str, manifest: dict | None = None) 
     if missing:
         raise FileNotFoundError(f"{len(missing)} shard(s) listed in the manifest are missing, e.g. {missing[0]}")
     return urls
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_hash_cache(shard_dir: Path) -> dict:
+    try:
+        cache = json.loads((shard_dir / HASH_CACHE).read_text())
+        return cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_hash_cache(shard_dir: Path, cache: dict) -> None:
+    tmp = shard_dir / f"{HASH_CACHE}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
+        tmp.replace(shard_dir / HASH_CACHE)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a read-only shard folder: hash again next time
+
+
+def _stamp(path: Path) -> dict:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _record_hashes(shard_dir: Path, manifest: dict) -> None:
+    """The hash cache of freshly written shards (their sha256 is the manifest's)."""
+    cache = {shard["file"]: {**_stamp(shard_dir / shard["file"]), "sha256": shard["sha256"]}
+             for info in manifest["splits"].values() for shard in info["shards"]}
+    _write_hash_cache(shard_dir, cache)
+
+
+def verify_shards(shard_dir: Path | str, manifest: dict | None = None, full: bool = False) -> int:
+    """Check every shard the manifest lists: it exists, has the recorded size, and (with ``full``,
+    or when the hash cache says the file's size or mtime changed since it was last hashed, or it
+    was never hashed here) the recorded sha256.
+
+    Args:
+        shard_dir: the folder of ``manifest.json``.
+        manifest: the manifest (default: read from ``shard_dir``).
+        full: hash every shard (default ``False``: only changed or never-hashed ones).
+
+    Returns:
+        How many shards were hashed.
+
+    Raises:
+        ShardError: the first shard that does not match, named, with what to do.
+    """
+    shard_dir = Path(shard_dir)
+    manifest = manifest or read_manifest(shard_dir)
+    cache = _read_hash_cache(shard_dir)
+    hashed = 0
+    for split, info in manifest["splits"].items():
+        for shard in info["shards"]:
+            path = shard_dir / shard["file"]
+            if not path.is_file():
+                _shard_error(shard_dir, path, "is missing")
+            stamp = _stamp(path)
+            if shard.get("bytes") is not None and stamp["size"] != shard["bytes"]:
+                _shard_error(shard_dir, path, f"has {stamp['size']} bytes, the manifest says {shard['bytes']}")
+            known = cache.get(shard["file"], {})
+            if full or {k: known.get(k) for k in stamp} != stamp or known.get("sha256") != shard["sha256"]:
+                digest = _sha256(path)
+                hashed += 1
+                if digest != shard["sha256"]:
+                    _shard_error(shard_dir, path,
+                                 f"has sha256 {digest[:12]}…, the manifest says {shard['sha256'][:12]}…")
+                cache[shard["file"]] = {**stamp, "sha256": digest}
+    if hashed:
+        _write_hash_cache(shard_dir, cache)
+    return hashed
+
+
+def _shard_error(shard_dir: Path, path: Path, problem: str) -> None:
+    raise ShardError(f"shard {path} {problem}: the shard folder is damaged or mixes runs; rewrite the shards with "
+                     f"`mmai data shards --cub-root DIR --out {shard_dir}`")

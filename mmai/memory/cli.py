@@ -13,7 +13,9 @@ store, the FAISS index and the episodic graph stay consistent)::
 Every subcommand takes ``--root`` (default ``runs/memory``), ``--checkpoint`` (remembered in
 ``ROOT/config.json`` after the first use), ``--chroma-host/--chroma-port`` (a Chroma server
 instead of ``ROOT/chroma``) and ``--gpu-index`` (faiss-gpu). Exit status: 0 done, 1 ``check``
-found problems, 2 a usage or input error (the message says what to fix).
+found problems, 2 a usage or input error (the message says what to fix), 3 another process kept
+the store's write lock past ``--lock-timeout``. Only ``ingest`` creates a store: the other
+commands refuse a ``--root`` that holds none (a mistyped root is an error, not an empty memory).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chroma-port", type=int, default=8000, help="the Chroma server's port (default 8000)")
     parser.add_argument("--gpu-index", action="store_true", help="exact FAISS index on GPU 0 (faiss-gpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
+                        help="while another process writes ROOT, wait at most this long (default: wait; 0: refuse)")
 
 
 def _filters(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--from-synthetic", type=Path, default=None, metavar="DIR",
                         help="also ingest a synthetic CUB's photos and songs with the diary's time and place")
     ingest.add_argument("--limit", type=int, default=None, help="with --from-synthetic: the first N photos")
+    ingest.add_argument("--follow-links", action="store_true",
+                        help="follow symbolic links inside the folders even when they point outside the given paths "
+                             "(default: skip and list them)")
 
     search = sub.add_parser("search", help="find memories matching a sentence")
     _common(search)
@@ -100,8 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _open(args: argparse.Namespace):
     from mmai.memory.personal import PersonalMemory
 
-    return PersonalMemory(args.root, args.checkpoint, chroma_host=args.chroma_host, chroma_port=args.chroma_port,
-                          use_gpu_index=args.gpu_index, progress=not args.quiet)
+    memory = PersonalMemory(args.root, args.checkpoint, chroma_host=args.chroma_host, chroma_port=args.chroma_port,
+                            use_gpu_index=args.gpu_index, progress=not args.quiet,
+                            create=args.command == "ingest", lock_timeout=args.lock_timeout)
+    if memory.repaired.startswith("rebuilt"):
+        print(f"note: {memory.root}: FAISS index {memory.repaired}", file=sys.stderr)
+    return memory
 
 
 def _when(timestamp: float | None) -> str:
@@ -133,7 +144,7 @@ def run_ingest(args: argparse.Namespace) -> int:
             if not audio:
                 print("note: songs skipped: checkpoint has no audio tower (train with model.audio)", file=sys.stderr)
         report = memory.ingest(paths, args.meta, progress=not args.quiet, require_time=args.require_time,
-                               batch_size=args.batch_size, overrides=overrides)
+                               batch_size=args.batch_size, overrides=overrides, follow_links=args.follow_links)
         print(report.summary())
         print(f"{memory.store.count()} memories in {memory.root}")
     return 0
@@ -194,6 +205,8 @@ def run_forget(args: argparse.Namespace) -> int:
             return 0
         removed = memory.forget(args.ids or None, **filters)
         print(f"forgot {removed} memories; {memory.store.count()} remain")
+        if not removed:
+            print("no memory matches those filters; nothing was forgotten", file=sys.stderr)
     return 0
 
 
@@ -232,9 +245,14 @@ COMMANDS = {"ingest": run_ingest, "search": run_search, "related": run_related, 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mmai memory`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    from mmai.memory.personal import StoreBusyError
+
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return COMMANDS[args.command](args)
+    except StoreBusyError as error:
+        print(f"mmai memory {args.command}: error: {error}", file=sys.stderr)
+        return 3
     except (ValueError, FileNotFoundError, KeyError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"mmai memory {args.command}: error: {message}", file=sys.stderr)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -283,8 +284,9 @@ class VectorIndex:
                 config = json.loads(data["config"].tobytes().decode())
                 ids = data["ids"].astype(np.int64)
                 faiss_bytes = data["faiss_index"]
-        except (OSError, ValueError, KeyError) as error:
-            raise ValueError(f"VectorIndex.load: {path} is not a readable VectorIndex file ({error})") from error
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:  # truncated or garbage
+            raise ValueError(f"VectorIndex.load: {path} is not a readable VectorIndex file "
+                             f"({type(error).__name__}: {error})") from error
         if config.get("format") != FILE_FORMAT:
             raise ValueError(f"VectorIndex.load: {path} has format {config.get('format')!r}, expected {FILE_FORMAT!r}")
         index = cls(
@@ -294,7 +296,10 @@ class VectorIndex:
             ef_construction=config["ef_construction"],
             ef_search=config["ef_search"],
         )
-        index._cpu_index = faiss.deserialize_index(faiss_bytes)
+        try:
+            index._cpu_index = faiss.deserialize_index(faiss_bytes)
+        except RuntimeError as error:
+            raise ValueError(f"VectorIndex.load: {path} holds a damaged FAISS index ({error})") from error
         index._index = index._cpu_index
         index._ids = ids
         if index._index.ntotal != len(ids):

@@ -122,27 +122,63 @@ def is_sidecar(path: Path) -> bool:
     return path.suffix.lower() == ".json" and path.with_suffix("").is_file() and path.with_suffix("").suffix != ""
 
 
-def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
+def expand_paths(paths: Iterable[str | os.PathLike], *, follow_links: bool = False,
+                 skipped: list[tuple[Path, str]] | None = None,
+                 roots: Iterable[str | os.PathLike] | None = None) -> list[Path]:
     """Files named by ``paths``: files as given, folders walked recursively (sorted).
 
     Hidden files and sidecars are skipped inside folders; a sidecar named directly is kept (and
-    rejected later as unsupported, which tells the user what happened).
+    rejected later as unsupported, which tells the user what happened). A symbolic link found
+    inside a folder is followed only when its target lies inside one of the given ``paths``
+    (a link to ``/etc/passwd`` in a photo folder is not a memory), unless ``follow_links``.
+
+    Args:
+        paths: files and folders.
+        follow_links: also follow links whose target is outside the given paths.
+        skipped: when a list, ``(link, reason)`` of every link not followed is appended to it.
+        roots: where links may point (default: ``paths``), e.g. every path of one ingest when
+            ``paths`` is one of them.
 
     Raises:
         FileNotFoundError: a path does not exist.
     """
+    given_paths = [Path(given).expanduser() for given in paths]
+    roots = [Path(root).expanduser().resolve() for root in (given_paths if roots is None else roots)]
     found: list[Path] = []
-    for given in paths:
-        path = Path(given).expanduser()
+    for path in given_paths:
         if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file() and not child.name.startswith(".") and not is_sidecar(child):
-                    found.append(child.absolute())
+            found += _walk(path, roots, follow_links, skipped if skipped is not None else [])
         elif path.is_file():
             found.append(path.absolute())
         else:
             raise FileNotFoundError(f"ingest: {path} does not exist (give files or folders of memories)")
     return list(dict.fromkeys(found))  # drop repeats, keep order
+
+
+def _walk(folder: Path, roots: list[Path], follow_links: bool, skipped: list[tuple[Path, str]]) -> list[Path]:
+    """Files under ``folder`` (sorted), following only links that stay inside ``roots``."""
+    found: list[Path] = []
+    visited = {folder.resolve()}
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        for child in sorted(current.iterdir(), reverse=True):
+            if child.name.startswith("."):
+                continue
+            if child.is_symlink():
+                target = child.resolve()
+                if not follow_links and not any(target == root or root in target.parents for root in roots):
+                    skipped.append((child.absolute(), f"{child}: a link to {target}, outside the given folders, "
+                                                      "was not followed (pass --follow-links to ingest it)"))
+                    continue
+            if child.is_dir():
+                real = child.resolve()
+                if real not in visited:  # links can make loops
+                    visited.add(real)
+                    pending.append(child)
+            elif child.is_file() and not is_sidecar(child):
+                found.append(child.absolute())
+    return sorted(found)
 
 
 def content_id(data: bytes) -> str:

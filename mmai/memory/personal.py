@@ -28,7 +28,16 @@ fsynced) — a memory is *confirmed* (reported as added) once it is in that jour
 killed at any moment leaves Chroma with every confirmed memory; the FAISS file on disk may then
 be stale, and the next open repairs it from Chroma. A media copy written just before a kill may
 be an orphan (no memory); ``rebuild()`` removes orphans. Writers (ingest, forget, consolidate,
-rebuild) take an exclusive ``fcntl`` lock on ``root/.lock`` so two processes never write at once.
+rebuild) take an exclusive ``fcntl`` lock on ``root/.lock`` so two processes never write at once;
+a writer that finds it held prints who holds it and waits (``lock_timeout`` seconds at most, then
+:class:`StoreBusyError`).
+
+Other processes. An embedded Chroma client keeps its vector segment in memory and does not see
+another process's writes (its queries then fail with ``InternalError: Error finding id``). Every
+write to Chroma therefore replaces ``root/.generation`` with a new token; each public read (and
+each writer, once it holds the lock) compares it with the token it last saw and, when it changed,
+reopens Chroma and reloads the FAISS index (:meth:`PersonalMemory.refresh`). A read that still
+meets that error reopens and retries once. A long-running dashboard thus sees every write.
 
 Media. Images and audio are *copied* into ``root/media`` so that moving or deleting the
 original does not break display or re-ranking; ``source_path`` keeps where it came from.
@@ -54,10 +63,13 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import os
+import sys
 import threading
+import uuid
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,7 +88,7 @@ from mmai.memory.ingest import (IngestError, MemoryFile, MetaTable, content_id, 
 from mmai.memory.store import MemoryStore
 from mmai.memory.vectors import as_unit_vectors
 
-__all__ = ["IngestReport", "PersonalMemory", "Related", "SearchHit", "int_id"]
+__all__ = ["IngestReport", "NoStoreError", "PersonalMemory", "Related", "SearchHit", "StoreBusyError", "int_id"]
 
 FORMAT = "mmai.PersonalMemory"
 HNSW_FROM = 20_000  # index_kind="auto": exact flat index below this many memories, HNSW from here
@@ -150,12 +162,14 @@ class IngestReport:
         added: ids of the memories written (confirmed), in order.
         duplicates: ``(path, id)`` of files already stored (same bytes).
         rejected: ``(path, reason)`` of files not stored.
+        skipped: ``(link, reason)`` of symbolic links not followed (they leave the given folders).
         seconds: wall time.
     """
 
     added: list[str] = dataclasses.field(default_factory=list)
     duplicates: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
     rejected: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    skipped: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -163,6 +177,7 @@ class IngestReport:
         lines = [f"added {len(self.added)}, duplicates {len(self.duplicates)}, rejected {len(self.rejected)} "
                  f"in {self.seconds:.1f} s"]
         lines += [f"  rejected: {reason}" for _, reason in self.rejected]  # reasons name their file
+        lines += [f"  skipped: {reason}" for _, reason in self.skipped]
         return "\n".join(lines)
 
 
@@ -217,6 +232,42 @@ class _NoMatch(Exception):
     """A filter that no stored memory can match (e.g. an unknown place)."""
 
 
+class NoStoreError(FileNotFoundError):
+    """A root opened for reading holds no memory store (e.g. a mistyped ``--root``)."""
+
+
+class StoreBusyError(TimeoutError):
+    """Another process held the store's write lock for longer than ``lock_timeout``."""
+
+
+def _chroma_internal_error() -> type[Exception]:
+    from chromadb.errors import InternalError
+
+    return InternalError
+
+
+def _sees_other_writers(method):
+    """A public reader: first see other processes' writes (:meth:`PersonalMemory.refresh`), and
+    retry once after a forced reopen when Chroma still reports a stale client."""
+
+    @functools.wraps(method)
+    def reader(self, *args: Any, **kwargs: Any):
+        def read():
+            self._fresh()
+            return method(self, *args, **kwargs)
+
+        with self._mutex:
+            return self._retrying(read)
+
+    return reader
+
+
+def has_store(root: str | os.PathLike) -> bool:
+    """Whether ``root`` holds a memory store (its config or its embedded Chroma database)."""
+    root = Path(root).expanduser()
+    return (root / "config.json").is_file() or (root / "chroma" / "chroma.sqlite3").is_file()
+
+
 # ---------------------------------------------------------------------- the memory
 class PersonalMemory:
     """Photos, notes and recordings in one embedding space, over Chroma + FAISS + episodic graph.
@@ -238,6 +289,11 @@ class PersonalMemory:
         graph_config: how the episodic graph is built (default :class:`GraphConfig`).
         collection: Chroma collection name (default ``"memories"``).
         progress: tqdm bars (default ``True``).
+        create: make a new store when ``root`` holds none (default ``True``); with ``False`` a
+            root without a store raises :class:`NoStoreError` (readers: a mistyped root must not
+            become an empty store). Ignored with ``chroma_host`` (the memories are on the server).
+        lock_timeout: seconds a writer waits for another process's write lock before raising
+            :class:`StoreBusyError` (default ``None``: wait as long as it takes; ``0``: refuse at once).
     """
 
     def __init__(
@@ -253,10 +309,20 @@ class PersonalMemory:
         graph_config: GraphConfig | None = None,
         collection: str = "memories",
         progress: bool = True,
+        create: bool = True,
+        lock_timeout: float | None = None,
     ) -> None:
         if index_kind not in ("auto", "flat", "hnsw"):
             raise ValueError(f"PersonalMemory: index_kind must be 'auto', 'flat' or 'hnsw', got {index_kind!r}")
         self.root = Path(root).expanduser()
+        if not create and chroma_host is None and not has_store(self.root):
+            raise NoStoreError(f"{self.root} holds no memory store (no config.json or chroma/ database): check the "
+                               "--root folder, or create a store there with `mmai memory ingest FILES --root "
+                               f"{self.root} --checkpoint CKPT`")
+        self.lock_timeout, self._lock_depth = lock_timeout, 0
+        self._checked: set[str] = set()  # checkpoints read once and found valid
+        if checkpoint is not None and encoder is None and chroma_host is None and not has_store(self.root):
+            self._check_checkpoint(Path(checkpoint).expanduser().absolute())  # before a new store is made
         self.root.mkdir(parents=True, exist_ok=True)
         self.media_dir = self.root / "media"
         self.media_dir.mkdir(exist_ok=True)
@@ -265,6 +331,7 @@ class PersonalMemory:
         self._mutex = threading.RLock()
         self._config = self._read_config()
         self.store = MemoryStore(self.root / "chroma", collection, host=chroma_host, port=chroma_port)
+        self._generation = self._read_generation()
         self.checkpoint = self._resolve_checkpoint(checkpoint, encoder)
         self._encoder, self._stage2 = encoder, None
         self._graph: EpisodicGraph | None = None
@@ -318,6 +385,8 @@ class PersonalMemory:
             raise FileNotFoundError(f"--checkpoint {path} does not exist: pass a .ckpt written by `mmai fit` "
                                     "or `mmai rerank fit`")
         fingerprint = _checkpoint_fingerprint(path)
+        if (recorded, self._config.get("fingerprint")) != (str(path), fingerprint):
+            self._check_checkpoint(path)  # a file that is no checkpoint is never recorded
         if recorded and self._config.get("fingerprint") != fingerprint and self.store.count() > 0:
             raise ValueError(
                 f"{self.root}: its {self.store.count()} memories were embedded with {recorded} "
@@ -327,6 +396,16 @@ class PersonalMemory:
         self._config.update(checkpoint=str(path), fingerprint=fingerprint)
         self._write_config()
         return str(path)
+
+    def _check_checkpoint(self, path: Path) -> None:
+        """Raise FileNotFoundError/ValueError (from :func:`~mmai.checkpoint.read_checkpoint`) unless
+        ``path`` is a readable checkpoint (read once per object)."""
+        if str(path) in self._checked:
+            return
+        from mmai.checkpoint import read_checkpoint
+
+        read_checkpoint(path, "--checkpoint")
+        self._checked.add(str(path))
 
     @property
     def encoder(self):
@@ -386,10 +465,15 @@ class PersonalMemory:
         return "flat" if count < HNSW_FROM else "hnsw"
 
     def _load_index(self) -> VectorIndex | None:
+        """The saved index, or ``None`` when it is missing or damaged (:attr:`_index_problem` says which)."""
+        self._index_problem = None
         try:
             return VectorIndex.load(self._index_path, use_gpu=self.use_gpu_index)
-        except (FileNotFoundError, ValueError, RuntimeError):
-            return None  # missing or damaged: rebuilt from Chroma
+        except FileNotFoundError:
+            self._index_problem = f"{self._index_path.name} missing"
+        except (ValueError, RuntimeError) as error:
+            self._index_problem = f"{self._index_path} damaged: {error}"
+        return None  # rebuilt from Chroma, the source of truth
 
     def _sync_index(self) -> str:
         """Make the FAISS index hold exactly Chroma's memories; returns what was done."""
@@ -403,7 +487,8 @@ class PersonalMemory:
                 return "empty"
             if index is None or index.dim != self.store.dim or not np.isin(index.ids, wanted).all():
                 self._rebuild_index()
-                return "rebuilt from Chroma"
+                why = "it did not match Chroma" if index is not None else self._index_problem
+                return "rebuilt from Chroma" + (f" ({why})" if why else "")
             missing = wanted[~np.isin(wanted, index.ids)]
             self.index = index
             if len(missing):
@@ -448,20 +533,107 @@ class PersonalMemory:
         """Forget derived state that depends on the set of memories (graph, GAR, places)."""
         self._graph, self._gar, self._places = None, None, None
 
+    # ------------------------------------------------------------------ other processes
+    @property
+    def _generation_path(self) -> Path:
+        return self.root / ".generation"
+
+    def _read_generation(self) -> str:
+        try:
+            return self._generation_path.read_text(encoding="utf-8")
+        except OSError:
+            return ""
+
+    def _changed(self) -> None:
+        """Record that this process wrote Chroma (readers elsewhere see a new generation and reopen)."""
+        self._generation = f"{uuid.uuid4().hex} {os.getpid()}\n"
+        _atomic_write(self._generation_path, self._generation.encode())
+
+    def refresh(self, force: bool = False) -> bool:
+        """See what other processes wrote: when the store's generation changed on disk (or with
+        ``force``), reopen Chroma, reload the FAISS index and drop the graph.
+
+        A long-running reader (the dashboard) calls this before every request through the
+        public methods; returns whether anything was reloaded.
+        """
+        with self._mutex:
+            generation = self._read_generation()
+            if not force and generation == self._generation:
+                return False
+            self.store.reopen()
+            self._generation = generation
+            self.index = None  # reloaded from the file the writer saved, then synced with Chroma
+            self._invalidate()
+            self.repaired = self._sync_index()
+            return True
+
+    def _retrying(self, call, *args: Any, **kwargs: Any):
+        """``call(*args, **kwargs)``; once more after a forced refresh if Chroma reports a stale client."""
+        try:
+            return call(*args, **kwargs)
+        except _chroma_internal_error():
+            self.refresh(force=True)
+            return call(*args, **kwargs)
+
     def _fresh(self) -> None:
-        """Repair the index if another process changed Chroma since (cheap count check)."""
+        """Reopen after another process's writes; repair the index if Chroma's count differs."""
+        if self.refresh():
+            return
         if (0 if self.index is None else len(self.index)) != self.store.count():
             self._sync_index()
 
     @contextmanager
     def _write_lock(self) -> Iterator[None]:
-        with self._mutex, open(self.root / ".lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        """The store's exclusive write lock (re-entrant within this object: nested writes share it)."""
+        with self._mutex:
+            if self._lock_depth:
+                self._lock_depth += 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth -= 1
+                return
+            with open(self.root / ".lock", "a+") as handle:
+                self._acquire(handle)
+                self._lock_depth = 1
+                try:
+                    handle.seek(0)
+                    handle.truncate()
+                    handle.write(f"pid {os.getpid()} ({' '.join(sys.argv[:3])[:120]})\n")
+                    handle.flush()
+                    self._retrying(self._fresh)
+                    yield
+                finally:
+                    self._lock_depth = 0
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _acquire(self, handle) -> None:
+        """Take the exclusive lock; while another process holds it, say so once and wait (up to
+        :attr:`lock_timeout` seconds)."""
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        limit = self.lock_timeout
+        if limit is not None and limit <= 0:
+            raise StoreBusyError(f"{self.root} is being written by {holder}; try again when it is done "
+                                 "(or pass --lock-timeout SECONDS to wait)")
+        wait = "" if limit is None else f" (up to {limit:g} s)"
+        print(f"mmai memory: {self.root} is being written by {holder}; waiting for it to finish{wait}",
+              file=sys.stderr, flush=True)
+        deadline = None if limit is None else time.monotonic() + limit
+        while True:
             try:
-                self._fresh()
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise StoreBusyError(f"{self.root} is still being written by {holder} after {limit:g} s; "
+                                         "try again later or raise --lock-timeout") from None
+                time.sleep(0.05)
 
     # ------------------------------------------------------------------ ingest
     def ingest(
@@ -473,6 +645,7 @@ class PersonalMemory:
         require_time: bool = False,
         batch_size: int = 16,
         overrides: dict[str, dict[str, Any]] | None = None,
+        follow_links: bool = False,
     ) -> IngestReport:
         """Add files (or folders of files) as memories.
 
@@ -485,7 +658,12 @@ class PersonalMemory:
             batch_size: files per confirmed batch (default 16).
             overrides: ``{absolute path: {field: value}}`` metadata that wins over every other
                 source (used for the synthetic diary); fields as in sidecars, plus ``source``: the
-                ``time_source`` label to record (default ``"override"``).
+                ``time_source`` label to record (default ``"override"``), and ``source_path``: what
+                to record as the file's origin instead of its path (e.g. a dashboard upload's name,
+                not the temporary copy it was read from).
+            follow_links: follow symbolic links inside the folders even when their target is
+                outside the given paths (default ``False``: such links are skipped and listed
+                in the report's ``skipped``).
 
         Returns:
             An :class:`IngestReport`. A file that cannot be read is rejected with its reason;
@@ -498,7 +676,7 @@ class PersonalMemory:
         started = time.perf_counter()
         report = IngestReport()
         table = None if meta is None else MetaTable(meta)
-        files = self._expand(paths, report)
+        files = self._expand(paths, report, follow_links)
         if files:
             self.encoder  # noqa: B018 - load the model first: no model is a usage error, not a file's
         show = self.progress if progress is None else progress
@@ -517,11 +695,13 @@ class PersonalMemory:
         return report
 
     @staticmethod
-    def _expand(paths: Sequence[str | os.PathLike], report: IngestReport) -> list[tuple[Path, str]]:
+    def _expand(paths: Sequence[str | os.PathLike], report: IngestReport,
+                follow_links: bool = False) -> list[tuple[Path, str]]:
         files: list[tuple[Path, str]] = []
         for given in paths:
             try:
-                files += [(path, str(given)) for path in expand_paths([given])]
+                found = expand_paths([given], follow_links=follow_links, skipped=report.skipped, roots=paths)
+                files += [(path, str(given)) for path in found]
             except FileNotFoundError as error:
                 report.rejected.append((Path(given), str(error)))
         return list({path: (path, given) for path, given in files}.values())
@@ -545,7 +725,8 @@ class PersonalMemory:
             for memory_file in files:
                 seen[memory_file.id] = memory_file.path
             report.added += [memory_file.id for memory_file in files]
-        self._add_sources([(memory_id, path) for path, memory_id in duplicates])
+        self._add_sources([(memory_id, overrides.get(str(path), {}).get("source_path", path))
+                           for path, memory_id in duplicates])
 
     def _duplicates(self, batch, report: IngestReport, seen: dict[str, Path]) -> list[tuple[Path, str]]:
         """``(path, id)`` of files in ``batch`` already stored, or with the same bytes as a file
@@ -586,18 +767,22 @@ class PersonalMemory:
                 metadatas.append({**metadata, "sources": json.dumps(sources)})
         if ids:
             self.store.collection.update(ids=ids, metadatas=metadatas)
+            self._changed()
 
     def _read(self, path: Path, given: str, table, require_time: bool, override) -> MemoryFile:
         memory_file = read_memory_file(path, meta=table, given=given, require_time=require_time and not override)
         if override:
             override = dict(override)
             label = str(override.pop("source", "override"))
+            origin = override.pop("source_path", None)
             fields = validate_fields(override, f"override for {path}")
             metadata = memory_file.metadata
             if "time" in fields:
                 metadata["timestamp"], metadata["time_source"] = fields.pop("time"), label
             metadata.update({k: v for k, v in fields.items() if k != "caption"})
             memory_file.document = fields.get("caption", memory_file.document)
+            if origin is not None:
+                metadata["source_path"] = str(origin)
         if memory_file.modality == "audio" and not self._has_audio():
             raise IngestError(f"{path}: checkpoint has no audio tower: train with model.audio to ingest audio "
                               "memories (the bi-encoder's audio tower embeds them in the same space)")
@@ -646,7 +831,7 @@ class PersonalMemory:
                 if not target.exists():
                     atomic_copy(memory_file.path, target)
                 metadata["media_file"] = target.name
-            metadata["sources"] = json.dumps([{"id": memory_file.id, "path": str(memory_file.path),
+            metadata["sources"] = json.dumps([{"id": memory_file.id, "path": metadata["source_path"],
                                                "timestamp": metadata["timestamp"], "place": metadata.get("place")}])
             metadatas.append(_clean_record(metadata, f"memory {memory_file.path}"))
         ids = [memory_file.id for memory_file in files]
@@ -654,6 +839,7 @@ class PersonalMemory:
         self.store.collection.upsert(ids=ids, embeddings=vectors, metadatas=metadatas,
                                      documents=[f.document for f in files])
         self._journal(ids, [str(f.path) for f in files])
+        self._changed()
         numbers = np.array([int_id(i) for i in ids], dtype=np.int64)
         for number, memory_id in zip(numbers.tolist(), ids):
             self._str_ids[number] = memory_id
@@ -678,6 +864,7 @@ class PersonalMemory:
             self._write_config()
 
     # ------------------------------------------------------------------ filters
+    @_sees_other_writers
     def known_places(self) -> list[str]:
         """Distinct place names of the stored memories (cached until the next write)."""
         with self._mutex:
@@ -718,6 +905,7 @@ class PersonalMemory:
         return build_where(year=year, place=places, modality=modality, after=after, before=before)
 
     # ------------------------------------------------------------------ search
+    @_sees_other_writers
     def search(
         self,
         query: str,
@@ -769,7 +957,6 @@ class PersonalMemory:
         if int(k) < 1:
             raise ValueError(f"search: k must be >= 1, got {k}")
         with self._mutex:
-            self._fresh()
             if self.index is None:
                 return []
             try:
@@ -910,6 +1097,7 @@ class PersonalMemory:
         decoded["media_path"] = self._media_from(decoded)
         return decoded
 
+    @_sees_other_writers
     def related(self, memory_id: str, k: int = 10) -> list[Related]:
         """The memories most strongly linked to ``memory_id`` in the episodic graph.
 
@@ -1001,6 +1189,7 @@ class PersonalMemory:
             return Path(source)
         return None
 
+    @_sees_other_writers
     def media_path(self, memory_id: str) -> Path | None:
         """The file to display or play for an image/audio memory (stored copy, else the original).
 
@@ -1010,6 +1199,7 @@ class PersonalMemory:
             memory_id = self.resolve_id(memory_id)
             return self._metadata_of([memory_id])[memory_id]["media_path"]
 
+    @_sees_other_writers
     def get(self, memory_id: str) -> SearchHit:
         """One memory as a :class:`SearchHit` (scores 0), e.g. for a dashboard's detail view."""
         with self._mutex:
@@ -1027,6 +1217,7 @@ class PersonalMemory:
 
         Raises:
             ValueError: neither ids nor a filter is given, or an unknown filter name.
+            KeyError: a given id is not stored (or its prefix is ambiguous); nothing is removed.
         """
         unknown = set(filters) - {"year", "place", "modality", "after", "before"}
         if unknown:
@@ -1038,22 +1229,20 @@ class PersonalMemory:
             targets = self.matching_ids(ids, **filters)
             return self._remove(targets)
 
+    @_sees_other_writers
     def matching_ids(self, ids: Iterable[str] | None = None, **filters: Any) -> list[str]:
-        """Stored ids among ``ids`` (full ids or 8+ digit prefixes) that match ``filters``."""
+        """Stored ids among ``ids`` (full ids or 8+ digit prefixes) that match ``filters``.
+
+        Raises:
+            KeyError: an id in ``ids`` is not stored or is an ambiguous prefix (it is named).
+        """
+        wanted = None if ids is None else [self.resolve_id(memory_id) for memory_id in ids]
         try:
             where = self.where(**filters) if filters else None
         except _NoMatch:
             return []
-        wanted = None
-        if ids is not None:
-            wanted = []
-            for memory_id in ids:
-                try:
-                    wanted.append(self.resolve_id(memory_id))
-                except KeyError:
-                    continue  # not stored: nothing to forget
-            if not wanted:
-                return []
+        if wanted is not None and not wanted:
+            return []
         if where is None:
             return wanted or []
         found: list[str] = []
@@ -1067,6 +1256,7 @@ class PersonalMemory:
             return 0
         records = self.store.get(targets, include_embeddings=False)
         self.store.delete(ids=targets)
+        self._changed()
         for metadata in records.metadatas:
             if metadata.get("media_file"):
                 (self.media_dir / metadata["media_file"]).unlink(missing_ok=True)
@@ -1154,23 +1344,27 @@ class PersonalMemory:
         if importance:
             metadata["importance"] = float(max(importance))
         self.store.collection.update(ids=[records.ids[keeper]], metadatas=[metadata])
+        self._changed()
         return [records.ids[i] for i in order[1:]]
 
     # ------------------------------------------------------------------ maintenance
     def rebuild(self) -> dict[str, Any]:
         """Rebuild the FAISS index and the graph from Chroma and remove orphan media copies.
 
+        Missing media copies whose original still exists with the same bytes are copied again.
+
         Returns:
-            ``{"memories", "orphans_removed"}``.
+            ``{"memories", "orphans_removed", "media_restored"}``.
         """
         with self._write_lock():
             self._rebuild_index()
             orphans = self._orphan_media()
             for path in orphans:
                 path.unlink(missing_ok=True)
+            restored = self._restore_media()
             if self.index is not None:
                 self.graph()
-            return {"memories": self.store.count(), "orphans_removed": len(orphans)}
+            return {"memories": self.store.count(), "orphans_removed": len(orphans), "media_restored": restored}
 
     def _media_files(self) -> dict[str, Path]:
         return {path.name: path for path in self.media_dir.iterdir()
@@ -1189,6 +1383,7 @@ class PersonalMemory:
             values.update(m[field] for m in page["metadatas"] if m and field in m)
         return values
 
+    @_sees_other_writers
     def check(self, *, tolerance: float = 1e-4) -> list[str]:
         """Verify that Chroma, FAISS and the graph agree; an empty list means consistent.
 
@@ -1251,17 +1446,48 @@ class PersonalMemory:
         return problems
 
     def _check_metadata(self, records) -> list[str]:
+        """Metadata fields, and the media copy of every image/audio memory (with a Chroma server the
+        copies live on the machine that ingested them: there only both missing is a problem)."""
         problems = []
         media = self._media_files()
+        local = self.store.is_local
         for memory_id, metadata in zip(records.ids, records.metadatas):
             if metadata.get("modality") not in ("image", "text", "audio") or "timestamp" not in metadata:
                 problems.append(f"memory {memory_id}: metadata lacks modality or timestamp ({metadata})")
             elif metadata["modality"] != "text" and metadata.get("media_file") not in media:
-                if not (metadata.get("source_path") and Path(metadata["source_path"]).is_file()):
-                    problems.append(f"memory {memory_id}: media copy {metadata.get('media_file')} and source "
-                                    f"{metadata.get('source_path')} are both missing")
+                source, copy = metadata.get("source_path"), self.media_dir / str(metadata.get("media_file"))
+                if self._restorable(memory_id, metadata):
+                    if local:
+                        problems.append(f"memory {memory_id}: media copy {copy} is missing; run "
+                                        f"`mmai memory rebuild` to copy it again from {source}")
+                else:
+                    problems.append(f"memory {memory_id}: media copy {copy} is missing and its source {source} "
+                                    "is gone or changed; restore the file or forget the memory")
         return problems
 
+    @staticmethod
+    def _restorable(memory_id: str, metadata: dict[str, Any]) -> bool:
+        """Whether the memory's original still exists with the same bytes (its id is their hash)."""
+        source = metadata.get("source_path")
+        try:
+            return bool(source) and content_id(Path(source).read_bytes()) == memory_id
+        except OSError:
+            return False
+
+    def _restore_media(self) -> int:
+        """Copy missing media copies again from their originals (same bytes only); returns how many."""
+        media, restored = self._media_files(), 0
+        total = self.store.count()
+        for offset in range(0, total, _PAGE):
+            page = self.store.collection.get(limit=_PAGE, offset=offset, include=["metadatas"])
+            for memory_id, metadata in zip(page["ids"], page["metadatas"]):
+                name = (metadata or {}).get("media_file")
+                if name and name not in media and self._restorable(memory_id, metadata):
+                    atomic_copy(Path(metadata["source_path"]), self.media_dir / name)
+                    restored += 1
+        return restored
+
+    @_sees_other_writers
     def stats(self) -> dict[str, Any]:
         """Counts by modality, year and place, sizes of the index and graph, and where things are."""
         with self._mutex:

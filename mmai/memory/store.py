@@ -102,6 +102,11 @@ class MemoryStore:
         port: int = 8000,
         ssl: bool = False,
     ) -> None:
+        self._where = (path, collection, host, port, ssl)
+        self._connect()
+
+    def _connect(self) -> None:
+        path, collection, host, port, ssl = self._where
         chromadb, settings = _chromadb()
         if host is not None:
             self.client = chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=settings)
@@ -117,6 +122,11 @@ class MemoryStore:
         )
         self.max_batch_size = int(self.client.get_max_batch_size())
 
+    @property
+    def is_local(self) -> bool:
+        """True for an embedded store (a folder), False for a Chroma server."""
+        return self._where[2] is None
+
     def __repr__(self) -> str:
         return f"MemoryStore({self.location!r}, collection={self.collection.name!r}, count={self.count()})"
 
@@ -130,6 +140,17 @@ class MemoryStore:
         """Release the client (and its SQLite files for an embedded store)."""
         if hasattr(self.client, "close"):
             self.client.close()
+
+    def reopen(self) -> None:
+        """Close the client and connect again, so that what other processes wrote is seen.
+
+        An embedded client keeps its vector segment in memory: once another process writes the
+        same folder, its queries fail (``InternalError: Error finding id``) or miss the new
+        records until it is reopened. (Other clients of the same folder in this process share
+        Chroma's cached system; they must be closed too for the reopened one to start fresh.)
+        """
+        self.close()
+        self._connect()
 
     # ------------------------------------------------------------------ reading
     def count(self) -> int:

@@ -1,0 +1,27 @@
+"""`mmai fit` and `mmai data` user errors: the message alone (exit 2); the traceback with --debug."""
+
+from __future__ import annotations
+
+import pytest
+
+from fit_helpers import tiny_args
+from mmai.cli import main
+
+
+def test_fit_with_a_missing_checkpoint_prints_the_message_without_a_traceback(synth_shards, tmp_path, capsys):
+    args = ["fit", *tiny_args(synth_shards, tmp_path / "runs"), "--ckpt_path", str(tmp_path / "nope.ckpt")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "mmai fit: error: " in err and "nope.ckpt" in err and "lightning_modules/cli.py" not in err
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        main([*args, "--debug"])
+
+
+def test_fit_from_a_garbage_checkpoint_says_not_a_checkpoint(synth_shards, tmp_path, capsys):
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint\\n" * 20)
+    assert main(["fit", *tiny_args(synth_shards, tmp_path / "runs"), "--model.init_from", str(garbage)]) == 2
+    err = capsys.readouterr().err
+    assert f"model.init_from '{garbage}' is not a checkpoint" in err
+    assert "weights_only" not in err and "mmai/checkpoint.py" not in err  # no traceback of ours
+    assert err.rstrip().endswith("(run with --debug or MMAI_DEBUG=1 for the traceback)")
