@@ -9,7 +9,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from mmai.data.pipeline import IMAGENET_MEAN, IMAGENET_STD, Collator, CorruptCounter, EvalBatches, EvalStream, SampleDecoder, SharedEpoch, normalize_images, train_pipeline, world_size
-from mmai.data.shards import read_manifest, shard_urls
+from mmai.data.shards import read_manifest, shard_urls, verify_shards
 from mmai.feature_cache import CachedTrainBatches, SplitFeatures
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenisers run inside dataloader workers
@@ -63,8 +63,12 @@ class CUBWebDataModule(L.LightningDataModule):
 
     @property
     def manifest(self) -> dict:
+        """The shard folder's manifest, its shards checked once: sizes always, sha256 for shards
+        changed (size or mtime) or never hashed here (``mmai.data.shards.verify_shards``)."""
         if self._manifest is None:
-            self._manifest = read_manifest(self.shard_dir)
+            manifest = read_manifest(self.shard_dir)
+            verify_shards(self.shard_dir, manifest)
+            self._manifest = manifest
         return self._manifest
 
     def num_images(self, split: str) -> int:

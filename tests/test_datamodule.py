@@ -1,6 +1,8 @@
 """CUBWebDataModule on 1 and 2 simulated ranks, and its handling of corrupt samples."""
 
+import hashlib
 import io
+import json
 import tarfile
 
 import pytest
@@ -8,7 +10,7 @@ import torch
 
 from cub_fixture import write_tiny_cub
 from datamodules import CUBWebDataModule
-from mmai.data.shards import write_shards
+from mmai.data.shards import ShardError, write_shards
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +106,13 @@ def test_corrupt_sample_is_skipped_counted_and_eval_stays_aligned(shards, tmp_pa
                     dst.addfile(member, io.BytesIO(data))
         else:
             (broken / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(ShardError, match=r"shard .*val-0000\d\.tar .*rewrite the shards"):
+        _datamodule(broken).val_dataloader()  # the manifest's sizes and sha256s no longer match: refused
+    manifest = json.loads((broken / "manifest.json").read_text())
+    for shard in manifest["splits"]["val"]["shards"]:  # as if the bad bytes had been written with the shard
+        data = (broken / shard["file"]).read_bytes()
+        shard.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (broken / "manifest.json").write_text(json.dumps(manifest))
     data = _datamodule(broken)
     batches = _epoch(data.val_dataloader())
     assert data.corrupt_samples == 1
