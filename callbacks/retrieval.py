@@ -39,7 +39,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 
-from lightning_modules.eval_set import EvalSet
+from lightning_modules.eval_set import EvalSet, save_failed_epoch_weights
 from mmai.memory.gar import GraphAugmentedRetriever
 from mmai.memory.graph import EpisodicGraph
 from mmai.memory.index import VectorIndex
@@ -80,8 +80,8 @@ class RetrievalEvalCallback(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Refuse a val gallery too small for ``ks`` before training starts (a manifest gives its size)."""
-        if stage not in ("fit", "validate"):
-            return
+        if stage not in ("fit", "validate") or trainer.limit_val_batches == 0:
+            return  # no validation will run
         images = _val_gallery_size(trainer)
         if images is not None:
             self.check_gallery(images)
@@ -108,18 +108,10 @@ class RetrievalEvalCallback(L.Callback):
                 metrics = {"__error__": f"{type(error).__name__}: {error}"}
         metrics = trainer.strategy.broadcast(metrics, src=0)
         if "__error__" in metrics:
-            path = self._save_weights(trainer)
+            path = save_failed_epoch_weights(trainer)
             raise RuntimeError(f"retrieval evaluation failed at the end of epoch {trainer.current_epoch} "
                                f"({metrics['__error__']}); this epoch's weights are saved in {path}")
         pl_module.log_dict({f"val/{key}": value for key, value in metrics.items()})
-
-    @staticmethod
-    def _save_weights(trainer: L.Trainer) -> Path:
-        """Save a checkpoint of the current weights (every rank takes part) and return its path."""
-        folder = Path(trainer.default_root_dir) / "checkpoints"
-        path = folder / f"eval-failed-epoch={trainer.current_epoch}-step={trainer.global_step}.ckpt"
-        trainer.save_checkpoint(path)
-        return path
 
     def evaluate(self, data: EvalSet, two_stage: Callable | None = None) -> dict[str, float]:
         """Stage 1 → (stage 2 if ``two_stage`` is given) → GAR and its control, on one gathered set.

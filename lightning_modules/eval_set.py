@@ -4,6 +4,7 @@ and gathered so that each rank holds all of it (padding rows from the DataModule
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -106,6 +107,15 @@ def _gather_objects(local: list, module: L.LightningModule) -> list:
     return [item for part in gathered for item in part]
 
 
+def save_failed_epoch_weights(trainer: L.Trainer) -> Path:
+    """Save a checkpoint of the current weights before an evaluation error ends the run (every
+    rank takes part) and return its path: an evaluation failure never loses the epoch's training."""
+    folder = Path(trainer.default_root_dir) / "checkpoints"
+    path = folder / f"eval-failed-epoch={trainer.current_epoch}-step={trainer.global_step}.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
 def expect_eval_mode_modules() -> None:
     """Silence Lightning's "Found N module(s) in eval mode at the start of training": frozen and
     locked towers are in eval mode on purpose (fixed BatchNorm statistics, no dropout)."""
@@ -127,7 +137,13 @@ class Stage1Evaluation:
             self._collector.checked = True
             trainer = self._trainer
             if trainer is not None and not trainer.sanity_checking:
-                self.check_coverage("test" if trainer.testing else "val", data)
+                try:
+                    self.check_coverage("test" if trainer.testing else "val", data)
+                except RuntimeError as error:
+                    if trainer.state.fn != "fit":
+                        raise
+                    path = save_failed_epoch_weights(trainer)  # every rank sees the same gathered set
+                    raise RuntimeError(f"{error} This epoch's weights are saved in {path}.") from None
         return data
 
     def check_coverage(self, split: str, data: EvalSet) -> None:
