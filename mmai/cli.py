@@ -91,10 +91,31 @@ def _data(argv: list[str]) -> int:
     return 0
 
 
+#: Third-party warnings known to be harmless in these apps (each message was checked): a
+#: deprecation inside Lightning's own pytree helper, webdataset's note on ``with_length`` (the
+#: length is exact by construction here), and LightningCLI's caution about ``args`` beside
+#: ``sys.argv`` (the apps pass ``args`` on purpose). Everything else still shows.
+KNOWN_HARMLESS_WARNINGS = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"\.with_length\(\) only sets the value of __len__",
+    r"LightningCLI's args parameter is intended to run from within Python",
+)
+
+
+def quiet_known_warnings() -> None:
+    """Hide :data:`KNOWN_HARMLESS_WARNINGS` (``--debug`` keeps every warning)."""
+    import warnings
+
+    for message in KNOWN_HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("MMAI_DEBUG", "") not in ("", "0")
     argv = [arg for arg in argv if arg != "--debug"]
+    if not debug:
+        quiet_known_warnings()
     if not argv or argv[0] in {"-h", "--help"}:
         print(USAGE)
         return 0

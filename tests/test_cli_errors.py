@@ -25,3 +25,17 @@ def test_fit_from_a_garbage_checkpoint_says_not_a_checkpoint(synth_shards, tmp_p
     assert f"model.init_from '{garbage}' is not a checkpoint" in err
     assert "weights_only" not in err and "mmai/checkpoint.py" not in err  # no traceback of ours
     assert err.rstrip().endswith("(run with --debug or MMAI_DEBUG=1 for the traceback)")
+
+
+def test_the_apps_hide_only_the_known_harmless_warnings():
+    import warnings
+
+    from mmai.cli import quiet_known_warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_known_warnings()
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)`")
+        warnings.warn(".with_length() only sets the value of __len__ for compatibility")
+        warnings.warn("checkpoint directory exists and is not empty")  # a real warning stays
+    assert [str(w.message) for w in caught] == ["checkpoint directory exists and is not empty"]
