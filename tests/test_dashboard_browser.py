@@ -146,7 +146,9 @@ def test_dashboard_search_select_and_upload_in_headless_chromium(served, tmp_pat
         broken.write_bytes(jpeg_bytes(8, size=96)[:400])
         page.get_by_text("Add memories").click()
         page.locator("#mmai-upload input[type=file]").set_input_files([str(photo), str(broken)])
-        page.locator("#mmai-upload").get_by_text("broken.jpg").wait_for(timeout=90_000)
+        # Gradio renders an uploaded file's name as two spans ("broken" ".jpg") once the upload is
+        # done, so its text is not "broken.jpg"; the cell's label is.
+        page.locator('#mmai-upload [aria-label="broken.jpg"]').wait_for(timeout=90_000)
         page.fill("#mmai-upload-place textarea", "Powai Lake, Mumbai")
         page.click("#mmai-add")
         report = page.locator("#mmai-upload-report")
