@@ -570,6 +570,7 @@ def _running(pid: int) -> bool:
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second TERM must not break the clean-up
     raise KeyboardInterrupt  # Gradio's blocking loop stops on it, and the finally clauses clean up
 
 
@@ -635,6 +636,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 launch(app, args.host, args.port, max_upload_mb=args.max_upload_mb)
             finally:
                 app.close()
+    except KeyboardInterrupt:
+        pass  # SIGTERM or Ctrl-C outside Gradio's loop (while starting or closing): a requested stop
     finally:
         memory.close()
     return 0
