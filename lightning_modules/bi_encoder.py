@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_modules.eval_set import EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
-from lightning_modules.feature_cache import compute_split_features, feature_cache_path
+from lightning_modules.feature_cache import compute_split_features, feature_cache_path, tower_fingerprints
 from mmai.bi_encoder import BiEncoder
 from mmai.checkpoint import build_towers, read_checkpoint
 from mmai.feature_cache import CorruptCache, SplitFeatures, StaleCache, load_features
@@ -105,13 +105,14 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
         if not (self.hparams.feature_cache and self.model.cacheable and hasattr(datamodule, "use_train_features")):
             return
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
+        fingerprints = tower_fingerprints(self) if splits else None
         for split in splits:
-            self._features[split] = self._split_features(datamodule, split)
+            self._features[split] = self._split_features(datamodule, split, fingerprints)
         if "train" in self._features:
             datamodule.use_train_features(self._features["train"])
 
-    def _split_features(self, datamodule, split: str) -> SplitFeatures:
-        path, key = feature_cache_path(self, datamodule, split)
+    def _split_features(self, datamodule, split: str, fingerprints: tuple[str, str]) -> SplitFeatures:
+        path, key = feature_cache_path(self, datamodule, split, fingerprints)
         features, problem = None, None
         try:
             features = load_features(path, key)

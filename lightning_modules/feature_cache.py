@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from lightning_modules.eval_set import gather_rows
-from mmai.feature_cache import SplitFeatures, cache_key, module_fingerprint
+from mmai.feature_cache import TENSOR_FIELDS, SplitFeatures, cache_key, module_fingerprint
 
 
 def _writable(folder: Path) -> bool:
@@ -22,11 +22,18 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
-def feature_cache_path(module: L.LightningModule, datamodule, split: str) -> tuple[Path, str]:
-    """``(file, key)`` of a split's cache for this module's locked towers and these shards."""
+def tower_fingerprints(module: L.LightningModule) -> tuple[str, str]:
+    """``(vision, text)`` fingerprints of the module's locked towers (hash them once per setup)."""
+    return module_fingerprint(module.model.vision), module_fingerprint(module.model.text)
+
+
+def feature_cache_path(module: L.LightningModule, datamodule, split: str,
+                       fingerprints: tuple[str, str]) -> tuple[Path, str]:
+    """``(file, key)`` of a split's cache for these tower fingerprints (:func:`tower_fingerprints`)
+    and these shards."""
     hp, data = module.hparams, datamodule.hparams
     shards = [shard["sha256"] for shard in datamodule.manifest["splits"][split]["shards"]]
-    key = cache_key(vision=module_fingerprint(module.model.vision), text=module_fingerprint(module.model.text),
+    key = cache_key(vision=fingerprints[0], text=fingerprints[1],
                     image_size=data.image_size, max_length=data.max_length, tokenizer=str(data.tokenizer),
                     mean=tuple(data.mean), std=tuple(data.std), split=split, shard_sha256s=shards)
     folder = Path(hp.feature_cache_dir) if hp.feature_cache_dir else Path(datamodule.shard_dir) / "feature_cache"
@@ -43,9 +50,7 @@ def compute_split_features(module: L.LightningModule, datamodule, split: str) ->
     towers = (module.model.vision, module.model.text)
     for tower in towers:
         tower.to(device)
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in
-                                            ("image_ids", "class_ids", "image_features", "text_image_ids",
-                                             "text_features")}
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in TENSOR_FIELDS}
     loader = datamodule.eval_dataloader(split)
     bar = tqdm(loader, desc=f"caching locked features ({split})", unit="batch",
                disable=not module.trainer.is_global_zero)

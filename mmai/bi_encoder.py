@@ -182,6 +182,7 @@ class BiEncoder(nn.Module):
 
     def _build_online(self, vision: nn.Module | None, text: nn.Module | None, audio: nn.Module | None,
                       clip: nn.Module | None, hidden_dim: int | None) -> None:
+        norm = {"input_norm": self.projection_input_norm}
         if clip is not None:
             if vision is not None or text is not None:
                 raise ValueError("BiEncoder: pass either clip or vision and text towers, not both.")
@@ -194,12 +195,10 @@ class BiEncoder(nn.Module):
         else:
             if vision is None or text is None:
                 raise ValueError("BiEncoder needs a vision and a text tower (or clip=ClipTowers(...)).")
-            norm = {"input_norm": self.projection_input_norm}
             self.vision, self.vision_proj = vision, Projection(vision.width, self.embed_dim, hidden_dim, **norm)
             self.text, self.text_proj = text, Projection(text.width, self.embed_dim, hidden_dim, **norm)
         self.audio = audio
-        self.audio_proj = (Projection(audio.width, self.embed_dim, hidden_dim, input_norm=self.projection_input_norm)
-                           if audio is not None else None)
+        self.audio_proj = Projection(audio.width, self.embed_dim, hidden_dim, **norm) if audio is not None else None
 
     @property
     def online_names(self) -> list[str]:

@@ -23,6 +23,7 @@ are rebuilt, never used (:func:`load_features` raises :class:`StaleCache` / :cla
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -110,13 +111,13 @@ class SplitFeatures:
         if not bool(torch.isin(self.text_image_ids, self.image_ids).all()):
             raise CorruptCache("a caption belongs to no cached image")
 
-    @property
+    @functools.cached_property
     def caption_start(self) -> torch.Tensor:
-        """``(N,)`` first caption row of each image row."""
+        """``(N,)`` first caption row of each image row (computed once: the fields never change)."""
         counts = self.caption_count
         return torch.cumsum(counts, 0) - counts
 
-    @property
+    @functools.cached_property
     def caption_count(self) -> torch.Tensor:
         """``(N,)`` number of captions of each image row."""
         rows = torch.searchsorted(self.image_ids, self.text_image_ids)
