@@ -141,6 +141,8 @@ def _print_recall_with_chance(runs: dict, manifest: dict) -> None:
         f"{100 * chance[f'{d}/R@10']:>{w}.1f}" for d, w in (("t2i/instance", 8), ("t2i/class", 9),
                                                             ("i2t/instance", 8), ("i2t/class", 9))) + " | "
           + f"{'—':>14} |")
+    print("One seed and no intervals: a difference between two rows above is not a measured gain "
+          "(seeds with paired intervals are not implemented yet).")
 
 
 def main(argv: list[str]) -> int:
