@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import lightning as L
 
 from mmai.bench import format_table
+from mmai.io import atomic_write_text
 from mmai.sweep import LOCAL_METHOD, METHODS, Sweep, draw, expand_command, load_sweep, sort_by_metric
 
 METRICS_FILE = "sweep_metrics.json"
@@ -70,9 +71,7 @@ class SweepMetricsCallback(L.Callback):
     def _write(self, trainer: L.Trainer, finished: bool) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"finished": finished, "validations": self.validations, "final": _floats(trainer.callback_metrics)}
-        partial = self.path.with_suffix(".partial")
-        partial.write_text(json.dumps(payload, indent=1))
-        partial.replace(self.path)  # a reader never sees half a file
+        atomic_write_text(self.path, json.dumps(payload, indent=1))  # a reader never sees half a file
 
 
 def _floats(metrics: dict) -> dict[str, float]:
