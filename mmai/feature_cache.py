@@ -26,13 +26,14 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from torch import nn
 from torch.utils.data import IterableDataset
+
+from mmai.io import atomic_write
 
 FORMAT_VERSION = 1
 TENSOR_FIELDS = ("image_ids", "class_ids", "image_features", "text_image_ids", "text_features")
@@ -151,22 +152,12 @@ class SplitFeatures:
                 "text_features": self.text_features[text_rows].to(device)}
 
     def save(self, path: Path, key: str) -> None:
-        """Write atomically (temporary file, fsync, rename, fsync of the folder)."""
+        """Write atomically (:func:`mmai.io.atomic_write`: temporary file, fsync, rename, fsync of the folder)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {name: getattr(self, name).cpu().contiguous() for name in TENSOR_FIELDS}
         payload = {"format": FORMAT_VERSION, "key": key, "checksum": _checksum(tensors), "tensors": tensors}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def load_features(path: Path, key: str) -> SplitFeatures:

@@ -193,6 +193,13 @@ class Collator:
         return batch
 
 
+def shard_samples(urls: list[str], handler: Callable[[Exception], bool] = wds.reraise_exception) -> wds.DataPipeline:
+    """The raw samples of the shards ``urls``, in shard order and tar order within a shard:
+    ``{"__key__", "__url__", "jpg": bytes, "json": bytes, ...}`` as WebDataset groups a tar's
+    members by key. ``handler`` decides what a corrupt tar does (default: raise)."""
+    return wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=handler))
+
+
 class _EpochShardSamples(IterableDataset):
     """Endless passes over this rank's and worker's shards, shuffled within each pass.
 
@@ -273,7 +280,7 @@ class EvalStream(IterableDataset):
         rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
         per_rank = math.ceil(self.num_samples / world_size)
         position, owed, pad_source = 0, 0, None  # position: index among this rank's samples
-        raw = wds.DataPipeline(wds.SimpleShardList(self.urls), wds.tarfile_to_samples(handler=self.corrupt))
+        raw = shard_samples(self.urls, handler=self.corrupt)
         for index, sample in enumerate(raw):
             if index % world_size != rank:
                 continue
