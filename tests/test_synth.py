@@ -16,7 +16,9 @@ from PIL import Image
 from mmai.data.synth import is_grayscale, synthesize
 from mmai.data.synth.captions import image_captions
 from mmai.data.synth.draw import COLOURS
-from mmai.data.synth.species import ATTRIBUTES, build_species, one_attribute_partners
+from mmai.data.synth.layout import class_splits
+from mmai.data.synth.species import (ATTRIBUTES, COLOUR_ATTRIBUTES, build_species, one_attribute_partners,
+                                     swap_partners)
 
 TINY = dict(classes=8, images=40, captions_per_image=10, image_size=64, seed=3)
 BOX = r"\d+\.\d"
@@ -107,14 +109,46 @@ def test_grayscale_captions_name_no_colours():
     assert mentioned & colour_words <= {"white"}  # "white wing bars" / "white eye ring" stay white in gray
 
 
-def test_class_lists_partition_classes_half_quarter_quarter(tiny):
+def test_class_lists_partition_classes_by_family(tiny):
     lists = {name: _lines(tiny / "cvpr2016_cub" / f"{name}classes.txt")
              for name in ("train", "val", "test", "trainval")}
     all_classes = {line.split()[1] for line in _lines(tiny / "CUB_200_2011" / "classes.txt")}
-    assert (len(lists["train"]), len(lists["val"]), len(lists["test"])) == (4, 2, 2)
+    assert all(lists.values())
     assert set(lists["train"]) | set(lists["val"]) | set(lists["test"]) == all_classes
     assert not (set(lists["train"]) & set(lists["val"])) and not (set(lists["test"]) & set(lists["trainval"]))
     assert lists["trainval"] == sorted(lists["train"] + lists["val"])
+    family = {s["class_dir"]: s["family"] for s in _species(tiny)}
+    splits_of_family: dict[int, set[str]] = {}
+    for name in ("train", "val", "test"):
+        for class_dir in lists[name]:
+            splits_of_family.setdefault(family[class_dir], set()).add(name)
+    assert len(splits_of_family) >= 3 and all(len(names) == 1 for names in splits_of_family.values())
+
+
+def _own_swap_pairs(species, names: list[str]) -> int:
+    inside = {s.class_id for s in species if s.class_dir in set(names)}
+    return sum(partner in inside for c, partners in swap_partners(species).items() if c in inside
+               for partner in partners if partner > c)
+
+
+@pytest.mark.parametrize("classes, seed", [(40, 0), (40, 1), (200, 0), (20, 0), (13, 2), (4, 0)])
+def test_families_never_straddle_splits_and_val_test_get_swap_pairs(classes, seed):
+    species = build_species(classes, seed)
+    splits = class_splits(species, seed)
+    assert splits == class_splits(species, seed)
+    split_of = {c: name for name in ("train", "val", "test") for c in splits[name]}
+    assert sorted(split_of) == sorted(s.class_dir for s in species)
+    for family in {s.family for s in species}:
+        assert len({split_of[s.class_dir] for s in species if s.family == family}) == 1, family
+    targets = {"train": classes // 2, "val": max(1, classes // 4)}
+    targets["test"] = classes - targets["train"] - targets["val"]
+    for name, target in targets.items():
+        assert splits[name] and abs(len(splits[name]) - target) <= max(2, classes // 40), (name, len(splits[name]))
+    pairs = {name: _own_swap_pairs(species, splits[name]) for name in ("train", "val", "test")}
+    if sum(len(p) for p in swap_partners(species).values()) // 2 >= 3:
+        assert pairs["val"] >= 1 and pairs["test"] >= 1, pairs
+    if (classes, seed) == (40, 0):  # the demo's data set
+        assert pairs["val"] >= 2 and pairs["test"] >= 2, pairs
 
 
 def test_same_arguments_give_byte_identical_files_for_any_worker_count(tiny, tmp_path):
@@ -132,6 +166,14 @@ def test_second_call_reuses_and_foreign_contents_raise(tiny, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in tiny.rglob("*") if p.is_file()} == before
     with pytest.raises(ValueError, match=r"other arguments \(seed: 3 there vs 4 asked\).*empty directory"):
         synthesize(tiny, workers=1, progress=False, **{**TINY, "seed": 4})
+    old = tmp_path / "old"
+    marker = json.loads((tiny / "mmai_extras" / "synth_args.json").read_text())
+    (old / "mmai_extras").mkdir(parents=True)
+    (old / "mmai_extras" / "synth_args.json").write_text(json.dumps({**marker, "format_version": 1,
+                                                                     "mmai_version": "0.1.0"}))
+    with pytest.raises(ValueError, match=r"format version 1 there \(made by MMAI 0\.1\.0, an older format\) "
+                                         r"vs 2 .*delete .* or pick another directory"):
+        synthesize(old, workers=1, progress=False, **TINY)
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not empty.*pick an empty directory"):
         synthesize(tmp_path, workers=1, progress=False, **TINY)
@@ -238,3 +280,57 @@ def test_lead_reader_parses_the_synthetic_layout(tiny):
     extras = read_extras(index)
     assert len(extras.part_boxes) == 40 and len(extras.episodes) == 40
     assert index.audio_path(index.images[0]) is not None
+
+
+def _changed(a: dict, b: dict) -> set[str]:
+    return {name for name in ATTRIBUTES if a[name] != b[name]}
+
+
+def test_swap_variants_exchange_two_colours_of_their_founder_and_are_recorded(tiny):
+    recorded = {s["class_id"]: s for s in _species(tiny)}
+    species = build_species(TINY["classes"], TINY["seed"])
+    assert "swap" in {s.kind for s in species}  # the tiny set has swap pairs
+    assert {s.kind for s in build_species(200, seed=0)} == {"founder", "one-attribute", "swap"}
+    partners, one = swap_partners(species), one_attribute_partners(species)
+    for s in species:
+        entry = recorded[s.class_id]
+        assert (entry["kind"], entry["variant_of"], entry["family"]) == (s.kind, s.variant_of, s.family)
+        assert entry["swapped"] == (list(s.swapped) if s.swapped else None)
+        assert entry["swap_partners"] == partners[s.class_id] and entry["one_attribute_partners"] == one[s.class_id]
+        assert entry["attributes"] == {name: getattr(s.attributes, name) for name in ATTRIBUTES}
+    for data_set in (species, build_species(200, seed=0)):
+        _check_variants(data_set)
+
+
+def _check_variants(species) -> None:
+    by_id = {s.class_id: s for s in species}
+    for s in species:
+        if s.kind == "founder":
+            assert s.variant_of is None and s.swapped is None
+            continue
+        founder = by_id[s.variant_of]
+        assert founder.kind == "founder" and founder.family == s.family
+        a, b = vars(s.attributes), vars(founder.attributes)
+        if s.kind == "one-attribute":
+            assert len(_changed(a, b)) == 1 and s.swapped is None
+        else:
+            first, second = s.swapped
+            assert _changed(a, b) == {first, second} and {first, second} <= set(COLOUR_ATTRIBUTES)
+            assert (a[first], a[second]) == (b[second], b[first]) and a[first] != a[second]
+            assert a[first] in ATTRIBUTES[first] and a[second] in ATTRIBUTES[second]
+
+
+def test_swap_partners_are_symmetric_two_colour_exchanges():
+    species = build_species(200, seed=0)
+    by_id = {s.class_id: s for s in species}
+    partners = swap_partners(species)
+    pairs = {(c, p) for c, ps in partners.items() for p in ps}
+    assert pairs and pairs == {(p, c) for c, p in pairs}
+    for c, p in pairs:
+        a, b = vars(by_id[c].attributes), vars(by_id[p].attributes)
+        first, second = sorted(_changed(a, b))
+        assert {first, second} <= set(COLOUR_ATTRIBUTES) and (a[first], a[second]) == (b[second], b[first])
+    swaps = [s for s in species if s.kind == "swap"]
+    assert len(pairs) // 2 == len(swaps) >= 25  # every swap pair is a founder and its swap variant
+    assert all(partners[s.class_id] == [s.variant_of] for s in swaps)
+    assert len({s.name for s in species}) == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mmai.data.synth.song import SAMPLE_RATE
+from mmai.data.synth.species import SWAP_PROBABILITY
 
 
 def cub_readme(arguments: dict) -> str:
@@ -16,8 +17,10 @@ def cub_readme(arguments: dict) -> str:
         "image, zero-shot class lists, as in Reed et al., CVPR 2016) and mmai_extras/ (species "
         "attributes, part boxes, songs, diary; see mmai_extras/README.md). The birds are drawn "
         "procedurally: each species is a combination of bill shape, bill length, bill colour, crown, "
-        "wing and belly colour, tail length, wing bars and eye ring, and many species differ from "
-        "another in exactly one of them. Nothing here is a photograph of a real bird, and numbers "
+        "wing and belly colour, tail length, wing bars and eye ring; many species differ from "
+        "another in exactly one of them, and some only in which of two parts has which colour. The "
+        "zero-shot class lists keep each family of related species in one split (the real release's "
+        "lists do not follow this rule). Nothing here is a photograph of a real bird, and numbers "
         f"measured on it are not CUB numbers. Arguments: {args}.\n"
     )
 
@@ -32,12 +35,17 @@ All pixel coordinates refer to the saved JPEG (origin top left, x right, y down)
 
 ## species_attributes.json
 One JSON object:
+- `format_version`: 2 (1: MMAI before swap variants and family-wise splits).
 - `attributes`: attribute name -> list of its possible values.
 - `species`: one object per class, in class-id order, with `class_id`, `class_dir`
-  (`NNN.Name`), `name`, `family` (species of one family share a founder and each differs from
-  it in exactly one attribute), `attributes` (name -> value), `one_attribute_partners` (class ids
-  of the species that differ from this one in exactly one attribute), `places` (diary places
-  where it lives) and `song` (its song template: `base_hz` centre pitch in Hz, `notes`,
+  (`NNN.Name`), `name`, `family` (the index of its family, see below), `kind` (`"founder"`,
+  `"one-attribute"` or `"swap"`), `variant_of` (class id of its family's founder; null for
+  founders), `swapped` (for a swap, the two attribute names whose values it exchanges relative
+  to the founder, e.g. `["bill_colour", "belly_colour"]`; null otherwise), `attributes` (name ->
+  value), `one_attribute_partners` (class ids of the species that differ from this one in
+  exactly one attribute), `swap_partners` (class ids of the species equal to this one except
+  that the values of two colour attributes are exchanged), `places` (diary places where it
+  lives) and `song` (its song template: `base_hz` centre pitch in Hz, `notes`,
   `note_seconds`, `gap_seconds`, `rhythm` length factor per successive note, `note_step` pitch
   ratio per successive note, `sweep_octaves` glide within a note, `trill_hz` and `trill_depth`
   frequency modulation, `harmonic` relative amplitude of the 2nd harmonic).
@@ -45,6 +53,22 @@ One JSON object:
 Attributes: `bill_shape` (straight, curved, hooked, conical), `bill_length` (short, long),
 `bill_colour`, `crown_colour`, `wing_colour`, `belly_colour` (colour names), `tail_length`
 (short, long), `wing_bars` and `eye_ring` (true/false).
+
+Families (adjacent class ids): a founder with random attributes, 1-3 one-attribute variants
+(the founder with one attribute changed; bill attributes most often) and, with probability
+{SWAP_PROBABILITY}, a swap variant: the founder with the values of two of `bill_colour`,
+`crown_colour`, `wing_colour`, `belly_colour` exchanged ("orange bill, grey belly" becomes "grey
+bill, orange belly"), the pair chosen uniformly among those where the two values differ and each
+is a possible value of the other attribute. A swap pair has the same bag of attribute words and
+differs only in which colour goes with which part (the binding test of ARO, Yuksekgonul et al.,
+ICLR 2023). Every swap pair is a founder and its own swap variant: no species is added that
+would be a swap of a species of another family.
+
+The zero-shot class lists (`cvpr2016_cub/*classes.txt`) keep each family in one split: about
+half of the classes train, a quarter val, a quarter test, whole families each; when two or more
+families hold a swap pair, val and test each get at least one of them (about their quarter),
+so every split can test binding on pairs it never trained on. Real CUB uses the caption
+release's own lists.
 
 ## part_boxes.txt
 `<image_id> <part> <x> <y> <width> <height>`, one line per image and part, parts `bill`,

@@ -26,9 +26,11 @@ from mmai.data.synth.layout import (CAPTIONS_DIR, CUB_DIR, EXTRAS_DIR, PlannedIm
                                     write_boxes, write_class_lists, write_cub_tables)
 from mmai.data.synth.readme import cub_readme, extras_readme
 from mmai.data.synth.song import SAMPLE_RATE, render_song
-from mmai.data.synth.species import ATTRIBUTES, Species, build_species, one_attribute_partners
+from mmai.data.synth.species import ATTRIBUTES, Species, build_species, one_attribute_partners, swap_partners
 
-FORMAT_VERSION = 1
+#: 2: swap variants and their fields in species_attributes.json, family-wise class splits
+#: (1: MMAI before these).
+FORMAT_VERSION = 2
 JPEG_QUALITY = 90
 #: Image ids with ``image_id % GRAYSCALE_EVERY == GRAYSCALE_OFFSET`` are grayscale (~1 %, as in
 #: real CUB); a fixed rule, so even a 5-image data set has one.
@@ -98,6 +100,13 @@ def _existing(out: Path, record: dict, started: float) -> SynthSummary | None:
     if marker.exists():
         found = json.loads(marker.read_text(encoding="utf-8"))
         found_args = {key: value for key, value in found.items() if key != "mmai_version"}
+        if found_args.get("format_version") != record["format_version"]:
+            made_by = f"MMAI {found['mmai_version']}" if found.get("mmai_version") else "another MMAI"
+            age = "an older" if (found_args.get("format_version") or 0) < record["format_version"] else "a newer"
+            raise ValueError(
+                f"synthesize: {out} already holds a synthetic CUB made with other arguments: format version "
+                f"{found_args.get('format_version')!r} there (made by {made_by}, {age} format) vs "
+                f"{record['format_version']} written by this MMAI; delete {out} or pick another directory")
         if found_args == record:
             return SynthSummary(out, record["classes"], record["images"],
                                 record["images"] * record["captions_per_image"],
@@ -162,12 +171,15 @@ def _render_all(planned: list[PlannedImage], init_args: tuple, workers: int, pro
 
 
 def _species_json(species: list[Species], homes: dict[int, list[str]]) -> dict:
-    partners = one_attribute_partners(species)
+    partners, swaps = one_attribute_partners(species), swap_partners(species)
     return {
         "format_version": FORMAT_VERSION,
         "attributes": {name: list(values) for name, values in ATTRIBUTES.items()},
         "species": [{"class_id": s.class_id, "class_dir": s.class_dir, "name": s.name, "family": s.family,
+                     "kind": s.kind, "variant_of": s.variant_of,
+                     "swapped": list(s.swapped) if s.swapped else None,
                      "attributes": dataclasses.asdict(s.attributes), "one_attribute_partners": partners[s.class_id],
+                     "swap_partners": swaps[s.class_id],
                      "places": homes[s.class_id], "song": dataclasses.asdict(s.song)} for s in species],
     }
 
