@@ -15,13 +15,17 @@ from PIL import Image
 
 from mmai.data.synth import is_grayscale, synthesize
 from mmai.data.synth.captions import image_captions
-from mmai.data.synth.draw import COLOURS
+from mmai.data.synth.diary import BURST_GAP_SECONDS, CONDITIONS, HARD_CONDITIONS, HARD_PROBABILITY, build_diary
+from mmai.data.synth.draw import COLOURS, PARTS, draw_bird
 from mmai.data.synth.layout import class_splits
 from mmai.data.synth.species import (ATTRIBUTES, COLOUR_ATTRIBUTES, build_species, one_attribute_partners,
                                      swap_partners)
 
 TINY = dict(classes=8, images=40, captions_per_image=10, image_size=64, seed=3)
 BOX = r"\d+\.\d"
+COLOUR_WORDS = set(COLOURS) | {"gray", "tan", "cream"}
+#: Words only a caption that describes the eye ring, the wing bars or the bill shape uses.
+FINE_DETAIL = re.compile(r"eye ?ring|ring around|wing ?bars|\bbars\b|plain wings|straight|curved|hook|conical|cone")
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +51,10 @@ def _image_rows(root: Path) -> list[tuple[int, str, int]]:
     paths = [line.split() for line in _lines(root / "CUB_200_2011" / "images.txt")]
     labels = [line.split() for line in _lines(root / "CUB_200_2011" / "image_class_labels.txt")]
     return [(int(i), path, int(c)) for (i, path), (_, c) in zip(paths, labels)]
+
+
+def _episodes(root: Path) -> list[dict]:
+    return [json.loads(line) for line in _lines(root / "mmai_extras" / "episodes.jsonl")]
 
 
 def _sha256_tree(root: Path) -> dict[str, str]:
@@ -199,10 +207,12 @@ def test_part_boxes_lie_in_the_bird_box_and_the_bill_touches_the_head(tiny):
         assert re.fullmatch(rf"{BOX} {BOX} {BOX} {BOX}", " ".join(box))
         parts.setdefault(int(image_id), {})[part] = [float(v) for v in box]
     assert sorted(parts) == list(range(1, 41))
+    conditions = {e["image_id"]: e["condition"] for e in _episodes(tiny)}
     for image_id, boxes in parts.items():
         assert set(boxes) == {"bill", "head", "wing", "tail"}
         bx, by, bw, bh = birds[image_id]
-        assert 0 <= bx and 0 <= by and bx + bw <= 64 and by + bh <= 64 and bw > 10 and bh > 10
+        smallest = 3 if conditions[image_id] == "distant" else 10
+        assert 0 <= bx and 0 <= by and bx + bw <= 64 and by + bh <= 64 and bw > smallest and bh > smallest
         for x, y, w, h in boxes.values():
             assert w > 0 and h > 0
             assert bx - 0.1 <= x and by - 0.1 <= y and x + w <= bx + bw + 0.1 and y + h <= by + bh + 0.1
@@ -256,7 +266,8 @@ def test_diary_puts_each_photo_on_an_outing_at_one_home_place(tiny):
     assert [e["image_id"] for e in entries] == list(range(1, 41))
     outings: dict[int, list[dict]] = {}
     for entry in entries:
-        assert set(entry) == {"image_id", "timestamp", "place", "latitude", "longitude", "episode_id"}
+        assert set(entry) == {"image_id", "timestamp", "place", "latitude", "longitude", "episode_id",
+                              "sighting_id", "condition"}
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", entry["timestamp"])
         assert entry["place"] in species[classes[entry["image_id"]]]["places"]
         outings.setdefault(entry["episode_id"], []).append(entry)
@@ -334,3 +345,110 @@ def test_swap_partners_are_symmetric_two_colour_exchanges():
     assert len(pairs) // 2 == len(swaps) >= 25  # every swap pair is a founder and its swap variant
     assert all(partners[s.class_id] == [s.variant_of] for s in swaps)
     assert len({s.name for s in species}) == 200
+
+
+def _check_sightings(entries: list[dict], classes: dict[int, int]) -> dict[int, list[dict]]:
+    sightings: dict[int, list[dict]] = {}
+    for entry in entries:
+        assert entry["condition"] in CONDITIONS
+        sightings.setdefault(entry["sighting_id"], []).append(entry)
+    assert sorted(sightings) == list(range(len(sightings)))
+    order = []
+    for sighting_id, photos in sorted(sightings.items()):
+        photos.sort(key=lambda e: (e["timestamp"], e["image_id"]))
+        times = [dt.datetime.strptime(e["timestamp"], "%Y-%m-%dT%H:%M:%SZ") for e in photos]
+        assert 1 <= len(photos) <= 6
+        assert len({classes[e["image_id"]] for e in photos}) == 1
+        assert len({(e["place"], e["latitude"], e["longitude"], e["episode_id"]) for e in photos}) == 1
+        assert times[-1] - times[0] <= dt.timedelta(seconds=120)
+        assert all(later - earlier >= dt.timedelta(seconds=int(BURST_GAP_SECONDS[0]))
+                   for earlier, later in zip(times, times[1:]))
+        assert photos[0]["condition"] == "clear"  # a sighting with a hard photo has a clear one
+        order.append((photos[0]["episode_id"], times[0], sighting_id))
+    assert order == sorted(order)  # numbered in episode order, then in time order
+    return sightings
+
+
+def test_diary_photos_come_in_bursts_of_one_bird_at_one_spot(tiny):
+    classes = {image_id: class_id for image_id, _, class_id in _image_rows(tiny)}
+    sightings = _check_sightings(_episodes(tiny), classes)
+    assert any(len(photos) > 1 for photos in sightings.values()) and len(sightings) < 40
+
+
+def test_hard_photos_have_the_documented_fraction_and_mix():
+    species = build_species(40, seed=0)
+    classes = {image_id: 1 + (image_id - 1) % 40 for image_id in range(1, 3001)}
+    entries = build_diary(species, classes, seed=0).entries
+    sightings = _check_sightings(entries, classes)
+    later = [e for photos in sightings.values() for e in photos[1:]]
+    hard = [e["condition"] for e in later if e["condition"] != "clear"]
+    assert len(later) > 1000 and abs(len(hard) / len(later) - HARD_PROBABILITY) < 0.04
+    counts = [hard.count(name) / len(hard) for name in HARD_CONDITIONS]
+    assert all(abs(share - 0.25) < 0.06 for share in counts), counts
+    assert all(photos[0]["condition"] == "clear" for photos in sightings.values() if len(photos) == 1)
+    assert 0.1 < len(hard) / len(entries) < 0.3
+    assert build_diary(species, classes, seed=0).entries == entries
+
+
+def _words(captions: list[str]) -> set[str]:
+    return {word for caption in captions for word in re.findall(r"[a-z]+", caption)}
+
+
+def test_captions_leave_out_what_the_condition_hides():
+    for s in build_species(12, seed=0):
+        rng = np.random.default_rng(s.class_id)
+        low_light = image_captions(s.attributes, rng, count=30, condition="low_light")
+        assert not _words(low_light) & (COLOUR_WORDS | {"white"}), low_light
+        for condition in ("distant", "motion_blur"):
+            captions = image_captions(s.attributes, rng, count=30, condition=condition)
+            assert not any(FINE_DETAIL.search(caption) for caption in captions), (condition, captions)
+        distant_gray = image_captions(s.attributes, rng, count=10, condition="distant", grayscale=True)
+        assert all("tail" in caption for caption in distant_gray)  # the only thing left to see
+        clear = image_captions(s.attributes, rng, count=30)
+        assert _words(clear) & COLOUR_WORDS and any(FINE_DETAIL.search(caption) for caption in clear)
+    with pytest.raises(ValueError, match="condition='foggy'"):
+        image_captions(build_species(4)[0].attributes, np.random.default_rng(0), condition="foggy")
+
+
+def test_written_captions_follow_each_photos_condition(tiny):
+    conditions = {e["image_id"]: e["condition"] for e in _episodes(tiny)}
+    assert set(conditions.values()) - {"clear"}  # the tiny set has hard photos
+    for image_id, path, _ in _image_rows(tiny):
+        captions = _lines(tiny / "cvpr2016_cub" / "text_c10" / path.replace(".jpg", ".txt"))
+        if conditions[image_id] == "low_light":
+            assert not _words(captions) & (COLOUR_WORDS | {"white"}), captions
+        if conditions[image_id] in ("distant", "motion_blur"):
+            assert not any(FINE_DETAIL.search(caption) for caption in captions), captions
+
+
+def _draw(condition: str, index: int = 0):
+    attributes = build_species(8, seed=0)[index].attributes
+    return draw_bird(attributes, np.random.default_rng([7, index]), 128, condition=condition)
+
+
+def test_hard_conditions_change_the_picture_as_documented():
+    for index in range(4):
+        clear = _draw("clear", index)
+        pixels = np.asarray(clear.image, dtype=np.float64)
+        assert clear.hidden_parts == set()
+        dark = np.asarray(_draw("low_light", index).image, dtype=np.float64)
+        assert dark.mean() < 0.4 * pixels.mean()
+        blocks = [p.reshape(16, 8, 16, 8, 3).mean(axis=(1, 3)) for p in (pixels, dark)]  # averages out the noise
+        chroma = [(b.max(axis=2) - b.min(axis=2)).mean() for b in blocks]
+        assert chroma[1] < 0.15 * chroma[0]  # washed out beyond the darkening (0.3 at most)
+        grain = [np.abs(np.diff(p, axis=1)).mean() for p in (0.3 * pixels, dark)]
+        assert grain[1] > 1.5 * grain[0]  # noisier than the clear photo darkened
+        blurred = np.asarray(_draw("motion_blur", index).image, dtype=np.float64)
+        edges = [np.percentile(np.abs(np.diff(p, axis=0))[:, :-1] + np.abs(np.diff(p, axis=1))[:-1], 99)
+                 for p in (pixels, blurred)]  # the strongest edges, above the sensor noise
+        assert edges[1] < 0.7 * edges[0]
+        distant = _draw("distant", index)
+        assert max(distant.bird_box[2:]) < 0.6 * max(clear.bird_box[2:])
+        for x, y, w, h in distant.part_boxes.values():
+            bx, by, bw, bh = distant.bird_box
+            assert w > 0 and bx - 0.1 <= x and x + w <= bx + bw + 0.1 and by - 0.1 <= y and y + h <= by + bh + 0.1
+        occluded = _draw("occluded", index)
+        assert 1 <= len(occluded.hidden_parts) and occluded.hidden_parts <= set(PARTS)
+        assert occluded.part_boxes == clear.part_boxes  # the leaves change the picture, not the bird
+    with pytest.raises(ValueError, match="condition='foggy'"):
+        _draw("foggy")

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from mmai.data.synth.diary import BURST_GAP_SECONDS, HARD_CONDITIONS, HARD_PROBABILITY, SIGHTING_PHOTOS
+from mmai.data.synth.draw import BLUR_LENGTH, DISTANT_SCALE, LOW_LIGHT_BRIGHTNESS, LOW_LIGHT_SATURATION
 from mmai.data.synth.song import SAMPLE_RATE
 from mmai.data.synth.species import SWAP_PROBABILITY
+
+
+def _range(fractions: tuple[float, float]) -> str:
+    return f"{fractions[0] * 100:.0f}-{fractions[1] * 100:.0f} %"
 
 
 def cub_readme(arguments: dict) -> str:
@@ -35,7 +41,7 @@ All pixel coordinates refer to the saved JPEG (origin top left, x right, y down)
 
 ## species_attributes.json
 One JSON object:
-- `format_version`: 2 (1: MMAI before swap variants and family-wise splits).
+- `format_version`: 2 (1: MMAI before swap variants, family-wise splits and sightings).
 - `attributes`: attribute name -> list of its possible values.
 - `species`: one object per class, in class-id order, with `class_id`, `class_dir`
   (`NNN.Name`), `name`, `family` (the index of its family, see below), `kind` (`"founder"`,
@@ -83,12 +89,38 @@ made with `audio=False`.
 
 ## episodes.jsonl
 One JSON object per line, one line per image, in image-id order:
-`{{"image_id", "timestamp", "place", "latitude", "longitude", "episode_id"}}`. A simulated
-birdwatcher visits ten places in six cities (Mumbai, Bengaluru, London, New York, Berlin, San
-Francisco); each species lives at 1-3 of them. An outing (an `episode_id`, numbered in time
-order) lasts 1-3 hours at one place on one day of 2021-2024 and photographs 1-4 local species.
-`timestamp` is ISO-8601 UTC (`2023-05-14T07:32:10Z`), sorted within an outing; `latitude` and
-`longitude` are degrees (WGS84), the place's position plus up to ~300 m of GPS scatter.
+`{{"image_id", "timestamp", "place", "latitude", "longitude", "episode_id", "sighting_id",
+"condition"}}`. A simulated birdwatcher visits ten places in six cities (Mumbai, Bengaluru,
+London, New York, Berlin, San Francisco); each species lives at 1-3 of them. An outing (an
+`episode_id`, numbered in time order) lasts 1-3 hours at one place on one day of 2021-2024 and
+photographs 1-4 local species. `timestamp` is ISO-8601 UTC (`2023-05-14T07:32:10Z`), sorted
+within an outing; `latitude` and `longitude` are degrees (WGS84), the place's position plus up
+to ~300 m of GPS scatter.
+
+Sightings (bursts): within an outing, each species' photos come as sightings of {SIGHTING_PHOTOS[0]}-{SIGHTING_PHOTOS[1]} photos
+of one individual bird, consecutive photos {BURST_GAP_SECONDS[0]:g}-{BURST_GAP_SECONDS[1]:g} s apart (a sighting spans at most two
+minutes), all with the same latitude and longitude. Sightings do not overlap in time.
+`sighting_id` is unique over the data set, numbered in episode order and then in time order
+within the outing. Photos of one sighting share the background kind, the perch, the direction
+the bird faces and its plumage shade; pose, framing and lighting change from photo to photo.
+
+`condition` is one of `clear`, `low_light`, `motion_blur`, `distant`, `occluded`. The first
+photo of a sighting, and every single-photo sighting, is `clear`; each later photo is hard with
+probability {HARD_PROBABILITY}, its condition drawn uniformly among the {len(HARD_CONDITIONS)} hard ones, so every sighting
+with a hard photo also has a clear one. About 60 % of the photos are not the first of
+their sighting, so about a fifth of all photos are hard. The captions of a photo describe only
+what it shows:
+
+| condition | picture | captions leave out |
+|---|---|---|
+| `clear` | as drawn, nothing hidden | nothing (grayscale photos: colours) |
+| `low_light` | strongly darkened ({_range(LOW_LIGHT_BRIGHTNESS)} brightness), colours washed out ({_range(LOW_LIGHT_SATURATION)} saturation kept), sensor noise | every colour word, also the white of wing bars and eye rings |
+| `motion_blur` | the whole frame smeared along one direction over {_range(BLUR_LENGTH)} of its width | eye ring, wing bars, bill shape |
+| `distant` | the bird drawn at {_range(DISTANT_SCALE)} of its usual scale (small boxes) | eye ring, wing bars, bill shape, bill length |
+| `occluded` | leaf clusters over one or two parts (others hidden too when half covered) | the attributes of the hidden parts (bill: shape, length, colour; head: crown, eye ring; wing: colour, bars; tail: length) |
+
+Part and bird boxes are exact for every condition (they give the bird's extent, also where leaves
+cover it).
 
 ## synth_args.json
 The arguments and format version of the run; written last, so its presence means the data set
