@@ -127,6 +127,8 @@ class SampleDecoder:
             "latitude": float(episode.get("latitude", math.nan)),
             "longitude": float(episode.get("longitude", math.nan)),
             "place": episode.get("place", ""),
+            "sighting_id": int(episode.get("sighting_id", -1)),  # burst of one bird (synthetic diary); -1 unknown
+            "condition": str(episode.get("condition", "")),  # clear / low_light / ...; "" unknown
             "is_pad": bool(sample.get("__pad__", False)),
         }
         if self.audio_samples:
@@ -185,6 +187,8 @@ class Collator:
             "latitude": torch.tensor([s["latitude"] for s in samples], dtype=torch.float64),
             "longitude": torch.tensor([s["longitude"] for s in samples], dtype=torch.float64),
             "place": [s["place"] for s in samples],
+            "sighting_id": torch.tensor([s["sighting_id"] for s in samples], dtype=torch.long),
+            "condition": [s["condition"] for s in samples],
             "is_pad": torch.tensor([s["is_pad"] for s in samples], dtype=torch.bool),
         }
         if "audio" in samples[0]:

@@ -238,8 +238,17 @@ def _write_all(index, extras, assignments, out: Path, split: str, samples_per_sh
         raise _bad_files_error(bad)
     manifest["skipped"] = {"count": len(bad), "files": [dataclasses.asdict(b) for b in bad]}
     manifest["short_captions"] = _odd_caption_files(caption_counts)
+    manifest["species"] = _species_annotations(extras)
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def _species_annotations(extras) -> list[dict]:
+    """Each species' attributes and swap partners from ``mmai_extras/species_attributes.json``
+    (synthetic CUB only; ``[]`` otherwise): what the evaluation's binding probe reads."""
+    species = (extras.species_attributes if extras is not None else {}).get("species", [])
+    return [{"class_id": int(entry["class_id"]), "attributes": entry.get("attributes", {}),
+             "swap_partners": entry.get("swap_partners", [])} for entry in species]
 
 
 def _odd_caption_files(counts: list[tuple[str, int]]) -> dict:
