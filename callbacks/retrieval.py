@@ -135,7 +135,7 @@ class RetrievalEvalCallback(L.Callback):
                               progress=False, **self.graph_options)
         metrics.update({f"graph/{name}": float(value) for name, value in graph.stats().items() if name != "edges"})
         for stage, stage_graph in (("gar", graph), ("gar_control", graph.shuffled_control(self.control_seed))):
-            retriever = GraphAugmentedRetriever(stage_graph, alpha=self.gar_alpha, damping=self.gar_damping)
+            retriever = GraphAugmentedRetriever(stage_graph, gar_weight=self.gar_alpha, damping=self.gar_damping)
             start = time.perf_counter()
             ranked = retriever.rerank(hits, scores, k=k).ids  # (Nt, k) positions
             if stage == "gar":

@@ -19,6 +19,7 @@ import soundfile
 from PIL import Image
 
 from mmai.data.synth import synthesize
+from mmai.memory.filters import Filters
 from mmai.memory.personal import PersonalMemory
 from mmai.serve import (Dashboard, build_app, build_parser, check_upload, format_time, is_loopback, parse_filters,
                         upload_meta)
@@ -176,7 +177,7 @@ def test_upload_stores_only_files_that_pass_the_checks_and_reports_each(tmp_path
     for name, words in (("broken.jpg", "corrupt"), ("script.exe", "not allowed"), ("panorama.png", "upload limit")):
         assert any(line.startswith("- **rejected**") and name in line and words in line for line in lines), report
     assert memory.stats()["memories"] == 1
-    hits = memory.search("a bird", place="Mumbai", year=2021)
+    hits = memory.search("a bird", filters=Filters(place="Mumbai", year=2021))
     assert len(hits) == 1 and hits[0].metadata["place"] == "Powai Lake, Mumbai"
     assert Path(hits[0].metadata["media_path"]).is_file()
 
@@ -333,7 +334,7 @@ def test_served_thumbnails_and_uploads_stay_private_under_the_root_and_go_on_exi
                       for item in gallery]
         assert all(folder in path.parents for path in thumbnails), thumbnails
     assert not folder.exists() and "GRADIO_TEMP_DIR" not in os.environ
-    upload = memory.search("a bird", k=20, place="Powai Lake")
+    upload = memory.search("a bird", 20, Filters(place="Powai Lake"))
     assert [hit.metadata["source_path"] for hit in upload] == ["uploaded via dashboard: heron.jpg"]
     assert [s["path"] for s in upload[0].metadata["sources"]] == ["uploaded via dashboard: heron.jpg"]
     assert Path(upload[0].metadata["media_path"]).parent == memory.root / "media"
