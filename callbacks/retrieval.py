@@ -20,7 +20,9 @@ Logged (``val/`` prefix):
   ``two_stage_match/...`` (match logit alone), ``two_stage/latency_ms`` (stage 1 + stage 2 per
   query, cached patch tokens, no encoding), ``two_stage/rerank_latency_ms`` (stage 2 alone) and
   ``two_stage/k``. GAR (and its control) then re-rank the two-stage list instead of stage 1's,
-  so the rows stack as in the reference table: stage 1 → + re-rank → + GAR.
+  so the rows stack as in the reference table: stage 1 → + re-rank → + GAR. The module is told
+  the ``rerank_k`` and ``stage1_weight`` used (``record_validation``), so its checkpoints record
+  them and ``mmai memory search --rerank`` re-ranks with the validated values.
 * ``graph/{nodes,temporal_edges,semantic_edges,mean_degree,episodes,schemas}``.
 
 Exact full-gallery stage-1 Recall@K (``val/stage1/...``) is logged by the module itself.
@@ -112,6 +114,10 @@ class RetrievalEvalCallback(L.Callback):
             raise RuntimeError(f"retrieval evaluation failed at the end of epoch {trainer.current_epoch} "
                                f"({metrics['__error__']}); this epoch's weights are saved in {path}")
         pl_module.log_dict({f"val/{key}": value for key, value in metrics.items()})
+        record = getattr(pl_module, "record_validation", None)
+        if record is not None and "two_stage/k" in metrics:  # every rank: the broadcast numbers
+            record(int(metrics["two_stage/k"]), self.stage1_weight, epoch=trainer.current_epoch,
+                   step=trainer.global_step)
 
     def evaluate(self, data: EvalSet, two_stage: Callable | None = None) -> dict[str, float]:
         """Stage 1 → (stage 2 if ``two_stage`` is given) → GAR and its control, on one gathered set.
