@@ -316,6 +316,50 @@ def test_rerank_gar_and_saliency_panels(tmp_path, checkpoints, synth):
     assert all(abs(r.metadata["timestamp"] - with_gar[0].metadata["timestamp"]) <= 3600 for r in outing)
 
 
+class _MeanReranker:
+    """A stand-in re-ranker: an image's match logit is its mean pixel value over 16."""
+
+    rerank_k, stage1_weight, settings_source = 6, 0.4, "a test"
+
+    def rerank(self, query: str, images) -> np.ndarray:
+        return np.array([np.asarray(image, np.float32).mean() / 16 for image in images], np.float32)
+
+
+def test_memory_rerank_is_the_librarys_two_stage_scoring(tmp_path, stage1, monkeypatch):
+    from mmai import two_stage
+
+    for i in range(7):
+        _image(tmp_path / "p" / f"{i}.png", 10 + i)
+    for i, text in enumerate(("a bird on a branch", "two birds at the lake")):
+        (tmp_path / "p" / f"note{i}.txt").write_text(text)
+    fake = _MeanReranker()
+    memory = PersonalMemory(tmp_path / "memory", encoder=stage1, stage2=fake, progress=False)
+    memory.ingest([tmp_path / "p"])
+    calls = []
+    library = two_stage.rerank_topk
+    monkeypatch.setattr(two_stage, "rerank_topk", lambda *a, **kw: calls.append(kw) or library(*a, **kw))
+    plain = memory.search("a bird", 9)
+    reranked = memory.search("a bird", 9, options=SearchOptions(rerank=True))
+    assert len(calls) == 1 and calls[0]["stage1_weight"] == 0.4  # the re-ranker's own lambda
+
+    window = plain[:6]  # the re-ranker's own rerank_k
+    slots = [slot for slot, hit in enumerate(window) if hit.metadata["modality"] == "image"]
+    assert 0 < len(slots) < 6  # notes in the window keep their places
+    logits = torch.as_tensor(fake.rerank("a bird", [Image.open(window[s].metadata["media_path"]).convert("RGB")
+                                                    for s in slots]))
+    stage1_scores = torch.tensor([[window[s].stage1_score for s in slots]], dtype=torch.float64)
+    order, scores = library(torch.arange(len(slots))[None], stage1_scores, k=len(slots),
+                            rerank_fn=lambda queries, candidates: logits[candidates], stage1_weight=0.4,
+                            return_scores=True)
+    expected = [hit.id for hit in plain]
+    for slot, position in zip(slots, order[0].tolist()):
+        expected[slot] = window[slots[position]].id
+    assert [hit.id for hit in reranked] == expected and expected != [hit.id for hit in plain]
+    assert [reranked[slot].score for slot in slots] == scores[0].tolist()
+    assert [reranked[slot].match_logit for slot in slots] == [float(logits[p]) for p in order[0].tolist()]
+    assert all(reranked[i].score == plain[i].score for i in range(9) if i not in slots)
+
+
 def test_recency_weight_prefers_recent_memories(tmp_path, stage1, synth):
     paths, overrides = synthetic_collection(synth, audio=False)
     memory = PersonalMemory(tmp_path / "memory", encoder=stage1, progress=False)
