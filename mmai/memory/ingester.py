@@ -100,7 +100,29 @@ class Ingester:
     def ingest(self, paths: Sequence[str | os.PathLike], meta: str | os.PathLike | None, progress: bool, *,
                require_time: bool = False, batch_size: int = 16, overrides: dict[str, dict[str, Any]] | None = None,
                follow_links: bool = False) -> IngestReport:
-        """See :meth:`PersonalMemory.ingest`."""
+        """Add files (or folders of files) as memories.
+
+        Args:
+            paths: image, note and audio files, or folders (walked recursively).
+            meta: a JSON/CSV table of per-file ``time``/``place``/``latitude``/``longitude``
+                (see :class:`~mmai.memory.ingest.MetaTable`).
+            progress: tqdm bar (``PersonalMemory.ingest``'s default: the memory's ``progress``).
+            require_time: reject files whose time would come only from the file's mtime.
+            batch_size: files per confirmed batch (default 16).
+            overrides: ``{absolute path: {field: value}}`` metadata that wins over every other
+                source; fields as in sidecars, plus ``source``: the ``time_source`` label to record
+                (default ``"override"``), and ``source_path``: what to record as the file's origin
+                instead of its path (e.g. a dashboard upload's name, not its temporary copy).
+            follow_links: follow symbolic links inside the folders even when their target is
+                outside the given paths (default ``False``: skipped, listed in ``skipped``).
+
+        Returns:
+            An :class:`IngestReport`; a file that cannot be read is rejected with its reason.
+
+        Raises:
+            FileNotFoundError, IngestError: ``meta`` is missing or invalid (nothing is written).
+            ValueError: no checkpoint (nothing is written).
+        """
         started = time.perf_counter()
         report = IngestReport()
         table = None if meta is None else MetaTable(meta)
