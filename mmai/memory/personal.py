@@ -145,7 +145,7 @@ class PersonalMemory:
                               graph_config=graph_config or GraphConfig(), progress=progress,
                               on_change=lambda: self.records.forget_cache())
         self.records = Records(self.store, self.sync, self.media_dir)
-        self.searcher = Searcher(self.store, self.sync, self.records, self.models, self._mutex)
+        self.searcher = Searcher(self.store, self.sync, self.records, self.models)
         self.ingester = Ingester(self.store, self.sync, self.journal, self.models, self.media_dir, self._write_lock)
         self.maintenance = Maintenance(self.store, self.sync, self.records, self.journal, self.media_dir,
                                        self._write_lock, progress)

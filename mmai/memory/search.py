@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -125,13 +123,11 @@ class Searcher:
     """The search stages over one memory's parts (see the module docstring).
 
     Args:
-        store, sync, records, models: the memory's parts.
-        mutex: the memory's lock (held by the public callers).
+        store, sync, records, models: the memory's parts (the caller holds the memory's lock).
     """
 
-    def __init__(self, store: MemoryStore, sync: IndexSync, records: Records, models: MemoryModels,
-                 mutex: threading.RLock) -> None:
-        self.store, self.sync, self.records, self.models, self._mutex = store, sync, records, models, mutex
+    def __init__(self, store: MemoryStore, sync: IndexSync, records: Records, models: MemoryModels) -> None:
+        self.store, self.sync, self.records, self.models = store, sync, records, models
         self._gar: GraphAugmentedRetriever | None = None
 
     # ------------------------------------------------------------------ the search
