@@ -20,7 +20,9 @@ Logged (``val/`` prefix):
   ``two_stage_match/...`` (match logit alone), ``two_stage/latency_ms`` (stage 1 + stage 2 per
   query, cached patch tokens, no encoding), ``two_stage/rerank_latency_ms`` (stage 2 alone) and
   ``two_stage/k``. GAR (and its control) then re-rank the two-stage list instead of stage 1's,
-  so the rows stack as in the reference table: stage 1 → + re-rank → + GAR.
+  so the rows stack as in the reference table: stage 1 → + re-rank → + GAR. The module is told
+  the ``rerank_k`` and ``stage1_weight`` used (``record_validation``), so its checkpoints record
+  them and ``mmai memory search --rerank`` re-ranks with the validated values.
 * ``graph/{nodes,temporal_edges,semantic_edges,mean_degree,episodes,schemas}``.
 * ``probe/binding/{stage1,two_stage}`` (with ``probe/binding/pairs``, ``probe/binding/captions``):
   where the gallery holds swap pairs (the synthetic CUB's binding confusers, from the shard
@@ -139,6 +141,10 @@ class RetrievalEvalCallback(L.Callback):
             raise RuntimeError(f"retrieval evaluation failed at the end of epoch {trainer.current_epoch} "
                                f"({metrics['__error__']}); this epoch's weights are saved in {path}")
         pl_module.log_dict({f"val/{key}": value for key, value in metrics.items()})
+        record = getattr(pl_module, "record_validation", None)
+        if record is not None and "two_stage/k" in metrics:  # every rank: the broadcast numbers
+            record(int(metrics["two_stage/k"]), self.stage1_weight, epoch=trainer.current_epoch,
+                   step=trainer.global_step)
 
     def evaluate(self, data: EvalSet, two_stage: Callable | None = None) -> dict[str, float]:
         """Stage 1 → (stage 2 if ``two_stage`` is given) → GAR and its control, on one gathered set.
@@ -165,7 +171,7 @@ class RetrievalEvalCallback(L.Callback):
                               progress=False, **self.graph_options)
         metrics.update({f"graph/{name}": float(value) for name, value in graph.stats().items() if name != "edges"})
         for stage, stage_graph in (("gar", graph), ("gar_control", graph.shuffled_control(self.control_seed))):
-            retriever = GraphAugmentedRetriever(stage_graph, alpha=self.gar_alpha, damping=self.gar_damping)
+            retriever = GraphAugmentedRetriever(stage_graph, gar_weight=self.gar_alpha, damping=self.gar_damping)
             start = time.perf_counter()
             ranked = retriever.rerank(hits, scores, k=k).ids  # (Nt, k) positions
             rankings[stage] = np.asarray(ranked)
