@@ -24,7 +24,7 @@ Logged (``val/`` prefix):
   the ``rerank_k`` and ``stage1_weight`` used (``record_validation``), so its checkpoints record
   them and ``mmai memory search --rerank`` re-ranks with the validated values.
 * ``graph/{nodes,temporal_edges,semantic_edges,mean_degree,episodes,schemas}``.
-* ``probe/binding/{stage1,two_stage}`` (with ``probe/binding/pairs``, ``probe/binding/captions``):
+* ``probe/binding/{stage1,two_stage,gar,gar_control}`` (with ``probe/binding/pairs``, ``probe/binding/captions``):
   where the gallery holds swap pairs (the synthetic CUB's binding confusers, from the shard
   manifest's ``species``), the fraction of (caption naming a swapped colour, confuser image)
   pairs whose true image ranks above the confuser (:mod:`mmai.probes`). ~50% is a bag of words.
@@ -201,12 +201,11 @@ class RetrievalEvalCallback(L.Callback):
                 return (text[text_rows] * image[image_rows]).sum(-1).numpy()
 
             metrics["probe/binding/pairs"] = float(len(probe))
-            for stage in ("stage1", "two_stage"):
-                if stage in rankings:
-                    wins = pair_outcomes(rankings[stage], probe, cosine)
-                    captions, per_query = per_caption(wins, probe.text_rows)
-                    metrics[f"probe/binding/{stage}"] = float(wins.mean())
-                    outcomes[f"{stage}/probe/binding"] = per_query
+            for stage, ranked in rankings.items():
+                wins = pair_outcomes(ranked, probe, cosine)
+                captions, per_query = per_caption(wins, probe.text_rows)
+                metrics[f"probe/binding/{stage}"] = float(wins.mean())
+                outcomes[f"{stage}/probe/binding"] = per_query
             metrics["probe/binding/captions"] = float(len(captions))
             outcomes["query/binding_text_rows"] = captions
         if len(data.conditions) == len(classes) and data.sighting_ids.numel() == len(classes):

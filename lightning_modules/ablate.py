@@ -16,6 +16,14 @@ Rows 3-5 come from one re-ranker run (the retrieval callback logs all three stag
 lives in ``OUT/runs/<row>-<hash of its arguments>`` with its checkpoints, W&B run and a metrics
 file; a run whose metrics file is complete is reused, not retrained. The table goes to
 ``OUT/ablation.md``, ``OUT/ablation.csv`` and a W&B table (an offline run without credentials).
+
+**Seeds and intervals.** ``--seeds 0 1 2`` (or ``seeds:`` in the config) trains and evaluates
+every row once per seed on the same shards. The table shows each metric as mean ± std over the
+seeds, and each row's paired difference to the row above it (and GAR's to its shuffled control)
+with a 95% bootstrap interval over the val queries, paired across the two rows and pooled over
+the seeds (:mod:`mmai.stats`), from the per-query outcomes every run saves (``per_query.npz``).
+A difference is called a "gain" only when its interval excludes 0; otherwise the table says "no
+measurable gain". The CSV and the W&B table hold every per-seed value.
 """
 
 from __future__ import annotations
@@ -32,9 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 METRICS_FILE = "ablation_metrics.json"
-SETTING_KEYS = {"seed", "out", "shard_dir", "synth", "bi_encoder", "reranker", "retrieval", "baseline", "clip",
+SETTING_KEYS = {"seed", "seeds", "out", "shard_dir", "synth", "bi_encoder", "reranker", "retrieval", "baseline", "clip",
                 "quick"}
 RECALL_COLUMNS = [f"{direction}/{relevance}/R@{k}" for direction in ("t2i", "i2t")
                   for relevance in ("instance", "class") for k in (1, 5, 10)]
@@ -42,7 +52,23 @@ LATENCY_COLUMNS = ["stage1_ms", "rerank_ms", "gar_ms", "total_ms"]
 #: The collapse guard of each row's stage-1 model (``val/stage1/diversity/...``): distinct top-1
 #: images over the val captions as a fraction of the gallery, and mean pairwise cosines.
 DIVERSITY_COLUMNS = ["distinct_top1", "text_mean_cosine", "image_mean_cosine"]
+#: The probes of each row's stage (:mod:`mmai.probes`): binding accuracy, hard burst photos in the top 10.
+PROBE_COLUMNS = ["probe/binding", "probe/burst@10"]
 MISSING = "—"
+#: The table's columns: (key, header); recall from ``val/{stage}/...``, probes from ``val/probe/...``.
+SUMMARY_COLUMNS = [("t2i/class/R@1", "t2i class R@1"), ("t2i/class/R@10", "t2i class R@10"),
+                   ("i2t/class/R@1", "i2t class R@1"), ("t2i/instance/R@10", "t2i inst R@10"),
+                   ("probe/binding", "binding probe"), ("probe/burst@10", "hard bursts in top 10")]
+#: Paired comparisons: (row, against row, per-query outcome, what it measures).
+COMPARISONS = [
+    (2, 1, "t2i/class/hit@1", "t2i class R@1"),
+    (3, 2, "t2i/class/hit@1", "t2i class R@1"),
+    (3, 2, "probe/binding", "binding probe"),
+    (4, 3, "t2i/class/hit@10", "t2i class R@10"),
+    (4, 5, "t2i/class/hit@10", "t2i class R@10"),
+    (4, 5, "probe/burst@10", "hard bursts in top 10"),
+    (4, 3, "probe/burst@10", "hard bursts in top 10"),
+]
 
 
 @dataclass(frozen=True)
@@ -311,8 +337,8 @@ def table_rows(runs: dict[str, RunSpec]) -> list[dict[str, Any]]:
         run = runs[spec.run]
         row: dict[str, Any] = {"row": spec.number, "feature set": spec.label, "status": run.status}
         if not run.metrics:
-            rows.append({**row, **{c: None for c in [*RECALL_COLUMNS, *LATENCY_COLUMNS, *DIVERSITY_COLUMNS]},
-                         "run_dir": ""})
+            rows.append({**row, **{c: None for c in [*RECALL_COLUMNS, *LATENCY_COLUMNS, *DIVERSITY_COLUMNS,
+                                                     *PROBE_COLUMNS]}, "run_dir": ""})
             continue
         m = run.metrics
         for column in RECALL_COLUMNS:
@@ -320,6 +346,8 @@ def table_rows(runs: dict[str, RunSpec]) -> list[dict[str, Any]]:
             row[column] = None if skip else m.get(f"val/{spec.stage}/{column}")
         row.update(_latency(spec, m))
         row.update({column: m.get(f"val/stage1/diversity/{column}") for column in DIVERSITY_COLUMNS})
+        row["probe/binding"] = m.get(f"val/probe/binding/{spec.stage}")
+        row["probe/burst@10"] = m.get(f"val/probe/burst/{spec.stage}/R@10")
         row["run_dir"] = str(run.run_dir)
         rows.append(row)
     return rows
@@ -356,6 +384,7 @@ def protocol(settings: dict[str, Any], runs: dict[str, RunSpec], shards: Path, d
         "rerank_k": int(runs["rerank"].metrics.get("val/two_stage/k", retrieval.get("rerank_k", 16))),
         "stage1_weight": retrieval.get("stage1_weight", 1.0),
         "gar_alpha": retrieval.get("gar_alpha", 0.5),
+        "temporal_window_s": retrieval.get("temporal_window_s", 3600),
         "gar_damping": retrieval.get("gar_damping", 0.5),
         "seed": settings["seed"],
         "bi_encoder_epochs": int(settings["bi_encoder"].get("epochs", 4)),
@@ -375,65 +404,203 @@ def _run_seconds(run: RunSpec) -> float:
     return run.seconds or (json.loads(path.read_text())["seconds"] if path.is_file() else float("nan"))
 
 
-def format_markdown(rows: list[dict[str, Any]], facts: dict[str, Any]) -> str:
-    """The table in percent (``—`` where a cell does not apply or was not run) with its protocol."""
-    head = ["#", "feature set", *RECALL_COLUMNS, "stage-1 ms", "re-rank ms", "GAR ms", "total ms",
-            "distinct top-1", "text cos", "image cos", "run"]
+def summarize(rows_by_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per table row: every numeric column as ``(mean, std, seeds)`` over the seeds that
+    have it (None where no seed has it)."""
+    from mmai.stats import mean_std
+
+    seeds = list(rows_by_seed)
+    summary = []
+    for index, first in enumerate(rows_by_seed[seeds[0]]):
+        per_seed = [rows_by_seed[seed][index] for seed in seeds]
+        row = {"row": first["row"], "feature set": first["feature set"],
+               "status": ", ".join(sorted({r["status"] for r in per_seed}))}
+        for column in [*RECALL_COLUMNS, *PROBE_COLUMNS, *LATENCY_COLUMNS, *DIVERSITY_COLUMNS]:
+            values = [r[column] for r in per_seed if r.get(column) is not None]
+            row[column] = (*mean_std(values), len(values)) if values else None
+        summary.append(row)
+    return summary
+
+
+def _outcomes(run: RunSpec) -> dict[str, Any]:
+    from callbacks.retrieval import PER_QUERY_FILE, load_outcomes
+
+    path = run.run_dir / PER_QUERY_FILE
+    return load_outcomes(path) if path.is_file() else {}
+
+
+def compare(runs_by_seed: dict[int, dict[str, RunSpec]]) -> list[dict[str, Any]]:
+    """Every comparison of :data:`COMPARISONS` with its paired bootstrap interval (pooled over the
+    seeds), or the reason it could not be made."""
+    from mmai.stats import paired_bootstrap
+
+    specs = {spec.number: spec for spec in ROWS}
+    loaded: dict[tuple[int, str], dict] = {}
+    results = []
+    for row, against, metric, label in COMPARISONS:
+        entry = {"row": row, "against": against, "metric": label, "outcome": metric}
+        pairs, problem = [], None
+        for seed, runs in runs_by_seed.items():
+            sides = []
+            for number in (against, row):
+                spec = specs[number]
+                key = (seed, spec.run)
+                if key not in loaded:
+                    loaded[key] = _outcomes(runs[spec.run]) if runs[spec.run].metrics else {}
+                values = loaded[key].get(f"{spec.stage}/{metric}")
+                queries = loaded[key].get("query/binding_text_rows" if metric == "probe/binding" else
+                                          "query/burst_text_rows" if metric.startswith("probe/burst") else
+                                          "query/text_image_ids")
+                sides.append((values, queries))
+            (a, qa), (b, qb) = sides
+            if a is None or b is None:
+                problem = "not measured (a run has no per-query outcomes for it)"
+                break
+            if qa is None or qb is None or not np.array_equal(qa, qb):
+                problem = "the two runs scored different queries: not paired"
+                break
+            pairs.append((a, b))
+        if problem is None and pairs:
+            result = paired_bootstrap(np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs]))
+            entry.update(difference=result.difference, low=result.low, high=result.high, verdict=result.verdict,
+                         queries=result.queries, seeds=result.seeds)
+        else:
+            entry.update(difference=None, low=None, high=None, verdict=problem or "not measured", queries=0, seeds=0)
+        results.append(entry)
+    return results
+
+
+def _cell(value, std: bool = True) -> str:
+    if value is None:
+        return MISSING
+    mean, spread, count = value
+    return f"{100 * mean:.1f} ± {100 * spread:.1f}" if std and count > 1 else f"{100 * mean:.1f}"
+
+
+def _difference(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return ""
+    if entry["difference"] is None:
+        return entry["verdict"]
+    return (f"{100 * entry['difference']:+.1f} [{100 * entry['low']:+.1f}, {100 * entry['high']:+.1f}] "
+            f"{entry['verdict']}")
+
+
+#: The comparison shown in each row's "vs row above" cell: (row, against, outcome).
+HEADLINE = {2: (2, 1, "t2i/class/hit@1"), 3: (3, 2, "probe/binding"), 4: (4, 3, "t2i/class/hit@10"),
+            5: (4, 5, "t2i/class/hit@10")}
+
+
+def format_markdown(rows: list[dict[str, Any]], facts: dict[str, Any], comparisons: list[dict[str, Any]] = (),
+                    chance: dict[str, float] | None = None) -> str:
+    """The table in percent (mean ± std over the seeds; ``—`` where a cell does not apply or was
+    not run), each row's paired difference to the row above, the chance row and the protocol."""
+    by_key = {(c["row"], c["against"], c["outcome"]): c for c in comparisons}
+    head = ["#", "feature set", *(header for _, header in SUMMARY_COLUMNS), "vs row above (95% CI)",
+            "distinct top-1", "total ms", "run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         if row["status"].startswith("not run"):
-            cells = [MISSING] * (len(RECALL_COLUMNS) + len(LATENCY_COLUMNS) + len(DIVERSITY_COLUMNS))
+            cells = [MISSING] * (len(SUMMARY_COLUMNS) + 3)
         else:
-            cells = [MISSING if row[c] is None else f"{100 * row[c]:.1f}" for c in RECALL_COLUMNS]
-            cells += [MISSING if row[c] is None else f"{row[c]:.3f}" for c in LATENCY_COLUMNS]
-            cells += [MISSING if row[c] is None else f"{row[c]:.2f}" for c in DIVERSITY_COLUMNS]
+            cells = [_cell(row.get(key)) for key, _ in SUMMARY_COLUMNS]
+            cells.append(_difference(by_key.get(HEADLINE.get(row["row"], ()))))
+            cells.append(_cell(row.get("distinct_top1"), std=False))
+            total = row.get("total_ms")
+            cells.append(MISSING if total is None else f"{total[0]:.3f}")
         lines.append("| " + " | ".join([str(row["row"]), row["feature set"], *cells, row["status"]]) + " |")
+    if chance:
+        cells = [f"{100 * chance[key]:.1f}" if key in chance else MISSING for key, _ in SUMMARY_COLUMNS]
+        lines.append("| – | chance (random ranking) | " + " | ".join(cells) + " |  |  |  |  |")
+    labels = {spec.number: spec.label for spec in ROWS}
+    differences = ["| row | against | metric | difference (pp) | 95% interval (pp) | verdict | queries x seeds |",
+                   "|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        interval = (f"[{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]" if c["low"] is not None else MISSING)
+        difference = f"{100 * c['difference']:+.1f}" if c["difference"] is not None else MISSING
+        differences.append(f"| {c['row']} {labels[c['row']]} | {c['against']} {labels[c['against']]} | {c['metric']} "
+                           f"| {difference} | {interval} | {c['verdict']} | {c['queries']} x {c['seeds']} |")
     notes = [
-        f"Ablation — Recall@K in %, split {facts['split']}: gallery {facts['gallery_images']} images and "
-        f"{facts['gallery_captions']} captions ({facts['gallery_classes']} classes); data {facts['data']}.",
+        f"Ablation — in %, mean ± std over seeds {facts['seeds']}, split {facts['split']}: gallery "
+        f"{facts['gallery_images']} images and {facts['gallery_captions']} captions ({facts['gallery_classes']} "
+        f"classes); data {facts['data']}.",
         "", *lines, "",
+        "Paired differences (row minus the row it is compared with), 95% bootstrap interval over the val queries, "
+        "paired across the two rows and pooled over the seeds; \"gain\" only when the interval excludes 0:",
+        "", *differences, "",
         "Protocol:",
         "- relevance: *instance* = the caption's own image (i2t: the image's own captions); *class* = any "
         "image (caption) of the same species. Recall@K over the whole gallery; the list length is fixed.",
-        f"- stage 1: FAISS over the gallery, top K={facts['candidates_K']}; re-rank: the top "
-        f"{facts['rerank_k']} re-scored, final = match logit + {facts['stage1_weight']} x cosine; GAR: "
-        f"alpha {facts['gar_alpha']}, damping {facts['gar_damping']}, over the two-stage list (rows 4-5), "
-        "text→image only; the control shuffles the graph's times and places.",
-        "- latency: ms per query per stage, search/re-rank/GAR only (queries pre-encoded, gallery patch "
-        "tokens cached; encoding not included); the control's GAR is not timed.",
-        "- collapse guard (the row's stage-1 model): distinct top-1 = distinct images that are some val caption's "
-        "top-1, over the gallery size; text/image cos = mean pairwise cosine of the embeddings (near 1 and a "
-        "distinct top-1 near 1/gallery mean a collapsed model).",
-        f"- training: seed {facts['seed']}, same shards for every run; bi-encoder {facts['bi_encoder_epochs']} "
+        "- binding probe: over captions that name a colour swapped between two species of the gallery (a swap pair), "
+        "the fraction of (caption, image of the swapped species) pairs whose own image ranks higher; 50% is a "
+        "bag of words. Hard bursts in top 10: for captions of clear photos in a burst that also has hard photos "
+        "(low light, blur, distance, occlusion), the fraction of those hard photos in the top 10.",
+        f"- stage 1: exact cosine over the gallery (FAISS top K={facts['candidates_K']} feeds stage 2 and GAR); "
+        f"re-rank: the top {facts['rerank_k']} re-scored, final = match logit + {facts['stage1_weight']} x cosine; "
+        f"GAR: weight {facts['gar_alpha']}, damping {facts['gar_damping']}, temporal window "
+        f"{facts.get('temporal_window_s', 3600)} s, over the two-stage list (rows 4-5), text→image only; the "
+        "control shuffles the graph's times and places.",
+        "- latency: ms per query, search/re-rank/GAR only (queries pre-encoded, gallery patch tokens cached).",
+        "- collapse guard: distinct top-1 = distinct images that are some val caption's top-1, over the gallery "
+        "size (near 1/gallery means a collapsed model).",
+        f"- training: seeds {facts['seeds']}, the same shards for every run; bi-encoder {facts['bi_encoder_epochs']} "
         f"epoch(s) ({facts['bi_encoder_configs']}), re-ranker {facts['reranker_epochs']} epoch(s) on row 2's last "
-        f"checkpoint ({facts['reranker_configs']}).",
+        f"checkpoint of the same seed ({facts['reranker_configs']}).",
         f"- hardware: {facts['hardware']}; run wall times: {facts['run_wall_s']}; this call {facts['wall_s']} s.",
     ]
     return "\n".join(notes) + "\n"
 
 
-def write_csv(rows: list[dict[str, Any]], facts: dict[str, Any], path: Path) -> None:
-    """The table as CSV: recall as fractions, latency in ms, empty where not applicable; protocol in every row."""
-    columns = ["row", "feature set", *RECALL_COLUMNS, *LATENCY_COLUMNS, *DIVERSITY_COLUMNS, "status", "run_dir",
-               *facts]
+def chance_row(shards: Path) -> dict[str, float]:
+    """The table's metrics under a random ranking of this val gallery."""
+    from mmai.data.shards import read_manifest
+    from mmai.metrics import chance_levels
+
+    manifest = read_manifest(shards)
+    chance = chance_levels(manifest)
+    chance["probe/binding"] = 0.5
+    chance["probe/burst@10"] = min(1.0, 10 / max(1, manifest["splits"]["val"]["images"]))
+    return chance
+
+
+def write_csv(rows_by_seed: dict[int, list[dict[str, Any]]], facts: dict[str, Any], path: Path,
+              comparisons: list[dict[str, Any]] = ()) -> None:
+    """Every per-seed value as CSV (one line per row and seed: recall and probes as fractions,
+    latency in ms, empty where not applicable), the protocol in every line; the paired
+    differences go to ``ablation_differences.csv`` beside it."""
+    columns = ["row", "feature set", "seed", *RECALL_COLUMNS, *PROBE_COLUMNS, *LATENCY_COLUMNS, *DIVERSITY_COLUMNS,
+               "status", "run_dir", *facts]
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        for row in rows:
-            writer.writerow({**{c: row.get(c) for c in columns}, **facts})
+        for seed, rows in rows_by_seed.items():
+            for row in rows:
+                writer.writerow({**{c: row.get(c) for c in columns}, "seed": seed, **facts})
+    fields = ["row", "against", "metric", "outcome", "difference", "low", "high", "verdict", "queries", "seeds"]
+    with open(path.with_name("ablation_differences.csv"), "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for entry in comparisons:
+            writer.writerow({field: entry.get(field) for field in fields})
 
 
-def log_wandb_table(rows: list[dict[str, Any]], facts: dict[str, Any], out: Path) -> str:
-    """Log the table to W&B (``ablation/table``) in a run of its own; offline without credentials."""
+def log_wandb_table(rows_by_seed: dict[int, list[dict[str, Any]]], facts: dict[str, Any], out: Path,
+                    comparisons: list[dict[str, Any]] = ()) -> str:
+    """Log the per-seed table (``ablation/table``) and the paired differences
+    (``ablation/differences``) to W&B in a run of its own; offline without credentials."""
     import wandb
 
     from lightning_modules.tracking import wandb_credentials_available
 
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_available() else "offline")
-    columns = ["row", "feature set", *RECALL_COLUMNS, *LATENCY_COLUMNS, *DIVERSITY_COLUMNS, "status"]
+    columns = ["row", "feature set", "seed", *RECALL_COLUMNS, *PROBE_COLUMNS, *LATENCY_COLUMNS, *DIVERSITY_COLUMNS,
+               "status"]
     run = wandb.init(project="mmai", job_type="ablation", name="ablation", dir=str(out), config=facts,
                      mode="offline" if mode in {"offline", "dryrun"} else mode)
-    run.log({"ablation/table": wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])})
+    data = [[seed if c == "seed" else row.get(c) for c in columns] for seed, rows in rows_by_seed.items() for row in rows]
+    fields = ["row", "against", "metric", "difference", "low", "high", "verdict", "queries", "seeds"]
+    run.log({"ablation/table": wandb.Table(columns=columns, data=data),
+             "ablation/differences": wandb.Table(columns=fields, data=[[c.get(f) for f in fields] for c in comparisons])})
     where = run.dir
     run.finish()
     return str(Path(where).parent)
@@ -450,6 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard-dir", type=Path, default=None,
                         help="shards to use (default: the config's shard_dir, else synthesise into OUT/data)")
     parser.add_argument("--no-wandb", action="store_true", help="skip the W&B table (markdown and CSV only)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="train and evaluate every row once per seed (default: the config's `seeds`, else its "
+                             "`seed`); the table shows mean ± std and paired 95%% intervals")
     return parser
 
 
@@ -458,37 +628,69 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = load_settings(args.config, quick=args.quick)
     out = Path(args.out or settings.get("out") or "runs/ablation").resolve()
+    if args.seeds:
+        settings["seeds"] = list(args.seeds)
     run_ablation(settings, out, args.shard_dir, wandb=not args.no_wandb)
     return 0
 
 
+def seeds_of(settings: dict[str, Any]) -> list[int]:
+    """The seeds to run: ``seeds`` when given, else ``[seed]``."""
+    seeds = settings.get("seeds") or [settings.get("seed", 0)]
+    return [int(seed) for seed in seeds]
+
+
+@dataclass
+class Ablation:
+    """What :func:`run_ablation` made: the runs of every seed, the summary rows and the comparisons."""
+
+    runs_by_seed: dict[int, dict[str, RunSpec]]
+    rows: list[dict[str, Any]]
+    comparisons: list[dict[str, Any]]
+    markdown: str
+
+    @property
+    def runs(self) -> dict[str, RunSpec]:
+        """The first seed's runs (``runs["rerank"].last_checkpoint`` is its re-ranker)."""
+        return next(iter(self.runs_by_seed.values()))
+
+
 def run_ablation(settings: dict[str, Any], out: Path, shard_dir: Path | None = None,
-                 wandb: bool = True) -> dict[str, RunSpec]:
-    """Train or reuse every run, write ``out/ablation.md`` and ``.csv`` (and the W&B table), print
-    the table; returns the runs by name (``runs["rerank"].last_checkpoint`` is the re-ranker)."""
+                 wandb: bool = True) -> Ablation:
+    """Train or reuse every run of every seed, write ``out/ablation.md`` and ``.csv`` (and the W&B
+    table), print the table."""
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     shards, data = prepare_shards(settings, out, shard_dir)
-    runs = plan_runs(settings, shards, out)
     reason = clip_unavailable_reason((settings.get("clip") or {}).get("model_name", "openai/clip-vit-base-patch16"))
     order = [("clip", "row 0"), ("baseline", "row 1"), ("queue_hn", "row 2"), ("rerank", "rows 3-5")]
-    for step, (name, rows_of) in enumerate(order, 1):
-        spec = runs[name]
-        if name == "clip" and reason is not None:
-            spec.status = reason
-            print(f"[ablate] {step}/{len(order)} {rows_of} ({name}): {reason}", flush=True)
-            continue
-        print(f"[ablate] {step}/{len(order)} {rows_of} ({name}): {spec.run_dir}", flush=True)
-        run_or_reuse(spec)
-        print(f"[ablate] {step}/{len(order)} {rows_of} ({name}): {spec.status}"
-              + (f" in {spec.seconds:.1f} s" if spec.seconds else ""), flush=True)
-    rows = table_rows(runs)
-    facts = protocol(settings, runs, shards, data, time.perf_counter() - start)
-    markdown = format_markdown(rows, facts)
+    seeds = seeds_of(settings)
+    runs_by_seed: dict[int, dict[str, RunSpec]] = {}
+    for seed in seeds:
+        runs = plan_runs({**settings, "seed": seed}, shards, out)
+        for step, (name, rows_of) in enumerate(order, 1):
+            spec = runs[name]
+            where = f"[ablate] seed {seed} ({seeds.index(seed) + 1}/{len(seeds)}) {step}/{len(order)} {rows_of} ({name})"
+            if name == "clip" and reason is not None:
+                spec.status = reason
+                if seed == seeds[0]:
+                    print(f"{where}: {reason}", flush=True)
+                continue
+            print(f"{where}: {spec.run_dir}", flush=True)
+            run_or_reuse(spec)
+            print(f"{where}: {spec.status}" + (f" in {spec.seconds:.1f} s" if spec.seconds else ""), flush=True)
+        runs_by_seed[seed] = runs
+    rows_by_seed = {seed: table_rows(runs) for seed, runs in runs_by_seed.items()}
+    rows = summarize(rows_by_seed)
+    comparisons = compare(runs_by_seed)
+    facts = protocol(settings, runs_by_seed[seeds[0]], shards, data, time.perf_counter() - start)
+    facts["seeds"] = " ".join(str(seed) for seed in seeds)
+    markdown = format_markdown(rows, facts, comparisons, chance_row(shards))
     (out / "ablation.md").write_text(markdown)
-    write_csv(rows, facts, out / "ablation.csv")
+    write_csv(rows_by_seed, facts, out / "ablation.csv", comparisons)
     print("\n" + markdown)
     if wandb:
-        print(f"[ablate] W&B table ablation/table: {log_wandb_table(rows, facts, out)}")
-    print(f"[ablate] wrote {out / 'ablation.md'} and {out / 'ablation.csv'}")
-    return runs
+        print(f"[ablate] W&B tables ablation/table and ablation/differences: "
+              f"{log_wandb_table(rows_by_seed, facts, out, comparisons)}")
+    print(f"[ablate] wrote {out / 'ablation.md'}, {out / 'ablation.csv'} and {out / 'ablation_differences.csv'}")
+    return Ablation(runs_by_seed, rows, comparisons, markdown)

@@ -15,13 +15,12 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_modules.eval_set import EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
-from lightning_modules.feature_cache import compute_split_features, feature_cache_path, tower_fingerprints
+from lightning_modules.feature_cache import split_features, tower_fingerprints
 from mmai.bi_encoder import BiEncoder
 from mmai.checkpoint import build_towers, read_checkpoint
-from mmai.feature_cache import CorruptCache, SplitFeatures, StaleCache, load_features
+from mmai.feature_cache import SplitFeatures
 
 
 class BiEncoderModule(Stage1Evaluation, L.LightningModule):
@@ -105,30 +104,14 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
         if not (self.hparams.feature_cache and self.model.cacheable and hasattr(datamodule, "use_train_features")):
             return
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
-        fingerprints = tower_fingerprints(self) if splits else None
+        fingerprints = tower_fingerprints(self.model) if splits else None
         for split in splits:
             self._features[split] = self._split_features(datamodule, split, fingerprints)
         if "train" in self._features:
             datamodule.use_train_features(self._features["train"])
 
     def _split_features(self, datamodule, split: str, fingerprints: tuple[str, str]) -> SplitFeatures:
-        path, key = feature_cache_path(self, datamodule, split, fingerprints)
-        features, problem = None, None
-        try:
-            features = load_features(path, key)
-        except FileNotFoundError:
-            problem = "not cached yet"
-        except (StaleCache, CorruptCache) as error:
-            problem = f"rebuilding: {error}"
-        if self.trainer.strategy.reduce_boolean_decision(features is not None, all=True):
-            return features
-        rank_zero_info(f"feature cache {path}: {problem}; computing the locked towers' features of the "
-                       f"{split} split once")
-        features = compute_split_features(self, datamodule, split)
-        if self.trainer.is_global_zero:
-            features.save(path, key)
-        self.trainer.strategy.barrier("feature_cache")
-        return features
+        return split_features(self, self.model, datamodule, split, fingerprints, self.hparams.feature_cache_dir)
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -26,28 +26,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def random_recall(relevant: int, gallery: int, k: int) -> float:
-    """Recall@k of a random ranking: P(at least one of ``relevant`` items among ``k`` of ``gallery``)."""
-    if gallery - relevant < k:
-        return 1.0
-    return 1.0 - math.prod((gallery - relevant - j) / (gallery - j) for j in range(k))
-
-
-def chance_levels(manifest: dict, split: str = "val", ks=(1, 5, 10)) -> dict[str, float]:
-    """``{"t2i/instance/R@10": ...}``: Recall@k of a random ranking on this split's gallery."""
-    info = manifest["splits"][split]
-    images, captions, classes = info["images"], info["captions"], len(info["classes"])
-    per_image, per_class = captions // images, images / classes  # synthetic classes are near-equal
-    relevant = {("t2i", "instance"): 1, ("t2i", "class"): round(per_class),
-                ("i2t", "instance"): per_image, ("i2t", "class"): round(per_class * per_image)}
-    return {f"{direction}/{relevance}/R@{k}": random_recall(count, images if direction == "t2i" else captions, k)
-            for (direction, relevance), count in relevant.items() for k in ks}
-
-
+#: (query, search options, the attributes the query names: what every hit should have).
 DEMO_QUERIES = (
-    ("a bird with a long orange beak and grey wings", {}),
-    ("a small bird with a yellow crown and white wing bars", {"year": None, "place": None}),  # filled in
-    ("a bird with a hooked bill and a long tail", {"gar": True}),
+    ("a bird with a long orange beak and grey wings", {},
+     {"bill_length": "long", "bill_colour": "orange", "wing_colour": "grey"}),
+    ("a small bird with a yellow crown and white wing bars", {"year": None, "place": None},  # filled in
+     {"crown_colour": "yellow", "wing_bars": True}),
+    ("a bird with a hooked bill and a long tail", {"gar": True}, {"bill_shape": "hooked", "tail_length": "long"}),
+    # a binding query: the val split holds its swap pair (white crown + red belly vs red crown + white belly)
+    ("a bird with a white crown and a red belly", {}, {"crown_colour": "white", "belly_colour": "red"}),
 )
 
 
@@ -58,6 +45,7 @@ def _settings(args) -> dict:
     settings["bi_encoder"]["epochs"] = args.epochs
     settings["reranker"]["epochs"] = args.rerank_epochs
     settings["retrieval"] = {**settings["retrieval"], "rerank_k": args.rerank_k}
+    settings["seeds"] = list(args.seeds)
     return settings
 
 
@@ -72,11 +60,30 @@ def _species(metadata: dict) -> str:
     return source.parent.name.split(".", 1)[-1].replace("_", " ") if source.parent.name else "?"
 
 
-def _print_hits(hits, show_related: bool) -> None:
+def _class_id(metadata: dict) -> int | None:
+    folder = Path(str(metadata.get("source_path", ""))).parent.name
+    head = folder.split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def attribute_check(named: dict, attributes: dict | None) -> str:
+    """``✓`` when the species has every attribute the query names, else ``✗`` and what differs."""
+    if attributes is None:
+        return "? (species unknown)"
+    wrong = [f"{name.replace('_', ' ')} {attributes.get(name)}" for name, value in named.items()
+             if attributes.get(name) != value]
+    return "✓" if not wrong else "✗ " + ", ".join(wrong)
+
+
+def _print_hits(hits, show_related: bool, named: dict, species: dict[int, dict]) -> int:
+    """Print the hits with their attribute check; returns how many have every named attribute."""
+    good = 0
     for hit in hits:
         meta = hit.metadata
         logit = f", match {hit.match_logit:+.2f}" if hit.match_logit is not None else ""
-        print(f"  {hit.rank + 1}. {hit.id[:8]}  score {hit.score:.3f} (cosine {hit.stage1_score:.3f}{logit})  "
+        check = attribute_check(named, species.get(_class_id(meta)))
+        good += check == "✓"
+        print(f"  {hit.rank + 1}. {check:<3} {hit.id[:8]}  score {hit.score:.3f} (cosine {hit.stage1_score:.3f}{logit})  "
               f"{meta.get('modality', '?')} · {_species(meta)} · {meta.get('place', '?')} · {_date(meta.get('timestamp'))}")
         if hit.panel_path:
             print(f"     saliency panel: {hit.panel_path}")
@@ -87,6 +94,7 @@ def _print_hits(hits, show_related: bool) -> None:
                 print(f"     related {related.id[:8]} ({related.reason}, weight {related.weight:.2f}): "
                       f"{_species(related.metadata)} · {related.metadata.get('place', '?')} · "
                       f"{_date(related.metadata.get('timestamp'))}")
+    return good
 
 
 def _memory_demo(synth: Path, checkpoint: Path, root: Path, panels: Path) -> None:
@@ -102,10 +110,13 @@ def _memory_demo(synth: Path, checkpoint: Path, root: Path, panels: Path) -> Non
     print("  " + report.summary().replace("\n", "\n  "))
     stats = memory.stats()
     print("  store: " + ", ".join(f"{key} {value}" for key, value in stats.items() if not isinstance(value, dict)))
-    print("[6/6] three example queries (top 3; re-ranked by the fusion model; panels of the top result)")
+    species = _species_attributes(synth)
+    print(f"[6/6] {len(DEMO_QUERIES)} example queries (top 3, re-ranked by the fusion model; panels of the hits). "
+          "✓: the hit's species has every attribute the query names (species_attributes.json); ✗: what differs")
     hits = memory.search(DEMO_QUERIES[0][0], k=1)
     place, year = hits[0].metadata.get("place"), hits[0].metadata.get("year")
-    for number, (query, options) in enumerate(DEMO_QUERIES, 1):
+    total = good = 0
+    for number, (query, options, named) in enumerate(DEMO_QUERIES, 1):
         options = dict(options)
         if "place" in options:
             options.update(place=place, year=year)
@@ -117,35 +128,59 @@ def _memory_demo(synth: Path, checkpoint: Path, root: Path, panels: Path) -> Non
         hits = memory.search(query, 3, Filters(**options),
                              SearchOptions(rerank=True, gar=gar, explain_dir=panels / f"query{number}"))
         print(f"  ({1000 * (time.perf_counter() - start):.0f} ms incl. encoding the query and the panels)")
-        _print_hits(hits, show_related=gar)
+        good += _print_hits(hits, gar, named, species)
+        total += len(hits)
+    print(f"\n  {good} of {total} hits have every attribute their query names")
+    _binding_panels(memory, synth, species, panels / "binding")
     memory.close()
 
 
-def _print_recall_with_chance(runs: dict, manifest: dict) -> None:
-    chance = chance_levels(manifest)
-    rows = [("stage 1 (in-batch baseline)", runs["baseline"], "stage1"),
-            ("stage 1 (+ queue, hard negatives)", runs["queue_hn"], "stage1"),
-            ("two-stage (+ fusion re-rank)", runs["rerank"], "two_stage"),
-            ("+ GAR", runs["rerank"], "gar"), ("GAR control (shuffled)", runs["rerank"], "gar_control")]
-    print("\nRecall@10 (%) next to chance — the same split and gallery as the table above")
-    print("(distinct top-1: distinct images that are some val caption's top-1 / gallery size; a collapsed "
-          "model sits near 1/gallery)")
-    print(f"| {'row':<34} | t2i inst | t2i class | i2t inst | i2t class | distinct top-1 |")
-    print(f"| {'-' * 34} | -------- | --------- | -------- | --------- | -------------- |")
-    for label, run, stage in rows:
-        cells = []
-        for direction, relevance in (("t2i", "instance"), ("t2i", "class"), ("i2t", "instance"), ("i2t", "class")):
-            value = run.metrics.get(f"val/{stage}/{direction}/{relevance}/R@10")
-            cells.append(f"{100 * value:.1f}" if value is not None else "—")
-        distinct = run.metrics.get("val/stage1/diversity/distinct_top1")
-        cells.append(f"{100 * distinct:.0f}%" if distinct is not None else "—")
-        print(f"| {label:<34} | {cells[0]:>8} | {cells[1]:>9} | {cells[2]:>8} | {cells[3]:>9} | {cells[4]:>14} |")
-    print(f"| {'chance (random ranking)':<34} | " + " | ".join(
-        f"{100 * chance[f'{d}/R@10']:>{w}.1f}" for d, w in (("t2i/instance", 8), ("t2i/class", 9),
-                                                            ("i2t/instance", 8), ("i2t/class", 9))) + " | "
-          + f"{'—':>14} |")
-    print("One seed and no intervals: a difference between two rows above is not a measured gain "
-          "(seeds with paired intervals are not implemented yet).")
+def _species_attributes(synth: Path) -> dict[int, dict]:
+    import json
+
+    path = synth / "mmai_extras" / "species_attributes.json"
+    entries = json.loads(path.read_text()).get("species", []) if path.is_file() else []
+    return {int(entry["class_id"]): entry["attributes"] for entry in entries}
+
+
+def _binding_panels(memory, synth: Path, species: dict[int, dict], folder: Path) -> None:
+    """For the first val swap pair: one caption naming a swapped colour, its saliency on a photo
+    of each species of the pair (the probe's question, made visible)."""
+    import json
+
+    from PIL import Image
+
+    from mmai.probes import probe_words
+
+    stage2 = memory.stage2
+    entries = json.loads((synth / "mmai_extras" / "species_attributes.json").read_text())["species"]
+    val = set((synth / "cvpr2016_cub" / "valclasses.txt").read_text().split())
+    pair = next(((a, b) for a in entries for b in entries if a["class_dir"] in val and b["class_id"] in
+                 a.get("swap_partners", []) and a["class_id"] < b["class_id"]), None)
+    if stage2 is None or pair is None:
+        return
+    first, second = pair
+    words = probe_words(first["attributes"], second["attributes"])
+    swapped = [name for name in ("bill_colour", "crown_colour", "wing_colour", "belly_colour")
+               if first["attributes"][name] != second["attributes"][name]]
+    parts = {"bill_colour": "bill", "crown_colour": "crown", "wing_colour": "wings", "belly_colour": "belly"}
+    query = "a bird with " + " and ".join(f"a {first['attributes'][name]} {parts[name]}" for name in swapped)
+    images = {}
+    for line in (synth / "CUB_200_2011" / "images.txt").read_text().splitlines():
+        relpath = line.split()[1]
+        for entry in pair:
+            if relpath.startswith(entry["class_dir"] + "/") and entry["class_id"] not in images:
+                images[entry["class_id"]] = synth / "CUB_200_2011" / "images" / relpath
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"\n  binding: \"{query}\" is true of {first['name'].replace('_', ' ')} and, as a bag of words "
+          f"({', '.join(words)}), also of its swap partner {second['name'].replace('_', ' ')}")
+    for entry in pair:
+        with Image.open(images[entry["class_id"]]) as image:
+            image.load()
+            logit = float(stage2.rerank(query, [image])[0])
+            path = folder / f"{entry['class_id']:03d}.png"
+            stage2.explain(query, image).save(path)
+        print(f"    {entry['name'].replace('_', ' '):<32} match logit {logit:+.2f}  panel {path}")
 
 
 def main(argv: list[str]) -> int:
@@ -157,6 +192,8 @@ def main(argv: list[str]) -> int:
                         help="bi-encoder epochs (each of the two rows; LiT profile: ~4 cached steps an epoch)")
     parser.add_argument("--rerank-epochs", type=int, default=3, help="re-ranker epochs")
     parser.add_argument("--rerank-k", type=int, default=8, help="candidates the re-ranker re-scores per query")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="seeds of the ablation (default 0 1 2: mean ± std and paired 95%% intervals)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
 
@@ -181,10 +218,11 @@ def main(argv: list[str]) -> int:
                   "--image-size", "224"])
     print(f"[3/6] + [4/6] the ablation (mmai ablate): in-batch baseline and queue + hard negatives "
           f"({args.epochs} epochs each), then the re-ranker ({args.rerank_epochs} epochs)")
-    runs = run_ablation(_settings(args), workdir / "ablation", shards)
-    checkpoint = runs["rerank"].last_checkpoint
+    ablation = run_ablation(_settings(args), workdir / "ablation", shards)
+    checkpoint = ablation.runs["rerank"].last_checkpoint
     _memory_demo(synth, checkpoint, workdir / "memory", workdir / "panels")
-    _print_recall_with_chance(runs, manifest)
+    print("\n" + ablation.markdown.split("\nProtocol:")[0])
+    print(f"(protocol: {workdir / 'ablation' / 'ablation.md'})")
     print(f"\nablation table: {workdir / 'ablation' / 'ablation.md'} (and .csv); panels: {workdir / 'panels'}")
     print(f"re-ranker checkpoint: {checkpoint}; W&B (offline): {workdir / 'ablation' / 'runs'}/*/wandb")
     print(f"mmai demo finished in {time.perf_counter() - start:.0f} s")

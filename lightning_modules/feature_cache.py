@@ -1,5 +1,7 @@
 """Lightning glue of the locked-tower feature cache (:mod:`mmai.feature_cache`): where a split's
-file lives, and computing it through the DataModule's evaluation stream on every rank."""
+file lives, and loading it, or computing it through the DataModule's evaluation stream on every
+rank. Used by ``BiEncoderModule`` (pooled features) and ``RerankerModule`` (also the stage-2
+patch tokens and caption token states)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from tqdm import tqdm
 
 from lightning_modules.eval_set import gather_rows
-from mmai.feature_cache import TENSOR_FIELDS, SplitFeatures, cache_key, module_fingerprint
+from mmai.feature_cache import (TENSOR_FIELDS, CorruptCache, SplitFeatures, StaleCache, cache_key, load_features,
+                                module_fingerprint)
 
 
 def _writable(folder: Path) -> bool:
@@ -22,48 +27,84 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
-def tower_fingerprints(module: L.LightningModule) -> tuple[str, str]:
-    """``(vision, text)`` fingerprints of the module's locked towers (hash them once per setup)."""
-    return module_fingerprint(module.model.vision), module_fingerprint(module.model.text)
+def tower_fingerprints(model) -> tuple[str, str]:
+    """``(vision, text)`` fingerprints of a bi-encoder's locked towers (hash them once per setup)."""
+    return module_fingerprint(model.vision), module_fingerprint(model.text)
 
 
-def feature_cache_path(module: L.LightningModule, datamodule, split: str,
-                       fingerprints: tuple[str, str]) -> tuple[Path, str]:
+def feature_cache_path(cache_dir: str | None, datamodule, split: str, fingerprints: tuple[str, str],
+                       stage2: bool = False) -> tuple[Path, str]:
     """``(file, key)`` of a split's cache for these tower fingerprints (:func:`tower_fingerprints`)
-    and these shards."""
-    hp, data = module.hparams, datamodule.hparams
+    and these shards; ``cache_dir`` None means ``feature_cache/`` in the shard folder (or
+    ``~/.cache/mmai/features`` when that is not writable)."""
+    data = datamodule.hparams
     shards = [shard["sha256"] for shard in datamodule.manifest["splits"][split]["shards"]]
     key = cache_key(vision=fingerprints[0], text=fingerprints[1],
                     image_size=data.image_size, max_length=data.max_length, tokenizer=str(data.tokenizer),
-                    mean=tuple(data.mean), std=tuple(data.std), split=split, shard_sha256s=shards)
-    folder = Path(hp.feature_cache_dir) if hp.feature_cache_dir else Path(datamodule.shard_dir) / "feature_cache"
-    if not hp.feature_cache_dir and not _writable(folder):
+                    mean=tuple(data.mean), std=tuple(data.std), split=split, shard_sha256s=shards, stage2=stage2)
+    folder = Path(cache_dir) if cache_dir else Path(datamodule.shard_dir) / "feature_cache"
+    if not cache_dir and not _writable(folder):
         folder = Path.home() / ".cache" / "mmai" / "features"
-    return folder / f"{split}-{key[:20]}.pt", key
+    return folder / f"{split}{'-stage2' if stage2 else ''}-{key[:20]}.pt", key
 
 
 @torch.no_grad()
-def compute_split_features(module: L.LightningModule, datamodule, split: str) -> SplitFeatures:
-    """Every sample of ``split`` through the locked towers once (each rank its share of the
-    evaluation stream), gathered so that every rank holds the whole split."""
+def compute_split_features(module: L.LightningModule, model, datamodule, split: str,
+                           stage2: bool = False) -> SplitFeatures:
+    """Every sample of ``split`` through the locked towers of ``model`` once (each rank its share
+    of the evaluation stream), gathered so that every rank holds the whole split. ``stage2`` also
+    keeps the patch tokens and caption token states (float16, captions padded to the
+    DataModule's ``max_length``)."""
     device = module.trainer.strategy.root_device
-    towers = (module.model.vision, module.model.text)
+    towers = (model.vision, model.text)
     for tower in towers:
         tower.to(device)
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in TENSOR_FIELDS}
+    length = int(datamodule.hparams.max_length)
     loader = datamodule.eval_dataloader(split)
-    bar = tqdm(loader, desc=f"caching locked features ({split})", unit="batch",
+    bar = tqdm(loader, desc=f"caching locked features ({split}{', stage 2' if stage2 else ''})", unit="batch",
                disable=not module.trainer.is_global_zero)
     for batch in bar:
         keep = ~batch["is_pad"]
         owner = batch["caption_owner"]
         batch = datamodule.on_after_batch_transfer({**batch, "image": batch["image"].to(device)}, 0)
-        image = towers[0](batch["image"]).pooled  # (B, Dv)
-        text = towers[1](batch["input_ids"].to(device), batch["attention_mask"].to(device)).pooled  # (Bt, Dt)
+        image, patches = towers[0](batch["image"])  # (B, Dv), (B, N, Dp)
+        mask = batch["attention_mask"].to(device)
+        text, tokens = towers[1](batch["input_ids"].to(device), mask)  # (Bt, Dt), (Bt, L, Dt)
+        keep_text = keep[owner].to(device)
         parts["image_ids"].append(batch["image_id"][keep])
         parts["class_ids"].append(batch["class_id"][keep])
         parts["image_features"].append(image[keep.to(device)].float().cpu())
         parts["text_image_ids"].append(batch["image_id"][owner][keep[owner]])
-        parts["text_features"].append(text[keep[owner].to(device)].float().cpu())
+        parts["text_features"].append(text[keep_text].float().cpu())
+        if stage2:
+            pad = length - tokens.shape[1]
+            tokens, mask = F.pad(tokens, (0, 0, 0, pad)), F.pad(mask, (0, pad))
+            parts.setdefault("image_patches", []).append(patches[keep.to(device)].half().cpu())
+            parts.setdefault("text_tokens", []).append(tokens[keep_text].half().cpu())
+            parts.setdefault("attention_mask", []).append(mask[keep_text].bool().cpu())
     gathered = {name: gather_rows(torch.cat(rows), module) for name, rows in parts.items()}
     return SplitFeatures.from_rows(**gathered)
+
+
+def split_features(module: L.LightningModule, model, datamodule, split: str, fingerprints: tuple[str, str],
+                   cache_dir: str | None, stage2: bool = False) -> SplitFeatures:
+    """The split's cached features: loaded when a valid file exists on every rank, else computed
+    (every rank), written by rank 0 (atomically) and waited for at a barrier."""
+    path, key = feature_cache_path(cache_dir, datamodule, split, fingerprints, stage2)
+    features, problem = None, None
+    try:
+        features = load_features(path, key)
+    except FileNotFoundError:
+        problem = "not cached yet"
+    except (StaleCache, CorruptCache) as error:
+        problem = f"rebuilding: {error}"
+    if module.trainer.strategy.reduce_boolean_decision(features is not None, all=True):
+        return features
+    rank_zero_info(f"feature cache {path}: {problem}; computing the locked towers' features of the "
+                   f"{split} split once")
+    features = compute_split_features(module, model, datamodule, split, stage2)
+    if module.trainer.is_global_zero:
+        features.save(path, key)
+    module.trainer.strategy.barrier("feature_cache")
+    return features

@@ -28,10 +28,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from lightning_modules.feature_cache import split_features, tower_fingerprints
 from lightning_modules.eval_set import EvalSet, EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
 from mmai.checkpoint import VALIDATED_WITH, build_bi_encoder, build_reranker, read_checkpoint
 from mmai.fusion import match_loss
-from mmai.negatives import POSITIVE, build_match_batch
+from mmai.feature_cache import SplitFeatures
+from mmai.negatives import NEGATIVE_CAPTION, NEGATIVE_IMAGE, POSITIVE, MatchBatch, build_match_batch, sample_hard_negatives
 from mmai.two_stage import TwoStageResult, evaluate_two_stage
 
 
@@ -60,6 +62,15 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
         stage1_weight: default lambda of ``match_logit + lambda * stage1_similarity`` (default 1.0).
         batch_size: per-rank batch, linked from ``data.batch_size`` (default 64).
         eval_ks: the K of Recall@K (default 1, 5, 10).
+        feature_cache: with the bi-encoder's towers fully locked and not fine-tuned, compute each
+            split's tower outputs (pooled features, patch tokens, caption token states) once and
+            train and validate on them (default True; :mod:`mmai.feature_cache`): an epoch then
+            costs only the fusion layers.
+        feature_cache_dir: where cache files go (default: ``feature_cache/`` in the shard folder).
+        negatives: where hard negatives come from: ``"batch"`` (default, ALBEF: the other
+            images and captions of the batch) or ``"split"`` (the whole cached training split,
+            so the hardest confusers, e.g. a species with two part colours swapped, are found
+            even when they are not in the batch; needs the feature cache).
     """
 
     def __init__(self, bi_encoder_ckpt: str | None = None, bi_encoder: dict[str, Any] | None = None,
@@ -68,8 +79,11 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
                  lr_towers: float = 1e-5, weight_decay: float = 0.02, warmup_steps: int = 100,
                  num_negatives: int = 1, negative_temperature: float = 0.07, same_class_weight: float = 1.0,
                  rerank_k: int = 16, stage1_weight: float = 1.0, batch_size: int = 64,
-                 eval_ks: tuple[int, ...] = (1, 5, 10)):
+                 eval_ks: tuple[int, ...] = (1, 5, 10), feature_cache: bool = True,
+                 feature_cache_dir: str | None = None, negatives: str = "batch"):
         super().__init__()
+        if negatives not in ("batch", "split"):
+            raise ValueError(f"RerankerModule: negatives must be 'batch' or 'split', got {negatives!r}")
         checkpoint = None
         if bi_encoder is None:
             if bi_encoder_ckpt is None:
@@ -96,6 +110,8 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
         if not finetune_towers:
             expect_eval_mode_modules()  # the frozen towers stay in eval mode on purpose
         self._collector = EvalSetCollector()
+        self._features: dict[str, SplitFeatures] = {}
+        self._bank: tuple[torch.Tensor, torch.Tensor] | None = None  # train-split embeddings (split negatives)
         self._val_match: list[torch.Tensor] = []
         #: the re-rank settings of the last two-stage validation (see :meth:`record_validation`).
         self.validated_with: dict[str, Any] | None = None
@@ -117,8 +133,36 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
             self.bi_encoder.eval()
         return self
 
+    # ---------------------------------------------------------- feature cache
+    @property
+    def cached(self) -> bool:
+        """Whether this run trains and validates on cached tower outputs."""
+        return bool(self.hparams.feature_cache and not self.hparams.finetune_towers and self.bi_encoder.cacheable)
+
+    def setup(self, stage: str) -> None:
+        """With the towers locked, load (or compute once) each split's stage-2 cache and let the
+        DataModule serve training batches from it."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.hparams.negatives == "split" and not self.cached:
+            raise ValueError("RerankerModule: negatives='split' draws from the cached training split; it needs "
+                             "model.feature_cache true, locked towers and finetune_towers false")
+        if not (self.cached and hasattr(datamodule, "use_train_features")):
+            return
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
+        fingerprints = tower_fingerprints(self.bi_encoder) if splits else None
+        for split in splits:
+            self._features[split] = split_features(self, self.bi_encoder, datamodule, split, fingerprints,
+                                                   self.hparams.feature_cache_dir, stage2=True)
+        if "train" in self._features:
+            datamodule.use_train_features(self._features["train"])
+
     # ---------------------------------------------------------------- encoding
     def _encode(self, batch: dict) -> tuple[torch.Tensor, ...]:
+        if "image_features" in batch:  # cached tower outputs: only the projections run
+            with torch.no_grad():
+                image_embeddings, text_embeddings = self.bi_encoder.embed_batch(batch)
+            return (image_embeddings, batch["image_patches"].float(), text_embeddings,
+                    batch["text_tokens"].float())
         with torch.set_grad_enabled(self.hparams.finetune_towers and self.training):
             image_embeddings, patches = self.bi_encoder.encode_image(batch["image"])  # (B, E), (B, N, Dv)
             text_embeddings, tokens = self.bi_encoder.encode_text(batch["input_ids"], batch["attention_mask"])
@@ -143,25 +187,28 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
         if keep is not None and not bool(keep.all()):
             similarity = similarity.masked_fill(~keep[None, :], -torch.inf)
         hp = self.hparams
-        pairs = build_match_batch(similarity.detach(), owner, batch["image_id"], batch["class_id"],
-                                  num_negatives=hp.num_negatives, temperature=hp.negative_temperature,
-                                  same_class_weight=hp.same_class_weight)
-        if keep is not None:  # padding rows never enter the loss
-            valid = keep[owner[pairs.text_index]] & keep[pairs.image_index]
-            pairs = type(pairs)(pairs.text_index[valid], pairs.image_index[valid], pairs.labels[valid],
-                                pairs.kind[valid])
-        text, mask, image = pairs.gather(tokens, batch["attention_mask"], patches)
+        if stage == "train" and hp.negatives == "split":
+            text, mask, image, pairs = self._split_pairs(batch, text_embeddings, image_embeddings, tokens, patches)
+        else:
+            pairs = build_match_batch(similarity.detach(), owner, batch["image_id"], batch["class_id"],
+                                      num_negatives=hp.num_negatives, temperature=hp.negative_temperature,
+                                      same_class_weight=hp.same_class_weight)
+            if keep is not None:  # padding rows never enter the loss
+                valid = keep[owner[pairs.text_index]] & keep[pairs.image_index]
+                pairs = type(pairs)(pairs.text_index[valid], pairs.image_index[valid], pairs.labels[valid],
+                                    pairs.kind[valid])
+            text, mask, image = pairs.gather(tokens, batch["attention_mask"], patches)
         logits = self.reranker(text, mask, image).logits  # (P,)
         loss = match_loss(logits, pairs.labels)
         if contrastive is not None:
             self.bi_encoder.enqueue(contrastive)  # after the loss, as in BiEncoderModule
-            self.log("train/itc_loss", contrastive.loss, batch_size=int(batch["image"].shape[0]))
+            self.log("train/itc_loss", contrastive.loss, batch_size=int(batch["image_id"].shape[0]))
             total = loss + self.hparams.itc_weight * contrastive.loss
         else:
             total = loss
         correct = ((logits > 0).float() == pairs.labels).float()  # (P,)
         positive = pairs.kind == POSITIVE
-        size = int(batch["image"].shape[0])
+        size = int(batch["image_id"].shape[0])
         on_step = stage == "train"
         self.log(f"{stage}/match_loss", loss, prog_bar=True, batch_size=size, on_step=on_step, on_epoch=True,
                  sync_dist=not on_step)
@@ -177,6 +224,50 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
                                 image_extras={"image_patches": patches.to(torch.float16)},
                                 text_extras=self._padded_tokens(tokens, batch["attention_mask"]))
         return total
+
+    @torch.no_grad()
+    def _split_pairs(self, batch: dict, text_embeddings: torch.Tensor, image_embeddings: torch.Tensor,
+                     tokens: torch.Tensor, patches: torch.Tensor):
+        """Positives of the batch, with hard negatives drawn from the whole cached training split:
+        for each caption ``num_negatives`` images, for each image ``num_negatives`` captions, with
+        probability ``softmax(cosine / negative_temperature)`` (same-class candidates scaled by
+        ``same_class_weight``; never the item's own image)."""
+        hp, train = self.hparams, self._features["train"]
+        device = text_embeddings.device
+        if self._bank is None:  # the towers and projections are frozen: embed the split once
+            image_bank, text_bank = self.bi_encoder.embed_batch(
+                {"image_features": train.image_features.to(device), "text_features": train.text_features.to(device)})
+            self._bank = (image_bank, text_bank)
+        image_bank, text_bank = self._bank
+        owner, image_ids, class_ids = batch["caption_owner"], batch["image_id"], batch["class_id"]
+        options = dict(num_negatives=hp.num_negatives, temperature=hp.negative_temperature,
+                       same_class_weight=hp.same_class_weight)
+        train_ids, train_classes = train.image_ids.to(device), train.class_ids.to(device)
+        caption_ids = train.text_image_ids.to(device)
+        caption_classes = train_classes[torch.searchsorted(train_ids, caption_ids)]
+        negative_images = sample_hard_negatives(
+            text_embeddings @ image_bank.T, image_ids[owner], train_ids, query_class_ids=class_ids[owner],
+            candidate_class_ids=train_classes, **options)  # (Bt, n) train rows
+        negative_captions = sample_hard_negatives(
+            image_embeddings @ text_bank.T, image_ids, caption_ids, query_class_ids=class_ids,
+            candidate_class_ids=caption_classes, **options)  # (B, n) train caption rows
+        mask = batch["attention_mask"]
+        n = hp.num_negatives
+        captions = torch.arange(tokens.shape[0], device=device).repeat_interleave(n)
+        images = torch.arange(patches.shape[0], device=device).repeat_interleave(n)
+        keep_images, keep_captions = negative_images.flatten() >= 0, negative_captions.flatten() >= 0
+        image_rows, caption_rows = negative_images.flatten()[keep_images], negative_captions.flatten()[keep_captions]
+        bank_patches, bank_tokens = train.extras["image_patches"], train.extras["text_tokens"]
+        bank_mask = train.extras["attention_mask"]
+        text = torch.cat([tokens, tokens[captions[keep_images]], bank_tokens[caption_rows.cpu()].to(device).float()])
+        masks = torch.cat([mask, mask[captions[keep_images]], bank_mask[caption_rows.cpu()].to(device).to(mask.dtype)])
+        image = torch.cat([patches[owner], bank_patches[image_rows.cpu()].to(device).float(),
+                           patches[images[keep_captions]]])
+        kind = torch.cat([torch.full((tokens.shape[0],), POSITIVE, device=device),
+                          torch.full((image_rows.shape[0],), NEGATIVE_IMAGE, device=device),
+                          torch.full((caption_rows.shape[0],), NEGATIVE_CAPTION, device=device)])
+        rows = torch.arange(kind.shape[0], device=device)
+        return text, masks, image, MatchBatch(rows, rows, (kind == POSITIVE).float(), kind)
 
     def _padded_tokens(self, tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Token states padded to ``max_length`` so batches concatenate (fp16 to halve the cache)."""
@@ -232,10 +323,14 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
         self.validated_with = dict(record) if isinstance(record, dict) else None
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._match_step(batch, "val")
+        self._match_step(self._with_cache(batch, "val"), "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._match_step(batch, "test")
+        self._match_step(self._with_cache(batch, "test"), "test")
+
+    def _with_cache(self, batch: dict, split: str) -> dict:
+        features = self._features.get(split)
+        return {**batch, **features.lookup(batch)} if features is not None else batch
 
     @torch.no_grad()
     def two_stage(self, data: EvalSet, k: int | None = None, mode: str = "combined",

@@ -17,6 +17,19 @@ equivalent to a single logit ``z = l_match - l_no_match`` trained with binary cr
 directly to the stage-1 similarity in two-stage ranking (``z + stage1_weight * cosine``) and is
 the quantity gradient x attention differentiates.
 
+**Word-region agreement (``head="agreement"``).** A [CLS] head must learn from scratch to
+compare a caption with an image through two attention layers; with a few hundred CPU steps it
+stays a constant predictor. The agreement head adds the comparison as structure, after SCAN
+(Lee et al., "Stacked Cross Attention for Image-Text Matching", ECCV 2018) and FILIP's
+token-wise late interaction (Yao et al., ICLR 2022): every caption token (its fused state)
+attends to the patches with one more cross-attention whose queries and keys live in a shared
+space, the token's agreement is the cosine between it and the patches it attends to, and the
+logit adds the gated mean agreement over the caption's words (gates learned per token, so
+function words weigh little) to the [CLS] logit. A colour word bound to "bill" by the text
+tower's context must then find that colour *on the bill* to agree, which is what tells "an
+orange bill and a grey belly" from the swapped bird. Its attention map is returned as one more
+(single-head) entry of ``cross_attentions``, so saliency reads where each word found its match.
+
 **Attention is written out** (no ``scaled_dot_product_attention``): the softmax weights are
 exact, returned per layer as ``cross_attentions`` ``(Bt, heads, L, N)`` and stay in the autograd
 graph, so :mod:`mmai.saliency` can take the gradient of the logit with respect to them.
@@ -170,6 +183,9 @@ class FusionLayer(nn.Module):
         return text + self.mlp(self.mlp_norm(text)), weights  # (*B, L, D), (*B, h, L, N)
 
 
+FUSION_HEADS = ("cls", "agreement")
+
+
 class FusionReranker(nn.Module):
     """Cross-attention fusion of caption tokens with image patches and a match head.
 
@@ -177,10 +193,15 @@ class FusionReranker(nn.Module):
         text_width: Dt, width of the text tower's token states (``TextTower.width``).
         vision_width: Dv, width of the vision tower's patch tokens (``VisionTower.width``).
         hidden_dim: fusion width (default 256).
-        num_layers: fusion layers (default 2).
+        num_layers: fusion layers (default 2; 0 is allowed with ``head="agreement"``: the words,
+            contextualised by the text tower alone, then meet the patches only in the agreement).
         num_heads: attention heads per layer (default 4).
         dropout: dropout everywhere in the layers (default 0.1).
         mlp_ratio: feed-forward expansion (default 4.0).
+        head: ``"cls"`` (default: ALBEF's match head on the fused [CLS]) or ``"agreement"``
+            ([CLS] logit + scaled word-region agreement, see the module docstring).
+        agreement_temperature: softmax temperature of the agreement attention over patches
+            (default 0.1: close to each word's best-matching patches).
 
     Attributes:
         text_proj, patch_proj: ``Linear`` input projections to ``hidden_dim``.
@@ -198,10 +219,15 @@ class FusionReranker(nn.Module):
         num_heads: int = 4,
         dropout: float = 0.1,
         mlp_ratio: float = 4.0,
+        head: str = "cls",
+        agreement_temperature: float = 0.1,
     ) -> None:
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"FusionReranker: num_layers must be >= 1, got {num_layers}.")
+        if head not in FUSION_HEADS:
+            raise ValueError(f"FusionReranker: head must be one of {FUSION_HEADS}, got {head!r}.")
+        if num_layers < (0 if head == "agreement" else 1):
+            raise ValueError(f"FusionReranker: num_layers must be >= 1 (>= 0 with head='agreement', whose own "
+                             f"cross-attention compares words with patches), got {num_layers}.")
         if hidden_dim % num_heads:
             raise ValueError(f"FusionReranker: hidden_dim={hidden_dim} is not divisible by num_heads={num_heads}.")
         self.text_width, self.vision_width = text_width, vision_width
@@ -211,6 +237,13 @@ class FusionReranker(nn.Module):
         self.layers = nn.ModuleList(FusionLayer(hidden_dim, num_heads, dropout, mlp_ratio) for _ in range(num_layers))
         self.norm = nn.LayerNorm(hidden_dim)
         self.head = nn.Linear(hidden_dim, 1)
+        self.head_kind, self.agreement_temperature = head, float(agreement_temperature)
+        if head == "agreement":
+            self.word_proj = nn.Linear(hidden_dim, hidden_dim)  # fused token -> shared space
+            self.region_norm = nn.LayerNorm(vision_width)
+            self.region_proj = nn.Linear(vision_width, hidden_dim)  # patch -> shared space
+            self.word_gate = nn.Linear(hidden_dim, 1)
+            self.agreement_scale = nn.Parameter(torch.tensor(10.0))
         self.apply(self._init_weights)
 
     @staticmethod
@@ -251,7 +284,26 @@ class FusionReranker(nn.Module):
             text, weights = layer(text, attention_mask, image)  # (*B, L, H), (*B, h, L, N)
             cross_attentions.append(weights)
         fused = self.norm(text)  # (*B, L, H)
-        return FusionOutput(self.head(fused[..., 0, :]).squeeze(-1), cross_attentions, fused)  # logits (*B,)
+        logits = self.head(fused[..., 0, :]).squeeze(-1)  # (*B,)
+        if self.head_kind == "agreement":
+            agreement, weights = self._agreement(fused, attention_mask, patches)
+            logits = logits + self.agreement_scale * agreement
+            cross_attentions.append(weights)
+        return FusionOutput(logits, cross_attentions, fused)  # logits (*B,)
+
+    def _agreement(self, fused: torch.Tensor, attention_mask: torch.Tensor,
+                   patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gated mean word-region cosine ``(*B,)`` and its attention ``(*B, 1, L, N)``."""
+        words = F.normalize(self.word_proj(fused), dim=-1)  # (*B, L, H)
+        regions = F.normalize(self.region_proj(self.region_norm(patches)), dim=-1)  # (*B', N, H)
+        cosine = words @ regions.transpose(-1, -2)  # (*B, L, N)
+        weights = (cosine / self.agreement_temperature).softmax(dim=-1).unsqueeze(-3)  # (*B, 1, L, N)
+        agreement = (weights.squeeze(-3) * cosine).sum(dim=-1)  # (*B, L): each word's match in the image
+        mask = attention_mask.to(agreement.dtype).clone()
+        mask[..., 0] = 0  # [CLS] has its own head
+        gates = F.softplus(self.word_gate(fused).squeeze(-1)) * mask  # (*B, L)
+        pooled = (gates * agreement).sum(dim=-1) / gates.sum(dim=-1).clamp_min(1e-6)  # (*B,)
+        return pooled, weights
 
     def score_candidates(
         self,

@@ -23,6 +23,8 @@ as one matrix. Ties in scores are broken arbitrarily (by ``torch.topk``).
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -260,3 +262,21 @@ def embedding_diversity(image_emb: torch.Tensor, text_emb: torch.Tensor) -> dict
                                 or result["text_mean_cosine"] > COLLAPSE_MEAN_COSINE
                                 or result["image_mean_cosine"] > COLLAPSE_MEAN_COSINE)
     return result
+
+
+def random_recall(relevant: int, gallery: int, k: int) -> float:
+    """Recall@k of a random ranking: P(at least one of ``relevant`` items among ``k`` of ``gallery``)."""
+    if gallery - relevant < k:
+        return 1.0
+    return 1.0 - math.prod((gallery - relevant - j) / (gallery - j) for j in range(k))
+
+
+def chance_levels(manifest: dict, split: str = "val", ks=(1, 5, 10)) -> dict[str, float]:
+    """``{"t2i/instance/R@10": ...}``: Recall@k of a random ranking on this split's gallery."""
+    info = manifest["splits"][split]
+    images, captions, classes = info["images"], info["captions"], len(info["classes"])
+    per_image, per_class = captions // images, images / classes  # synthetic classes are near-equal
+    relevant = {("t2i", "instance"): 1, ("t2i", "class"): round(per_class),
+                ("i2t", "instance"): per_image, ("i2t", "class"): round(per_class * per_image)}
+    return {f"{direction}/{relevance}/R@{k}": random_recall(count, images if direction == "t2i" else captions, k)
+            for (direction, relevance), count in relevant.items() for k in ks}

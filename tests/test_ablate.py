@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 import yaml
 
 from fit_helpers import REPO
 from lightning_modules.ablate import (LATENCY_COLUMNS, RECALL_COLUMNS, ROWS, RunSpec, clip_unavailable_reason,
-                                      flags, format_markdown, load_settings, main, plan_runs, table_rows)
+                                      compare, flags, format_markdown, load_settings, main, plan_runs, summarize,
+                                      table_rows)
 
 #: tests/fit_helpers.TINY_MODEL as ablation-config args: a step takes well under a second.
 TINY_BI_ENCODER_ARGS = {
@@ -123,6 +125,13 @@ def _fake_runs(tmp_path) -> dict[str, RunSpec]:
     return runs
 
 
+def _facts():
+    return {"split": "zero-shot/val", "gallery_images": 10, "gallery_captions": 100, "gallery_classes": 2,
+            "data": "d", "candidates_K": 20, "rerank_k": 4, "stage1_weight": 1.0, "gar_alpha": 0.5,
+            "gar_damping": 0.5, "seed": 0, "seeds": "0 1", "bi_encoder_epochs": 1, "reranker_epochs": 1,
+            "bi_encoder_configs": "a", "reranker_configs": "b", "hardware": "cpu", "run_wall_s": "", "wall_s": 1.0}
+
+
 def test_table_reads_each_row_from_its_stage_and_marks_gar_i2t_as_not_applicable(tmp_path):
     rows = table_rows(_fake_runs(tmp_path))
     assert [row["row"] for row in rows] == [spec.number for spec in ROWS] == [0, 1, 2, 3, 4, 5]
@@ -134,15 +143,56 @@ def test_table_reads_each_row_from_its_stage_and_marks_gar_i2t_as_not_applicable
     assert (by_number[2]["rerank_ms"], by_number[2]["total_ms"]) == (None, 0.5)
     assert by_number[3]["total_ms"] == pytest.approx(10.5) and by_number[4]["total_ms"] == pytest.approx(12.5)
     assert by_number[5]["gar_ms"] is None and by_number[0]["t2i/instance/R@1"] is None
-    facts = {"split": "zero-shot/val", "gallery_images": 10, "gallery_captions": 100, "gallery_classes": 2,
-             "data": "d", "candidates_K": 20, "rerank_k": 4, "stage1_weight": 1.0, "gar_alpha": 0.5,
-             "gar_damping": 0.5, "seed": 0, "bi_encoder_epochs": 1, "reranker_epochs": 1, "bi_encoder_configs": "a",
-             "reranker_configs": "b", "hardware": "cpu", "run_wall_s": "", "wall_s": 1.0}
-    lines = format_markdown(rows, facts).splitlines()
+
+
+def test_summary_is_mean_and_std_over_seeds_and_the_table_says_not_run(tmp_path):
+    first, second = table_rows(_fake_runs(tmp_path)), table_rows(_fake_runs(tmp_path))
+    for row in second:
+        if row.get("t2i/class/R@1") is not None:
+            row["t2i/class/R@1"] += 0.2  # seed 1 scores 20 points more
+    summary = {row["row"]: row for row in summarize({0: first, 1: second})}
+    mean, std, seeds = summary[4]["t2i/class/R@1"]
+    assert (mean, seeds) == (pytest.approx(0.4), 2) and std == pytest.approx(0.1414, abs=1e-3)
+    assert summary[4]["i2t/class/R@1"] is None  # GAR is text→image only
+    lines = format_markdown(list(summary.values()), _facts(), [], {"t2i/class/R@1": 0.1}).splitlines()
     gar_line = next(line for line in lines if line.startswith("| 4 |"))
-    assert gar_line.split(" | ")[2:5] == ["30.0", "30.0", "30.0"] and gar_line.count("—") == 6
-    assert gar_line.split(" | ")[-4:-1] == ["0.62", "0.20", "0.40"]  # the collapse guard beside the row
+    assert gar_line.split(" | ")[2] == "40.0 ± 14.1" and gar_line.split(" | ")[4] == "—"
     assert "not run: no CLIP weights offline" in next(line for line in lines if line.startswith("| 0 |"))
+    assert next(line for line in lines if "chance (random ranking)" in line).split(" | ")[2] == "10.0"
+
+
+def _save_outcomes(folder, **arrays):
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "per_query.npz", **arrays)
+
+
+def test_comparisons_pair_queries_across_runs_and_call_a_gain_only_when_the_interval_excludes_zero(tmp_path):
+    runs_by_seed = {}
+    queries = np.arange(400)
+    for seed in (0, 1):
+        runs = _fake_runs(tmp_path / str(seed))
+        rng = np.random.default_rng(seed)
+        base = (rng.random(400) < 0.3).astype(float)
+        better = np.maximum(base, (rng.random(400) < 0.3).astype(float))  # the queue row wins queries, never loses
+        _save_outcomes(runs["baseline"].run_dir, **{"query/text_image_ids": queries, "stage1/t2i/class/hit@1": base})
+        _save_outcomes(runs["queue_hn"].run_dir, **{"query/text_image_ids": queries, "stage1/t2i/class/hit@1": better})
+        same = (rng.random(400) < 0.5).astype(float)
+        _save_outcomes(runs["rerank"].run_dir, **{
+            "query/text_image_ids": queries, "two_stage/t2i/class/hit@1": better, "gar/t2i/class/hit@10": same,
+            "gar_control/t2i/class/hit@10": same, "query/burst_text_rows": queries[:5]})
+        runs_by_seed[seed] = runs
+    results = {(c["row"], c["against"], c["outcome"]): c for c in compare(runs_by_seed)}
+    queue = results[(2, 1, "t2i/class/hit@1")]
+    assert queue["verdict"] == "gain" and queue["low"] > 0 and queue["seeds"] == 2 and queue["queries"] == 400
+    assert results[(3, 2, "t2i/class/hit@1")]["difference"] == 0.0  # identical outcomes
+    assert results[(3, 2, "t2i/class/hit@1")]["verdict"] == "no measurable gain"
+    assert results[(4, 5, "t2i/class/hit@10")]["verdict"] == "no measurable gain"
+    assert results[(3, 2, "probe/binding")]["verdict"].startswith("not measured")
+    runs_by_seed[1]["queue_hn"].run_dir.joinpath("per_query.npz").unlink()
+    _save_outcomes(runs_by_seed[1]["queue_hn"].run_dir, **{"query/text_image_ids": queries[::-1],
+                                                           "stage1/t2i/class/hit@1": np.zeros(400)})
+    assert "not paired" in {(c["row"], c["against"], c["outcome"]): c for c in compare(runs_by_seed)}[
+        (2, 1, "t2i/class/hit@1")]["verdict"]
 
 
 # ------------------------------------------------------------------------------ the real thing
@@ -189,3 +239,16 @@ def test_ablate_quick_writes_every_row_and_column_and_reuses_its_runs(synth_shar
     assert printed.count(": reused") == 3 and "trained in" not in printed
     again = _read_csv(out / "ablation.csv")
     assert [{c: r[c] for c in RECALL_COLUMNS} for r in again] == [{c: r[c] for c in RECALL_COLUMNS} for r in rows]
+    assert (out / "runs").joinpath(next((out / "runs").glob("rerank-*")).name, "per_query.npz").is_file()
+
+    assert main([*args, "--no-wandb", "--seeds", "0", "1"]) == 0  # seed 0 reused, seed 1 trained
+    printed = capsys.readouterr().out
+    assert printed.count(": reused") == 3 and printed.count("trained in") == 3
+    per_seed = _read_csv(out / "ablation.csv")
+    assert [(int(r["row"]), int(r["seed"])) for r in per_seed] == [(n, s) for s in (0, 1) for n in range(6)]
+    differences = _read_csv(out / "ablation_differences.csv")
+    measured = [d for d in differences if d["difference"]]
+    assert measured and all(int(d["seeds"]) == 2 and float(d["low"]) <= float(d["difference"]) <= float(d["high"])
+                            for d in measured)
+    assert all(d["verdict"] in ("gain", "loss", "no measurable gain") for d in measured)
+    assert "± " in (out / "ablation.md").read_text()

@@ -249,3 +249,50 @@ def test_two_cpu_ranks_build_one_cache_and_train_on_it(synth_shards, tmp_path):
 
     assert features.image_ids.shape[0] == read_manifest(synth_shards)["splits"]["train"]["images"]
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_stage2_cache_keeps_patches_and_tokens_aligned_through_save_lookup_and_batches(tmp_path):
+    from mmai.feature_cache import CachedTrainBatches
+
+    ids = torch.tensor([7, 3, 5])  # gathered out of order
+    text_ids = torch.tensor([5, 5, 3, 3, 7, 7])
+    patches = torch.arange(3, dtype=torch.float16)[:, None, None].expand(3, 4, 2).clone() + ids[:, None, None]
+    tokens = text_ids.to(torch.float16)[:, None, None].expand(6, 5, 3).clone() + torch.arange(6)[:, None, None]
+    features = SplitFeatures.from_rows(ids, ids % 2, ids[:, None].float().expand(3, 4).clone(), text_ids,
+                                       torch.arange(6.0)[:, None].expand(6, 2).clone(), image_patches=patches,
+                                       text_tokens=tokens, attention_mask=torch.ones(6, 5, dtype=torch.bool))
+    features.save(tmp_path / "s2.pt", key="k")
+    loaded = load_features(tmp_path / "s2.pt", "k")
+    assert set(loaded.extras) == {"image_patches", "text_tokens", "attention_mask"}
+    found = loaded.lookup({"image_id": torch.tensor([5, 3]), "caption_owner": torch.tensor([0, 0, 1, 1])})
+    assert torch.equal(found["image_patches"][:, 0, 0], torch.tensor([5 + 2, 3 + 1], dtype=torch.float16))
+    assert found["text_tokens"][:, 0, 0].tolist() == [5 + 0, 5 + 1, 3 + 2, 3 + 3]  # each caption's own tokens
+    for batch in CachedTrainBatches(loaded, 3, 1, 0, seed=0, epoch_fn=lambda: 0):
+        rows = loaded.rows_of(batch["image_id"])
+        assert torch.equal(batch["image_patches"], loaded.extras["image_patches"][rows])
+        rows_of_text = [loaded.text_features[:, 0].tolist().index(v) for v in batch["text_features"][:, 0].tolist()]
+        assert torch.equal(batch["text_tokens"], loaded.extras["text_tokens"][rows_of_text])  # the drawn caption's tokens
+    with pytest.raises(CorruptCache, match="rows"):
+        SplitFeatures(loaded.image_ids, loaded.class_ids, loaded.image_features, loaded.text_image_ids,
+                      loaded.text_features, {"image_patches": patches[:2]}).validate()
+
+
+@pytest.mark.slow
+def test_rerank_trains_on_the_stage2_cache_with_split_negatives_and_the_agreement_head(lit_run, synth_shards):
+    from lightning_modules.cli import rerank_cli_main
+
+    _, run_dir, cache_dir = lit_run
+    out = run_dir.parent / "rerank"
+    args = ["fit", "--config", str(REPO / "configs/reranker.yaml"), "--config",
+            str(REPO / "configs/profiles/reranker_tiny_cpu.yaml"),
+            "--model.bi_encoder_ckpt", str(run_dir / "checkpoints" / "last.ckpt"), "--data.shard_dir", str(synth_shards),
+            "--run_dir", str(out), "--data.batch_size", "4", "--data.num_workers", "0", "--trainer.max_epochs", "1",
+            "--model.fusion", json.dumps({"hidden_dim": 32, "num_layers": 1, "num_heads": 2, "head": "agreement"}),
+            "--model.negatives", "split", "--model.feature_cache_dir", str(cache_dir),
+            "--retrieval.candidates", "16", "--retrieval.rerank_k", "8"]
+    cli = rerank_cli_main(args)
+    assert sorted(p.name for p in cache_dir.glob("*-stage2-*.pt")) and len(list(cache_dir.glob("train-stage2-*"))) == 1
+    metrics = cli.trainer.callback_metrics
+    assert torch.isfinite(metrics["val/match_loss"]) and "val/two_stage/t2i/class/R@1" in metrics
+    assert cli.trainer.global_step > 0
+    assert (out / "per_query.npz").is_file()
