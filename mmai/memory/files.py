@@ -1,44 +1,20 @@
-"""Crash-safe file writes for the memory layer: write a temporary file beside the target, then
-``os.replace`` it over the target, so a reader (or a process restarted after a kill) sees the old
-file or the new one, never half of one."""
+"""Crash-safe file writes for the memory layer, through the project's one atomic-write helper
+(:func:`mmai.io.atomic_write`: a temporary file beside the target, fsynced, ``os.replace``d over
+the target, then the folder fsynced), so a reader, or a process restarted after a kill or a power
+loss, sees the old file or the new one, never half of one."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
 
+from mmai.io import atomic_write
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, fsync: bool = True) -> Path:
-    """Write ``path`` atomically with ``write(file)``.
-
-    Args:
-        path: the target file (its folder must exist).
-        write: fills the open binary temporary file.
-        fsync: flush the data to disk before the rename (default True), so the new file also
-            survives a power loss, not only a killed process.
-
-    Returns:
-        ``path``.
-    """
-    path = Path(path)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            if fsync:
-                file.flush()
-                os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
+__all__ = ["atomic_copy", "atomic_write"]
 
 
 def atomic_copy(source: Path, target: Path) -> Path:
-    """Copy ``source`` to ``target`` atomically (no fsync: a copy can be redone from its source)."""
+    """Copy ``source`` to ``target`` atomically and durably: the store's copy of a memory's media
+    must survive a power loss even after the user deletes the original."""
     with open(source, "rb") as original:
-        return atomic_write(target, lambda file: shutil.copyfileobj(original, file), fsync=False)
+        return atomic_write(target, lambda file: shutil.copyfileobj(original, file))
