@@ -33,7 +33,7 @@ def tower_fingerprints(model) -> tuple[str, str]:
 
 
 def feature_cache_path(cache_dir: str | None, datamodule, split: str, fingerprints: tuple[str, str],
-                       stage2: bool = False) -> tuple[Path, str]:
+                       stage2: bool = False, swapped: bool = False) -> tuple[Path, str]:
     """``(file, key)`` of a split's cache for these tower fingerprints (:func:`tower_fingerprints`)
     and these shards; ``cache_dir`` None means ``feature_cache/`` in the shard folder (or
     ``~/.cache/mmai/features`` when that is not writable)."""
@@ -41,20 +41,24 @@ def feature_cache_path(cache_dir: str | None, datamodule, split: str, fingerprin
     shards = [shard["sha256"] for shard in datamodule.manifest["splits"][split]["shards"]]
     key = cache_key(vision=fingerprints[0], text=fingerprints[1],
                     image_size=data.image_size, max_length=data.max_length, tokenizer=str(data.tokenizer),
-                    mean=tuple(data.mean), std=tuple(data.std), split=split, shard_sha256s=shards, stage2=stage2)
+                    mean=tuple(data.mean), std=tuple(data.std), split=split, shard_sha256s=shards, stage2=stage2,
+                    swapped=swapped)
     folder = Path(cache_dir) if cache_dir else Path(datamodule.shard_dir) / "feature_cache"
     if not cache_dir and not _writable(folder):
         folder = Path.home() / ".cache" / "mmai" / "features"
-    return folder / f"{split}{'-stage2' if stage2 else ''}-{key[:20]}.pt", key
+    kind = ("-stage2" if stage2 else "") + ("-swapped" if swapped else "")
+    return folder / f"{split}{kind}-{key[:20]}.pt", key
 
 
 @torch.no_grad()
 def compute_split_features(module: L.LightningModule, model, datamodule, split: str,
-                           stage2: bool = False) -> SplitFeatures:
+                           stage2: bool = False, swapped: bool = False) -> SplitFeatures:
     """Every sample of ``split`` through the locked towers of ``model`` once (each rank its share
     of the evaluation stream), gathered so that every rank holds the whole split. ``stage2`` also
     keeps the patch tokens and caption token states (float16, captions padded to the
-    DataModule's ``max_length``)."""
+    DataModule's ``max_length``); ``swapped`` also the token states of each caption with two colour
+    words exchanged (:func:`mmai.negatives.swap_colour_words`; an all-zero mask where a caption
+    names fewer than two colours), the re-ranker's composition-aware negatives."""
     device = module.trainer.strategy.root_device
     towers = (model.vision, model.text)
     for tower in towers:
@@ -83,15 +87,36 @@ def compute_split_features(module: L.LightningModule, model, datamodule, split: 
             parts.setdefault("image_patches", []).append(patches[keep.to(device)].half().cpu())
             parts.setdefault("text_tokens", []).append(tokens[keep_text].half().cpu())
             parts.setdefault("attention_mask", []).append(mask[keep_text].bool().cpu())
+        if stage2 and swapped:
+            swapped_tokens, swapped_mask = _swapped_states(towers[1], datamodule, batch["captions"], length, device)
+            parts.setdefault("swapped_tokens", []).append(swapped_tokens[keep_text.cpu()])
+            parts.setdefault("swapped_mask", []).append(swapped_mask[keep_text.cpu()])
     gathered = {name: gather_rows(torch.cat(rows), module) for name, rows in parts.items()}
     return SplitFeatures.from_rows(**gathered)
 
 
+def _swapped_states(text_tower, datamodule, captions: list[str], length: int, device) -> tuple[torch.Tensor, ...]:
+    """Token states ``(Bt, L, Dt)`` float16 and mask ``(Bt, L)`` bool of the colour-swapped captions."""
+    from mmai.negatives import swap_colour_words
+
+    swapped = [swap_colour_words(caption) for caption in captions]
+    rows = [row for row, caption in enumerate(swapped) if caption is not None]
+    tokens = torch.zeros(len(captions), length, text_tower.width, dtype=torch.float16)
+    mask = torch.zeros(len(captions), length, dtype=torch.bool)
+    if rows:
+        encoded = datamodule._collator().tokenizer([swapped[row] for row in rows], padding="max_length",
+                                                   truncation=True, max_length=length, return_tensors="pt")
+        states = text_tower(encoded["input_ids"].to(device), encoded["attention_mask"].to(device))[1]
+        tokens[rows] = states.half().cpu()
+        mask[rows] = encoded["attention_mask"].bool()
+    return tokens, mask
+
+
 def split_features(module: L.LightningModule, model, datamodule, split: str, fingerprints: tuple[str, str],
-                   cache_dir: str | None, stage2: bool = False) -> SplitFeatures:
+                   cache_dir: str | None, stage2: bool = False, swapped: bool = False) -> SplitFeatures:
     """The split's cached features: loaded when a valid file exists on every rank, else computed
     (every rank), written by rank 0 (atomically) and waited for at a barrier."""
-    path, key = feature_cache_path(cache_dir, datamodule, split, fingerprints, stage2)
+    path, key = feature_cache_path(cache_dir, datamodule, split, fingerprints, stage2, swapped)
     features, problem = None, None
     try:
         features = load_features(path, key)
@@ -103,7 +128,7 @@ def split_features(module: L.LightningModule, model, datamodule, split: str, fin
         return features
     rank_zero_info(f"feature cache {path}: {problem}; computing the locked towers' features of the "
                    f"{split} split once")
-    features = compute_split_features(module, model, datamodule, split, stage2)
+    features = compute_split_features(module, model, datamodule, split, stage2, swapped)
     if module.trainer.is_global_zero:
         features.save(path, key)
     module.trainer.strategy.barrier("feature_cache")

@@ -71,6 +71,11 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
             images and captions of the batch) or ``"split"`` (the whole cached training split,
             so the hardest confusers, e.g. a species with two part colours swapped, are found
             even when they are not in the batch; needs the feature cache).
+        swap_negatives: also pair every training caption that names two colours with its own image
+            after exchanging the two colour words ("an orange bill and a grey belly" -> "a grey bill
+            and an orange belly"), as a non-match: NegCLIP's composition-aware negatives
+            (Yuksekgonul et al., ICLR 2023), the only negatives that teach which part has which
+            colour (default False; needs ``negatives="split"``, their token states are cached once).
     """
 
     def __init__(self, bi_encoder_ckpt: str | None = None, bi_encoder: dict[str, Any] | None = None,
@@ -80,10 +85,13 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
                  num_negatives: int = 1, negative_temperature: float = 0.07, same_class_weight: float = 1.0,
                  rerank_k: int = 16, stage1_weight: float = 1.0, batch_size: int = 64,
                  eval_ks: tuple[int, ...] = (1, 5, 10), feature_cache: bool = True,
-                 feature_cache_dir: str | None = None, negatives: str = "batch"):
+                 feature_cache_dir: str | None = None, negatives: str = "batch", swap_negatives: bool = False):
         super().__init__()
         if negatives not in ("batch", "split"):
             raise ValueError(f"RerankerModule: negatives must be 'batch' or 'split', got {negatives!r}")
+        if swap_negatives and negatives != "split":
+            raise ValueError("RerankerModule: swap_negatives needs negatives='split' (their token states live in "
+                             "the cached training split)")
         checkpoint = None
         if bi_encoder is None:
             if bi_encoder_ckpt is None:
@@ -151,8 +159,9 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
         fingerprints = tower_fingerprints(self.bi_encoder) if splits else None
         for split in splits:
+            swapped = split == "train" and bool(self.hparams.swap_negatives)
             self._features[split] = split_features(self, self.bi_encoder, datamodule, split, fingerprints,
-                                                   self.hparams.feature_cache_dir, stage2=True)
+                                                   self.hparams.feature_cache_dir, stage2=True, swapped=swapped)
         if "train" in self._features:
             datamodule.use_train_features(self._features["train"])
 
@@ -263,9 +272,16 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
         masks = torch.cat([mask, mask[captions[keep_images]], bank_mask[caption_rows.cpu()].to(device).to(mask.dtype)])
         image = torch.cat([patches[owner], bank_patches[image_rows.cpu()].to(device).float(),
                            patches[images[keep_captions]]])
-        kind = torch.cat([torch.full((tokens.shape[0],), POSITIVE, device=device),
-                          torch.full((image_rows.shape[0],), NEGATIVE_IMAGE, device=device),
-                          torch.full((caption_rows.shape[0],), NEGATIVE_CAPTION, device=device)])
+        kinds = [torch.full((tokens.shape[0],), POSITIVE, device=device),
+                 torch.full((image_rows.shape[0],), NEGATIVE_IMAGE, device=device),
+                 torch.full((caption_rows.shape[0],), NEGATIVE_CAPTION, device=device)]
+        if hp.swap_negatives and "swapped_tokens" in batch:  # the caption with two colours exchanged, its own image
+            has_swap = batch["swapped_mask"].any(dim=1)
+            text = torch.cat([text, batch["swapped_tokens"][has_swap].float()])
+            masks = torch.cat([masks, batch["swapped_mask"][has_swap].to(masks.dtype)])
+            image = torch.cat([image, patches[owner][has_swap]])
+            kinds.append(torch.full((int(has_swap.sum()),), NEGATIVE_CAPTION, device=device))
+        kind = torch.cat(kinds)
         rows = torch.arange(kind.shape[0], device=device)
         return text, masks, image, MatchBatch(rows, rows, (kind == POSITIVE).float(), kind)
 

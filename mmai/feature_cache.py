@@ -45,7 +45,7 @@ FORMAT_VERSION = 2  # 2: optional stage-2 fields; checksum over the sorted field
 TENSOR_FIELDS = ("image_ids", "class_ids", "image_features", "text_image_ids", "text_features")
 #: Stage-2 fields (optional): per image row / per caption row.
 IMAGE_EXTRAS = ("image_patches",)
-TEXT_EXTRAS = ("text_tokens", "attention_mask")
+TEXT_EXTRAS = ("text_tokens", "attention_mask", "swapped_tokens", "swapped_mask")
 
 
 class StaleCache(Exception):
@@ -68,13 +68,15 @@ def module_fingerprint(module: nn.Module) -> str:
 
 def cache_key(*, vision: str, text: str, image_size: int, max_length: int, tokenizer: str,
               mean: tuple[float, ...], std: tuple[float, ...], split: str, shard_sha256s: list[str],
-              stage2: bool = False) -> str:
+              stage2: bool = False, swapped: bool = False) -> str:
     """The key a cache file must carry to be used (see the module docstring)."""
     fields = {"format": FORMAT_VERSION, "vision": vision, "text": text, "image_size": int(image_size),
               "max_length": int(max_length), "tokenizer": tokenizer, "mean": [float(m) for m in mean],
               "std": [float(s) for s in std], "split": split, "shards": list(shard_sha256s)}
     if stage2:
         fields["stage2"] = True
+    if swapped:
+        fields["swapped"] = True
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 

@@ -19,6 +19,8 @@ given a ``torch.Generator``.
 
 from __future__ import annotations
 
+import re
+
 import dataclasses
 import math
 
@@ -207,3 +209,30 @@ def build_match_batch(
         kind.append(torch.full((int(keep.sum()),), pair_kind, dtype=torch.long, device=similarity.device))
     kind_all = torch.cat(kind)
     return MatchBatch(torch.cat(text_index), torch.cat(image_index), (kind_all == POSITIVE).float(), kind_all)
+
+
+#: Colour words of the caption vocabulary (the synthetic captions' and most of CUB's).
+COLOUR_WORDS = ("cream colored", "black", "orange", "yellow", "grey", "gray", "red", "blue", "brown", "white",
+                "buff", "tan", "green", "purple", "pink", "olive", "rufous", "chestnut")
+_COLOUR = re.compile(r"\b(" + "|".join(re.escape(word) for word in COLOUR_WORDS) + r")\b")
+
+
+def swap_colour_words(caption: str) -> str | None:
+    """The caption with its first two different colour words exchanged, or None when it names
+    fewer than two colours.
+
+    A composition-aware hard negative (NegCLIP, Yuksekgonul et al., ICLR 2023): "an orange bill and
+    a grey belly" becomes "a grey bill and an orange belly" — the same bag of words, a different
+    bird. Paired with the caption's own image as a non-match, it is a negative that only a model
+    binding each colour to its part can reject. ``grey``/``gray`` count as one colour.
+    """
+    found = [(match.start(), match.end(), match.group(1)) for match in _COLOUR.finditer(caption)]
+
+    def same(a: str, b: str) -> bool:
+        return {a, b} <= {"grey", "gray"} or a == b
+
+    for i, (start_a, end_a, first) in enumerate(found):
+        for start_b, end_b, second in found[i + 1:]:
+            if not same(first, second):
+                return caption[:start_a] + second + caption[end_a:start_b] + first + caption[end_b:]
+    return None
