@@ -39,7 +39,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 
-from lightning_modules.eval_set import EvalSet, save_failed_epoch_weights
+from lightning_glue.eval_set import EvalSet, save_failed_epoch_weights
 from mmai.memory.gar import GraphAugmentedRetriever
 from mmai.memory.graph import EpisodicGraph
 from mmai.memory.index import VectorIndex

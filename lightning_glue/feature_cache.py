@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from tqdm import tqdm
 
-from lightning_modules.eval_set import gather_rows
+from lightning_glue.eval_set import gather_rows
 from mmai.feature_cache import TENSOR_FIELDS, SplitFeatures, cache_key, module_fingerprint
 
 

@@ -427,7 +427,7 @@ def log_wandb_table(rows: list[dict[str, Any]], facts: dict[str, Any], out: Path
     """Log the table to W&B (``ablation/table``) in a run of its own; offline without credentials."""
     import wandb
 
-    from lightning_modules.tracking import wandb_credentials_available
+    from lightning_glue.tracking import wandb_credentials_available
 
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_available() else "offline")
     columns = ["row", "feature set", *RECALL_COLUMNS, *LATENCY_COLUMNS, *DIVERSITY_COLUMNS, "status"]

@@ -17,8 +17,8 @@ import torch
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_modules.eval_set import EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
-from lightning_modules.feature_cache import compute_split_features, feature_cache_path, tower_fingerprints
+from lightning_glue.eval_set import EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
+from lightning_glue.feature_cache import compute_split_features, feature_cache_path, tower_fingerprints
 from mmai.bi_encoder import BiEncoder
 from mmai.checkpoint import build_towers, read_checkpoint
 from mmai.feature_cache import CorruptCache, SplitFeatures, StaleCache, load_features

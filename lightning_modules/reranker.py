@@ -25,7 +25,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.eval_set import EvalSet, EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
+from lightning_glue.eval_set import EvalSet, EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
 from mmai.checkpoint import build_bi_encoder, build_reranker, read_checkpoint
 from mmai.fusion import match_loss
 from mmai.negatives import POSITIVE, build_match_batch

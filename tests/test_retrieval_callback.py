@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from callbacks import RetrievalEvalCallback
-from lightning_modules.eval_set import EvalSet
+from lightning_glue.eval_set import EvalSet
 from mmai.metrics import evaluate_retrieval
 
 
