@@ -1,8 +1,8 @@
 """The ``mmai`` command: one entry point for data, training, evaluation and benchmarks.
 
-``mmai data …`` and ``mmai bench …`` are library commands. ``fit``, ``validate``, ``test``,
-``predict`` (LightningCLI) and ``data inspect`` belong to the Lightning app and are dispatched by
-module name to ``lightning_modules.cli``, so this library module never imports Lightning.
+This is the apps layer (``mmai_apps``): every subcommand is an app module beside this one, reached
+by a plain import inside the function that runs it, so ``mmai --help`` and ``mmai data synth``
+start without loading Lightning, Gradio or the models.
 
 Expected user errors (a bad path, a bad value, a damaged input file: ``ValueError``,
 ``FileNotFoundError``, ``KeyError`` and their kin) of ``data``, ``fit``/``validate``/``test``/
@@ -13,7 +13,6 @@ command line) or ``MMAI_DEBUG=1`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import time
@@ -66,7 +65,9 @@ def _data_parser() -> argparse.ArgumentParser:
 
 def _data(argv: list[str]) -> int:
     if argv[:1] == ["inspect"]:
-        return importlib.import_module("lightning_modules.cli").inspect_main(argv[1:])
+        from mmai_apps.lightning_cli import inspect_main
+
+        return inspect_main(argv[1:])
     args = _data_parser().parse_args(argv)
     start = time.perf_counter()
     if args.action == "synth":
@@ -132,33 +133,47 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(command: str, rest: list[str]) -> int:
     if command in APP_COMMANDS:
-        importlib.import_module("lightning_modules.cli").cli_main([command, *rest])
+        from mmai_apps.lightning_cli import cli_main
+
+        cli_main([command, *rest])
         return 0
     if command == "rerank":
         if not rest or rest[0] not in {"fit", "validate", "test"}:
             print("usage: mmai rerank {fit,validate,test} --config configs/reranker.yaml "
                   "[--config configs/profiles/reranker_tiny_cpu.yaml] --model.bi_encoder_ckpt CKPT", file=sys.stderr)
             return 2
-        importlib.import_module("lightning_modules.cli").rerank_cli_main(rest)
+        from mmai_apps.lightning_cli import rerank_cli_main
+
+        rerank_cli_main(rest)
         return 0
     if command == "saliency":
-        from mmai.explain import main as saliency_main
+        from mmai_apps.explain import main as saliency_main
 
         return saliency_main(rest)
     if command == "ablate":
-        return importlib.import_module("lightning_modules.ablate").main(rest)
+        from mmai_apps.ablate import main as ablate_main
+
+        return ablate_main(rest)
     if command == "memory":
-        return importlib.import_module("mmai.memory.cli").main(rest)
+        from mmai_apps.memory_cli import main as memory_main
+
+        return memory_main(rest)
     if command == "serve":
-        return importlib.import_module("mmai.serve").main(rest)
+        from mmai_apps.serve import main as serve_main
+
+        return serve_main(rest)
     if command == "demo":
-        return importlib.import_module("lightning_modules.demo").main(rest)
+        from mmai_apps.demo import main as demo_main
+
+        return demo_main(rest)
     if command == "data":
         return _data(rest)
     if command == "sweep":
-        return importlib.import_module("lightning_modules.sweep_runner").main(rest)
+        from mmai_apps.sweep_runner import main as sweep_main
+
+        return sweep_main(rest)
     if command == "bench":
-        from mmai.bench import main as bench_main
+        from mmai_apps.bench import main as bench_main
 
         return bench_main(rest)
     print(f"mmai: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)

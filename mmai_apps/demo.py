@@ -52,7 +52,7 @@ DEMO_QUERIES = (
 
 
 def _settings(args) -> dict:
-    from lightning_modules.ablate import load_settings
+    from mmai_apps.ablate import load_settings
 
     settings = load_settings(REPO / "configs/experiments/ablation.yaml")
     settings["bi_encoder"]["epochs"] = args.epochs
@@ -157,8 +157,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
 
-    from lightning_modules.ablate import run_ablation
-    from lightning_modules.cli import inspect_main
+    from mmai_apps.ablate import run_ablation
+    from mmai_apps.lightning_cli import inspect_main
     from mmai.data.shards import read_manifest, write_shards
     from mmai.data.synth import synthesize
 

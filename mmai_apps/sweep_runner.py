@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import lightning as L
 
-from mmai.bench import format_table
+from mmai_apps.bench import format_table
 from mmai.sweep import LOCAL_METHOD, METHODS, Sweep, draw, expand_command, load_sweep, sort_by_metric
 
 METRICS_FILE = "sweep_metrics.json"
@@ -144,7 +144,7 @@ def _run_subprocess(trial: Trial, workdir: Path) -> bool:
 
 
 def _run_in_process(trial: Trial, workdir: Path) -> bool:
-    from mmai.cli import main as mmai_main
+    from mmai_apps.cli import main as mmai_main
 
     argv = trial.argv[1:] if trial.argv[0] == "/usr/bin/env" else trial.argv
     if Path(argv[0]).name != "mmai":

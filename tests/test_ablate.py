@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from fit_helpers import REPO
-from lightning_modules.ablate import (LATENCY_COLUMNS, RECALL_COLUMNS, ROWS, RunSpec, clip_unavailable_reason,
+from mmai_apps.ablate import (LATENCY_COLUMNS, RECALL_COLUMNS, ROWS, RunSpec, clip_unavailable_reason,
                                       flags, format_markdown, load_settings, main, plan_runs, table_rows)
 
 #: tests/fit_helpers.TINY_MODEL as ablation-config args: a step takes well under a second.

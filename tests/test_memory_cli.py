@@ -1,4 +1,4 @@
-"""`mmai memory ...` (mmai.memory.cli.main): the commands end to end, and a real SIGKILL mid-ingest."""
+"""`mmai memory ...` (mmai_apps.memory_cli.main): the commands end to end, and a real SIGKILL mid-ingest."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmai.memory.cli import main
+from mmai_apps.memory_cli import main
 from mmai.memory.personal import PersonalMemory, int_id
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -126,7 +126,7 @@ def test_reading_a_root_without_a_store_is_an_error_naming_it(tmp_path, command,
 
 
 def test_serve_refuses_a_root_without_a_store(tmp_path, capsys):
-    from mmai.serve import main as serve_main
+    from mmai_apps.serve import main as serve_main
 
     assert serve_main(["--root", str(tmp_path / "mem_typo")]) == 2
     assert f"{tmp_path / 'mem_typo'} holds no memory store" in capsys.readouterr().err
@@ -252,7 +252,7 @@ def _confirmed(journal: Path) -> list[str]:
 def test_sigkill_mid_ingest_keeps_every_confirmed_memory_searchable(tmp_path, checkpoint):
     photos = _photos(tmp_path / "photos", 240)
     root = tmp_path / "memory"
-    command = [sys.executable, "-m", "mmai.memory.cli", "ingest", str(photos), "--root", str(root),
+    command = [sys.executable, "-m", "mmai_apps.memory_cli", "ingest", str(photos), "--root", str(root),
                "--checkpoint", str(checkpoint), "--batch-size", "2", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

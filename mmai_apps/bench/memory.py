@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmai.bench import BenchResult
+from mmai_apps.bench import BenchResult
 
 #: search modes: name -> PersonalMemory.search keyword arguments ("filters" is filled in per run).
 MODES: dict[str, dict[str, Any]] = {
