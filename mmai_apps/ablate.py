@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from mmai_apps.resources import data_root
+
+REPO = data_root()  # the installed package's folder: configs/ and sweeps/ are package data
 METRICS_FILE = "ablation_metrics.json"
 SETTING_KEYS = {"seed", "out", "shard_dir", "synth", "bi_encoder", "reranker", "retrieval", "baseline", "clip",
                 "quick"}

@@ -8,6 +8,10 @@ Expected user errors (a bad path, a bad value, a damaged input file: ``ValueErro
 ``FileNotFoundError``, ``KeyError`` and their kin) of ``data``, ``fit``/``validate``/``test``/
 ``predict`` and ``rerank`` print their message alone and exit 2; ``--debug`` (anywhere on the
 command line) or ``MMAI_DEBUG=1`` shows the traceback instead.
+
+A relative ``configs/...`` or ``sweeps/...`` path that is not in the working directory is read
+from the installed package (:mod:`mmai_apps.resources`), so that ``mmai fit --config
+configs/base.yaml`` works from any folder once mmai is installed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from mmai_apps.resources import resolve_path_args
 
 APP_COMMANDS = {"fit", "validate", "test", "predict"}
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, KeyError)
@@ -115,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("MMAI_DEBUG", "") not in ("", "0")
     argv = [arg for arg in argv if arg != "--debug"]
+    argv = resolve_path_args(argv)  # configs/... and sweeps/... also outside a checkout
     if not debug:
         quiet_known_warnings()
     if not argv or argv[0] in {"-h", "--help"}:

@@ -23,7 +23,9 @@ import math
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from mmai_apps.resources import data_root
+
+REPO = data_root()  # the installed package's folder: configs/ and sweeps/ are package data
 
 
 def random_recall(relevant: int, gallery: int, k: int) -> float:
