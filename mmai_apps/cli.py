@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from mmai_apps.quiet import quiet_known_warnings
 from mmai_apps.resources import resolve_path_args
 
 APP_COMMANDS = {"fit", "validate", "test", "predict"}
@@ -96,25 +97,6 @@ def _data(argv: list[str]) -> int:
               f"manifest: {args.out / 'manifest.json'}")
     print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
-
-
-#: Third-party warnings known to be harmless in these apps (each message was checked): a
-#: deprecation inside Lightning's own pytree helper, webdataset's note on ``with_length`` (the
-#: length is exact by construction here), and LightningCLI's caution about ``args`` beside
-#: ``sys.argv`` (the apps pass ``args`` on purpose). Everything else still shows.
-KNOWN_HARMLESS_WARNINGS = (
-    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-    r"\.with_length\(\) only sets the value of __len__",
-    r"LightningCLI's args parameter is intended to run from within Python",
-)
-
-
-def quiet_known_warnings() -> None:
-    """Hide :data:`KNOWN_HARMLESS_WARNINGS` (``--debug`` keeps every warning)."""
-    import warnings
-
-    for message in KNOWN_HARMLESS_WARNINGS:
-        warnings.filterwarnings("ignore", message=message)
 
 
 def main(argv: list[str] | None = None) -> int:
