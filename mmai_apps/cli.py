@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from mmai_apps.quiet import quiet_known_warnings
+from mmai_apps.quiet import quiet_known_warnings, quiet_runs
 from mmai_apps.resources import resolve_path_args
 
 APP_COMMANDS = {"fit", "validate", "test", "predict"}
@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = resolve_path_args(argv)  # configs/... and sweeps/... also outside a checkout
     if not debug:
         quiet_known_warnings()
+        if argv[:1] in (["ablate"], ["demo"]):
+            quiet_runs()
     if not argv or argv[0] in {"-h", "--help"}:
         print(USAGE)
         return 0

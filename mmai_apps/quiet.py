@@ -8,6 +8,7 @@ library and the adapters never touch the warning or logging configuration of the
 from __future__ import annotations
 
 import logging
+import os
 import re
 import warnings
 
@@ -57,3 +58,14 @@ def quiet_known_warnings() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(existing, DropMessages) for existing in logger.filters):
             logger.addFilter(DropMessages(KNOWN_HARMLESS_LOG_MESSAGES))
+
+
+def quiet_runs() -> None:
+    """For the apps that run several trainings in one process and print their own table of them
+    (``mmai ablate``, ``mmai demo``): no model summary per run, and no W&B history/summary panel
+    per run (``WANDB_QUIET``; set ``WANDB_QUIET=false`` to see them). Each run still says where
+    its offline W&B run is and how to sync it."""
+    from mmai_apps import lightning_cli
+
+    os.environ.setdefault("WANDB_QUIET", "true")
+    lightning_cli.TRAINER_DEFAULTS.setdefault("enable_model_summary", False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 from mmai_apps.quiet import RANK_ZERO_LOGGERS, quiet_known_warnings
@@ -35,3 +36,24 @@ def test_the_wandb_logger_leaves_out_the_deprecated_anonymous_setting_unless_giv
 
     assert "anonymous" not in MMAIWandbLogger(save_dir=str(tmp_path), offline=True)._wandb_init
     assert MMAIWandbLogger(save_dir=str(tmp_path), offline=True, anonymous=True)._wandb_init["anonymous"] == "allow"
+
+
+def test_quiet_runs_turn_off_the_per_run_model_summary_and_wandb_panel(synth_shards, monkeypatch):
+    from lightning.pytorch.callbacks import ModelSummary
+
+    from fit_helpers import BASE
+    from mmai_apps import lightning_cli
+    from mmai_apps.quiet import quiet_runs
+
+    monkeypatch.setattr(lightning_cli, "TRAINER_DEFAULTS", {})
+    monkeypatch.delenv("WANDB_QUIET", raising=False)
+    args = [*BASE, "--data.shard_dir", str(synth_shards), "--data.num_workers", "0", "--trainer.logger", "false"]
+    loud = lightning_cli.cli_main(args, run=False)
+    assert any(isinstance(callback, ModelSummary) for callback in loud.trainer.callbacks)
+    quiet_runs()
+    assert lightning_cli.TRAINER_DEFAULTS == {"enable_model_summary": False}
+    assert os.environ["WANDB_QUIET"] == "true"
+    quiet = lightning_cli.cli_main(args, run=False)
+    assert not any(isinstance(callback, ModelSummary) for callback in quiet.trainer.callbacks)
+    flag = lightning_cli.cli_main([*args, "--trainer.enable_model_summary", "true"], run=False)
+    assert any(isinstance(callback, ModelSummary) for callback in flag.trainer.callbacks)  # a flag still wins
