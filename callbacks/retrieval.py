@@ -20,8 +20,22 @@ Logged (``val/`` prefix):
   ``two_stage_match/...`` (match logit alone), ``two_stage/latency_ms`` (stage 1 + stage 2 per
   query, cached patch tokens, no encoding), ``two_stage/rerank_latency_ms`` (stage 2 alone) and
   ``two_stage/k``. GAR (and its control) then re-rank the two-stage list instead of stage 1's,
-  so the rows stack as in the reference table: stage 1 → + re-rank → + GAR.
+  so the rows stack as in the reference table: stage 1 → + re-rank → + GAR. The module is told
+  the ``rerank_k`` and ``stage1_weight`` used (``record_validation``), so its checkpoints record
+  them and ``mmai memory search --rerank`` re-ranks with the validated values.
 * ``graph/{nodes,temporal_edges,semantic_edges,mean_degree,episodes,schemas}``.
+* ``probe/binding/{stage1,two_stage}`` (with ``probe/binding/pairs``, ``probe/binding/captions``):
+  where the gallery holds swap pairs (the synthetic CUB's binding confusers, from the shard
+  manifest's ``species``), the fraction of (caption naming a swapped colour, confuser image)
+  pairs whose true image ranks above the confuser (:mod:`mmai.probes`). ~50% is a bag of words.
+* ``probe/burst/{stage1,two_stage,gar,gar_control}/R@10`` (with ``probe/burst/queries``): for
+  captions of clear photos in bursts that also hold hard photos (low light, blur, distance,
+  occlusion), the fraction of those hard photos in the top 10: what GAR's neighbours recover.
+
+Every validation also writes the per-query outcomes behind these numbers (t2i class hits at 1 and
+10 per caption and stage, the probes' per-query values, the query ids) to
+``{default_root_dir}/per_query.npz``, so ``mmai ablate`` can pair rows query by query
+(:mod:`mmai.stats`). The stage-1 outcomes there come from the exact cosine ranking.
 
 Exact full-gallery stage-1 Recall@K (``val/stage1/...``) is logged by the module itself.
 
@@ -38,12 +52,17 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch.nn.functional as F
 
 from lightning_glue.eval_set import EvalSet, save_failed_epoch_weights
 from mmai.memory.gar import GraphAugmentedRetriever
 from mmai.memory.graph import EpisodicGraph
 from mmai.memory.index import VectorIndex
 from mmai.metrics import evaluate_rankings
+from mmai.probes import binding_probe, burst_probe, burst_recovery, pair_outcomes, per_caption
+from mmai.two_stage import stage1_topk
+
+PER_QUERY_FILE = "per_query.npz"
 
 
 class RetrievalEvalCallback(L.Callback):
@@ -61,12 +80,13 @@ class RetrievalEvalCallback(L.Callback):
         control_seed: seed of the shuffled-metadata control (default 0).
         rerank_k: candidates the re-ranker re-scores per query, when the module has one (default 16).
         stage1_weight: lambda of the two-stage score ``match_logit + lambda * cosine`` (default 1.0).
+        per_query: write ``per_query.npz`` into the trainer's ``default_root_dir`` (default True).
     """
 
     def __init__(self, candidates: int = 100, ks: tuple[int, ...] = (1, 5, 10), index_kind: str = "hnsw",
                  gar_alpha: float = 0.5, gar_damping: float = 0.5, temporal_window_s: float = 3600.0,
                  semantic_threshold: float = 0.85, max_semantic_degree: int = 10, control_seed: int = 0,
-                 rerank_k: int = 16, stage1_weight: float = 1.0):
+                 rerank_k: int = 16, stage1_weight: float = 1.0, per_query: bool = True):
         super().__init__()
         if max(ks) > candidates:
             raise ValueError(f"RetrievalEvalCallback: ks={ks} asks beyond candidates={candidates}")
@@ -77,6 +97,9 @@ class RetrievalEvalCallback(L.Callback):
         if rerank_k < 1:
             raise ValueError(f"RetrievalEvalCallback: rerank_k must be >= 1, got {rerank_k}")
         self.rerank_k, self.stage1_weight = int(rerank_k), float(stage1_weight)
+        self.per_query = per_query
+        self.species: list[dict] = []  # the shard manifest's species annotations (binding probe)
+        self.outcomes: dict[str, np.ndarray] = {}  # the last evaluation's per-query outcomes
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Refuse a val gallery too small for ``ks`` before training starts (a manifest gives its size)."""
@@ -85,6 +108,10 @@ class RetrievalEvalCallback(L.Callback):
         images = _val_gallery_size(trainer)
         if images is not None:
             self.check_gallery(images)
+        try:
+            self.species = list(trainer.datamodule.manifest.get("species") or [])
+        except (AttributeError, OSError, ValueError):
+            self.species = []
 
     def check_gallery(self, images: int) -> None:
         """Raise a ValueError saying what to change when ``images`` cannot rank ``max(ks)`` deep."""
@@ -104,6 +131,8 @@ class RetrievalEvalCallback(L.Callback):
             try:
                 self.check_gallery(len(data.image_embeddings))
                 metrics = self.evaluate(data, two_stage)
+                if self.per_query and self.outcomes:
+                    _save_outcomes(Path(trainer.default_root_dir) / PER_QUERY_FILE, self.outcomes)
             except Exception as error:  # noqa: BLE001 - reported below, after the weights are safe
                 metrics = {"__error__": f"{type(error).__name__}: {error}"}
         metrics = trainer.strategy.broadcast(metrics, src=0)
@@ -112,6 +141,10 @@ class RetrievalEvalCallback(L.Callback):
             raise RuntimeError(f"retrieval evaluation failed at the end of epoch {trainer.current_epoch} "
                                f"({metrics['__error__']}); this epoch's weights are saved in {path}")
         pl_module.log_dict({f"val/{key}": value for key, value in metrics.items()})
+        record = getattr(pl_module, "record_validation", None)
+        if record is not None and "two_stage/k" in metrics:  # every rank: the broadcast numbers
+            record(int(metrics["two_stage/k"]), self.stage1_weight, epoch=trainer.current_epoch,
+                   step=trainer.global_step)
 
     def evaluate(self, data: EvalSet, two_stage: Callable | None = None) -> dict[str, float]:
         """Stage 1 → (stage 2 if ``two_stage`` is given) → GAR and its control, on one gathered set.
@@ -128,21 +161,65 @@ class RetrievalEvalCallback(L.Callback):
         start = time.perf_counter()
         scores, hits = index.search(data.text_embeddings.numpy(), k)  # (Nt, k) each
         metrics = {"stage1/latency_ms": 1000 * (time.perf_counter() - start) / len(hits)}
+        exact, exact_scores = stage1_topk(data.text_embeddings, F.normalize(data.image_embeddings.float(), dim=-1), k)
+        rankings = {"stage1": exact.numpy()}
         if two_stage is not None:
             hits, scores = self._two_stage(data, two_stage, k, metrics)
+            rankings["two_stage"] = hits
         labels = (data.image_ids, data.class_ids, data.text_image_ids, data.text_class_ids)
         graph = EpisodicGraph(positions, images, data.timestamps.numpy(), data.places, index=index,
                               progress=False, **self.graph_options)
         metrics.update({f"graph/{name}": float(value) for name, value in graph.stats().items() if name != "edges"})
         for stage, stage_graph in (("gar", graph), ("gar_control", graph.shuffled_control(self.control_seed))):
-            retriever = GraphAugmentedRetriever(stage_graph, alpha=self.gar_alpha, damping=self.gar_damping)
+            retriever = GraphAugmentedRetriever(stage_graph, gar_weight=self.gar_alpha, damping=self.gar_damping)
             start = time.perf_counter()
             ranked = retriever.rerank(hits, scores, k=k).ids  # (Nt, k) positions
+            rankings[stage] = np.asarray(ranked)
             if stage == "gar":
                 metrics["gar/latency_ms"] = 1000 * (time.perf_counter() - start) / len(hits)
             recall = evaluate_rankings(*labels, t2i=ranked, ks=self.ks)
             metrics.update({f"{stage}/{key}": value for key, value in recall.items()})
+        self.outcomes = self._outcomes(data, rankings, metrics)
         return metrics
+
+    def _outcomes(self, data: EvalSet, rankings: dict[str, np.ndarray], metrics: dict) -> dict[str, np.ndarray]:
+        """Per-query outcomes of every stage (saved for paired intervals) and the probes' metrics."""
+        text_classes = data.text_class_ids.numpy()
+        classes = data.class_ids.numpy()
+        outcomes: dict[str, np.ndarray] = {"query/text_image_ids": data.text_image_ids.numpy(),
+                                           "query/image_ids": data.image_ids.numpy()}
+        for stage, ranked in rankings.items():
+            hit = (classes[np.maximum(ranked, 0)] == text_classes[:, None]) & (ranked >= 0)  # (Nt, k)
+            outcomes[f"{stage}/t2i/class/hit@1"] = hit[:, 0].astype(np.float64)
+            outcomes[f"{stage}/t2i/class/hit@10"] = hit[:, :10].any(axis=1).astype(np.float64)
+        probe = binding_probe(data.captions, data.text_image_ids.numpy(), data.image_ids.numpy(), classes,
+                              {"species": self.species})
+        if len(probe):
+            text, image = F.normalize(data.text_embeddings.float(), dim=-1), F.normalize(data.image_embeddings.float(), dim=-1)
+
+            def cosine(text_rows, image_rows):
+                return (text[text_rows] * image[image_rows]).sum(-1).numpy()
+
+            metrics["probe/binding/pairs"] = float(len(probe))
+            for stage in ("stage1", "two_stage"):
+                if stage in rankings:
+                    wins = pair_outcomes(rankings[stage], probe, cosine)
+                    captions, per_query = per_caption(wins, probe.text_rows)
+                    metrics[f"probe/binding/{stage}"] = float(wins.mean())
+                    outcomes[f"{stage}/probe/binding"] = per_query
+            metrics["probe/binding/captions"] = float(len(captions))
+            outcomes["query/binding_text_rows"] = captions
+        if len(data.conditions) == len(classes) and data.sighting_ids.numel() == len(classes):
+            bursts = burst_probe(data.text_image_ids.numpy(), data.image_ids.numpy(), data.sighting_ids.numpy(),
+                                 data.conditions)
+            if len(bursts):
+                metrics["probe/burst/queries"] = float(len(bursts))
+                outcomes["query/burst_text_rows"] = bursts.text_rows
+                for stage, ranked in rankings.items():
+                    recovered = burst_recovery(ranked, bursts, k=10)
+                    metrics[f"probe/burst/{stage}/R@10"] = float(recovered.mean())
+                    outcomes[f"{stage}/probe/burst@10"] = recovered
+        return outcomes
 
     def _two_stage(self, data: EvalSet, two_stage: Callable, k: int, metrics: dict) -> tuple[np.ndarray, np.ndarray]:
         """Log two-stage (combined and match-only) Recall@K; return the combined t2i list for GAR."""
@@ -157,6 +234,23 @@ class RetrievalEvalCallback(L.Callback):
         hits = result.rankings["t2i"][:, :k].numpy()  # (Nt, k)
         scores = result.scores["t2i"][:, :k].numpy()  # (Nt, k)
         return hits, scores
+
+
+def _save_outcomes(path: Path, outcomes: dict[str, np.ndarray]) -> None:
+    """Write the per-query outcomes atomically (a reader never sees half a file)."""
+    import io
+
+    from mmai.io import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **outcomes)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_outcomes(path: Path) -> dict[str, np.ndarray]:
+    """The per-query outcomes a validation saved (``per_query.npz``)."""
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
 
 
 def _val_gallery_size(trainer: L.Trainer) -> int | None:

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import lightning as L
 import torch
@@ -218,26 +217,27 @@ def _stage2_view(pl_module):
 
 
 def read_split_samples(shard_dir: Path, split: str, image_ids: set[int]) -> dict[int, tuple[Image.Image, dict]]:
-    """``{image_id: (PIL image, meta)}`` for the wanted ids of one split, read from its shards."""
+    """``{image_id: (PIL image, meta)}`` for the wanted ids of one split, read from its shards in
+    manifest order with the data pipeline's WebDataset reader (:func:`mmai.data.pipeline.shard_samples`),
+    stopping once every wanted id is found.
+
+    Raises:
+        KeyError: a wanted id is in none of the split's shards.
+    """
+    from mmai.data.pipeline import shard_samples
     from mmai.data.shards import shard_urls
 
     found: dict[int, tuple[Image.Image, dict]] = {}
     wanted = set(image_ids)
-    for url in shard_urls(shard_dir, split):
-        with tarfile.open(url) as tar:
-            members: dict[str, dict[str, Any]] = {}
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                if ext in ("json", "jpg"):
-                    members.setdefault(key, {})[ext] = tar.extractfile(member).read()
-        for parts in members.values():
-            if "json" not in parts or "jpg" not in parts:
-                continue
-            meta = json.loads(parts["json"])
-            if meta["image_id"] in wanted:
-                found[meta["image_id"]] = (Image.open(io.BytesIO(parts["jpg"])).convert("RGB"), meta)
-        if len(found) == len(wanted):
-            break
+    urls = shard_urls(shard_dir, split)
+    for sample in shard_samples(urls) if wanted else ():
+        if "json" not in sample or "jpg" not in sample:
+            continue
+        meta = json.loads(sample["json"])
+        if meta["image_id"] in wanted:
+            found[meta["image_id"]] = (Image.open(io.BytesIO(sample["jpg"])).convert("RGB"), meta)
+            if len(found) == len(wanted):
+                break
     missing = wanted - set(found)
     if missing:
         raise KeyError(f"image ids {sorted(missing)[:5]} not found in the {split!r} shards of {shard_dir}")

@@ -29,6 +29,9 @@ class EvalSet:
     text_image_ids: torch.Tensor  # (Nt,)
     text_class_ids: torch.Tensor  # (Nt,)
     captions: list[str]  # (Nt,)
+    #: the diary's burst of each image (-1 unknown) and its photo condition ("" unknown)
+    sighting_ids: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # (Ni,)
+    conditions: list[str] = dataclasses.field(default_factory=list)  # (Ni,)
     #: stage-2 caches, gathered like the rest: ``image_patches (Ni, N, Dv)``, ``text_tokens
     #: (Nt, L, Dt)`` and ``attention_mask (Nt, L)`` (a re-ranker's validation adds them).
     extras: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
@@ -57,6 +60,8 @@ class EvalSetCollector:
             "image_embeddings": image_embeddings[keep].float(), "image_ids": batch["image_id"][keep],
             "class_ids": batch["class_id"][keep], "timestamps": batch["timestamp"][keep],
             "latitudes": batch["latitude"][keep], "longitudes": batch["longitude"][keep],
+            "sighting_ids": batch["sighting_id"][keep] if "sighting_id" in batch
+            else torch.full((int(keep.sum()),), -1, dtype=torch.long),
             "text_embeddings": text_embeddings[keep_text].float(),
             "text_image_ids": batch["image_id"][owner][keep_text], "text_class_ids": batch["class_id"][owner][keep_text],
         }
@@ -68,6 +73,8 @@ class EvalSetCollector:
             self._parts.setdefault(f"extra:{key}", []).append(value[keep_text].detach())
         self._parts.setdefault("places", []).extend(p for p, k in zip(batch["place"], keep.tolist()) if k)
         self._parts.setdefault("captions", []).extend(c for c, k in zip(batch["captions"], keep_text.tolist()) if k)
+        conditions = batch.get("condition") or [""] * len(batch["place"])
+        self._parts.setdefault("conditions", []).extend(c for c, k in zip(conditions, keep.tolist()) if k)
 
     def gather(self, module: L.LightningModule) -> EvalSet:
         if self._gathered is not None:
@@ -78,7 +85,7 @@ class EvalSetCollector:
         for key, parts in self._parts.items():
             if key.startswith("extra:"):
                 fields["extras"][key[len("extra:"):]] = gather_rows(torch.cat(parts), module)
-            elif key in ("places", "captions"):
+            elif key in ("places", "captions", "conditions"):
                 fields[key] = _gather_objects(parts, module)
             else:
                 fields[key] = gather_rows(torch.cat(parts), module)

@@ -12,7 +12,10 @@ Validation embeds the gallery like the bi-encoder does and also caches the galle
 and the captions' token states, so two-stage retrieval never re-encodes an image per query.
 Logged: ``train/match_loss``, ``train/match_acc`` (and on positives / negatives),
 ``val/match_loss``/``val/match_acc`` on in-batch hard negatives, and ``val/stage1/...`` Recall@K;
-the :class:`~callbacks.RetrievalEvalCallback` adds ``val/two_stage/...`` and GAR on top.
+the :class:`~callbacks.RetrievalEvalCallback` adds ``val/two_stage/...`` and GAR on top, and tells
+the module which ``rerank_k`` and ``stage1_weight`` that validation used (:meth:`RerankerModule.record_validation`);
+every checkpoint saved afterwards carries them under ``mmai_validated_with``
+(:data:`mmai.checkpoint.VALIDATED_WITH`), and ``mmai memory search --rerank`` / ``mmai serve`` re-rank with them.
 Run it with ``mmai rerank fit --config configs/reranker.yaml --model.bi_encoder_ckpt PATH``.
 """
 
@@ -26,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_glue.eval_set import EvalSet, EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
-from mmai.checkpoint import build_bi_encoder, build_reranker, read_checkpoint
+from mmai.checkpoint import VALIDATED_WITH, build_bi_encoder, build_reranker, read_checkpoint
 from mmai.fusion import match_loss
 from mmai.negatives import POSITIVE, build_match_batch
 from mmai.two_stage import TwoStageResult, evaluate_two_stage
@@ -94,6 +97,8 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
             expect_eval_mode_modules()  # the frozen towers stay in eval mode on purpose
         self._collector = EvalSetCollector()
         self._val_match: list[torch.Tensor] = []
+        #: the re-rank settings of the last two-stage validation (see :meth:`record_validation`).
+        self.validated_with: dict[str, Any] | None = None
         self.train()
 
     # ---------------------------------------------------------------- properties
@@ -211,6 +216,21 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -------------------------------------------------------------- evaluation
+    def record_validation(self, rerank_k: int, stage1_weight: float, epoch: int | None = None,
+                          step: int | None = None) -> None:
+        """Remember the ``rerank_k`` and ``stage1_weight`` a two-stage validation used (the retrieval
+        callback calls this); checkpoints saved from now on record them."""
+        self.validated_with = {"rerank_k": int(rerank_k), "stage1_weight": float(stage1_weight),
+                               "epoch": epoch, "step": step}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.validated_with is not None:
+            checkpoint[VALIDATED_WITH] = dict(self.validated_with)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        record = checkpoint.get(VALIDATED_WITH)
+        self.validated_with = dict(record) if isinstance(record, dict) else None
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._match_step(batch, "val")
 

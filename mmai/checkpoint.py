@@ -11,7 +11,9 @@ A Lightning ``.ckpt`` is a ``torch.save`` dict holding ``state_dict`` and ``hype
 :func:`load_stage1` accepts either and returns a :class:`Stage1Model` that embeds PIL images,
 strings and waveforms exactly as evaluation does (resize + centre crop, ImageNet normalisation,
 the tower's tokenizer). :func:`load_stage2` needs a re-ranker checkpoint and returns a
-:class:`Stage2Model` that scores (query, image) pairs and renders saliency panels.
+:class:`Stage2Model` that scores (query, image) pairs and renders saliency panels, with the
+``rerank_k`` and ``stage1_weight`` its validation used (:func:`rerank_settings`: a re-ranker
+checkpoint records them under :data:`VALIDATED_WITH`; older ones fall back to their hyperparameters).
 
 Example:
     >>> stage2 = load_stage2("runs/reranker/checkpoints/last.ckpt")
@@ -33,6 +35,10 @@ from PIL import Image
 from mmai.bi_encoder import BiEncoder
 from mmai.fusion import FusionReranker
 from mmai.towers import AudioTower, ClipTowers, CNNTower, TextTower, VisionTower
+
+#: the checkpoint key of ``{"rerank_k", "stage1_weight", "epoch", "step"}``: the re-rank settings the
+#: re-ranker's last validation used (written by ``RerankerModule.on_save_checkpoint``).
+VALIDATED_WITH = "mmai_validated_with"
 
 #: BiEncoder arguments that come straight from a BiEncoderModule's hyperparameters.
 BI_ENCODER_ARGS = ("embed_dim", "queue_size", "momentum", "hard_negative_beta", "class_positives", "distill_alpha",
@@ -231,14 +237,16 @@ class Stage2Model:
     Attributes:
         stage1: the :class:`Stage1Model` whose token states and patches it reads.
         reranker: the :class:`~mmai.fusion.FusionReranker` (eval mode).
-        rerank_k: candidates it was evaluated on (default from training).
-        stage1_weight: lambda of ``match_logit + lambda * stage1_similarity``.
+        rerank_k: candidates it was validated with (see :func:`rerank_settings`).
+        stage1_weight: lambda of ``match_logit + lambda * stage1_similarity`` it was validated with.
+        settings_source: where ``rerank_k`` and ``stage1_weight`` come from, in words.
     """
 
     stage1: Stage1Model
     reranker: FusionReranker
     rerank_k: int = 16
     stage1_weight: float = 1.0
+    settings_source: str = "defaults"
 
     @torch.no_grad()
     def rerank(self, query: str, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
@@ -338,6 +346,20 @@ def build_reranker(hparams: dict[str, Any], bi_encoder: BiEncoder) -> FusionRera
     return FusionReranker(text_width, vision_width, **dict(hparams.get("fusion") or {}))
 
 
+def rerank_settings(checkpoint: dict[str, Any]) -> tuple[int, float, str]:
+    """``(rerank_k, stage1_weight, source)`` of a re-ranker checkpoint: the values its validation
+    used (:data:`VALIDATED_WITH`), else (a checkpoint written before that record, or never
+    validated) its ``rerank_k``/``stage1_weight`` hyperparameters, 16 and 1.0 by default."""
+    record = checkpoint.get(VALIDATED_WITH)
+    if isinstance(record, dict) and record.get("rerank_k") is not None and record.get("stage1_weight") is not None:
+        when = ", ".join(f"{key} {record[key]}" for key in ("epoch", "step") if record.get(key) is not None)
+        return (int(record["rerank_k"]), float(record["stage1_weight"]),
+                "the checkpoint's validation" + (f" at {when}" if when else ""))
+    hparams = checkpoint.get("hyper_parameters") or {}
+    return (int(hparams.get("rerank_k", 16)), float(hparams.get("stage1_weight", 1.0)),
+            "the checkpoint's defaults: it records no validation")
+
+
 def load_stage2(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> Stage2Model:
     """The re-ranker (and its bi-encoder) of a ``RerankerModule`` checkpoint.
 
@@ -354,4 +376,4 @@ def load_stage2(path: str | os.PathLike, device: str | torch.device | None = "cp
     reranker = build_reranker(hparams, stage1.model)
     reranker.load_state_dict(_sub_state(checkpoint["state_dict"], "reranker."))
     reranker.to(device).eval()
-    return Stage2Model(stage1, reranker, int(hparams.get("rerank_k", 16)), float(hparams.get("stage1_weight", 1.0)))
+    return Stage2Model(stage1, reranker, *rerank_settings(checkpoint))

@@ -13,6 +13,12 @@ towers). MMAI caches the pooled features of both stage-1 towers when both are fu
 * one text feature ``(Dt,)`` for every caption of every image (all ten), so training draws a
   random caption per image and step as the streaming pipeline does.
 
+The fusion re-ranker (stage 2) reads the towers' token states, not their pooled features, so its
+cache (``stage2``) also holds each image's patch tokens ``(N, Dp)`` and each caption's token
+states ``(L, Dt)`` with their attention mask, in float16 (:data:`IMAGE_EXTRAS`,
+:data:`TEXT_EXTRAS`): ~44 KB per 224-px image (196 x 112) and ~30 KB per 40-token caption (40 x
+384), e.g. 0.2 GB for the demo's 600 training images and 6,000 captions.
+
 A cache file belongs to exactly one (tower weights, preprocessing, split shards) combination: its
 key hashes the towers' weights, the image size, the token limit, the tokenizer, and the sha256s
 the shard manifest records for the split. A file whose key differs (other weights, rewritten
@@ -26,7 +32,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -34,8 +39,13 @@ import torch
 from torch import nn
 from torch.utils.data import IterableDataset
 
-FORMAT_VERSION = 1
+from mmai.io import atomic_write
+
+FORMAT_VERSION = 2  # 2: optional stage-2 fields; checksum over the sorted field names
 TENSOR_FIELDS = ("image_ids", "class_ids", "image_features", "text_image_ids", "text_features")
+#: Stage-2 fields (optional): per image row / per caption row.
+IMAGE_EXTRAS = ("image_patches",)
+TEXT_EXTRAS = ("text_tokens", "attention_mask")
 
 
 class StaleCache(Exception):
@@ -57,17 +67,20 @@ def module_fingerprint(module: nn.Module) -> str:
 
 
 def cache_key(*, vision: str, text: str, image_size: int, max_length: int, tokenizer: str,
-              mean: tuple[float, ...], std: tuple[float, ...], split: str, shard_sha256s: list[str]) -> str:
+              mean: tuple[float, ...], std: tuple[float, ...], split: str, shard_sha256s: list[str],
+              stage2: bool = False) -> str:
     """The key a cache file must carry to be used (see the module docstring)."""
     fields = {"format": FORMAT_VERSION, "vision": vision, "text": text, "image_size": int(image_size),
               "max_length": int(max_length), "tokenizer": tokenizer, "mean": [float(m) for m in mean],
               "std": [float(s) for s in std], "split": split, "shards": list(shard_sha256s)}
+    if stage2:
+        fields["stage2"] = True
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def _checksum(tensors: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
-    for name in TENSOR_FIELDS:
+    for name in sorted(tensors):
         digest.update(name.encode())
         digest.update(tensors[name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -82,6 +95,8 @@ class SplitFeatures:
         image_features: ``(N, Dv)`` float32 pooled features of the vision tower.
         text_image_ids: ``(Nt,)`` long, the image of each caption, in image-row order.
         text_features: ``(Nt, Dt)`` float32 pooled features of the text tower.
+        extras: stage-2 fields, empty for a stage-1 cache: ``image_patches (N, P, Dp)`` float16,
+            ``text_tokens (Nt, L, Dt)`` float16 and ``attention_mask (Nt, L)`` bool.
     """
 
     image_ids: torch.Tensor
@@ -89,16 +104,27 @@ class SplitFeatures:
     image_features: torch.Tensor
     text_image_ids: torch.Tensor
     text_features: torch.Tensor
+    extras: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def from_rows(cls, image_ids, class_ids, image_features, text_image_ids, text_features) -> "SplitFeatures":
+    def from_rows(cls, image_ids, class_ids, image_features, text_image_ids, text_features,
+                  **extras: torch.Tensor) -> "SplitFeatures":
         """Sort gathered rows (any rank order) by image id, keeping each image's caption order."""
         order = torch.argsort(image_ids, stable=True)
         text_order = torch.argsort(text_image_ids, stable=True)
+        unknown = set(extras) - set(IMAGE_EXTRAS) - set(TEXT_EXTRAS)
+        if unknown:
+            raise ValueError(f"SplitFeatures: unknown extra field(s) {sorted(unknown)}")
+        sorted_extras = {name: value[order if name in IMAGE_EXTRAS else text_order] for name, value in extras.items()}
         features = cls(image_ids[order].long(), class_ids[order].long(), image_features[order].float(),
-                       text_image_ids[text_order].long(), text_features[text_order].float())
+                       text_image_ids[text_order].long(), text_features[text_order].float(), sorted_extras)
         features.validate()
         return features
+
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every stored field by name (the extras included)."""
+        return {**{name: getattr(self, name) for name in TENSOR_FIELDS}, **self.extras}
 
     def validate(self) -> None:
         """Raise :class:`CorruptCache` unless rows are consistent (unique images, captions of known images)."""
@@ -110,6 +136,10 @@ class SplitFeatures:
             raise CorruptCache("an image appears twice")
         if not bool(torch.isin(self.text_image_ids, self.image_ids).all()):
             raise CorruptCache("a caption belongs to no cached image")
+        for name, value in self.extras.items():
+            rows = n if name in IMAGE_EXTRAS else self.text_image_ids.shape[0]
+            if value.shape[0] != rows:
+                raise CorruptCache(f"the cached {name} has {value.shape[0]} rows, expected {rows}")
 
     @functools.cached_property
     def caption_start(self) -> torch.Tensor:
@@ -147,26 +177,19 @@ class SplitFeatures:
         position = torch.arange(owner.shape[0]) - (torch.cumsum(per_image, 0) - per_image)[owner]  # (Bt,)
         text_rows = self.caption_start[rows][owner] + position  # (Bt,)
         device = batch["image_id"].device
-        return {"image_features": self.image_features[rows].to(device),
-                "text_features": self.text_features[text_rows].to(device)}
+        found = {"image_features": self.image_features[rows].to(device),
+                 "text_features": self.text_features[text_rows].to(device)}
+        for name, value in self.extras.items():
+            found[name] = value[rows if name in IMAGE_EXTRAS else text_rows].to(device)
+        return found
 
     def save(self, path: Path, key: str) -> None:
-        """Write atomically (temporary file, fsync, rename, fsync of the folder)."""
+        """Write atomically (:func:`mmai.io.atomic_write`: temporary file, fsync, rename, fsync of the folder)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {name: getattr(self, name).cpu().contiguous() for name in TENSOR_FIELDS}
+        tensors = {name: value.cpu().contiguous() for name, value in self.tensors.items()}
         payload = {"format": FORMAT_VERSION, "key": key, "checksum": _checksum(tensors), "tensors": tensors}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def load_features(path: Path, key: str) -> SplitFeatures:
@@ -188,9 +211,12 @@ def load_features(path: Path, key: str) -> SplitFeatures:
         raise CorruptCache(f"{path}: cannot be read ({type(error).__name__}: {error})") from None
     if version != FORMAT_VERSION or stored_key != key:
         raise StaleCache(f"{path}: written for other tower weights, preprocessing or shards")
-    if not isinstance(tensors, dict) or set(tensors) != set(TENSOR_FIELDS) or _checksum(tensors) != checksum:
+    allowed = set(TENSOR_FIELDS) | set(IMAGE_EXTRAS) | set(TEXT_EXTRAS)
+    if (not isinstance(tensors, dict) or not set(TENSOR_FIELDS) <= set(tensors) <= allowed
+            or _checksum(tensors) != checksum):
         raise CorruptCache(f"{path}: contents do not match their checksum")
-    features = SplitFeatures(**{name: tensors[name] for name in TENSOR_FIELDS})
+    features = SplitFeatures(**{name: tensors[name] for name in TENSOR_FIELDS},
+                             extras={name: tensors[name] for name in tensors if name not in TENSOR_FIELDS})
     features.validate()
     return features
 
@@ -229,7 +255,9 @@ class CachedTrainBatches(IterableDataset):
             rows = order[first:first + self.batch_size]  # (B,)
             draw = torch.rand(rows.shape[0], generator=generator)
             captions = start[rows] + (draw * count[rows]).long()  # (B,)
-            yield {"image_features": self.features.image_features[rows],
+            extras = {name: value[rows if name in IMAGE_EXTRAS else captions]
+                      for name, value in self.features.extras.items()}
+            yield {**extras, "image_features": self.features.image_features[rows],
                    "text_features": self.features.text_features[captions],
                    "image_id": self.features.image_ids[rows], "class_id": self.features.class_ids[rows],
                    "caption_owner": torch.arange(rows.shape[0]),

@@ -3,35 +3,37 @@
 A sweep file (https://docs.wandb.ai/guides/sweeps/define-sweep-configuration) names a search
 ``method`` (grid, random, bayes), the ``metric`` to optimise, the ``parameters`` to search and
 the ``command`` an agent runs. ``wandb agent`` fills the command's macros and runs it; this module
-does the same without the W&B server, so that ``mmai sweep run`` (lightning_modules.sweep_runner)
+does the same without the W&B server, so that ``mmai sweep run`` (mmai_apps.sweep_runner)
 can run the trials of a sweep file on a machine with no account or no network:
 
 * :func:`load_sweep` reads and validates a file (errors name the file, the field and the fix);
-* :func:`draw` gives the parameter sets: the full cartesian product for ``grid``, independent draws
-  from each parameter's distribution for ``random``. ``bayes`` needs the W&B controller's
-  Gaussian-process model of past runs; locally it is drawn as ``random`` (:data:`LOCAL_METHOD`);
+* :class:`LocalSearch` gives the parameter sets one at a time and is told each trial's metric:
+  the full cartesian product for ``grid``; Optuna's ``RandomSampler`` for ``random`` and its
+  ``TPESampler`` for ``bayes`` (a model of the results told so far, after
+  :data:`DEFAULT_STARTUP_TRIALS` random trials), the study's direction the metric's goal. Each
+  W&B distribution maps to an Optuna distribution (:func:`optuna_distribution`,
+  :func:`wandb_value`). :func:`draw` lists the sets drawn without results;
 * :func:`expand_command` substitutes the macros exactly as ``wandb agent`` does: ``${args}``
   becomes ``--name=value`` per parameter, formatted with Python's ``str`` as W&B formats it.
 
-Library code: no Lightning, no wandb import.
+Library code: no Lightning, no wandb import; optuna is imported when a random or bayes search starts.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import math
 import os
 import platform
-import random
 import re
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 METHODS = ("grid", "random", "bayes")
-#: How each method is drawn here: ``bayes`` needs W&B's controller, so it is drawn as random.
-LOCAL_METHOD = {"grid": "grid", "random": "random", "bayes": "random"}
 GOALS = ("maximize", "minimize")
 TOP_LEVEL_KEYS = {"program", "method", "metric", "parameters", "early_terminate", "command", "name",
                   "description", "project", "entity", "run_cap"}
@@ -275,32 +277,135 @@ def _looks_numeric(text: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------ drawing
-def draw(sweep: Sweep, count: int | None = None, method: str | None = None, seed: int = 0) -> list[dict[str, Any]]:
-    """The parameter sets of a local run of ``sweep``.
+#: What draws each method's parameter sets here.
+SAMPLERS = {"grid": "the cartesian product of the values, in file order (no sampler)",
+            "random": "optuna.samplers.RandomSampler", "bayes": "optuna.samplers.TPESampler"}
+#: Trials a ``bayes`` search draws at random before TPE models the results (TPE's
+#: ``n_startup_trials``). Optuna's default is 10; a local sweep is short (``--count`` defaults to
+#: 10), so 5 random trials are followed by TPE from the sixth.
+DEFAULT_STARTUP_TRIALS = 5
+_QUANTILE_EPS = 1e-12  # normal draws go through quantiles in [eps, 1 - eps]: about 7 sigma either side
+
+
+class LocalSearch:
+    """The parameter sets of a local run of ``sweep``, asked one at a time and told each result.
+
+    * ``grid``: the full cartesian product of the ``values``, first parameter slowest (this
+      module's own enumeration, so ``--count N`` is the first N points of the product, as in the
+      files' comments; Optuna's GridSampler visits the points in random order);
+    * ``random``: ``optuna.samplers.RandomSampler(seed)``, each parameter drawn independently
+      from its distribution; results are ignored;
+    * ``bayes``: ``optuna.samplers.TPESampler(seed, n_startup_trials)``, Optuna 5's multivariate
+      TPE: the first ``n_startup_trials`` sets are its random draws (the same sets ``random``
+      draws under the seed), each later set is proposed from the results told so far. W&B's
+      controller uses a Gaussian process instead, so the sets differ from a W&B sweep's.
+
+    Every W&B distribution is an Optuna distribution of an internal value and a map to the value
+    the command gets (:func:`optuna_distribution`, :func:`wandb_value`), so the draws keep W&B's
+    meaning of each distribution. The study's direction is the metric's goal.
 
     Args:
         sweep: a loaded sweep.
+        method: override the file's method (``grid``, ``random``, ``bayes``); default the file's.
+        seed: seed of the sampler (default 0); the same seed and results give the same sets.
         count: how many sets; for grid the first ``count`` of the product (default: all of it),
             for random and bayes required.
-        method: override the file's method (``grid``, ``random``, ``bayes``); default the file's.
-        seed: seed of the random draws (default 0); the same seed gives the same sets.
+        n_startup_trials: random trials before TPE starts (``bayes`` only).
+
+    Raises:
+        ValueError: unknown method, grid over a continuous distribution, or no ``count`` for a
+            random or bayes search.
+    """
+
+    def __init__(self, sweep: Sweep, method: str | None = None, seed: int = 0, count: int | None = None,
+                 n_startup_trials: int = DEFAULT_STARTUP_TRIALS):
+        self.sweep, self.method, self.seed = sweep, method or sweep.method, seed
+        self.n_startup_trials = n_startup_trials
+        if self.method not in METHODS:
+            raise ValueError(f"method {self.method!r}: use one of {list(METHODS)}")
+        self._listed: list[dict[str, Any]] | None = None
+        self._trials: list[Any] = []  # the Optuna trial of each set asked, in order
+        if self.method == "grid":
+            combos = grid(sweep.parameters, where=str(sweep.path))
+            self._listed = combos if count is None else combos[:count]
+            self.count = len(self._listed)
+            self.study = None
+            return
+        if count is None or count < 1:
+            raise ValueError(f"{sweep.path}: a {self.method} search never ends by itself; "
+                             "pass a count of trials (--count N)")
+        if n_startup_trials < 0:
+            raise ValueError(f"n_startup_trials must be >= 0 (got {n_startup_trials})")
+        import optuna
+
+        self.count = count
+        self.space = {name: distribution for name, spec in sweep.parameters.items()
+                      if (distribution := optuna_distribution(spec)) is not None}
+        sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
+                   if self.method == "bayes" else optuna.samplers.RandomSampler(seed=seed))
+        self.study = optuna.create_study(direction=sweep.metric_goal, sampler=sampler,
+                                         study_name=str(sweep.config.get("name") or sweep.path.stem))
+
+    @classmethod
+    def listed(cls, sweep: Sweep, param_sets: list[dict[str, Any]]) -> "LocalSearch":
+        """A search that gives ``param_sets`` in order (e.g. from :func:`draw`) and ignores results."""
+        search = cls.__new__(cls)
+        search.sweep, search.method, search.seed, search.n_startup_trials = sweep, "given", 0, 0
+        search._listed, search._trials, search.count, search.study = list(param_sets), [], len(param_sets), None
+        return search
+
+    def describe(self) -> str:
+        """The sampler in words, for logs and the results header."""
+        if self.method == "bayes":
+            return (f"Optuna TPESampler (multivariate, seed {self.seed}): the first {self.n_startup_trials} "
+                    "trial(s) drawn at random, then each proposed from the results so far")
+        if self.method == "random":
+            return f"Optuna RandomSampler (seed {self.seed})"
+        if self.method == "grid":
+            return "the cartesian product of the values, in file order"
+        return "given parameter sets"
+
+    def ask(self) -> dict[str, Any] | None:
+        """The next parameter set ``{name: value}`` (names in the file's order), or None when
+        ``count`` sets were asked."""
+        index = len(self._trials)
+        if index >= self.count:
+            return None
+        if self._listed is not None:
+            self._trials.append(None)
+            return self._listed[index]
+        trial = self.study.ask(self.space)
+        self._trials.append(trial)
+        return {name: wandb_value(spec, trial.params.get(name)) for name, spec in self.sweep.parameters.items()}
+
+    def tell(self, index: int, value: float | None) -> None:
+        """Report the metric of the ``index``-th set asked; None (a failed run, no metric) marks
+        the trial failed, which TPE leaves out of its model."""
+        trial = self._trials[index]
+        if trial is None:
+            return
+        import optuna
+
+        if _finite(value):
+            self.study.tell(trial, float(value))
+        else:
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+
+def draw(sweep: Sweep, count: int | None = None, method: str | None = None, seed: int = 0,
+         n_startup_trials: int = DEFAULT_STARTUP_TRIALS) -> list[dict[str, Any]]:
+    """The parameter sets of a local run of ``sweep`` when no result comes back.
+
+    ``grid`` and ``random`` give exactly the sets a run draws; ``bayes`` proposes from results,
+    so without them it gives TPE's startup draws (random) throughout: the first
+    ``n_startup_trials`` are the ones a run draws, the later ones a run would propose from its
+    results. Arguments and errors as :class:`LocalSearch`.
 
     Returns:
         One ``{name: value}`` per trial, names in the file's order.
-
-    Raises:
-        ValueError: grid over a continuous distribution, or no ``count`` for a random search.
     """
-    method = method or sweep.method
-    if method not in METHODS:
-        raise ValueError(f"method {method!r}: use one of {list(METHODS)}")
-    if LOCAL_METHOD[method] == "grid":
-        combos = grid(sweep.parameters, where=str(sweep.path))
-        return combos if count is None else combos[:count]
-    if count is None or count < 1:
-        raise ValueError(f"{sweep.path}: a {method} search never ends by itself; pass a count of trials (--count N)")
-    rng = random.Random(seed)
-    return [sample(sweep.parameters, rng) for _ in range(count)]
+    search = LocalSearch(sweep, method=method, seed=seed, count=count, n_startup_trials=n_startup_trials)
+    return list(iter(search.ask, None))
 
 
 def grid(parameters: dict[str, dict[str, Any]], where: str = "sweep") -> list[dict[str, Any]]:
@@ -321,52 +426,87 @@ def grid(parameters: dict[str, dict[str, Any]], where: str = "sweep") -> list[di
     return [dict(zip(parameters, combo)) for combo in itertools.product(*axes)]
 
 
-def sample(parameters: dict[str, dict[str, Any]], rng: random.Random) -> dict[str, Any]:
-    """One draw of every parameter from its distribution (see :func:`sample_value`)."""
-    return {name: sample_value(spec, rng) for name, spec in parameters.items()}
+def optuna_distribution(spec: dict[str, Any]):
+    """The Optuna distribution of a parameter's internal value (None for a constant).
+
+    ========================================  ===============================================
+    W&B distribution                          Optuna distribution of the internal value
+    ========================================  ===============================================
+    categorical ``values``                    ``CategoricalDistribution`` of the indices
+    categorical with ``probabilities``        ``FloatDistribution(0, 1)``: the quantile
+    int_uniform                               ``IntDistribution(min, max)``
+    uniform, q_uniform                        ``FloatDistribution(min, max)``
+    log_uniform_values, q_log_uniform_values  ``FloatDistribution(min, max, log=True)``
+    inv_log_uniform_values                    ``FloatDistribution(min, max, log=True)``
+    log_uniform, q_log_uniform                ``FloatDistribution(min, max)``: the exponent
+    inv_log_uniform                           ``FloatDistribution(min, max)``: minus the log
+    normal, log_normal, q_normal, ...         ``FloatDistribution(0, 1)``: the quantile
+    ========================================  ===============================================
+
+    :func:`wandb_value` maps the internal value to the parameter's value (indices to values,
+    exponents through ``exp``, quantiles through the inverse CDF, ``q_*`` rounded to a multiple
+    of ``q``), so a uniform draw of the internal value is a draw of W&B's distribution.
+    """
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    distribution = infer_distribution(spec)
+    base = distribution[2:] if distribution.startswith("q_") else distribution
+    if distribution == "constant":
+        return None
+    if distribution == "categorical":
+        if spec.get("probabilities") is not None:
+            return FloatDistribution(0.0, 1.0)
+        return CategoricalDistribution(tuple(range(len(spec["values"]))))
+    if distribution == "int_uniform":
+        return IntDistribution(spec["min"], spec["max"])
+    if base in ("uniform", "log_uniform", "inv_log_uniform"):
+        return FloatDistribution(float(spec["min"]), float(spec["max"]))
+    if base in ("log_uniform_values", "inv_log_uniform_values"):
+        return FloatDistribution(float(spec["min"]), float(spec["max"]), log=True)
+    if base in ("normal", "log_normal"):
+        return FloatDistribution(_QUANTILE_EPS, 1.0 - _QUANTILE_EPS)
+    raise ValueError(f"distribution {distribution!r} cannot be searched here")  # pragma: no cover - validated
 
 
-def sample_value(spec: dict[str, Any], rng: random.Random) -> Any:
-    """One value of a parameter, with W&B's meaning of each distribution.
+def wandb_value(spec: dict[str, Any], internal: Any) -> Any:
+    """The parameter's value for the internal value Optuna drew (see :func:`optuna_distribution`).
 
-    ``log_uniform`` takes its bounds as natural-log exponents, ``log_uniform_values`` as values;
-    ``inv_log_uniform*`` draws ``X`` with ``log(1/X)`` uniform; ``q_*`` rounds to a multiple of
-    ``q`` (default 1); ``normal`` has ``mu`` 0 and ``sigma`` 1 by default.
+    W&B's meaning of each distribution: ``log_uniform`` takes its bounds as natural-log
+    exponents, ``log_uniform_values`` as values; ``inv_log_uniform`` is ``exp(-U(min, max))``;
+    ``q_*`` rounds to a multiple of ``q`` (default 1; an integer ``q`` gives integers);
+    ``normal`` has ``mu`` 0 and ``sigma`` 1 by default.
     """
     distribution = infer_distribution(spec)
     if distribution == "constant":
         return spec["value"]
     if distribution == "categorical":
-        return rng.choices(spec["values"], weights=spec.get("probabilities"))[0]
+        values, probabilities = spec["values"], spec.get("probabilities")
+        if probabilities is None:
+            return values[int(internal)]
+        cumulative = list(itertools.accumulate(probabilities))
+        return values[min(bisect.bisect_right(cumulative, internal), len(values) - 1)]
     if distribution == "int_uniform":
-        return rng.randint(spec["min"], spec["max"])
+        return int(internal)
     base = distribution[2:] if distribution.startswith("q_") else distribution
-    value = _continuous(base, spec, rng)
+    if base in ("uniform", "log_uniform_values", "inv_log_uniform_values"):
+        value = float(internal)
+    elif base == "log_uniform":
+        value = math.exp(internal)
+    elif base == "inv_log_uniform":
+        value = math.exp(-internal)
+    else:  # normal, log_normal: the quantile through the inverse CDF
+        value = statistics.NormalDist(spec.get("mu", 0.0), spec.get("sigma", 1.0)).inv_cdf(internal)
+        value = math.exp(value) if base == "log_normal" else value
     return _quantize(value, spec.get("q", 1)) if distribution.startswith("q_") else value
-
-
-def _continuous(distribution: str, spec: dict, rng: random.Random) -> float:
-    mu, sigma = spec.get("mu", 0.0), spec.get("sigma", 1.0)
-    if distribution == "uniform":
-        return rng.uniform(spec["min"], spec["max"])
-    if distribution == "log_uniform":
-        return math.exp(rng.uniform(spec["min"], spec["max"]))
-    if distribution == "log_uniform_values":
-        return math.exp(rng.uniform(math.log(spec["min"]), math.log(spec["max"])))
-    if distribution == "inv_log_uniform":
-        return math.exp(-rng.uniform(spec["min"], spec["max"]))
-    if distribution == "inv_log_uniform_values":
-        return math.exp(-rng.uniform(math.log(1 / spec["max"]), math.log(1 / spec["min"])))
-    if distribution == "normal":
-        return rng.gauss(mu, sigma)
-    if distribution == "log_normal":
-        return math.exp(rng.gauss(mu, sigma))
-    raise ValueError(f"distribution {distribution!r} cannot be drawn here")  # pragma: no cover - validated
 
 
 def _quantize(value: float, q: float) -> int | float:
     rounded = round(value / q) * q
     return int(rounded) if isinstance(q, int) else float(f"{rounded:.12g}")  # 0.30000000000000004 -> 0.3
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # ----------------------------------------------------------------------------------- commands

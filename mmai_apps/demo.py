@@ -92,8 +92,10 @@ def _print_hits(hits, show_related: bool) -> None:
 
 
 def _memory_demo(synth: Path, checkpoint: Path, root: Path, panels: Path) -> None:
+    from mmai.memory.filters import Filters
     from mmai.memory.ingest import synthetic_collection
     from mmai.memory.personal import PersonalMemory
+    from mmai.memory.search import SearchOptions
 
     memory = PersonalMemory(root, checkpoint)
     paths, overrides = synthetic_collection(synth, audio=False)
@@ -114,7 +116,8 @@ def _memory_demo(synth: Path, checkpoint: Path, root: Path, panels: Path) -> Non
         print(f'\n  query {number}: "{query}"' + (f"  [filters: {filters}]" if filters else "")
               + ("  [+ GAR associations]" if gar else ""))
         start = time.perf_counter()
-        hits = memory.search(query, k=3, rerank=True, gar=gar, explain_dir=panels / f"query{number}", **options)
+        hits = memory.search(query, 3, Filters(**options),
+                             SearchOptions(rerank=True, gar=gar, explain_dir=panels / f"query{number}"))
         print(f"  ({1000 * (time.perf_counter() - start):.0f} ms incl. encoding the query and the panels)")
         _print_hits(hits, show_related=gar)
     memory.close()

@@ -51,6 +51,13 @@ def _filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--before", default=None, help="before this time (ISO-8601, UTC)")
 
 
+def _filters_of(args: argparse.Namespace):
+    """The :class:`~mmai.memory.filters.Filters` of the filter flags."""
+    from mmai.memory.filters import Filters
+
+    return Filters(year=args.year, place=args.place, modality=args.modality, after=args.after, before=args.before)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``mmai memory`` argument parser."""
     parser = argparse.ArgumentParser(prog="mmai memory", description=__doc__.split("\n\n")[0].replace("``", ""))
@@ -77,7 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=10, help="results (default 10)")
     _filters(search)
     search.add_argument("--rerank", action="store_true", help="re-score image candidates with the re-ranker")
-    search.add_argument("--rerank-k", type=int, default=None, help="candidates re-scored (default: checkpoint's)")
+    search.add_argument("--rerank-k", type=int, default=None,
+                        help="candidates re-scored (default: the value the re-ranker was validated with)")
+    search.add_argument("--stage1-weight", type=float, default=None, metavar="LAMBDA",
+                        help="final = match logit + LAMBDA x stage-1 cosine (default: the validated value)")
+    search.add_argument("--gar-weight", type=float, default=0.5,
+                        help="GAR's weight of the retrieval score against graph activation (default 0.5)")
+    search.add_argument("--damping", type=float, default=0.5, help="GAR's PageRank damping (default 0.5)")
     search.add_argument("--gar", action="store_true", help="graph-augmented re-ranking with explanations")
     search.add_argument("--explain", type=Path, default=None, metavar="DIR", help="save saliency panels here")
     search.add_argument("--recency-weight", type=float, default=0.0, help="weight of recency (default 0: off)")
@@ -161,9 +174,16 @@ def _hit_json(hit) -> dict[str, Any]:
 def run_search(args: argparse.Namespace) -> int:
     """``mmai memory search``: ranked memories, one line each (and GAR's reasons, panels)."""
     with _open(args) as memory:
-        hits = memory.search(args.query, args.k, year=args.year, place=args.place, modality=args.modality,
-                             after=args.after, before=args.before, rerank=args.rerank, gar=args.gar,
-                             explain_dir=args.explain, rerank_k=args.rerank_k, recency_weight=args.recency_weight)
+        from mmai.memory.search import SearchOptions
+
+        options = SearchOptions(rerank=args.rerank, rerank_k=args.rerank_k, stage1_weight=args.stage1_weight,
+                                gar=args.gar, gar_weight=args.gar_weight, damping=args.damping,
+                                explain_dir=args.explain, recency_weight=args.recency_weight)
+        hits = memory.search(args.query, args.k, _filters_of(args), options)
+        if args.rerank and memory.index is not None:  # which rerank_k and lambda, and where they came from
+            used = memory.rerank_settings(options).describe({"rerank_k": "--rerank-k",
+                                                             "stage1_weight": "--stage1-weight"})
+            print(f"re-rank: {used}", file=sys.stderr if args.json else sys.stdout)
         if args.json:
             for hit in hits:
                 print(json.dumps(_hit_json(hit)))
@@ -192,18 +212,16 @@ def run_related(args: argparse.Namespace) -> int:
 
 
 def run_forget(args: argparse.Namespace) -> int:
-    filters = {"year": args.year, "place": args.place, "modality": args.modality, "after": args.after,
-               "before": args.before}
-    filters = {key: value for key, value in filters.items() if value is not None}
-    if not args.ids and not filters:
+    filters = _filters_of(args)
+    if not args.ids and filters.empty:
         raise ValueError("forget: give ids or a filter (--year/--place/--modality/--after/--before)")
     with _open(args) as memory:
         if not args.yes:
-            targets = memory.matching_ids(args.ids or None, **filters)
+            targets = memory.matching_ids(args.ids or None, filters)
             print(f"would forget {len(targets)} memories: {', '.join(t[:12] for t in targets[:10])}"
                   f"{' ...' if len(targets) > 10 else ''}\nadd --yes to forget them")
             return 0
-        removed = memory.forget(args.ids or None, **filters)
+        removed = memory.forget(args.ids or None, filters)
         print(f"forgot {removed} memories; {memory.store.count()} remain")
         if not removed:
             print("no memory matches those filters; nothing was forgotten", file=sys.stderr)

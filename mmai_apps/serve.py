@@ -55,8 +55,10 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from mmai.memory.filters import Filters  # noqa: E402
 from mmai.memory.ingest import SUFFIXES, IngestError, parse_time, read_memory_file  # noqa: E402
 from mmai.memory.personal import PersonalMemory  # noqa: E402
+from mmai.memory.search import SearchOptions  # noqa: E402
 from mmai.saliency import _font, _wrap  # noqa: E402
 
 DEFAULT_HOST = "127.0.0.1"
@@ -66,6 +68,7 @@ MODALITY_CHOICES = ("any", "image", "text", "audio")
 THUMBNAIL_SIZE = 256
 CACHE_EXPIRY = (600, 3600)  # Gradio deletes its temporary files older than an hour, checking every 10 min
 UPLOAD_SOURCE = "uploaded via dashboard: "  # + the file's name: the source_path of an upload
+SETTING_FLAGS = {"rerank_k": "--rerank-k", "stage1_weight": "--stage1-weight"}  # how given re-rank settings are named
 CSS = """
 #mmai-results .caption-label { font-size: 0.8rem; max-width: 96%; }
 #mmai-details { font-size: 0.95rem; }
@@ -158,28 +161,15 @@ def upload_meta(names: Sequence[str], place: str | None, when: str | None) -> di
 
 
 # ---------------------------------------------------------------------- search filters
-@dataclasses.dataclass
-class SearchFilters:
-    """Filters of one dashboard search, parsed from the form (``None`` = no filter)."""
-
-    year: int | None = None
-    place: str | None = None
-    modality: str | None = None
-    after: float | None = None
-    before: float | None = None
-
-    def as_kwargs(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def parse_filters(year: Any, place: Any, modality: Any, after: Any, before: Any) -> SearchFilters:
-    """Turn the form's strings into :class:`SearchFilters`.
+def parse_filters(year: Any, place: Any, modality: Any, after: Any, before: Any) -> Filters:
+    """Turn the form's strings into the library's :class:`~mmai.memory.filters.Filters` (one value
+    per field; times as unix seconds).
 
     Raises:
         ValueError: a year that is not a whole number, an unknown modality, an unreadable date,
             or ``after`` not earlier than ``before`` (the message names the field).
     """
-    filters = SearchFilters()
+    filters = Filters()
     if year not in (None, "") and not (isinstance(year, float) and math.isnan(year)):
         try:
             filters.year = int(str(year).strip().split(".")[0]) if str(year).strip() else None
@@ -272,12 +262,17 @@ class Dashboard:
         memory: the personal memory to search and add to.
         max_upload_mb: uploads larger than this are rejected (default 20 MiB).
         k: results per search (default 12).
+        options: the search settings (``rerank_k``, ``stage1_weight``, ``gar_weight``, ``damping``,
+            ...; default :class:`~mmai.memory.search.SearchOptions`); the form's toggles set
+            ``rerank`` and ``gar``.
     """
 
-    def __init__(self, memory: PersonalMemory, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, k: int = 12) -> None:
+    def __init__(self, memory: PersonalMemory, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, k: int = 12,
+                 options: SearchOptions | None = None) -> None:
         self.memory = memory
         self.max_upload_bytes = int(max_upload_mb * 2**20)
         self.k = k
+        self.options = options or SearchOptions()
         self.reranker_note = ""
 
     # ---------------------------------------------------------------- search
@@ -296,23 +291,27 @@ class Dashboard:
             if rerank and not self.has_reranker:
                 return [], [], query, (f"**Re-rank is unavailable:** {self.reranker_note} — switch re-rank off "
                                        "or serve a re-ranker checkpoint.")
-            hits = self.memory.search(query, k=int(k or self.k), rerank=bool(rerank), gar=bool(gar),
-                                      **filters.as_kwargs())
+            options = dataclasses.replace(self.options, rerank=bool(rerank), gar=bool(gar))
+            hits = self.memory.search(query, int(k or self.k), filters, options)
         except (ValueError, KeyError) as error:
             return [], [], query, f"**Search failed:** {md_escape(error)}"
         gallery = [(self.thumbnail(hit), hit_caption(hit)) for hit in hits]
-        return gallery, hits, query, self._search_status(query, hits, filters, rerank, gar)
+        return gallery, hits, query, self._search_status(query, hits, filters, options)
 
-    @staticmethod
-    def _search_status(query: str, hits: list, filters: SearchFilters, rerank: bool, gar: bool) -> str:
+    def rerank_settings(self) -> str:
+        """Which ``rerank_k`` and ``stage1_weight`` re-ranking uses and where they come from."""
+        return self.memory.rerank_settings(self.options).describe(SETTING_FLAGS)
+
+    def _search_status(self, query: str, hits: list, filters: Filters, options: SearchOptions) -> str:
         active = ", ".join(f"{key}={md_escape(value if key not in ('after', 'before') else format_time(value))}"
-                           for key, value in filters.as_kwargs().items() if value is not None)
+                           for key, value in filters.active().items())
         query = md_escape(query)
-        stages = " + ".join(["stage 1"] + (["re-rank"] if rerank else []) + (["GAR"] if gar else []))
+        stages = " + ".join(["stage 1"] + (["re-rank"] if options.rerank else []) + (["GAR"] if options.gar else []))
         if not hits:
             return f"No memory matches *{query}*" + (f" with {active}." if active else ".")
+        settings = f" Re-rank: {md_escape(self.rerank_settings())}." if options.rerank else ""
         return (f"{len(hits)} memories for *{query}* ({stages}" + (f"; filters: {active}" if active else "")
-                + "). Select one to see why it matched.")
+                + f"). Select one to see why it matched.{settings}")
 
     def thumbnail(self, hit: Any) -> Image.Image:
         """The gallery picture of a hit: the photo, a note card, or a waveform card."""
@@ -466,15 +465,17 @@ def _filters_row(places: Sequence[str]):
     return year, place, modality, after, before
 
 
-def build_app(memory: PersonalMemory, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, k: int = 12) -> gr.Blocks:
+def build_app(memory: PersonalMemory, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, k: int = 12,
+              options: SearchOptions | None = None) -> gr.Blocks:
     """The dashboard of ``memory`` as a Gradio app (launch it with :func:`launch`).
 
     Args:
         memory: the personal memory to show.
         max_upload_mb: upload size limit in MiB (default 20).
         k: results per search (default 12).
+        options: search settings (see :class:`Dashboard`).
     """
-    board = Dashboard(memory, max_upload_mb=max_upload_mb, k=k)
+    board = Dashboard(memory, max_upload_mb=max_upload_mb, k=k, options=options)
     with gr.Blocks(title="MMAI — personal memory", analytics_enabled=False, delete_cache=CACHE_EXPIRY) as app:
         gr.Markdown("## MMAI personal memory\nSearch your photos, notes and recordings in words.")
         with gr.Row():
@@ -616,6 +617,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
                         help=f"reject larger uploads (default {DEFAULT_MAX_UPLOAD_MB:g} MiB)")
     parser.add_argument("--results", type=int, default=12, help="results per search (default 12)")
+    parser.add_argument("--rerank-k", type=int, default=None,
+                        help="candidates the re-ranker re-scores (default: the value it was validated with)")
+    parser.add_argument("--stage1-weight", type=float, default=None, metavar="LAMBDA",
+                        help="re-rank score = match logit + LAMBDA x stage-1 cosine (default: the validated value)")
     return parser
 
 
@@ -623,6 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mmai serve``."""
     args = build_parser().parse_args(argv)
     try:
+        options = SearchOptions(rerank_k=args.rerank_k, stage1_weight=args.stage1_weight)
         memory = PersonalMemory(args.root, args.checkpoint, chroma_host=args.chroma_host,
                                 chroma_port=args.chroma_port, create=False)
     except (ValueError, FileNotFoundError) as error:
@@ -631,7 +637,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         with private_temp_dir(memory.root):
-            app = build_app(memory, max_upload_mb=args.max_upload_mb, k=args.results)
+            app = build_app(memory, max_upload_mb=args.max_upload_mb, k=args.results, options=options)
+            try:
+                print(f"mmai serve: re-rank uses {memory.rerank_settings(options).describe(SETTING_FLAGS)}",
+                      file=sys.stderr)
+            except (ValueError, FileNotFoundError):
+                pass  # a bi-encoder checkpoint: the page says why re-rank is off
             try:
                 launch(app, args.host, args.port, max_upload_mb=args.max_upload_mb)
             finally:

@@ -1,17 +1,20 @@
 """``mmai sweep run``: the trials of a W&B sweep file, run here without the W&B server.
 
 ``wandb agent`` asks the W&B server for a parameter set, fills the sweep's ``command`` with it and
-runs it. This runner draws the sets itself (:mod:`mmai.sweep`: grid = the whole product, random
-and bayes = seeded random draws), fills the command the same way, and runs each trial:
+runs it. This runner asks :class:`mmai.sweep.LocalSearch` instead (grid = the whole product,
+random = Optuna's RandomSampler, bayes = Optuna's TPESampler, seeded), fills the command the same
+way, runs the trial, and tells the search the trial's metric before asking for the next set (so
+TPE proposes from the results so far). Each trial runs:
 
 * as a subprocess (default): exactly the command ``wandb agent`` would run, with this Python
   environment's ``bin`` first on ``PATH`` so ``${env} mmai`` is this checkout's ``mmai``;
-* or in-process (``--in-process``): ``mmai.cli.main`` called on the same arguments, which saves
+* or in-process (``--in-process``): ``mmai_apps.cli.main`` called on the same arguments, which saves
   the start-up of a Python process per trial.
 
 Either way the runner appends ``--run_dir OUT/trial-NNN`` and a :class:`SweepMetricsCallback`
 that writes the run's validation metrics to ``OUT/trial-NNN/sweep_metrics.json``; the sweep
-metric's value of a trial is its last validation's value, as W&B's run summary holds it. The
+metric's value of a trial is its last validation's value, as W&B's run summary holds it, and is
+what the search is told (a failed run, or one without the metric, is a failed Optuna trial). The
 results go to ``OUT/results.md`` and ``OUT/results.csv``, best first under the metric's goal.
 """
 
@@ -34,7 +37,9 @@ from typing import Any, Sequence
 import lightning as L
 
 from mmai_apps.bench import format_table
-from mmai.sweep import LOCAL_METHOD, METHODS, Sweep, draw, expand_command, load_sweep, sort_by_metric
+from mmai.io import atomic_write_text
+from mmai.sweep import (DEFAULT_STARTUP_TRIALS, METHODS, LocalSearch, Sweep, expand_command, load_sweep,
+                        sort_by_metric)
 
 METRICS_FILE = "sweep_metrics.json"
 LOG_FILE = "output.log"
@@ -70,9 +75,7 @@ class SweepMetricsCallback(L.Callback):
     def _write(self, trainer: L.Trainer, finished: bool) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"finished": finished, "validations": self.validations, "final": _floats(trainer.callback_metrics)}
-        partial = self.path.with_suffix(".partial")
-        partial.write_text(json.dumps(payload, indent=1))
-        partial.replace(self.path)  # a reader never sees half a file
+        atomic_write_text(self.path, json.dumps(payload, indent=1))  # a reader never sees half a file
 
 
 def _floats(metrics: dict) -> dict[str, float]:
@@ -107,19 +110,21 @@ class Trial:
 
 
 # -------------------------------------------------------------------------------- the trials
+def plan_trial(sweep: Sweep, index: int, params: dict[str, Any], out: Path, extra_args: Sequence[str] = ()) -> Trial:
+    """The ``index``-th trial: the command exactly as ``wandb agent`` fills it for ``params``
+    (:func:`mmai.sweep.expand_command`), then this runner's ``--run_dir`` and metrics callback,
+    then ``extra_args`` (last, so they win)."""
+    run_dir = out / f"trial-{index:03d}"
+    callback = {"class_path": f"{__name__}.SweepMetricsCallback", "init_args": {"path": str(run_dir / METRICS_FILE)}}
+    argv = [*expand_command(sweep.command, params, sweep.program), f"--run_dir={run_dir}",
+            f"--trainer.callbacks+={json.dumps(callback)}", *extra_args]
+    return Trial(index=index, params=params, argv=argv, run_dir=run_dir)
+
+
 def plan_trials(sweep: Sweep, param_sets: list[dict[str, Any]], out: Path,
                 extra_args: Sequence[str] = ()) -> list[Trial]:
-    """The trials of ``param_sets``: command filled as ``wandb agent`` fills it, plus this runner's
-    ``--run_dir`` and metrics callback, plus ``extra_args`` (last, so they win)."""
-    trials = []
-    for index, params in enumerate(param_sets):
-        run_dir = out / f"trial-{index:03d}"
-        callback = {"class_path": f"{__name__}.SweepMetricsCallback",
-                    "init_args": {"path": str(run_dir / METRICS_FILE)}}
-        argv = [*expand_command(sweep.command, params, sweep.program), f"--run_dir={run_dir}",
-                f"--trainer.callbacks+={json.dumps(callback)}", *extra_args]
-        trials.append(Trial(index=index, params=params, argv=argv, run_dir=run_dir))
-    return trials
+    """The trials of ``param_sets`` (see :func:`plan_trial`)."""
+    return [plan_trial(sweep, index, params, out, extra_args) for index, params in enumerate(param_sets)]
 
 
 def run_trial(trial: Trial, sweep: Sweep, workdir: Path, in_process: bool = False) -> Trial:
@@ -186,33 +191,40 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def run_sweep(sweep: Sweep, param_sets: list[dict[str, Any]], out: Path, extra_args: Sequence[str] = (),
+def run_sweep(sweep: Sweep, search: LocalSearch | Sequence[dict[str, Any]], out: Path, extra_args: Sequence[str] = (),
               workdir: Path | None = None, in_process: bool = False) -> list[Trial]:
-    """Run every parameter set of a sweep and write ``out/results.md`` and ``out/results.csv``.
+    """Run the trials of a sweep one after the other: ask ``search`` for a parameter set, run it,
+    tell ``search`` its metric (:attr:`Trial.value`, None when it failed), until ``search`` is done.
 
     Args:
         sweep: the loaded sweep file.
-        param_sets: from :func:`mmai.sweep.draw`.
+        search: a :class:`mmai.sweep.LocalSearch`, or parameter sets to run in order (e.g. from
+            :func:`mmai.sweep.draw`).
         out: output folder; one ``trial-NNN`` run directory per trial.
         extra_args: appended to every trial's command (e.g. ``--trainer.max_epochs 1``).
         workdir: where the commands run; relative paths in the command are read from here
             (default: the current directory).
-        in_process: call ``mmai.cli.main`` here instead of starting a process per trial.
+        in_process: call ``mmai_apps.cli.main`` here instead of starting a process per trial.
 
     Returns:
-        The trials in drawn order, with status and metric.
+        The trials in asked order, with status and metric.
     """
     out = Path(out).resolve()
     workdir = Path(workdir or Path.cwd()).resolve()
     if (out / "results.csv").exists():
         raise FileExistsError(f"{out} already holds a sweep's results: pass another --out")
-    trials = plan_trials(sweep, param_sets, out, list(extra_args))
-    for trial in trials:
-        print(f"[sweep] trial {trial.index + 1}/{len(trials)}: {' '.join(f'{k}={v}' for k, v in trial.params.items())}",
+    if not isinstance(search, LocalSearch):
+        search = LocalSearch.listed(sweep, list(search))
+    trials: list[Trial] = []
+    while (params := search.ask()) is not None:
+        trial = plan_trial(sweep, len(trials), params, out, list(extra_args))
+        trials.append(trial)
+        print(f"[sweep] trial {trial.index + 1}/{search.count}: {' '.join(f'{k}={v}' for k, v in params.items())}",
               flush=True)
         run_trial(trial, sweep, workdir, in_process=in_process)
+        search.tell(trial.index, trial.value if trial.status == "ok" else None)
         shown = "n/a" if trial.value is None else f"{trial.value:.4f}"
-        print(f"[sweep] trial {trial.index + 1}/{len(trials)} {trial.status} in {trial.seconds:.1f} s: "
+        print(f"[sweep] trial {trial.index + 1}/{search.count} {trial.status} in {trial.seconds:.1f} s: "
               f"{sweep.metric_name} = {shown}", flush=True)
         if trial.status == "failed":
             _print_log_tail(trial.run_dir / LOG_FILE)
@@ -281,8 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--count", type=int, default=None,
                      help="number of trials (grid: the first N of the product, default all; random/bayes: default 10)")
     run.add_argument("--method", choices=METHODS, default=None,
-                     help="override the file's method (bayes is drawn as random here)")
-    run.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
+                     help="override the file's method (grid: the product; random: Optuna RandomSampler; "
+                          "bayes: Optuna TPESampler)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
+    run.add_argument("--startup-trials", type=int, default=DEFAULT_STARTUP_TRIALS,
+                     help=f"bayes: trials drawn at random before TPE proposes from the results "
+                          f"(TPESampler's n_startup_trials; default {DEFAULT_STARTUP_TRIALS})")
     run.add_argument("--out", type=Path, default=None, help="output folder (default runs/sweeps/NAME-TIME)")
     run.add_argument("--workdir", type=Path, default=None,
                      help="where the trial commands run; their relative paths start here (default: cwd)")
@@ -294,26 +310,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    """``mmai sweep run SWEEP.yaml [--count N] [--method M] [--seed S] [--out DIR] [-- EXTRA ARGS]``."""
+    """``mmai sweep run SWEEP.yaml [--count N] [--method M] [--seed S] [--startup-trials N] [--out DIR]
+    [-- EXTRA ARGS]``."""
     ours, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args = build_parser().parse_args(ours)
     sweep = load_sweep(args.sweep)
     method = args.method or sweep.method
-    count = args.count if args.count is not None or LOCAL_METHOD[method] == "grid" else 10
-    param_sets = draw(sweep, count=count, method=method, seed=args.seed)
+    count = args.count if args.count is not None or method == "grid" else 10
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the runner prints each trial itself
+    search = LocalSearch(sweep, method=method, seed=args.seed, count=count, n_startup_trials=args.startup_trials)
     out = args.out or Path("runs") / "sweeps" / f"{sweep.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    note = " (drawn as random here: the Bayesian model lives in the W&B controller)" if method == "bayes" else ""
-    print(f"[sweep] {sweep.path}: {len(param_sets)} trial(s), method {method}{note}, seed {args.seed}, "
+    print(f"[sweep] {sweep.path}: {search.count} trial(s), method {method}: {search.describe()}; "
           f"metric {sweep.metric_name} ({sweep.metric_goal})", flush=True)
     for name in overridden_parameters(sweep, extra):
         print(f"[sweep] warning: the extra argument --{name} overrides the sweep parameter {name} in every trial",
               flush=True)
     if args.dry_run:
-        for trial in plan_trials(sweep, param_sets, Path(out).resolve(), extra):
+        if method == "bayes" and count > args.startup_trials:
+            print(f"[sweep] dry run: trials after the first {args.startup_trials} are proposed from the results "
+                  "of earlier ones, so they are shown as TPE draws them with no results (at random)", flush=True)
+        for trial in plan_trials(sweep, list(iter(search.ask, None)), Path(out).resolve(), extra):
             print(shlex.join(trial.argv))
         return 0
-    trials = run_sweep(sweep, param_sets, out, extra, workdir=args.workdir, in_process=args.in_process)
-    header = {"method": f"{method}{note}", "seed": args.seed, "trials": f"{len(trials)} "
+    trials = run_sweep(sweep, search, out, extra, workdir=args.workdir, in_process=args.in_process)
+    header = {"method": method, "sampler": search.describe(), "trials": f"{len(trials)} "
               f"({sum(t.status == 'ok' for t in trials)} ok)",
               "metric": f"{sweep.metric_name}, goal {sweep.metric_goal}; the value at the last validation "
                         "(W&B's run summary), `best` = best over the run's validations",

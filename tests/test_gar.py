@@ -85,20 +85,20 @@ HITS, SCORES = np.array([[10, 12, 14]]), np.array([[0.9, 0.5, 0.45]])
 
 
 def test_gar_brings_in_the_same_outing_neighbour_and_keeps_list_length(outing_graph):
-    result = GraphAugmentedRetriever(outing_graph, alpha=0.5).rerank(HITS, SCORES)
+    result = GraphAugmentedRetriever(outing_graph, gar_weight=0.5).rerank(HITS, SCORES)
     assert result.ids.shape == (1, 3) and result.scores.shape == (1, 3)
     assert result.ids[0].tolist() == [10, 11, 12]  # 11 (same outing as the top hit) replaces 14
     assert np.all(np.diff(result.scores[0]) <= 0)
     assert result.retrieval[0, 1] == 0.0 and result.activation[0, 0] == 1.0
 
 
-def test_alpha_one_reproduces_stage_one_order(outing_graph):
-    result = GraphAugmentedRetriever(outing_graph, alpha=1.0).rerank(HITS, SCORES)
+def test_gar_weight_one_reproduces_stage_one_order(outing_graph):
+    result = GraphAugmentedRetriever(outing_graph, gar_weight=1.0).rerank(HITS, SCORES)
     assert result.ids.tolist() == HITS.tolist()
 
 
 def test_explanations_name_the_seed_and_the_kind_of_association(outing_graph):
-    result = GraphAugmentedRetriever(outing_graph, alpha=0.5).rerank(HITS, SCORES, k=4, explain=True)
+    result = GraphAugmentedRetriever(outing_graph, gar_weight=0.5).rerank(HITS, SCORES, k=4, explain=True)
     assert result.ids[0].tolist() == [10, 11, 12, 13]
     top, outing, similar, lookalike = result.explanations[0]
     assert top.hit_rank == 0 and top.summary.startswith("direct hit (rank 1)")
@@ -109,7 +109,7 @@ def test_explanations_name_the_seed_and_the_kind_of_association(outing_graph):
 
 
 def test_num_seeds_limits_which_hits_spread_activation(outing_graph):
-    result = GraphAugmentedRetriever(outing_graph, alpha=0.5, num_seeds=1).rerank(HITS, SCORES, k=6)
+    result = GraphAugmentedRetriever(outing_graph, gar_weight=0.5, num_seeds=1).rerank(HITS, SCORES, k=6)
     activation = dict(zip(result.ids[0].tolist(), result.activation[0]))
     assert activation[13] == pytest.approx(0.0, abs=1e-9) and activation[11] > 0.1
 

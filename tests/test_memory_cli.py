@@ -283,3 +283,71 @@ def test_sigkill_mid_ingest_keeps_every_confirmed_memory_searchable(tmp_path, ch
     report = memory.ingest([photos])  # resuming adds exactly the rest
     assert len(report.added) + len(report.duplicates) == 240 and not report.rejected
     assert memory.store.count() == 240 and memory.check() == []
+
+
+# ---------------------------------------------------------------------- re-rank settings from the checkpoint
+def _validated_reranker(folder: Path, rerank_k: int, stage1_weight: float) -> Path:
+    """A tiny re-ranker checkpoint saved after a validation epoch whose retrieval callback ran with
+    ``rerank_k`` and ``stage1_weight`` (the callback's real epoch-end path; the two-stage ranking
+    itself is stage 1's, no fusion forward)."""
+    from types import SimpleNamespace
+
+    from callbacks import RetrievalEvalCallback
+    from lightning_glue.eval_set import EvalSet
+    from mmai.two_stage import TwoStageResult, stage1_topk
+    from tiny_checkpoints import make_reranker_module, save_module_checkpoint
+
+    module = make_reranker_module(folder)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(30, 16, generator=generator), dim=1)
+    texts = torch.nn.functional.normalize(images + 0.5 * torch.randn(30, 16, generator=generator), dim=1)
+    ids = torch.arange(1, 31)
+    data = EvalSet(images, ids, ids % 3, torch.arange(30.0) * 600, torch.zeros(30), torch.zeros(30), ["lake"] * 30,
+                   texts, ids, ids % 3, ["c"] * 30)
+    used = {}
+
+    def two_stage(data, k, mode, stage1_weight, length, also_modes):
+        used.update(k=k, stage1_weight=stage1_weight)
+        positions, scores = stage1_topk(data.text_embeddings, data.image_embeddings, length)
+        return TwoStageResult({}, {}, {"t2i": positions}, {"t2i": positions}, {"stage1": 0.1, "stage2": 0.1}, k,
+                              mode, stage1_weight, scores={"t2i": scores}, mode_metrics={"match": {}})
+
+    module.eval_set, module.two_stage, module.log_dict = (lambda: data), two_stage, (lambda metrics: None)
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, current_epoch=2, global_step=40,
+                              strategy=SimpleNamespace(broadcast=lambda value, src: value))
+    callback = RetrievalEvalCallback(candidates=20, ks=(1, 5), index_kind="flat", rerank_k=rerank_k,
+                                     stage1_weight=stage1_weight)
+    callback.on_validation_epoch_end(trainer, module)
+    assert used == {"k": rerank_k, "stage1_weight": stage1_weight}
+    return save_module_checkpoint(module, Path(folder) / "validated.ckpt")
+
+
+def test_search_rerank_uses_the_validated_k_and_lambda_unless_a_flag_overrides(tmp_path, capsys):
+    from mmai.checkpoint import VALIDATED_WITH, rerank_settings
+
+    checkpoint = _validated_reranker(tmp_path / "ckpt", rerank_k=7, stage1_weight=0.3)
+    record = torch.load(checkpoint, weights_only=True)[VALIDATED_WITH]
+    assert record == {"rerank_k": 7, "stage1_weight": 0.3, "epoch": 2, "step": 40}
+    older = torch.load(make_reranker_ckpt(tmp_path / "older"), weights_only=True)  # saved before any validation
+    assert VALIDATED_WITH not in older
+    assert rerank_settings(older) == (16, 1.0, "the checkpoint's defaults: it records no validation")
+
+    root = ["--root", str(tmp_path / "memory"), "--quiet"]
+    assert main(["ingest", str(_photos(tmp_path / "p", 10)), "--checkpoint", str(checkpoint), *root]) == 0
+    for flags, k, weight, said in (
+            ([], 7, 0.3, "rerank_k 7, stage1_weight 0.3 (from the checkpoint's validation at epoch 2, step 40)"),
+            (["--rerank-k", "3"], 3, 0.3, "rerank_k 3 (from --rerank-k), stage1_weight 0.3 (from the checkpoint's "
+                                          "validation at epoch 2, step 40)"),
+            (["--rerank-k", "4", "--stage1-weight", "2.5"], 4, 2.5,
+             "rerank_k 4 (from --rerank-k), stage1_weight 2.5 (from --stage1-weight)")):
+        capsys.readouterr()
+        assert main(["search", "a photo", "-k", "10", "--rerank", "--json", *flags, *root]) == 0
+        out, err = capsys.readouterr()
+        assert f"re-rank: {said}" in err, err
+        hits = _json_lines(out)
+        assert len(hits) == 10 and all(hit["match_logit"] is not None for hit in hits[:k])
+        assert all(hit["match_logit"] is None for hit in hits[k:])  # only the first k were re-scored
+        for hit in hits[:k]:
+            assert hit["score"] == pytest.approx(hit["match_logit"] + weight * hit["stage1_score"], abs=1e-6)
+    assert main(["search", "a photo", "-k", "2", "--rerank", *root]) == 0
+    assert capsys.readouterr().out.startswith("re-rank: rerank_k 7, stage1_weight 0.3 (from the checkpoint's")

@@ -26,7 +26,7 @@ from PIL import ExifTags, Image
 from PIL.TiffImagePlugin import IFDRational
 
 from mmai.memory.ingest import IngestError, MetaTable, read_memory_file, synthetic_collection
-from mmai.memory.personal import PersonalMemory, int_id
+from mmai.memory.personal import Filters, PersonalMemory, SearchOptions, int_id
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_checkpoints import make_bi_encoder_ckpt, make_reranker_ckpt  # noqa: E402
@@ -182,33 +182,33 @@ def test_ingest_search_forget_round_trip_with_filters(tmp_path, checkpoints, syn
     assert hits[0].stage1_score == pytest.approx(float(vector @ stored_vector), abs=1e-5)
 
     year = _year(next(iter(diary.values()))["time"])
-    in_year = memory.search(query, k=50, year=year)
+    in_year = memory.search(query, 50, Filters(year=year))
     assert [h.id for h in in_year] == _brute_force(memory, vector, {"year": year})
     assert {h.metadata["year"] for h in in_year} == {year} and len(in_year) == sum(
         _year(e["time"]) == year for e in diary.values()) + (year == 2022)
 
     city_place = next(iter(diary.values()))["place"]
     city = city_place.split(", ")[1]
-    at_city = memory.search(query, k=50, place=city)
+    at_city = memory.search(query, 50, Filters(place=city))
     assert len(at_city) == sum(city in e["place"] for e in diary.values()) + (city == "Berlin")
     assert all(city in h.metadata["place"] for h in at_city)
-    assert memory.search(query, place="Atlantis") == []
+    assert memory.search(query, filters=Filters(place="Atlantis")) == []
 
     times = sorted(_unix(e["time"]) for e in diary.values())
     after, before = times[5], times[15]
-    window = memory.search(query, k=50, modality="image", after=dt.datetime.fromtimestamp(after, dt.timezone.utc),
-                           before=before)
+    window = memory.search(query, 50, Filters(modality="image", before=before,
+                                                 after=dt.datetime.fromtimestamp(after, dt.timezone.utc)))
     assert len(window) == 10 and all(after <= h.metadata["timestamp"] < before for h in window)
-    notes = memory.search(query, k=50, modality="text")
+    notes = memory.search(query, 50, Filters(modality="text"))
     assert [h.id for h in notes] == [report.added[-1]] and notes[0].document.startswith("a grey heron")
     assert notes[0].metadata["media_path"] is None and notes[0].metadata["sources"][0]["path"] == str(note)
 
     removed = memory.forget(place=city_place)
     assert removed == sum(e["place"] == city_place for e in diary.values())
-    assert memory.search(query, k=50, place=city_place) == []
+    assert memory.search(query, 50, Filters(place=city_place)) == []
     assert memory.store.count() == len(memory.index) == 25 - removed and memory.check() == []
     assert len(list((memory.root / "media").iterdir())) == 24 - removed
-    assert memory.forget([report.added[-1][:10]]) == 1 and memory.search(query, modality="text") == []
+    assert memory.forget([report.added[-1][:10]]) == 1 and memory.search(query, filters=Filters(modality="text")) == []
     memory.close()
     reopened = PersonalMemory(tmp_path / "memory", progress=False)  # checkpoint remembered in config.json
     assert reopened.repaired == "in sync" and reopened.check() == []
@@ -284,7 +284,7 @@ def test_audio_memories_need_an_audio_tower(tmp_path, checkpoints):
     with_audio = PersonalMemory(tmp_path / "audio", checkpoints["audio"], progress=False)
     report = with_audio.ingest([song, tmp_path / "bird.png"])
     assert len(report.added) == 2
-    hits = with_audio.search("a bird singing", modality="audio")
+    hits = with_audio.search("a bird singing", filters=Filters(modality="audio"))
     assert [h.id for h in hits] == [report.added[0]] and hits[0].metadata["media_path"].suffix == ".flac"
     assert with_audio.media_path(report.added[0]).read_bytes() == song.read_bytes()
 
@@ -295,7 +295,7 @@ def test_rerank_gar_and_saliency_panels(tmp_path, checkpoints, synth):
     memory.ingest(paths, overrides=overrides)
     query = "a bird with a short conical yellow bill"
     plain = memory.search(query, k=24)
-    reranked = memory.search(query, k=6, rerank=True, rerank_k=6, explain_dir=tmp_path / "panels")
+    reranked = memory.search(query, 6, options=SearchOptions(rerank=True, rerank_k=6, explain_dir=tmp_path / "panels"))
     assert {h.id for h in reranked} == {h.id for h in plain[:6]}  # the window is re-ordered, not refilled
     logits = memory.stage2.rerank(query, [Image.open(h.metadata["media_path"]) for h in reranked])
     for hit, logit in zip(reranked, logits):
@@ -305,7 +305,7 @@ def test_rerank_gar_and_saliency_panels(tmp_path, checkpoints, synth):
     assert all(Image.open(h.panel_path).size[0] > 100 for h in reranked)
 
     place = plain[0].metadata["place"]
-    with_gar = memory.search(query, k=5, gar=True, place=place)
+    with_gar = memory.search(query, 5, Filters(place=place), SearchOptions(gar=True))
     assert with_gar and all(h.metadata["place"] == place for h in with_gar)
     assert all(h.explanation for h in with_gar)
     reasons = {r.reason for h in with_gar for r in h.related}
@@ -316,17 +316,63 @@ def test_rerank_gar_and_saliency_panels(tmp_path, checkpoints, synth):
     assert all(abs(r.metadata["timestamp"] - with_gar[0].metadata["timestamp"]) <= 3600 for r in outing)
 
 
+class _MeanReranker:
+    """A stand-in re-ranker: an image's match logit is its mean pixel value over 16."""
+
+    rerank_k, stage1_weight, settings_source = 6, 0.4, "a test"
+
+    def rerank(self, query: str, images) -> np.ndarray:
+        return np.array([np.asarray(image, np.float32).mean() / 16 for image in images], np.float32)
+
+
+def test_memory_rerank_is_the_librarys_two_stage_scoring(tmp_path, stage1, monkeypatch):
+    from mmai import two_stage
+
+    for i in range(7):
+        _image(tmp_path / "p" / f"{i}.png", 10 + i)
+    for i, text in enumerate(("a bird on a branch", "two birds at the lake")):
+        (tmp_path / "p" / f"note{i}.txt").write_text(text)
+    fake = _MeanReranker()
+    memory = PersonalMemory(tmp_path / "memory", encoder=stage1, stage2=fake, progress=False)
+    memory.ingest([tmp_path / "p"])
+    calls = []
+    library = two_stage.rerank_topk
+    monkeypatch.setattr(two_stage, "rerank_topk", lambda *a, **kw: calls.append(kw) or library(*a, **kw))
+    plain = memory.search("a bird", 9)
+    reranked = memory.search("a bird", 9, options=SearchOptions(rerank=True))
+    assert len(calls) == 1 and calls[0]["stage1_weight"] == 0.4  # the re-ranker's own lambda
+
+    window = plain[:6]  # the re-ranker's own rerank_k
+    slots = [slot for slot, hit in enumerate(window) if hit.metadata["modality"] == "image"]
+    assert 0 < len(slots) < 6  # notes in the window keep their places
+    logits = torch.as_tensor(fake.rerank("a bird", [Image.open(window[s].metadata["media_path"]).convert("RGB")
+                                                    for s in slots]))
+    stage1_scores = torch.tensor([[window[s].stage1_score for s in slots]], dtype=torch.float64)
+    order, scores = library(torch.arange(len(slots))[None], stage1_scores, k=len(slots),
+                            rerank_fn=lambda queries, candidates: logits[candidates], stage1_weight=0.4,
+                            return_scores=True)
+    expected = [hit.id for hit in plain]
+    for slot, position in zip(slots, order[0].tolist()):
+        expected[slot] = window[slots[position]].id
+    assert [hit.id for hit in reranked] == expected and expected != [hit.id for hit in plain]
+    assert [reranked[slot].score for slot in slots] == scores[0].tolist()
+    assert [reranked[slot].match_logit for slot in slots] == [float(logits[p]) for p in order[0].tolist()]
+    assert all(reranked[i].score == plain[i].score for i in range(9) if i not in slots)
+
+
 def test_recency_weight_prefers_recent_memories(tmp_path, stage1, synth):
     paths, overrides = synthetic_collection(synth, audio=False)
     memory = PersonalMemory(tmp_path / "memory", encoder=stage1, progress=False)
     memory.ingest(paths, overrides=overrides)
     newest = max(_unix(o["time"]) for o in overrides.values())
-    hits = memory.search("a bird", k=24, recency_weight=0.5, recency_half_life_days=365, now=newest)
+    hits = memory.search("a bird", 24, options=SearchOptions(recency_weight=0.5, recency_half_life_days=365,
+                                                        now=newest))
     for hit in hits:
         age_days = (newest - hit.metadata["timestamp"]) / 86_400
         assert hit.score == pytest.approx(hit.stage1_score + 0.5 * 0.5 ** (age_days / 365), abs=1e-6)
     assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
-    strong = memory.search("a bird", k=1, recency_weight=100.0, recency_half_life_days=30, now=newest)
+    strong = memory.search("a bird", 1, options=SearchOptions(recency_weight=100.0, recency_half_life_days=30,
+                                                         now=newest))
     assert newest - strong[0].metadata["timestamp"] < 3 * 3600  # a photo of the latest outing
 
 
@@ -419,12 +465,12 @@ def test_server_mode_round_trip_against_chroma_run(tmp_path, stage1, chroma_serv
     assert memory.store.location == f"http://127.0.0.1:{chroma_server}"
     added = memory.ingest([tmp_path / "p"]).added
     assert len(added) == 6 and not (tmp_path / "machine_a" / "chroma").exists()
-    hits = memory.search("a bird", k=10, year=2023, place="Mumbai")
+    hits = memory.search("a bird", 10, Filters(year=2023, place="Mumbai"))
     assert len(hits) == 3 and {h.metadata["year"] for h in hits} == {2023}
     other = PersonalMemory(tmp_path / "machine_b", encoder=stage1, chroma_host="127.0.0.1", chroma_port=chroma_server,
                            progress=False)  # another machine: its FAISS index is built from the server
     assert other.repaired == "rebuilt from Chroma (index.npz missing)"
-    assert [h.id for h in other.search("a bird", year=2023)] == [h.id for h in hits]
+    assert [h.id for h in other.search("a bird", filters=Filters(year=2023))] == [h.id for h in hits]
     assert other.forget(year=2022) == 3 and other.check() == []
     assert memory.search("a bird", k=10) and len(memory.search("a bird", k=10)) == 3  # machine a sees the change
     assert memory.check() == []

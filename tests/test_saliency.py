@@ -153,3 +153,40 @@ def test_colormap_and_denormalize():
     images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     restored = denormalize_image(normalize_images(images)[1])
     assert np.array_equal(restored, images[1].permute(1, 2, 0).numpy())
+
+
+def _tar_samples(shard_dir, split: str) -> dict[int, tuple[bytes, dict]]:
+    """``{image_id: (jpg bytes, meta)}`` of a split, read member by member with tarfile (the reference)."""
+    import json
+    import tarfile
+
+    from mmai.data.shards import shard_urls
+
+    samples: dict[str, dict[str, bytes]] = {}
+    for url in shard_urls(shard_dir, split):
+        with tarfile.open(url) as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                samples.setdefault(f"{url}/{key}", {})[ext] = tar.extractfile(member).read()
+    return {json.loads(s["json"])["image_id"]: (s["jpg"], json.loads(s["json"])) for s in samples.values()}
+
+
+def test_the_callback_reads_the_wanted_images_of_a_split_from_its_shards(synth_shards):
+    """The saliency callback's shard reader (WebDataset, as the data pipeline reads) gives each wanted
+    id's image and metadata exactly as stored, whichever shard it is in; an id in none is a KeyError."""
+    import io
+
+    from callbacks.saliency import read_split_samples
+
+    reference = _tar_samples(synth_shards, "val")
+    ids = list(reference)  # in shard order
+    wanted = {ids[0], ids[len(ids) // 2], ids[-1]}  # from the first shard, a middle one and the last one
+    found = read_split_samples(synth_shards, "val", wanted)
+    assert set(found) == wanted
+    for image_id, (image, meta) in found.items():
+        jpg, expected_meta = reference[image_id]
+        assert meta == expected_meta and image.mode == "RGB"
+        assert image.tobytes() == Image.open(io.BytesIO(jpg)).convert("RGB").tobytes()
+    assert read_split_samples(synth_shards, "val", set()) == {}
+    with pytest.raises(KeyError, match=r"image ids \[999999\] not found in the 'val' shards"):
+        read_split_samples(synth_shards, "val", {ids[0], 999999})

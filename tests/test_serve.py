@@ -19,6 +19,7 @@ import soundfile
 from PIL import Image
 
 from mmai.data.synth import synthesize
+from mmai.memory.filters import Filters
 from mmai.memory.personal import PersonalMemory
 from mmai_apps.serve import (Dashboard, build_app, build_parser, check_upload, format_time, is_loopback, parse_filters,
                         upload_meta)
@@ -176,7 +177,7 @@ def test_upload_stores_only_files_that_pass_the_checks_and_reports_each(tmp_path
     for name, words in (("broken.jpg", "corrupt"), ("script.exe", "not allowed"), ("panorama.png", "upload limit")):
         assert any(line.startswith("- **rejected**") and name in line and words in line for line in lines), report
     assert memory.stats()["memories"] == 1
-    hits = memory.search("a bird", place="Mumbai", year=2021)
+    hits = memory.search("a bird", filters=Filters(place="Mumbai", year=2021))
     assert len(hits) == 1 and hits[0].metadata["place"] == "Powai Lake, Mumbai"
     assert Path(hits[0].metadata["media_path"]).is_file()
 
@@ -199,6 +200,29 @@ def test_parse_filters_reads_the_form_and_names_the_bad_field():
                              (("", None, "any", "2023-06-01", "2023-01-01"), "must be earlier")):
         with pytest.raises(ValueError, match=field):
             parse_filters(*arguments)
+
+
+def test_the_dashboard_and_the_cli_hand_the_library_one_filters_and_options_type(board, monkeypatch):
+    import mmai_apps.serve
+    from mmai.memory.search import SearchOptions
+    from mmai_apps import memory_cli as cli
+
+    assert not hasattr(mmai_apps.serve, "SearchFilters")  # one definition, in the library
+    form = parse_filters("2021", "Lakeside", "image", "2021-01-01", "")
+    assert type(form) is Filters and form == Filters(year=2021, place="Lakeside", modality="image",
+                                                     after=1609459200.0)
+    args = cli.build_parser().parse_args(["search", "a bird", "--year", "2021", "--place", "Lakeside",
+                                          "--modality", "image", "--after", "2021-01-01"])
+    flags = cli._filters_of(args)
+    assert type(flags) is Filters and flags == Filters(year=[2021], place=["Lakeside"], modality=["image"],
+                                                       after="2021-01-01")
+    calls = []
+    search = board.memory.search
+    monkeypatch.setattr(board.memory, "search", lambda *given: calls.append(given) or search(*given))
+    board.search("a bird", year="2021", modality="image", gar=True, k=3)
+    (query, k, filters, options), = calls
+    assert (query, k) == ("a bird", 3) and filters == Filters(year=2021, modality="image")
+    assert type(options) is SearchOptions and options.gar and not options.rerank
 
 
 def test_format_time_is_utc_and_says_when_unknown():
@@ -251,6 +275,24 @@ def test_selecting_an_image_shows_the_saliency_panel_and_associated_memories(boa
     assert "Saliency" in note and audio is None and text == ""
     assert "match logit" in details and hits[position].id in details
     assert "Associated memories" in related and ("same outing" in related or "similar content" in related)
+
+
+def test_rerank_uses_the_checkpoints_settings_unless_serve_is_told_otherwise(board):
+    from mmai.memory.search import SearchOptions
+
+    _, hits, _, status = board.search("a bird", rerank=True, k=14)
+    assert ("Re-rank: rerank\\_k 16, stage1\\_weight 1 \\(from the checkpoint's defaults\\: it records no "
+            "validation\\)") in status, status  # the tiny checkpoint was never validated
+    assert all(hit.match_logit is not None for hit in hits if hit.metadata["modality"] == "image")
+    args = build_parser().parse_args(["--root", "memory", "--rerank-k", "3", "--stage1-weight", "0.25"])
+    told = Dashboard(board.memory, options=SearchOptions(rerank_k=args.rerank_k, stage1_weight=args.stage1_weight))
+    plain = board.search("a bird", k=14)[1]
+    _, hits, _, status = told.search("a bird", rerank=True, k=14)
+    assert "rerank\\_k 3 \\(from --rerank-k\\), stage1\\_weight 0.25 \\(from --stage1-weight\\)" in status
+    window = {hit.id for hit in plain[:3] if hit.metadata["modality"] == "image"}
+    assert {hit.id for hit in hits if hit.match_logit is not None} == window
+    assert all(hit.score == pytest.approx(hit.match_logit + 0.25 * hit.stage1_score, abs=1e-6)
+               for hit in hits if hit.match_logit is not None)
 
 
 def test_gar_results_carry_the_reason_of_each_association(board):
@@ -333,7 +375,7 @@ def test_served_thumbnails_and_uploads_stay_private_under_the_root_and_go_on_exi
                       for item in gallery]
         assert all(folder in path.parents for path in thumbnails), thumbnails
     assert not folder.exists() and "GRADIO_TEMP_DIR" not in os.environ
-    upload = memory.search("a bird", k=20, place="Powai Lake")
+    upload = memory.search("a bird", 20, Filters(place="Powai Lake"))
     assert [hit.metadata["source_path"] for hit in upload] == ["uploaded via dashboard: heron.jpg"]
     assert [s["path"] for s in upload[0].metadata["sources"]] == ["uploaded via dashboard: heron.jpg"]
     assert Path(upload[0].metadata["media_path"]).parent == memory.root / "media"

@@ -6,9 +6,9 @@ import csv
 import itertools
 import json
 import math
-import random
 import re
 import textwrap
+import types
 
 import pytest
 import torch
@@ -16,10 +16,10 @@ import yaml
 
 from fit_helpers import REPO, TINY_MODEL
 from mmai_apps.lightning_cli import _make_rerank_cli_class, parse_config
-from mmai_apps.sweep_runner import Trial, main as sweep_main, run_sweep, write_results
+from mmai_apps.sweep_runner import Trial, main as sweep_main, plan_trial, run_sweep, write_results
 from mmai.metrics import evaluate_retrieval
-from mmai.sweep import (ARGS_MACROS, GOALS, METHODS, draw, expand_command, grid, infer_distribution, load_sweep,
-                        render_args, sample, sort_by_metric)
+from mmai.sweep import (ARGS_MACROS, GOALS, METHODS, LocalSearch, draw, expand_command, grid, infer_distribution,
+                        load_sweep, optuna_distribution, render_args, sort_by_metric)
 
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
 
@@ -99,11 +99,9 @@ def _parse_trial(sweep, params: dict, bi_encoder_ckpt):
 
 def _coverage_sets(sweep) -> list[dict]:
     """Parameter sets that use every listed value of every parameter at least once."""
-    rng = random.Random(1)
     widest = max(len(spec.get("values", [None])) for spec in sweep.parameters.values())
     sets = []
-    for i in range(widest):
-        params = sample(sweep.parameters, rng)
+    for i, params in enumerate(draw(sweep, count=widest, method="random", seed=1)):
         params.update({name: spec["values"][i % len(spec["values"])]
                        for name, spec in sweep.parameters.items() if "values" in spec})
         sets.append(params)
@@ -221,7 +219,7 @@ def test_random_draws_are_reproducible_by_seed():
     assert len({json.dumps(params, sort_keys=True) for params in first}) == 5
 
 
-def test_random_draws_respect_their_distributions():
+def test_random_draws_respect_their_distributions(tmp_path):
     parameters = {
         "lr": {"distribution": "log_uniform_values", "min": 1.0e-5, "max": 1.0e-1},
         "exp": {"distribution": "log_uniform", "min": -2.0, "max": 1.0},
@@ -232,10 +230,11 @@ def test_random_draws_respect_their_distributions():
         "width": {"distribution": "q_log_uniform_values", "min": 8, "max": 512, "q": 8},
         "noise": {"distribution": "normal", "mu": 1.0, "sigma": 0.5},
         "choice": {"values": ["a", "b"], "probabilities": [0.8, 0.2]},
+        "plain": {"values": ["x", "y", "z"]},
         "fixed": {"value": 7},
     }
-    rng = random.Random(0)
-    draws = [sample(parameters, rng) for _ in range(4000)]
+    sweep = load_sweep(_write_sweep(tmp_path, {"program": "t.py", "method": "random", "parameters": parameters}))
+    draws = draw(sweep, count=4000, seed=0)  # Optuna's RandomSampler through the W&B -> Optuna mapping
     column = {name: [d[name] for d in draws] for name in parameters}
     assert all(1e-5 <= v <= 1e-1 for v in column["lr"])
     below_geometric_mean = sum(v < math.sqrt(1e-5 * 1e-1) for v in column["lr"]) / len(draws)
@@ -248,13 +247,45 @@ def test_random_draws_respect_their_distributions():
     assert all(isinstance(v, int) and v % 8 == 0 and 8 <= v <= 512 for v in column["width"])
     assert sum(column["noise"]) / len(draws) == pytest.approx(1.0, abs=0.05)
     assert column["choice"].count("a") / len(draws) == pytest.approx(0.8, abs=0.03)
+    assert all(column["plain"].count(v) / len(draws) == pytest.approx(1 / 3, abs=0.03) for v in "xyz")
     assert set(column["fixed"]) == {7}
+    assert list(draws[0]) == list(parameters)  # names in the file's order, as ${args} lists them
 
 
 def test_random_search_needs_a_count(tmp_path):
     sweep = load_sweep(REPO / "sweeps/bi_encoder_bayes.yaml")
     with pytest.raises(ValueError, match="--count"):
         draw(sweep)
+
+
+def test_wandb_distributions_become_optuna_distributions():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    assert optuna_distribution({"distribution": "log_uniform_values", "min": 1.0e-4, "max": 0.1}) == \
+        FloatDistribution(1.0e-4, 0.1, log=True)
+    assert optuna_distribution({"min": 0.0, "max": 2.0}) == FloatDistribution(0.0, 2.0)
+    assert optuna_distribution({"min": 1, "max": 4}) == IntDistribution(1, 4)
+    assert optuna_distribution({"values": [256, 512, 1024]}) == CategoricalDistribution((0, 1, 2))
+    assert optuna_distribution({"distribution": "log_uniform", "min": -2.0, "max": 1.0}) == FloatDistribution(-2.0, 1.0)
+    assert optuna_distribution({"distribution": "q_uniform", "min": 0.0, "max": 1.0, "q": 0.25}) == \
+        FloatDistribution(0.0, 1.0)
+    assert optuna_distribution({"value": 3}) is None  # a constant is not searched
+
+
+@pytest.mark.parametrize("goal", ["maximize", "minimize"])
+def test_the_study_direction_is_the_metric_goal_and_bayes_is_seeded_tpe(tmp_path, goal):
+    import optuna
+
+    sweep = load_sweep(_write_sweep(tmp_path, {"program": "t.py", "method": "bayes",
+                                               "metric": {"name": "m", "goal": goal},
+                                               "parameters": {"x": {"min": 0.0, "max": 1.0}}}))
+    search = LocalSearch(sweep, seed=3, count=4, n_startup_trials=2)
+    assert search.study.direction == optuna.study.StudyDirection[goal.upper()]
+    assert isinstance(search.study.sampler, optuna.samplers.TPESampler)
+    assert search.study.sampler._n_startup_trials == 2
+    assert isinstance(LocalSearch(sweep, method="random", count=1).study.sampler, optuna.samplers.RandomSampler)
+    assert LocalSearch(sweep, method="random", count=1).study.direction == search.study.direction
+    assert draw(sweep, count=3, seed=3) == draw(sweep, count=3, seed=3)
 
 
 # -------------------------------------------------------------------------------- ${args} etc.
@@ -336,6 +367,127 @@ def test_runner_runs_the_default_wandb_command_and_ranks_by_goal(tmp_path, goal)
     assert f"score, goal {goal}" in markdown and "| rank" in markdown
     command = (out / f"trial-{int(rows[0]['trial']):03d}" / "command.txt").read_text()
     assert command.startswith("/usr/bin/env python fake_train.py") and f"--x={expected[0]}" in command
+
+
+FAKE_OBJECTIVE = textwrap.dedent("""\
+    # Stands in for `mmai fit` with a cheap objective: score = -(x - target)^2, less 0.1 off the good arm.
+    import json, pathlib, sys
+    args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+    score = -(float(args["x"]) - float(args["target"])) ** 2 - (0.0 if args["arm"] == "good" else 0.1)
+    run_dir = pathlib.Path(args["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "sweep_metrics.json").write_text(json.dumps({"finished": True, "final": {"score": score},
+                                                            "validations": [{"epoch": 0, "score": score}]}))
+""")
+BAYES_SWEEP = {"program": "fake_objective.py", "method": "bayes", "metric": {"name": "score", "goal": "maximize"},
+               "parameters": {"x": {"distribution": "uniform", "min": 0.0, "max": 1.0},
+                              "arm": {"values": ["bad", "good"]}}}
+
+
+def _sweep_trials(tmp_path, name: str, target: float, *options: str) -> list[dict]:
+    """Run the bayes sweep on the fake objective through `mmai sweep run`; the trials' rows in trial order."""
+    out = tmp_path / name
+    assert sweep_main(["run", str(tmp_path / "sweep.yaml"), "--out", str(out), "--workdir", str(tmp_path),
+                       "--count", "14", "--seed", "0", *options, "--", f"--target={target}"]) == 0
+    with open(out / "results.csv") as handle:
+        rows = sorted(csv.DictReader(handle), key=lambda row: int(row["trial"]))
+    assert [row["status"] for row in rows] == ["ok"] * 14
+    return [{"x": float(row["x"]), "arm": row["arm"], "score": float(row["score"])} for row in rows]
+
+
+def test_bayes_sweep_is_optuna_tpe_that_proposes_from_the_trials_results(tmp_path):
+    """The same seeded bayes sweep on two objectives: the 6 startup trials are the same random draws,
+    the later ones follow each objective's results (random drawing would give the same 14 sets)."""
+    (tmp_path / "fake_objective.py").write_text(FAKE_OBJECTIVE)
+    _write_sweep(tmp_path, BAYES_SWEEP)
+    low = _sweep_trials(tmp_path, "low", 0.1, "--startup-trials", "6")
+    high = _sweep_trials(tmp_path, "high", 0.9, "--startup-trials", "6")
+    random_run = _sweep_trials(tmp_path, "random", 0.1, "--method", "random")
+    params = lambda rows: [(row["x"], row["arm"]) for row in rows]  # noqa: E731
+
+    assert params(low)[:6] == params(high)[:6] == params(random_run)[:6]  # startup: TPE's seeded random draws
+    assert params(random_run) == [(p["x"], p["arm"]) for p in draw(load_sweep(tmp_path / "sweep.yaml"), count=14,
+                                                                   method="random", seed=0)]  # ignores results
+    assert all(a != b for a, b in zip(params(low)[6:], params(high)[6:]))  # after startup: each follows its results
+    near = lambda rows, target: sum(abs(row["x"] - target) < 0.25 for row in rows[6:])  # noqa: E731
+    assert near(low, 0.1) >= 4 and near(high, 0.9) >= 4  # ... towards each objective's optimum: most later
+    assert near(low, 0.1) > near(random_run, 0.1)  # trials near it, more than random draws put there
+    mean_score = lambda rows: sum(row["score"] for row in rows) / len(rows)  # noqa: E731
+    assert mean_score(low[6:]) > mean_score(random_run[6:])  # better trials than random draws of the same seed
+    assert sum(row["arm"] == "good" for row in low[6:]) > sum(row["arm"] == "good" for row in low[:6])
+
+
+def test_the_search_is_told_each_trials_metric_and_a_failed_trial_is_failed(tmp_path):
+    import optuna
+
+    (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)  # exits 1 for x < 0
+    sweep = load_sweep(_write_sweep(tmp_path, {"program": "fake_train.py", "method": "bayes",
+                                               "metric": {"name": "score", "goal": "maximize"},
+                                               "parameters": {"x": {"values": [2.0, -1.0, 3.0]}}}))
+    search = LocalSearch(sweep, count=6, seed=0, n_startup_trials=2)
+    trials = run_sweep(sweep, search, tmp_path / "out", workdir=tmp_path)
+    told = search.study.trials
+    assert len(told) == len(trials) == 6
+    for trial, frozen in zip(trials, told):
+        assert trial.params["x"] == [2.0, -1.0, 3.0][frozen.params["x"]]
+        if trial.params["x"] < 0:  # the run failed: its partial metric is not what the search learns from
+            assert trial.status == "failed" and frozen.state == optuna.trial.TrialState.FAIL
+        else:  # the metric at the last validation, as W&B's run summary holds it
+            assert frozen.state == optuna.trial.TrialState.COMPLETE and frozen.value == trial.value == trial.params["x"]
+
+
+def _wandb_agent_argv(config: dict, params: dict, tmp_path, monkeypatch) -> list[str]:
+    """The argv `wandb agent` starts for a run with ``params`` of a sweep ``config``: wandb's own
+    Agent._command_run, with the process start replaced by a recorder."""
+    import wandb.wandb_agent as wandb_agent
+
+    started = []
+
+    def record(command=None, **kwargs):
+        started.append(command)
+        return types.SimpleNamespace()  # the agent notes its sigterm time on it
+
+    monkeypatch.setattr(wandb_agent, "AgentProcess", record)
+    for name, value in {"WANDB_DIR": str(tmp_path), "WANDB_SWEEP_ID": "local", "WANDB_RUN_ID": "",
+                        "WANDB_SWEEP_PARAM_PATH": ""}.items():
+        monkeypatch.setenv(name, value)  # _command_run sets the last two: restored after the test
+    agent = wandb_agent.Agent(api=None, queue=None)
+    if isinstance(config.get("command"), list):  # what Agent.run takes from the sweep config
+        agent._sweep_command = list(config["command"])
+    agent._command_run({"run_id": "run1", "program": config.get("program"),
+                        "args": {name: {"value": value} for name, value in params.items()}})
+    return started[0]
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_each_trial_runs_the_command_wandb_agent_builds_for_its_parameters(path, tmp_path, monkeypatch):
+    """For the parameters the local sampler draws, a trial's argv is wandb agent's argv, then the
+    runner's --run_dir and metrics callback, then the extra arguments."""
+    sweep = load_sweep(path)
+    config = yaml.safe_load(path.read_text())
+    extra = ["--trainer.max_epochs", "1"]
+    for index, params in enumerate(draw(sweep, count=None if sweep.method == "grid" else 3)[:3]):
+        trial = plan_trial(sweep, index, params, tmp_path / "out", extra)
+        agent = _wandb_agent_argv(config, params, tmp_path, monkeypatch)
+        assert trial.argv[:len(agent)] == agent
+        runner_own = trial.argv[len(agent):]
+        assert runner_own[0] == f"--run_dir={tmp_path / 'out' / f'trial-{index:03d}'}"
+        assert runner_own[1].startswith("--trainer.callbacks+=") and runner_own[2:] == extra
+
+
+def test_a_custom_command_with_every_macro_runs_as_wandb_agent_builds_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMAI_SWEEP_TEST", "configs")
+    config = {"program": "train.py", "method": "bayes", "metric": {"name": "m", "goal": "minimize"},
+              "parameters": {"lr": {"distribution": "log_uniform_values", "min": 1.0e-5, "max": 1.0e-1},
+                             "layers": {"min": 1, "max": 4}, "flag": {"values": [True, False]},
+                             "width": {"distribution": "q_uniform", "min": 8, "max": 64, "q": 8}},
+              "command": ["${env}", "${interpreter}", "${program}", "--config", "${envvar:MMAI_SWEEP_TEST}/x.yaml",
+                          "${args}", "${args_no_equals}", "${args_no_hyphens}", "${args_no_boolean_flags}",
+                          "${args_json}"]}
+    sweep = load_sweep(_write_sweep(tmp_path, config))
+    for params in draw(sweep, count=4, seed=1):
+        assert expand_command(sweep.command, params, sweep.program) == \
+            _wandb_agent_argv(config, params, tmp_path, monkeypatch)
 
 
 def test_runner_refuses_in_process_for_a_command_that_is_not_mmai(tmp_path):

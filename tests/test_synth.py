@@ -15,11 +15,17 @@ from PIL import Image
 
 from mmai.data.synth import is_grayscale, synthesize
 from mmai.data.synth.captions import image_captions
-from mmai.data.synth.draw import COLOURS
-from mmai.data.synth.species import ATTRIBUTES, build_species, one_attribute_partners
+from mmai.data.synth.diary import BURST_GAP_SECONDS, CONDITIONS, HARD_CONDITIONS, HARD_PROBABILITY, build_diary
+from mmai.data.synth.draw import COLOURS, PARTS, draw_bird
+from mmai.data.synth.layout import class_splits
+from mmai.data.synth.species import (ATTRIBUTES, COLOUR_ATTRIBUTES, build_species, one_attribute_partners,
+                                     swap_partners)
 
 TINY = dict(classes=8, images=40, captions_per_image=10, image_size=64, seed=3)
 BOX = r"\d+\.\d"
+COLOUR_WORDS = set(COLOURS) | {"gray", "tan", "cream"}
+#: Words only a caption that describes the eye ring, the wing bars or the bill shape uses.
+FINE_DETAIL = re.compile(r"eye ?ring|ring around|wing ?bars|\bbars\b|plain wings|straight|curved|hook|conical|cone")
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +51,10 @@ def _image_rows(root: Path) -> list[tuple[int, str, int]]:
     paths = [line.split() for line in _lines(root / "CUB_200_2011" / "images.txt")]
     labels = [line.split() for line in _lines(root / "CUB_200_2011" / "image_class_labels.txt")]
     return [(int(i), path, int(c)) for (i, path), (_, c) in zip(paths, labels)]
+
+
+def _episodes(root: Path) -> list[dict]:
+    return [json.loads(line) for line in _lines(root / "mmai_extras" / "episodes.jsonl")]
 
 
 def _sha256_tree(root: Path) -> dict[str, str]:
@@ -107,14 +117,46 @@ def test_grayscale_captions_name_no_colours():
     assert mentioned & colour_words <= {"white"}  # "white wing bars" / "white eye ring" stay white in gray
 
 
-def test_class_lists_partition_classes_half_quarter_quarter(tiny):
+def test_class_lists_partition_classes_by_family(tiny):
     lists = {name: _lines(tiny / "cvpr2016_cub" / f"{name}classes.txt")
              for name in ("train", "val", "test", "trainval")}
     all_classes = {line.split()[1] for line in _lines(tiny / "CUB_200_2011" / "classes.txt")}
-    assert (len(lists["train"]), len(lists["val"]), len(lists["test"])) == (4, 2, 2)
+    assert all(lists.values())
     assert set(lists["train"]) | set(lists["val"]) | set(lists["test"]) == all_classes
     assert not (set(lists["train"]) & set(lists["val"])) and not (set(lists["test"]) & set(lists["trainval"]))
     assert lists["trainval"] == sorted(lists["train"] + lists["val"])
+    family = {s["class_dir"]: s["family"] for s in _species(tiny)}
+    splits_of_family: dict[int, set[str]] = {}
+    for name in ("train", "val", "test"):
+        for class_dir in lists[name]:
+            splits_of_family.setdefault(family[class_dir], set()).add(name)
+    assert len(splits_of_family) >= 3 and all(len(names) == 1 for names in splits_of_family.values())
+
+
+def _own_swap_pairs(species, names: list[str]) -> int:
+    inside = {s.class_id for s in species if s.class_dir in set(names)}
+    return sum(partner in inside for c, partners in swap_partners(species).items() if c in inside
+               for partner in partners if partner > c)
+
+
+@pytest.mark.parametrize("classes, seed", [(40, 0), (40, 1), (200, 0), (20, 0), (13, 2), (4, 0)])
+def test_families_never_straddle_splits_and_val_test_get_swap_pairs(classes, seed):
+    species = build_species(classes, seed)
+    splits = class_splits(species, seed)
+    assert splits == class_splits(species, seed)
+    split_of = {c: name for name in ("train", "val", "test") for c in splits[name]}
+    assert sorted(split_of) == sorted(s.class_dir for s in species)
+    for family in {s.family for s in species}:
+        assert len({split_of[s.class_dir] for s in species if s.family == family}) == 1, family
+    targets = {"train": classes // 2, "val": max(1, classes // 4)}
+    targets["test"] = classes - targets["train"] - targets["val"]
+    for name, target in targets.items():
+        assert splits[name] and abs(len(splits[name]) - target) <= max(2, classes // 40), (name, len(splits[name]))
+    pairs = {name: _own_swap_pairs(species, splits[name]) for name in ("train", "val", "test")}
+    if sum(len(p) for p in swap_partners(species).values()) // 2 >= 3:
+        assert pairs["val"] >= 1 and pairs["test"] >= 1, pairs
+    if (classes, seed) == (40, 0):  # the demo's data set
+        assert pairs["val"] >= 2 and pairs["test"] >= 2, pairs
 
 
 def test_same_arguments_give_byte_identical_files_for_any_worker_count(tiny, tmp_path):
@@ -132,6 +174,14 @@ def test_second_call_reuses_and_foreign_contents_raise(tiny, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in tiny.rglob("*") if p.is_file()} == before
     with pytest.raises(ValueError, match=r"other arguments \(seed: 3 there vs 4 asked\).*empty directory"):
         synthesize(tiny, workers=1, progress=False, **{**TINY, "seed": 4})
+    old = tmp_path / "old"
+    marker = json.loads((tiny / "mmai_extras" / "synth_args.json").read_text())
+    (old / "mmai_extras").mkdir(parents=True)
+    (old / "mmai_extras" / "synth_args.json").write_text(json.dumps({**marker, "format_version": 1,
+                                                                     "mmai_version": "0.1.0"}))
+    with pytest.raises(ValueError, match=r"format version 1 there \(made by MMAI 0\.1\.0, an older format\) "
+                                         r"vs 2 .*delete .* or pick another directory"):
+        synthesize(old, workers=1, progress=False, **TINY)
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not empty.*pick an empty directory"):
         synthesize(tmp_path, workers=1, progress=False, **TINY)
@@ -157,10 +207,12 @@ def test_part_boxes_lie_in_the_bird_box_and_the_bill_touches_the_head(tiny):
         assert re.fullmatch(rf"{BOX} {BOX} {BOX} {BOX}", " ".join(box))
         parts.setdefault(int(image_id), {})[part] = [float(v) for v in box]
     assert sorted(parts) == list(range(1, 41))
+    conditions = {e["image_id"]: e["condition"] for e in _episodes(tiny)}
     for image_id, boxes in parts.items():
         assert set(boxes) == {"bill", "head", "wing", "tail"}
         bx, by, bw, bh = birds[image_id]
-        assert 0 <= bx and 0 <= by and bx + bw <= 64 and by + bh <= 64 and bw > 10 and bh > 10
+        smallest = 3 if conditions[image_id] == "distant" else 10
+        assert 0 <= bx and 0 <= by and bx + bw <= 64 and by + bh <= 64 and bw > smallest and bh > smallest
         for x, y, w, h in boxes.values():
             assert w > 0 and h > 0
             assert bx - 0.1 <= x and by - 0.1 <= y and x + w <= bx + bw + 0.1 and y + h <= by + bh + 0.1
@@ -214,7 +266,8 @@ def test_diary_puts_each_photo_on_an_outing_at_one_home_place(tiny):
     assert [e["image_id"] for e in entries] == list(range(1, 41))
     outings: dict[int, list[dict]] = {}
     for entry in entries:
-        assert set(entry) == {"image_id", "timestamp", "place", "latitude", "longitude", "episode_id"}
+        assert set(entry) == {"image_id", "timestamp", "place", "latitude", "longitude", "episode_id",
+                              "sighting_id", "condition"}
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", entry["timestamp"])
         assert entry["place"] in species[classes[entry["image_id"]]]["places"]
         outings.setdefault(entry["episode_id"], []).append(entry)
@@ -238,3 +291,164 @@ def test_lead_reader_parses_the_synthetic_layout(tiny):
     extras = read_extras(index)
     assert len(extras.part_boxes) == 40 and len(extras.episodes) == 40
     assert index.audio_path(index.images[0]) is not None
+
+
+def _changed(a: dict, b: dict) -> set[str]:
+    return {name for name in ATTRIBUTES if a[name] != b[name]}
+
+
+def test_swap_variants_exchange_two_colours_of_their_founder_and_are_recorded(tiny):
+    recorded = {s["class_id"]: s for s in _species(tiny)}
+    species = build_species(TINY["classes"], TINY["seed"])
+    assert "swap" in {s.kind for s in species}  # the tiny set has swap pairs
+    assert {s.kind for s in build_species(200, seed=0)} == {"founder", "one-attribute", "swap"}
+    partners, one = swap_partners(species), one_attribute_partners(species)
+    for s in species:
+        entry = recorded[s.class_id]
+        assert (entry["kind"], entry["variant_of"], entry["family"]) == (s.kind, s.variant_of, s.family)
+        assert entry["swapped"] == (list(s.swapped) if s.swapped else None)
+        assert entry["swap_partners"] == partners[s.class_id] and entry["one_attribute_partners"] == one[s.class_id]
+        assert entry["attributes"] == {name: getattr(s.attributes, name) for name in ATTRIBUTES}
+    for data_set in (species, build_species(200, seed=0)):
+        _check_variants(data_set)
+
+
+def _check_variants(species) -> None:
+    by_id = {s.class_id: s for s in species}
+    for s in species:
+        if s.kind == "founder":
+            assert s.variant_of is None and s.swapped is None
+            continue
+        founder = by_id[s.variant_of]
+        assert founder.kind == "founder" and founder.family == s.family
+        a, b = vars(s.attributes), vars(founder.attributes)
+        if s.kind == "one-attribute":
+            assert len(_changed(a, b)) == 1 and s.swapped is None
+        else:
+            first, second = s.swapped
+            assert _changed(a, b) == {first, second} and {first, second} <= set(COLOUR_ATTRIBUTES)
+            assert (a[first], a[second]) == (b[second], b[first]) and a[first] != a[second]
+            assert a[first] in ATTRIBUTES[first] and a[second] in ATTRIBUTES[second]
+
+
+def test_swap_partners_are_symmetric_two_colour_exchanges():
+    species = build_species(200, seed=0)
+    by_id = {s.class_id: s for s in species}
+    partners = swap_partners(species)
+    pairs = {(c, p) for c, ps in partners.items() for p in ps}
+    assert pairs and pairs == {(p, c) for c, p in pairs}
+    for c, p in pairs:
+        a, b = vars(by_id[c].attributes), vars(by_id[p].attributes)
+        first, second = sorted(_changed(a, b))
+        assert {first, second} <= set(COLOUR_ATTRIBUTES) and (a[first], a[second]) == (b[second], b[first])
+    swaps = [s for s in species if s.kind == "swap"]
+    assert len(pairs) // 2 == len(swaps) >= 25  # every swap pair is a founder and its swap variant
+    assert all(partners[s.class_id] == [s.variant_of] for s in swaps)
+    assert len({s.name for s in species}) == 200
+
+
+def _check_sightings(entries: list[dict], classes: dict[int, int]) -> dict[int, list[dict]]:
+    sightings: dict[int, list[dict]] = {}
+    for entry in entries:
+        assert entry["condition"] in CONDITIONS
+        sightings.setdefault(entry["sighting_id"], []).append(entry)
+    assert sorted(sightings) == list(range(len(sightings)))
+    order = []
+    for sighting_id, photos in sorted(sightings.items()):
+        photos.sort(key=lambda e: (e["timestamp"], e["image_id"]))
+        times = [dt.datetime.strptime(e["timestamp"], "%Y-%m-%dT%H:%M:%SZ") for e in photos]
+        assert 1 <= len(photos) <= 6
+        assert len({classes[e["image_id"]] for e in photos}) == 1
+        assert len({(e["place"], e["latitude"], e["longitude"], e["episode_id"]) for e in photos}) == 1
+        assert times[-1] - times[0] <= dt.timedelta(seconds=120)
+        assert all(later - earlier >= dt.timedelta(seconds=int(BURST_GAP_SECONDS[0]))
+                   for earlier, later in zip(times, times[1:]))
+        assert photos[0]["condition"] == "clear"  # a sighting with a hard photo has a clear one
+        order.append((photos[0]["episode_id"], times[0], sighting_id))
+    assert order == sorted(order)  # numbered in episode order, then in time order
+    return sightings
+
+
+def test_diary_photos_come_in_bursts_of_one_bird_at_one_spot(tiny):
+    classes = {image_id: class_id for image_id, _, class_id in _image_rows(tiny)}
+    sightings = _check_sightings(_episodes(tiny), classes)
+    assert any(len(photos) > 1 for photos in sightings.values()) and len(sightings) < 40
+
+
+def test_hard_photos_have_the_documented_fraction_and_mix():
+    species = build_species(40, seed=0)
+    classes = {image_id: 1 + (image_id - 1) % 40 for image_id in range(1, 3001)}
+    entries = build_diary(species, classes, seed=0).entries
+    sightings = _check_sightings(entries, classes)
+    later = [e for photos in sightings.values() for e in photos[1:]]
+    hard = [e["condition"] for e in later if e["condition"] != "clear"]
+    assert len(later) > 1000 and abs(len(hard) / len(later) - HARD_PROBABILITY) < 0.04
+    counts = [hard.count(name) / len(hard) for name in HARD_CONDITIONS]
+    assert all(abs(share - 0.25) < 0.06 for share in counts), counts
+    assert all(photos[0]["condition"] == "clear" for photos in sightings.values() if len(photos) == 1)
+    assert 0.1 < len(hard) / len(entries) < 0.3
+    assert build_diary(species, classes, seed=0).entries == entries
+
+
+def _words(captions: list[str]) -> set[str]:
+    return {word for caption in captions for word in re.findall(r"[a-z]+", caption)}
+
+
+def test_captions_leave_out_what_the_condition_hides():
+    for s in build_species(12, seed=0):
+        rng = np.random.default_rng(s.class_id)
+        low_light = image_captions(s.attributes, rng, count=30, condition="low_light")
+        assert not _words(low_light) & (COLOUR_WORDS | {"white"}), low_light
+        for condition in ("distant", "motion_blur"):
+            captions = image_captions(s.attributes, rng, count=30, condition=condition)
+            assert not any(FINE_DETAIL.search(caption) for caption in captions), (condition, captions)
+        distant_gray = image_captions(s.attributes, rng, count=10, condition="distant", grayscale=True)
+        assert all("tail" in caption for caption in distant_gray)  # the only thing left to see
+        clear = image_captions(s.attributes, rng, count=30)
+        assert _words(clear) & COLOUR_WORDS and any(FINE_DETAIL.search(caption) for caption in clear)
+    with pytest.raises(ValueError, match="condition='foggy'"):
+        image_captions(build_species(4)[0].attributes, np.random.default_rng(0), condition="foggy")
+
+
+def test_written_captions_follow_each_photos_condition(tiny):
+    conditions = {e["image_id"]: e["condition"] for e in _episodes(tiny)}
+    assert set(conditions.values()) - {"clear"}  # the tiny set has hard photos
+    for image_id, path, _ in _image_rows(tiny):
+        captions = _lines(tiny / "cvpr2016_cub" / "text_c10" / path.replace(".jpg", ".txt"))
+        if conditions[image_id] == "low_light":
+            assert not _words(captions) & (COLOUR_WORDS | {"white"}), captions
+        if conditions[image_id] in ("distant", "motion_blur"):
+            assert not any(FINE_DETAIL.search(caption) for caption in captions), captions
+
+
+def _draw(condition: str, index: int = 0):
+    attributes = build_species(8, seed=0)[index].attributes
+    return draw_bird(attributes, np.random.default_rng([7, index]), 128, condition=condition)
+
+
+def test_hard_conditions_change_the_picture_as_documented():
+    for index in range(4):
+        clear = _draw("clear", index)
+        pixels = np.asarray(clear.image, dtype=np.float64)
+        assert clear.hidden_parts == set()
+        dark = np.asarray(_draw("low_light", index).image, dtype=np.float64)
+        assert dark.mean() < 0.4 * pixels.mean()
+        blocks = [p.reshape(16, 8, 16, 8, 3).mean(axis=(1, 3)) for p in (pixels, dark)]  # averages out the noise
+        chroma = [(b.max(axis=2) - b.min(axis=2)).mean() for b in blocks]
+        assert chroma[1] < 0.15 * chroma[0]  # washed out beyond the darkening (0.3 at most)
+        grain = [np.abs(np.diff(p, axis=1)).mean() for p in (0.3 * pixels, dark)]
+        assert grain[1] > 1.5 * grain[0]  # noisier than the clear photo darkened
+        blurred = np.asarray(_draw("motion_blur", index).image, dtype=np.float64)
+        edges = [np.percentile(np.abs(np.diff(p, axis=0))[:, :-1] + np.abs(np.diff(p, axis=1))[:-1], 99)
+                 for p in (pixels, blurred)]  # the strongest edges, above the sensor noise
+        assert edges[1] < 0.7 * edges[0]
+        distant = _draw("distant", index)
+        assert max(distant.bird_box[2:]) < 0.6 * max(clear.bird_box[2:])
+        for x, y, w, h in distant.part_boxes.values():
+            bx, by, bw, bh = distant.bird_box
+            assert w > 0 and bx - 0.1 <= x and x + w <= bx + bw + 0.1 and by - 0.1 <= y and y + h <= by + bh + 0.1
+        occluded = _draw("occluded", index)
+        assert 1 <= len(occluded.hidden_parts) and occluded.hidden_parts <= set(PARTS)
+        assert occluded.part_boxes == clear.part_boxes  # the leaves change the picture, not the bird
+    with pytest.raises(ValueError, match="condition='foggy'"):
+        _draw("foggy")

@@ -37,13 +37,24 @@ def make_bi_encoder_ckpt(folder: Path, seed: int = 0, **overrides) -> Path:
     return path
 
 
-def make_reranker_ckpt(folder: Path, seed: int = 0) -> Path:
-    """Write ``folder/reranker.ckpt`` (a tiny re-ranker over :func:`make_bi_encoder_ckpt`'s model)."""
+def make_reranker_module(folder: Path, seed: int = 0):
+    """A tiny ``RerankerModule`` over :func:`make_bi_encoder_ckpt`'s model (written to ``folder``)."""
     from lightning_modules.reranker import RerankerModule
 
     bi_encoder = make_bi_encoder_ckpt(folder, seed)
     torch.manual_seed(seed)
-    module = RerankerModule(bi_encoder_ckpt=str(bi_encoder), fusion=TINY_FUSION, batch_size=4)
-    path = Path(folder) / "reranker.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
-    return path
+    return RerankerModule(bi_encoder_ckpt=str(bi_encoder), fusion=TINY_FUSION, batch_size=4)
+
+
+def save_module_checkpoint(module, path: Path) -> Path:
+    """``torch.save`` what Lightning writes of a module: weights, hyperparameters and what the
+    module's ``on_save_checkpoint`` adds (e.g. the re-ranker's validated settings)."""
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    return Path(path)
+
+
+def make_reranker_ckpt(folder: Path, seed: int = 0) -> Path:
+    """Write ``folder/reranker.ckpt`` (a tiny re-ranker over :func:`make_bi_encoder_ckpt`'s model)."""
+    return save_module_checkpoint(make_reranker_module(folder, seed), Path(folder) / "reranker.ckpt")

@@ -127,6 +127,8 @@ class SampleDecoder:
             "latitude": float(episode.get("latitude", math.nan)),
             "longitude": float(episode.get("longitude", math.nan)),
             "place": episode.get("place", ""),
+            "sighting_id": int(episode.get("sighting_id", -1)),  # burst of one bird (synthetic diary); -1 unknown
+            "condition": str(episode.get("condition", "")),  # clear / low_light / ...; "" unknown
             "is_pad": bool(sample.get("__pad__", False)),
         }
         if self.audio_samples:
@@ -185,12 +187,21 @@ class Collator:
             "latitude": torch.tensor([s["latitude"] for s in samples], dtype=torch.float64),
             "longitude": torch.tensor([s["longitude"] for s in samples], dtype=torch.float64),
             "place": [s["place"] for s in samples],
+            "sighting_id": torch.tensor([s["sighting_id"] for s in samples], dtype=torch.long),
+            "condition": [s["condition"] for s in samples],
             "is_pad": torch.tensor([s["is_pad"] for s in samples], dtype=torch.bool),
         }
         if "audio" in samples[0]:
             batch["audio"] = torch.stack([s["audio"] for s in samples])  # (B, S)
             batch["has_audio"] = torch.tensor([s["has_audio"] for s in samples], dtype=torch.bool)
         return batch
+
+
+def shard_samples(urls: list[str], handler: Callable[[Exception], bool] = wds.reraise_exception) -> wds.DataPipeline:
+    """The raw samples of the shards ``urls``, in shard order and tar order within a shard:
+    ``{"__key__", "__url__", "jpg": bytes, "json": bytes, ...}`` as WebDataset groups a tar's
+    members by key. ``handler`` decides what a corrupt tar does (default: raise)."""
+    return wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=handler))
 
 
 class _EpochShardSamples(IterableDataset):
@@ -273,7 +284,7 @@ class EvalStream(IterableDataset):
         rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
         per_rank = math.ceil(self.num_samples / world_size)
         position, owed, pad_source = 0, 0, None  # position: index among this rank's samples
-        raw = wds.DataPipeline(wds.SimpleShardList(self.urls), wds.tarfile_to_samples(handler=self.corrupt))
+        raw = shard_samples(self.urls, handler=self.corrupt)
         for index, sample in enumerate(raw):
             if index % world_size != rank:
                 continue

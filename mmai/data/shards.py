@@ -16,6 +16,7 @@ shards against their manifest (sizes; sha256 in full, or when a file changed sin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -32,6 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mmai.data.cub import SPLITS, CUBImage, CUBIndex, CUBLayoutError, read_captions, read_cub, read_extras, split_images
+from mmai.io import atomic_open, atomic_write_text, fsync_dir
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -91,19 +93,22 @@ def _sample(index: CUBIndex, image: CUBImage, extras, split: str) -> dict[str, b
 
 
 class _ShardSink:
-    """Writes samples into ``{split}-{NNNNN}.tar`` files of at most ``samples_per_shard`` each."""
+    """Writes samples into ``{split}-{NNNNN}.tar`` files of at most ``samples_per_shard`` each
+    (each written atomically and fsynced, :func:`mmai.io.atomic_open`)."""
 
     def __init__(self, out: Path, split: str, samples_per_shard: int):
         self.out, self.split, self.samples_per_shard = out, split, samples_per_shard
         self.shards: list[dict] = []
         self._tar: tarfile.TarFile | None = None
+        self._file = contextlib.ExitStack()  # the open atomic file under the current tar
         self._count = 0
 
     def write(self, sample: dict[str, bytes]) -> None:
         if self._tar is None or self._count == self.samples_per_shard:
             self._close_current()
             name = f"{self.split}-{len(self.shards):05d}.tar"
-            self._tar = tarfile.open(self.out / (name + ".tmp"), "w", format=tarfile.USTAR_FORMAT)
+            handle = self._file.enter_context(atomic_open(self.out / name))
+            self._tar = tarfile.open(fileobj=handle, mode="w", format=tarfile.USTAR_FORMAT)
             self.shards.append({"file": name, "samples": 0})
             self._count = 0
         for ext in ("jpg", "json", "wav"):
@@ -117,12 +122,10 @@ class _ShardSink:
     def _close_current(self) -> None:
         if self._tar is None:
             return
-        self._tar.close()
-        name = self.shards[-1]["file"]
-        tmp = self.out / (name + ".tmp")
-        data = tmp.read_bytes()
+        self._tar.close()  # the end-of-archive blocks; the file it was given stays open
+        self._file.close()  # flush, fsync, rename into place
+        data = (self.out / self.shards[-1]["file"]).read_bytes()
         self.shards[-1]["sha256"], self.shards[-1]["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
-        tmp.replace(self.out / name)
         self._tar = None
 
     def close(self) -> list[dict]:
@@ -196,6 +199,7 @@ def _swap_in(new: Path, final: Path) -> None:
     if final.exists():
         final.rename(old)
     new.rename(final)
+    fsync_dir(final.parent)  # the swap itself survives a power cut (the files in it were fsynced)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -234,10 +238,17 @@ def _write_all(index, extras, assignments, out: Path, split: str, samples_per_sh
         raise _bad_files_error(bad)
     manifest["skipped"] = {"count": len(bad), "files": [dataclasses.asdict(b) for b in bad]}
     manifest["short_captions"] = _odd_caption_files(caption_counts)
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    tmp.replace(out / MANIFEST)
+    manifest["species"] = _species_annotations(extras)
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def _species_annotations(extras) -> list[dict]:
+    """Each species' attributes and swap partners from ``mmai_extras/species_attributes.json``
+    (synthetic CUB only; ``[]`` otherwise): what the evaluation's binding probe reads."""
+    species = (extras.species_attributes if extras is not None else {}).get("species", [])
+    return [{"class_id": int(entry["class_id"]), "attributes": entry.get("attributes", {}),
+             "swap_partners": entry.get("swap_partners", [])} for entry in species]
 
 
 def _odd_caption_files(counts: list[tuple[str, int]]) -> dict:
@@ -314,12 +325,10 @@ def _read_hash_cache(shard_dir: Path) -> dict:
 
 
 def _write_hash_cache(shard_dir: Path, cache: dict) -> None:
-    tmp = shard_dir / f"{HASH_CACHE}.{os.getpid()}.tmp"
-    try:
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
-        tmp.replace(shard_dir / HASH_CACHE)
+    try:  # a cache: no fsync (lost or cut short by a power cut, it is read as empty and rebuilt)
+        atomic_write_text(shard_dir / HASH_CACHE, json.dumps(cache, indent=1, sort_keys=True) + "\n", fsync=False)
     except OSError:
-        tmp.unlink(missing_ok=True)  # a read-only shard folder: hash again next time
+        pass  # a read-only shard folder: hash again next time (atomic_write_text left no temporary file)
 
 
 def _stamp(path: Path) -> dict:

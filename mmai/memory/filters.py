@@ -6,13 +6,16 @@ when (``timestamp``, ``year``), where (``place``, ``latitude``, ``longitude``), 
 :func:`build_where` turns keyword filters into ChromaDB ``where`` clauses
 (https://docs.trychroma.com/docs/querying-collections/metadata-filtering); values are checked
 against the schema first, so a typo fails loudly instead of silently matching nothing.
+:class:`Filters` is the one description of "which memories" that the personal memory's search and
+forget, ``mmai memory`` and the dashboard (``mmai serve``) share.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import math
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -31,6 +34,52 @@ METADATA_FIELDS: dict[str, type] = {
     "class_id": int,
 }
 MODALITIES = ("image", "text", "audio")
+
+
+@dataclasses.dataclass
+class Filters:
+    """Which memories a search or a forget may touch; ``None`` leaves a field unfiltered.
+
+    Every given field must hold. A list/tuple value means "any of".
+
+    Attributes:
+        year: a year or years (UTC), e.g. ``2023``.
+        place: a place name or names; stored names match case-insensitively, whole
+            (``"powai lake, mumbai"``) or as a part (``"Mumbai"`` matches every place in Mumbai).
+        modality: ``"image"``, ``"text"``, ``"audio"`` or several.
+        after: from this time on (inclusive): unix seconds, a ``datetime`` or an ISO string such
+            as ``"2023-03-01"`` (no zone: UTC).
+        before: before this time (exclusive), as ``after``.
+    """
+
+    year: int | Sequence[int] | None = None
+    place: str | Sequence[str] | None = None
+    modality: str | Sequence[str] | None = None
+    after: Any = None
+    before: Any = None
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("year", "place", "modality", "after", "before")
+
+    @classmethod
+    def of(cls, where: str = "filters", **fields: Any) -> "Filters":
+        """``Filters(**fields)`` that names an unknown field and the known ones (a typo is an error)."""
+        unknown = sorted(set(fields) - set(cls.FIELDS))
+        if unknown:
+            raise ValueError(f"{where}: unknown filter(s) {unknown}; use {', '.join(cls.FIELDS)}")
+        return cls(**fields)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """Every field by name (``None`` for the unfiltered ones)."""
+        return {field: getattr(self, field) for field in self.FIELDS}
+
+    def active(self) -> dict[str, Any]:
+        """The fields that filter (not ``None``), by name."""
+        return {field: value for field, value in self.as_kwargs().items() if value is not None}
+
+    @property
+    def empty(self) -> bool:
+        """Whether no field filters (every memory matches)."""
+        return not self.active()
 
 
 def _known_fields() -> str:

@@ -4,7 +4,7 @@ As in HippoRAG (Gutiérrez et al., NeurIPS 2024), the stage-1 hits seed a person
 (random walk with restart to the seeds) over the memory graph; memories associated with many
 strong hits — same outing, similar content — gain activation. The final score fuses both:
 
-    fused = alpha * retrieval + (1 - alpha) * activation
+    fused = gar_weight * retrieval + (1 - gar_weight) * activation
             + recency_weight * recency + importance_weight * importance + access_weight * access
 
 * ``retrieval``: the hit scores normalised per query (min-max to [0, 1] by default, or a
@@ -15,7 +15,7 @@ strong hits — same outing, similar content — gain activation. The final scor
 
 The list length stays fixed: ``k`` results (default ``K``, the number of hits) are taken from
 all memories by fused score; nothing is appended. Equal fused scores are broken in favour of
-stage-1 hits, in their stage-1 order (hits are given best first), so ``alpha=1`` returns the
+stage-1 hits, in their stage-1 order (hits are given best first), so ``gar_weight=1`` returns the
 stage-1 list unchanged — with min-max the weakest hit scores 0, like every non-hit.
 
 :func:`~mmai.memory.ppr.personalized_pagerank` (``ppr.py``, re-exported here) is the batched
@@ -124,7 +124,7 @@ class GraphAugmentedRetriever:
 
     Args:
         graph: the episodic graph over (at least) every memory that can be a hit.
-        alpha: weight of the retrieval score against the activation (default 0.5).
+        gar_weight: weight of the retrieval score against the activation (default 0.5).
         damping: probability of following an edge in the walk (default 0.5, HippoRAG's).
         num_seeds: how many top hits seed the walk (default ``None``: all hits).
         seed_normalisation: ``"minmax"`` (default) or ``"softmax"`` — how hit scores become
@@ -140,7 +140,7 @@ class GraphAugmentedRetriever:
     def __init__(
         self,
         graph: EpisodicGraph,
-        alpha: float = 0.5,
+        gar_weight: float = 0.5,
         damping: float = 0.5,
         num_seeds: int | None = None,
         *,
@@ -154,12 +154,13 @@ class GraphAugmentedRetriever:
         max_iter: int = 100,
         batch_size: int = 64,
     ) -> None:
-        if not 0 <= alpha <= 1 or not 0 <= damping < 1:
-            raise ValueError(f"GAR: need 0 <= alpha <= 1 and 0 <= damping < 1, got alpha={alpha}, damping={damping}")
+        if not 0 <= gar_weight <= 1 or not 0 <= damping < 1:
+            raise ValueError(f"GAR: need 0 <= gar_weight <= 1 and 0 <= damping < 1, got gar_weight={gar_weight}, "
+                             f"damping={damping}")
         if seed_normalisation not in ("minmax", "softmax"):
             raise ValueError(f"GAR: seed_normalisation must be 'minmax' or 'softmax', got {seed_normalisation!r}")
         self.graph = graph
-        self.alpha, self.damping, self.num_seeds = alpha, damping, num_seeds
+        self.gar_weight, self.damping, self.num_seeds = gar_weight, damping, num_seeds
         self.seed_normalisation, self.seed_temperature = seed_normalisation, seed_temperature
         self.recency_weight, self.importance_weight = recency_weight, importance_weight
         self.access_weight = access_weight
@@ -260,7 +261,7 @@ class GraphAugmentedRetriever:
         """Fused top-k for a batch of queries: positions/retrieval/seed_weights are ``(b, K)``."""
         activation = self.spread(self._scatter(positions, seed_weights, np.add))  # (b, N)
         dense_retrieval = self._scatter(positions, retrieval, np.maximum)  # (b, N), 0 for non-hits
-        fused = self.alpha * dense_retrieval + (1 - self.alpha) * activation + prior  # (b, N)
+        fused = self.gar_weight * dense_retrieval + (1 - self.gar_weight) * activation + prior  # (b, N)
         hits = positions.shape[1]
         stage1_order = self._scatter(positions, (hits - np.arange(hits)) / hits, np.maximum)  # (b, N)
         top = _top_k(fused + _TIE_BREAK * stage1_order, k)  # (b, k); ties: hits first, in stage-1 order

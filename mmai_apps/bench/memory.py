@@ -40,7 +40,7 @@ import torch
 
 from mmai_apps.bench import BenchResult
 
-#: search modes: name -> PersonalMemory.search keyword arguments ("filters" is filled in per run).
+#: search modes: name -> SearchOptions fields, and "filters": whether the run's Filters apply.
 MODES: dict[str, dict[str, Any]] = {
     "stage 1": {},
     "stage 1 + filters": {"filters": True},
@@ -170,18 +170,19 @@ def reopen_without_index(memory, root: Path, checkpoint: Path):
                     "per_second": count / seconds, "seconds": seconds}
 
 
-def time_searches(memory, queries: list[str], mode: dict[str, Any], filters: dict[str, Any], k: int,
-                  warmup: int) -> list[float]:
-    """Milliseconds per query, end to end, for one search mode."""
-    options = {key: value for key, value in mode.items() if key != "filters"}
-    if mode.get("filters"):
-        options.update(filters)
+def time_searches(memory, queries: list[str], mode: dict[str, Any], filters, k: int, warmup: int) -> list[float]:
+    """Milliseconds per query, end to end, for one search mode (``filters``: a
+    :class:`~mmai.memory.filters.Filters`, used when the mode says so)."""
+    from mmai.memory.search import SearchOptions
+
+    options = SearchOptions(**{key: value for key, value in mode.items() if key != "filters"})
+    chosen = filters if mode.get("filters") else None
     for query in queries[:warmup]:
-        memory.search(query, k, **options)
+        memory.search(query, k, chosen, options)
     latencies = []
     for query in queries[warmup:]:
         start = time.perf_counter()
-        memory.search(query, k, **options)
+        memory.search(query, k, chosen, options)
         latencies.append((time.perf_counter() - start) * 1e3)
     return latencies
 
@@ -189,6 +190,7 @@ def time_searches(memory, queries: list[str], mode: dict[str, Any], filters: dic
 def bench_size(size: int, args: argparse.Namespace, work: Path, checkpoint: Path,
                photos: list[Path], overrides: dict, captions: list[str]) -> list[dict[str, Any]]:
     """All rows of one memory size."""
+    from mmai.memory.filters import Filters
     from mmai.memory.personal import PersonalMemory
 
     rng = np.random.default_rng([args.seed, size])
@@ -212,7 +214,7 @@ def bench_size(size: int, args: argparse.Namespace, work: Path, checkpoint: Path
     seconds = time.perf_counter() - start
     rows.append({"size": size, "stage": "episodic graph build", "memories": len(graph),
                  "per_second": len(graph) / seconds, "seconds": seconds})
-    filters = {"year": 2022, "place": memory.known_places()[0]}
+    filters = Filters(year=2022, place=memory.known_places()[0])
     queries = [captions[i] for i in rng.permutation(len(captions))[: args.queries + args.warmup]]
     for name, mode in MODES.items():
         latencies = time_searches(memory, queries, mode, filters, args.k, args.warmup)

@@ -1,9 +1,12 @@
 """Captions in the style of the CUB ten-captions-per-image release (Reed et al., CVPR 2016).
 
-Each caption names 2-5 attributes that are visible in its image (no colours in a grayscale
-picture, nothing about a part hidden behind leaves), with varied sentence templates and synonyms
-(bill/beak, crown/cap, belly/breast/abdomen, ...). Captions are lower case, describe what an
-annotator sees, and never contain the species name.
+Each caption names 2-5 attributes that are visible in its image, with varied sentence templates
+and synonyms (bill/beak, crown/cap, belly/breast/abdomen, ...). What is not visible is left out
+(:data:`CONDITION_HIDDEN`): no colours in a grayscale picture; in low light no colour words at
+all (not even the white of wing bars or an eye ring); under motion blur no eye ring, wing bars
+or bill shape; for a distant bird also no bill length; nothing about a part hidden behind
+leaves. Captions are lower case, describe what an annotator sees, and never contain the species
+name.
 """
 
 from __future__ import annotations
@@ -21,6 +24,16 @@ PART_ATTRIBUTES = {
     "tail": ("tail_length",),
 }
 BILL_ATTRIBUTES = ("bill_length", "bill_shape", "bill_colour")
+#: Photo condition (see :mod:`mmai.data.synth.diary`) -> attributes its captions leave out.
+CONDITION_HIDDEN: dict[str, tuple[str, ...]] = {
+    "clear": (),
+    "low_light": COLOUR_ATTRIBUTES,
+    "motion_blur": ("eye_ring", "wing_bars", "bill_shape"),
+    "distant": ("eye_ring", "wing_bars", "bill_shape", "bill_length"),
+    "occluded": (),  # the hidden parts say what is left out
+}
+#: Conditions whose captions use no colour word at all ("wing bars", not "white wing bars").
+COLOURLESS = ("low_light",)
 
 COLOUR_WORDS = {"grey": ("grey", "gray"), "buff": ("buff", "tan", "cream colored")}
 BILL_WORDS = ("bill", "beak")
@@ -55,19 +68,20 @@ def _bill_phrase(a: Attributes, chosen: list[str], rng) -> str:
     return f"{_article(words[0])} {' '.join(words)} {noun}"
 
 
-def _wing_phrase(a: Attributes, chosen: list[str], rng) -> str:
+def _wing_phrase(a: Attributes, chosen: list[str], rng, colourless: bool = False) -> str:
     colour = _colour(rng, a.wing_colour) if "wing_colour" in chosen else ""
     wings = _word(rng, WING_WORDS)
     if "wing_bars" not in chosen:
         return f"{colour} {wings}" if rng.random() < 0.6 else f"{wings} that are {colour}"
     if a.wing_bars:
-        bars = _word(rng, ("white wing bars", "wing bars", "wingbars", "two white bars"))
+        bars = _word(rng, ("wing bars", "wingbars", "two wing bars", "barred wings") if colourless else
+                     ("white wing bars", "wing bars", "wingbars", "two white bars"))
         return f"{colour} {wings} with {bars}" if colour else bars
     plain = _word(rng, ("without wing bars", "with no wing bars"))
     return f"{colour} {wings} {plain}" if colour else _word(rng, ("no wing bars", "plain wings"))
 
 
-def _single_phrase(a: Attributes, name: str, rng) -> str:
+def _single_phrase(a: Attributes, name: str, rng, colourless: bool = False) -> str:
     if name == "crown_colour":
         return _coloured_part(_colour(rng, a.crown_colour), _word(rng, CROWN_WORDS), rng)
     if name == "belly_colour":
@@ -76,7 +90,8 @@ def _single_phrase(a: Attributes, name: str, rng) -> str:
         return _word(rng, (f"a {a.tail_length} tail", f"{a.tail_length} tail feathers",
                            f"a tail that is {a.tail_length}"))
     if a.eye_ring:  # eye_ring
-        return _word(rng, ("a white eye ring", "an eye ring", "a white ring around its eye", "a white eyering"))
+        return _word(rng, ("an eye ring", "a ring around its eye", "an eyering") if colourless else
+                     ("a white eye ring", "an eye ring", "a white ring around its eye", "a white eyering"))
     return _word(rng, ("no eye ring", "no ring around the eye"))
 
 
@@ -97,7 +112,7 @@ def _and(phrases: list[str], rng) -> str:
     return f"{', '.join(phrases[:-1])}{comma} and {phrases[-1]}"
 
 
-def _phrases(a: Attributes, chosen: list[str], rng) -> list[str]:
+def _phrases(a: Attributes, chosen: list[str], rng, colourless: bool = False) -> list[str]:
     """One noun phrase per group of chosen attributes (bill, wing, then single ones), shuffled."""
     phrases = []
     bill = [name for name in BILL_ATTRIBUTES if name in chosen]
@@ -105,9 +120,9 @@ def _phrases(a: Attributes, chosen: list[str], rng) -> list[str]:
         phrases.append(_bill_phrase(a, bill, rng))
     wing = [name for name in ("wing_colour", "wing_bars") if name in chosen]
     if wing:
-        phrases.append(_wing_phrase(a, wing, rng))
+        phrases.append(_wing_phrase(a, wing, rng, colourless))
     singles = [name for name in chosen if name not in BILL_ATTRIBUTES and name not in wing]
-    phrases += [_single_phrase(a, name, rng) for name in singles]
+    phrases += [_single_phrase(a, name, rng, colourless) for name in singles]
     return [phrases[i] for i in rng.permutation(len(phrases))]
 
 
@@ -124,19 +139,20 @@ def _sentence(phrases: list[str], rng) -> str:
     return " ".join(text.split())
 
 
-def visible_attributes(hidden_parts: set[str], grayscale: bool) -> list[str]:
-    """The attribute names a caption of this picture may mention."""
+def visible_attributes(hidden_parts: set[str], grayscale: bool, condition: str = "clear") -> list[str]:
+    """The attribute names a caption of this picture may mention (possibly only one: a distant
+    bird in grayscale shows its tail length and nothing else)."""
     names = ["bill_shape", "bill_length", "bill_colour", "crown_colour", "wing_colour",
              "belly_colour", "tail_length", "wing_bars", "eye_ring"]
-    hidden = {name for part in hidden_parts for name in PART_ATTRIBUTES[part]}
+    hidden = {name for part in hidden_parts for name in PART_ATTRIBUTES[part]} | set(CONDITION_HIDDEN[condition])
     if grayscale:
         hidden |= set(COLOUR_ATTRIBUTES)
-    visible = [name for name in names if name not in hidden]
-    return visible if len(visible) >= 2 else ["bill_shape", "tail_length"]
+    return [name for name in names if name not in hidden]
 
 
 def image_captions(attributes: Attributes, rng: np.random.Generator, count: int = 10,
-                   hidden_parts: set[str] | None = None, grayscale: bool = False) -> list[str]:
+                   hidden_parts: set[str] | None = None, grayscale: bool = False,
+                   condition: str = "clear") -> list[str]:
     """``count`` distinct-where-possible lower-case captions of one picture.
 
     Args:
@@ -145,15 +161,21 @@ def image_captions(attributes: Attributes, rng: np.random.Generator, count: int 
         count: captions to write (default 10).
         hidden_parts: parts (bill, head, wing, tail) not to describe.
         grayscale: leave colours out.
+        condition: the photo's condition (:data:`CONDITION_HIDDEN` says what it leaves out).
     """
-    visible = visible_attributes(hidden_parts or set(), grayscale)
+    if condition not in CONDITION_HIDDEN:
+        raise ValueError(f"image_captions: condition={condition!r}; expected one of {sorted(CONDITION_HIDDEN)}")
+    visible = visible_attributes(hidden_parts or set(), grayscale, condition)
+    colourless = condition in COLOURLESS
     captions: list[str] = []
+    if not visible:  # everything hidden (not drawn by the generator, but keep the contract)
+        return ["a bird mostly hidden behind leaves."] * count
     for attempt in range(count * 4):
         if len(captions) == count:
             break
-        k = int(rng.integers(2, min(5, len(visible)) + 1))
+        k = int(rng.integers(min(2, len(visible)), min(5, len(visible)) + 1))
         chosen = [visible[i] for i in sorted(rng.choice(len(visible), size=k, replace=False))]
-        caption = _sentence(_phrases(attributes, chosen, rng), rng)
+        caption = _sentence(_phrases(attributes, chosen, rng, colourless), rng)
         if caption not in captions or attempt >= count * 3:
             captions.append(caption)
     return captions

@@ -6,6 +6,14 @@ CUB such ties: ten real birding spots in six cities, each with its own species m
 where its species lives. Photos of one outing share an ``episode_id`` (the outing's index in time
 order) and lie within hours of each other, which is what the episodic graph's temporal edges and
 GAR's control run (shuffled times and places) are about.
+
+Within an outing a species' photos come as *sightings* (bursts): 1-6 photos of one individual
+bird, :data:`BURST_GAP_SECONDS` apart (so a sighting spans at most two minutes), from one spot
+(the same coordinates). Sightings never overlap in time and carry a ``sighting_id`` unique over
+the data set. The first photo of a sighting is always ``"clear"``; every later one is, with
+probability :data:`HARD_PROBABILITY`, taken in one of the :data:`HARD_CONDITIONS` (drawn
+uniformly), so every sighting with a hard photo also has a clear one. Single-photo sightings are
+clear.
 """
 
 from __future__ import annotations
@@ -19,6 +27,15 @@ from mmai.data.synth.species import Species
 
 FIRST_DAY = dt.date(2021, 1, 1)
 LAST_DAY = dt.date(2024, 12, 31)
+#: Photos per sighting, drawn uniformly (capped by the photos left for that species and outing).
+SIGHTING_PHOTOS = (1, 6)
+#: Seconds between consecutive photos of a sighting, drawn uniformly: 5 gaps span at most 120 s.
+BURST_GAP_SECONDS = (2.0, 24.0)
+#: Chance that a photo after the first of its sighting is taken in a hard condition.
+HARD_PROBABILITY = 0.35
+#: Photo conditions; ``"clear"`` first, then the hard ones (see :func:`mmai.data.synth.draw.draw_bird`).
+CONDITIONS = ("clear", "low_light", "motion_blur", "distant", "occluded")
+HARD_CONDITIONS = CONDITIONS[1:]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +68,20 @@ def species_places(species: list[Species], rng: np.random.Generator) -> dict[int
             for s in species}
 
 
+def _sightings(photos: list[int], rng: np.random.Generator) -> list[list[int]]:
+    """Split one species' photos of an outing into consecutive sightings of 1-6 photos."""
+    sightings = []
+    while photos:
+        take = int(rng.integers(SIGHTING_PHOTOS[0], SIGHTING_PHOTOS[1] + 1))
+        sightings.append(photos[:take])
+        photos = photos[take:]
+    return sightings
+
+
 def _outings(images_by_class: dict[int, list[int]], homes: dict[int, list[int]],
-             rng: np.random.Generator) -> list[tuple[int, list[int]]]:
-    """Group every image into (place index, image ids) outings of 1-4 local species."""
+             rng: np.random.Generator) -> list[tuple[int, list[list[int]]]]:
+    """Group every image into (place index, sightings) outings of 1-4 local species; a sighting
+    is a list of image ids of one species, sightings in the order they happen."""
     remaining = {c: [ids[i] for i in rng.permutation(len(ids))] for c, ids in images_by_class.items()}
     residents = {p: [c for c in sorted(homes) if p in homes[c]] for p in range(len(PLACES))}
     outings = []
@@ -62,13 +90,24 @@ def _outings(images_by_class: dict[int, list[int]], homes: dict[int, list[int]],
         place = int(rng.choice(len(PLACES), p=weights / weights.sum()))
         present = [c for c in residents[place] if remaining[c]]
         seen = rng.choice(present, size=int(rng.integers(1, min(4, len(present)) + 1)), replace=False)
-        photos = []
+        sightings = []
         for class_id in seen:
             take = int(rng.integers(1, 9))
-            photos += remaining[int(class_id)][:take]
+            sightings += _sightings(remaining[int(class_id)][:take], rng)
             remaining[int(class_id)] = remaining[int(class_id)][take:]
-        outings.append((place, [photos[i] for i in rng.permutation(len(photos))]))
+        outings.append((place, [sightings[i] for i in rng.permutation(len(sightings))]))
     return outings
+
+
+def _conditions(count: int, rng: np.random.Generator) -> list[str]:
+    """Conditions of a sighting's photos: the first clear, each later one hard with probability
+    :data:`HARD_PROBABILITY` (the hard condition uniform)."""
+    conditions = ["clear"]
+    for _ in range(count - 1):
+        hard = rng.random() < HARD_PROBABILITY
+        index = int(rng.integers(len(HARD_CONDITIONS)))
+        conditions.append(HARD_CONDITIONS[index] if hard else "clear")
+    return conditions
 
 
 def _start_times(count: int, places: list[int], rng: np.random.Generator) -> list[dt.datetime]:
@@ -106,8 +145,10 @@ def build_diary(species: list[Species], image_classes: dict[int, int], seed: int
 
     Returns:
         The diary; its entries have, per image: ``image_id``, ``timestamp`` (ISO-8601 UTC, ``...Z``), ``place``,
-        ``latitude``, ``longitude`` (the spot's position plus up to ~300 m of GPS scatter) and
-        ``episode_id`` (outing index in time order).
+        ``latitude``, ``longitude`` (the spot's position plus up to ~300 m of GPS scatter, the same for
+        every photo of a sighting), ``episode_id`` (outing index in time order), ``sighting_id``
+        (numbered over the data set in episode order, then in time order within the outing) and
+        ``condition`` (one of :data:`CONDITIONS`).
     """
     rng = np.random.default_rng([seed, 0xD1A27])
     homes = species_places(species, rng)
@@ -118,20 +159,32 @@ def build_diary(species: list[Species], image_classes: dict[int, int], seed: int
     starts = _start_times(len(outings), [place for place, _ in outings], rng)
     order = sorted(range(len(outings)), key=lambda i: (starts[i], i))
     entries: dict[int, dict] = {}
+    sighting_id = 0
     for episode_id, index in enumerate(order):
-        place_index, photos = outings[index]
+        place_index, sightings = outings[index]
         place = PLACES[place_index]
         hours = float(rng.uniform(1.0, 3.0))
-        offsets = np.sort(rng.uniform(0.0, hours * 3600.0, size=len(photos)))
-        for image_id, offset in zip(photos, offsets):
-            when = starts[index] + dt.timedelta(seconds=int(offset))
-            entries[image_id] = {
-                "image_id": image_id,
-                "timestamp": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "place": place.name,
-                "latitude": round(place.latitude + float(rng.uniform(-0.003, 0.003)), 5),
-                "longitude": round(place.longitude + float(rng.uniform(-0.003, 0.003)), 5),
-                "episode_id": episode_id,
-            }
+        gaps = [rng.uniform(*BURST_GAP_SECONDS, size=len(photos) - 1) for photos in sightings]
+        spans = np.array([float(g.sum()) for g in gaps])
+        # non-overlapping sightings: sorted free time before each one, plus the spans before it
+        free = np.sort(rng.uniform(0.0, hours * 3600.0 - spans.sum(), size=len(sightings)))
+        begins = free + np.concatenate([[0.0], np.cumsum(spans)[:-1]])
+        for photos, gap, begin in zip(sightings, gaps, begins):
+            latitude = round(place.latitude + float(rng.uniform(-0.003, 0.003)), 5)
+            longitude = round(place.longitude + float(rng.uniform(-0.003, 0.003)), 5)
+            offsets = begin + np.concatenate([[0.0], np.cumsum(gap)])
+            for image_id, offset, condition in zip(photos, offsets, _conditions(len(photos), rng)):
+                when = starts[index] + dt.timedelta(seconds=int(offset))
+                entries[image_id] = {
+                    "image_id": image_id,
+                    "timestamp": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "place": place.name,
+                    "latitude": latitude,
+                    "longitude": longitude,
+                    "episode_id": episode_id,
+                    "sighting_id": sighting_id,
+                    "condition": condition,
+                }
+            sighting_id += 1
     return Diary([entries[image_id] for image_id in sorted(entries)],
                  {class_id: [PLACES[p].name for p in places] for class_id, places in homes.items()})

@@ -5,8 +5,15 @@ A bird is a list of coloured polygons in a local frame (facing right, y down, bo
 ring, and a bill whose outline follows its shape and length. Every point goes through one
 transform (flip, small rotation, scale, position), so part boxes and the whole-bird box are
 exact in the saved image. Scenes add a blurred background (sky, foliage, water, reeds, dusk),
-an optional perch, an occasional occluding leaf cluster and lighting jitter. Drawing happens at
-twice the size and is box-filtered down, which anti-aliases the thin bills and bars.
+an optional perch and lighting jitter. Drawing happens at twice the size and is box-filtered
+down, which anti-aliases the thin bills and bars.
+
+Photos of one sighting share a :class:`Look` (scene kind, perch or not, facing direction and
+the individual's plumage shade), so a burst looks like one bird at one spot. A photo's
+*condition* (:data:`CONDITIONS`) makes it hard: ``low_light`` darkens it strongly, washes the
+colours out and adds sensor noise; ``motion_blur`` smears it along one direction (camera shake);
+``distant`` draws the bird at 35-45 % of its usual scale; ``occluded`` puts leaf clusters over
+one or two parts (:attr:`Drawing.hidden_parts`).
 """
 
 from __future__ import annotations
@@ -36,6 +43,18 @@ SCENES: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
 }
 
 PARTS = ("bill", "head", "wing", "tail")
+#: Photo conditions, as in :data:`mmai.data.synth.diary.CONDITIONS`.
+CONDITIONS = ("clear", "low_light", "motion_blur", "distant", "occluded")
+#: Scale of a distant bird relative to the usual one.
+DISTANT_SCALE = (0.35, 0.45)
+#: Motion-blur streak length as a fraction of the image side.
+BLUR_LENGTH = (0.07, 0.11)
+#: Low light: brightness factor, colour saturation kept, sensor noise (standard deviation, 0-255).
+LOW_LIGHT_BRIGHTNESS = (0.2, 0.3)
+LOW_LIGHT_SATURATION = (0.1, 0.25)
+LOW_LIGHT_NOISE = (5.0, 8.0)
+#: An occluded part counts as hidden when leaves cover at least this fraction of its pixels.
+HIDDEN_COVERAGE = 0.5
 SUPERSAMPLE = 2
 BODY_TILT = -0.3  # radians; the front of the body points up
 HEAD_CENTRE = np.array([0.95, -0.72])
@@ -59,7 +78,7 @@ class Drawing:
         image: the picture, ``image_size`` square, mode ``RGB`` (or ``L`` when grayscale).
         bird_box: (x, y, width, height) of the whole bird in pixels.
         part_boxes: part name (bill, head, wing, tail) -> (x, y, width, height) in pixels.
-        hidden_parts: parts mostly covered by an occluding leaf cluster.
+        hidden_parts: parts mostly covered by an occluding leaf cluster (only when occluded).
     """
 
     image: Image.Image
@@ -173,11 +192,36 @@ def _box(points: np.ndarray, size: int) -> tuple[float, float, float, float]:
     return low[0], low[1], round(high[0] - low[0], 1), round(high[1] - low[1], 1)
 
 
-def _place(layers, size: int, rng: np.random.Generator):
-    """Random flip, rotation, scale and position; returns the layers in image pixels."""
+@dataclasses.dataclass(frozen=True)
+class Look:
+    """What the photos of one sighting share.
+
+    Args:
+        scene: background kind (a key of :data:`SCENES`).
+        perched: whether a perch is drawn under the feet.
+        flip: -1 when the bird faces left, 1 when it faces right.
+        jitter: colour name -> RGB of this individual (the named colour plus a small deviation).
+    """
+
+    scene: str
+    perched: bool
+    flip: float
+    jitter: dict[str, np.ndarray]
+
+
+def random_look(rng: np.random.Generator) -> Look:
+    """A sighting's look, from the sighting's own generator."""
+    jitter = {name: np.array(rgb) + rng.normal(0.0, 9.0, 3) for name, rgb in COLOURS.items()}
+    scene = list(SCENES)[int(rng.integers(len(SCENES)))]
+    perched = scene != "sky" or bool(rng.random() < 0.5)
     flip = -1.0 if rng.random() < 0.5 else 1.0
+    return Look(scene, perched, flip, jitter)
+
+
+def _place(layers, size: int, rng: np.random.Generator, flip: float, scale_factor: float = 1.0):
+    """Rotation, scale and position (and the given flip); returns the layers in image pixels."""
     angle = float(rng.uniform(-0.26, 0.26))  # about ±15°
-    scale = size * float(rng.uniform(0.15, 0.22))  # pixels per body unit
+    scale = size * float(rng.uniform(0.15, 0.22)) * scale_factor  # pixels per body unit
     moved = [(part, _rotate(points * (flip, 1.0), angle) * scale, fill) for part, points, fill in layers]
     everything = np.concatenate([points for _, points, _ in moved])
     low, high = everything.min(axis=0), everything.max(axis=0)
@@ -189,8 +233,7 @@ def _place(layers, size: int, rng: np.random.Generator):
     return [(part, points * shrink + offset, fill) for part, points, fill in moved], shrink * scale
 
 
-def _background(size: int, rng: np.random.Generator) -> tuple[Image.Image, str]:
-    scene = list(SCENES)[int(rng.integers(len(SCENES)))]
+def _background(size: int, rng: np.random.Generator, scene: str) -> Image.Image:
     top, bottom = (np.array(c, dtype=np.float64) for c in SCENES[scene])
     cells = 6
     ramp = np.linspace(0.0, 1.0, cells)[:, None, None]  # (cells, 1, 1)
@@ -199,7 +242,7 @@ def _background(size: int, rng: np.random.Generator) -> tuple[Image.Image, str]:
     grid = top * (1 - ramp) + bottom * ramp + brightness + tint  # (cells, cells, 3)
     small = Image.fromarray(grid.clip(0, 255).astype(np.uint8), "RGB")
     smooth = small.resize((32, 32), Image.BICUBIC)  # two steps: no visible grid of cells
-    return smooth.resize((size, size), Image.BILINEAR), scene
+    return smooth.resize((size, size), Image.BILINEAR)
 
 
 def _draw_perch(draw: ImageDraw.ImageDraw, feet: np.ndarray, unit: float, size: int, rng) -> None:
@@ -210,54 +253,103 @@ def _draw_perch(draw: ImageDraw.ImageDraw, feet: np.ndarray, unit: float, size: 
     draw.line([tuple(start), tuple(end)], fill=brown, width=max(2, int(0.22 * unit)))
 
 
-def _occluder(draw: ImageDraw.ImageDraw, bird: np.ndarray, unit: float, rng) -> np.ndarray:
-    """A leaf cluster over a random point of the bird; returns its outline points (pixels)."""
-    centre = bird[int(rng.integers(len(bird)))] + rng.normal(0, 0.3 * unit, 2)
-    leaves = []
-    for _ in range(int(rng.integers(2, 5))):
-        leaf = _ellipse(centre + rng.normal(0, 0.35 * unit, 2), 0.5 * unit, 0.2 * unit,
-                        float(rng.uniform(0, math.pi)), count=16)
-        green = tuple(int(c) for c in np.clip(np.array(COLOURS["green"]) * rng.uniform(0.5, 1.1), 0, 255))
-        draw.polygon([tuple(p) for p in leaf], fill=green, outline=_shade(green, 0.6))
-        leaves.append(leaf)
-    return np.concatenate(leaves)
+def _leaf(draw: ImageDraw.ImageDraw, mask: ImageDraw.ImageDraw, outline: np.ndarray, rng) -> None:
+    green = tuple(int(c) for c in np.clip(np.array(COLOURS["green"]) * rng.uniform(0.5, 1.1), 0, 255))
+    points = [tuple(p) for p in outline]
+    draw.polygon(points, fill=green, outline=_shade(green, 0.6))
+    mask.polygon(points, fill=255)
 
 
-def _overlap(box, other) -> float:
-    """Fraction of ``box``'s area covered by ``other`` (both x, y, w, h)."""
-    width = min(box[0] + box[2], other[0] + other[2]) - max(box[0], other[0])
-    height = min(box[1] + box[3], other[1] + other[3]) - max(box[1], other[1])
-    return max(width, 0) * max(height, 0) / max(box[2] * box[3], 1e-6)
+def _occlude(draw: ImageDraw.ImageDraw, layers, size: int, unit: float, rng) -> set[str]:
+    """Leaf clusters over one or two random parts; returns the parts they hide.
+
+    Each targeted part gets three crossed leaves sized to its extent (plus more while less than
+    90 % of its pixels are covered); a part counts as hidden when at least
+    :data:`HIDDEN_COVERAGE` of its pixels lie under leaves (the targets always do).
+    """
+    targets = [PARTS[i] for i in sorted(rng.choice(len(PARTS), size=int(rng.integers(1, 3)), replace=False))]
+    leaves = Image.new("L", (size, size), 0)
+    leaf_mask = ImageDraw.Draw(leaves)
+    part_masks = {}
+    for part in PARTS:
+        mask = Image.new("L", (size, size), 0)
+        for name, points, _ in layers:
+            if name == part:
+                ImageDraw.Draw(mask).polygon([tuple(p) for p in points], fill=255)
+        part_masks[part] = np.asarray(mask) > 0
+
+    def coverage(part: str) -> float:
+        pixels = part_masks[part]
+        return float((np.asarray(leaves)[pixels] > 0).mean()) if pixels.any() else 1.0
+
+    for part in targets:
+        points = np.concatenate([p for name, p, _ in layers if name == part])
+        low, high = points.min(axis=0), points.max(axis=0)
+        centre, radius = (low + high) / 2, float((high - low).max()) / 2 + 0.1 * unit
+        base = float(rng.uniform(0, math.pi))
+        for k in range(6):
+            if k >= 3 and coverage(part) >= 0.9:
+                break
+            angle = base + k * math.pi / 3 + float(rng.normal(0, 0.15))
+            shift = rng.normal(0, 0.1 * radius, 2)
+            _leaf(draw, leaf_mask, _ellipse(centre + shift, 1.3 * radius, 0.75 * radius, angle, count=16), rng)
+    return set(targets) | {part for part in PARTS if coverage(part) >= HIDDEN_COVERAGE}
 
 
-def _light(image: Image.Image, rng: np.random.Generator) -> np.ndarray:
-    pixels = np.asarray(image, dtype=np.float32)  # (H, W, 3)
+def _light(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per-photo exposure and contrast jitter and a little noise; ``pixels`` (H, W, 3) float."""
     mean = pixels.mean()
     pixels = (pixels - mean) * float(rng.uniform(0.8, 1.2)) + mean * float(rng.uniform(0.75, 1.2))
-    pixels += rng.normal(0.0, 2.5, pixels.shape).astype(np.float32)
-    return pixels.clip(0, 255).astype(np.uint8)
+    pixels = pixels + rng.normal(0.0, 2.5, pixels.shape).astype(np.float32)
+    return pixels.clip(0, 255)
+
+
+def _motion_blur(pixels: np.ndarray, length: float, angle: float) -> np.ndarray:
+    """Average of the image shifted along one direction over ``length`` pixels (edges repeated)."""
+    steps = max(2, int(round(length)))
+    pad = int(math.ceil(length / 2)) + 1
+    height, width = pixels.shape[:2]
+    padded = np.pad(pixels, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    total = np.zeros_like(pixels, dtype=np.float32)
+    for t in np.linspace(-length / 2, length / 2, steps):
+        dx, dy = int(round(t * math.cos(angle))), int(round(t * math.sin(angle)))
+        total += padded[pad + dy: pad + dy + height, pad + dx: pad + dx + width]
+    return total / steps
+
+
+def _low_light(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    grey = pixels.mean(axis=2, keepdims=True)
+    washed = grey + (pixels - grey) * float(rng.uniform(*LOW_LIGHT_SATURATION))
+    dark = washed * float(rng.uniform(*LOW_LIGHT_BRIGHTNESS))
+    return dark + rng.normal(0.0, float(rng.uniform(*LOW_LIGHT_NOISE)), pixels.shape)
 
 
 def draw_bird(attributes: Attributes, rng: np.random.Generator, image_size: int = 128,
-              grayscale: bool = False) -> Drawing:
+              grayscale: bool = False, condition: str = "clear", look: Look | None = None) -> Drawing:
     """Render one picture of a bird with ``attributes``.
 
     Args:
         attributes: the species' visual attributes.
-        rng: the image's own generator (all randomness comes from it).
+        rng: the image's own generator (all per-photo randomness comes from it).
         image_size: side of the square picture in pixels (default 128).
         grayscale: return a single-channel ``L`` image, as ~1 % of real CUB photos are.
+        condition: one of :data:`CONDITIONS` (default ``"clear"``; see the module docstring).
+        look: what the photos of its sighting share (default: drawn from ``rng``).
     """
+    if condition not in CONDITIONS:
+        raise ValueError(f"draw_bird: condition={condition!r}; expected one of {CONDITIONS}")
+    if look is None:
+        look = random_look(rng)
     size = image_size * SUPERSAMPLE
-    jitter = {name: np.array(rgb) + rng.normal(0.0, 9.0, 3) for name, rgb in COLOURS.items()}
 
     def colour(name: str) -> tuple[int, int, int]:
-        return tuple(int(c) for c in np.clip(jitter[name], 0, 255))
+        return tuple(int(c) for c in np.clip(look.jitter[name], 0, 255))
 
-    layers, unit = _place(bird_shapes(attributes, colour), size, rng)
-    image, scene = _background(size, rng)
+    scale_factor = float(rng.uniform(*DISTANT_SCALE)) if condition == "distant" else 1.0
+    layers, unit = _place(bird_shapes(attributes, colour), size, rng, look.flip, scale_factor)
+    image = _background(size, rng, look.scene)
     draw = ImageDraw.Draw(image)
-    if scene != "sky" or rng.random() < 0.5:
+    if look.perched:
         feet = np.concatenate([points for part, points, _ in layers if part == "legs"])
         _draw_perch(draw, feet[feet[:, 1].argmax()], unit, size, rng)
     for _, points, fill in layers:
@@ -265,11 +357,15 @@ def draw_bird(attributes: Attributes, rng: np.random.Generator, image_size: int 
     bird = np.concatenate([points for _, points, _ in layers])
     boxes = {part: _box(np.concatenate([p for name, p, _ in layers if name == part]) / SUPERSAMPLE, image_size)
              for part in PARTS}
-    hidden: set[str] = set()
-    if rng.random() < 0.12:
-        leaf_box = _box(_occluder(draw, bird, unit, rng) / SUPERSAMPLE, image_size)
-        hidden = {part for part, box in boxes.items() if _overlap(box, leaf_box) > 0.4}
-    image = Image.fromarray(_light(image.reduce(SUPERSAMPLE), rng), "RGB")
+    hidden = _occlude(draw, layers, size, unit, rng) if condition == "occluded" else set()
+    pixels = np.asarray(image.reduce(SUPERSAMPLE), dtype=np.float32)
+    if condition == "motion_blur":
+        length = image_size * float(rng.uniform(*BLUR_LENGTH))
+        pixels = _motion_blur(pixels, length, float(rng.uniform(0, math.pi)))
+    pixels = _light(pixels, rng)
+    if condition == "low_light":
+        pixels = _low_light(pixels, rng)
+    image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "RGB")
     if grayscale:
         image = image.convert("L")
     return Drawing(image, _box(bird / SUPERSAMPLE, image_size), boxes, hidden)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmai.data.synth.species import Species
+from mmai.data.synth.species import Species, swap_partners
 
 CUB_DIR = "CUB_200_2011"
 CAPTIONS_DIR = "cvpr2016_cub"
@@ -56,22 +56,103 @@ def plan_images(species: list[Species], images: int, seed: int = 0) -> list[Plan
     return planned
 
 
-def class_splits(species: list[Species], seed: int = 0) -> dict[str, list[str]]:
-    """Zero-shot class split of the caption release: half train, a quarter val, the rest test.
+SPLITS = ("train", "val", "test")
 
-    Classes are assigned at random (seeded), so one-attribute partners often straddle splits, as
-    in real CUB. Every split has at least one class (``classes >= 4``).
+
+def class_splits(species: list[Species], seed: int = 0) -> dict[str, list[str]]:
+    """Zero-shot class split of the caption release, by whole families: about half of the classes
+    train, a quarter val, the rest test.
+
+    A family (a founder and its variants, :mod:`mmai.data.synth.species`) never straddles two
+    splits, so a zero-shot split never holds a species whose one-attribute or swap partner was
+    trained on. Families that hold a swap pair (:func:`~mmai.data.synth.species.swap_partners`)
+    are stratified: when there are ``n >= 2`` of them, val and test each get at least one, and
+    about ``round(n * target / classes)`` of them. Placement: families are shuffled (seeded),
+    swap families first, then the others, each largest first into the split furthest below its
+    class target (``classes // 2`` train, ``max(1, classes // 4)`` val, the rest test), every
+    split getting at least one family (build_species makes at least three); then single moves
+    and exchanges of families between splits are applied while they reduce the sum of the
+    distances of the class counts and swap-family counts from their targets, never emptying a
+    split nor taking the last swap family out of val or test. Deterministic in ``seed``.
+
+    Real CUB keeps the caption release's own class lists (``mmai.data.cub`` reads them as they
+    are); this rule is only for the synthetic data.
+
+    Raises:
+        ValueError: fewer than three families (a split would be empty).
     """
     rng = np.random.default_rng([seed, 0xC1A55])
     classes = len(species)
-    train_count, val_count = classes // 2, max(1, classes // 4)
-    order = rng.permutation(classes)
-    names = [s.class_dir for s in species]
-    split = {
-        "train": sorted(names[i] for i in order[:train_count]),
-        "val": sorted(names[i] for i in order[train_count: train_count + val_count]),
-        "test": sorted(names[i] for i in order[train_count + val_count:]),
-    }
+    families: dict[int, list[Species]] = {}
+    for s in species:
+        families.setdefault(s.family, []).append(s)
+    if len(families) < 3:
+        raise ValueError(f"class_splits: {len(families)} families; train, val and test need one each")
+    keys = sorted(families)
+    shuffled = [keys[i] for i in rng.permutation(len(keys))]
+    size = {f: len(families[f]) for f in keys}
+    targets = {"train": classes // 2, "val": max(1, classes // 4)}
+    targets["test"] = classes - targets["train"] - targets["val"]
+    partners = swap_partners(species)
+    family_of = {s.class_id: s.family for s in species}
+    swap = {f: int(any(family_of[p] == f for s in families[f] for p in partners[s.class_id])) for f in keys}
+    n = sum(swap.values())
+    stratify = n >= 2
+    quota = {name: max(1, round(n * targets[name] / classes)) if stratify else 0 for name in ("val", "test")}
+    quota["train"] = n - quota["val"] - quota["test"] if stratify else 0
+    split_of: dict[int, str] = {}
+    count = dict.fromkeys(SPLITS, 0)
+    swaps = dict.fromkeys(SPLITS, 0)
+
+    def put(family: int, name: str) -> None:
+        split_of[family] = name
+        count[name] += size[family]
+        swaps[name] += swap[family]
+
+    def furthest_below(allowed) -> str:
+        return max(allowed, key=lambda name: targets[name] - count[name])  # first of ties: train, val, test
+
+    by_size = sorted(shuffled, key=lambda f: (-swap[f] if stratify else 0, -size[f]))  # stable
+    for position, family in enumerate(by_size):
+        if stratify and swap[family]:
+            put(family, furthest_below([name for name in SPLITS if swaps[name] < quota[name]]))
+            continue
+        empty = [name for name in SPLITS if not count[name]]
+        put(family, furthest_below(empty if len(by_size) - position <= len(empty) else SPLITS))
+
+    def cost(counts: dict[str, int], swap_counts: dict[str, int]) -> int:
+        return sum(abs(counts[name] - targets[name]) + abs(swap_counts[name] - quota[name]) for name in SPLITS)
+
+    def allowed(counts: dict[str, int], swap_counts: dict[str, int]) -> bool:
+        return all(counts.values()) and (not stratify or (swap_counts["val"] >= 1 and swap_counts["test"] >= 1))
+
+    def after(changes: list[tuple[int, str]]):
+        counts, swap_counts = dict(count), dict(swaps)
+        for family, name in changes:
+            counts[split_of[family]] -= size[family]
+            swap_counts[split_of[family]] -= swap[family]
+            counts[name] += size[family]
+            swap_counts[name] += swap[family]
+        return counts, swap_counts
+
+    while True:  # local search: each step strictly lowers an integer cost, so it ends
+        best, best_cost = None, cost(count, swaps)
+        for i, family in enumerate(shuffled):
+            options = [[(family, name)] for name in SPLITS if name != split_of[family]]
+            options += [[(family, split_of[other]), (other, split_of[family])] for other in shuffled[i + 1:]
+                        if split_of[other] != split_of[family]]
+            for changes in options:
+                counts, swap_counts = after(changes)
+                if allowed(counts, swap_counts) and cost(counts, swap_counts) < best_cost:
+                    best, best_cost = changes, cost(counts, swap_counts)
+        if best is None:
+            break
+        for family, name in best:
+            old = split_of[family]
+            count[old] -= size[family]
+            swaps[old] -= swap[family]
+            put(family, name)
+    split = {name: sorted(s.class_dir for f in keys if split_of[f] == name for s in families[f]) for name in SPLITS}
     split["trainval"] = sorted(split["train"] + split["val"])
     return split
 

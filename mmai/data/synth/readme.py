@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from mmai.data.synth.diary import BURST_GAP_SECONDS, HARD_CONDITIONS, HARD_PROBABILITY, SIGHTING_PHOTOS
+from mmai.data.synth.draw import BLUR_LENGTH, DISTANT_SCALE, LOW_LIGHT_BRIGHTNESS, LOW_LIGHT_SATURATION
 from mmai.data.synth.song import SAMPLE_RATE
+from mmai.data.synth.species import SWAP_PROBABILITY
+
+
+def _range(fractions: tuple[float, float]) -> str:
+    return f"{fractions[0] * 100:.0f}-{fractions[1] * 100:.0f} %"
 
 
 def cub_readme(arguments: dict) -> str:
@@ -16,8 +23,10 @@ def cub_readme(arguments: dict) -> str:
         "image, zero-shot class lists, as in Reed et al., CVPR 2016) and mmai_extras/ (species "
         "attributes, part boxes, songs, diary; see mmai_extras/README.md). The birds are drawn "
         "procedurally: each species is a combination of bill shape, bill length, bill colour, crown, "
-        "wing and belly colour, tail length, wing bars and eye ring, and many species differ from "
-        "another in exactly one of them. Nothing here is a photograph of a real bird, and numbers "
+        "wing and belly colour, tail length, wing bars and eye ring; many species differ from "
+        "another in exactly one of them, and some only in which of two parts has which colour. The "
+        "zero-shot class lists keep each family of related species in one split (the real release's "
+        "lists do not follow this rule). Nothing here is a photograph of a real bird, and numbers "
         f"measured on it are not CUB numbers. Arguments: {args}.\n"
     )
 
@@ -32,12 +41,17 @@ All pixel coordinates refer to the saved JPEG (origin top left, x right, y down)
 
 ## species_attributes.json
 One JSON object:
+- `format_version`: 2 (1: MMAI before swap variants, family-wise splits and sightings).
 - `attributes`: attribute name -> list of its possible values.
 - `species`: one object per class, in class-id order, with `class_id`, `class_dir`
-  (`NNN.Name`), `name`, `family` (species of one family share a founder and each differs from
-  it in exactly one attribute), `attributes` (name -> value), `one_attribute_partners` (class ids
-  of the species that differ from this one in exactly one attribute), `places` (diary places
-  where it lives) and `song` (its song template: `base_hz` centre pitch in Hz, `notes`,
+  (`NNN.Name`), `name`, `family` (the index of its family, see below), `kind` (`"founder"`,
+  `"one-attribute"` or `"swap"`), `variant_of` (class id of its family's founder; null for
+  founders), `swapped` (for a swap, the two attribute names whose values it exchanges relative
+  to the founder, e.g. `["bill_colour", "belly_colour"]`; null otherwise), `attributes` (name ->
+  value), `one_attribute_partners` (class ids of the species that differ from this one in
+  exactly one attribute), `swap_partners` (class ids of the species equal to this one except
+  that the values of two colour attributes are exchanged), `places` (diary places where it
+  lives) and `song` (its song template: `base_hz` centre pitch in Hz, `notes`,
   `note_seconds`, `gap_seconds`, `rhythm` length factor per successive note, `note_step` pitch
   ratio per successive note, `sweep_octaves` glide within a note, `trill_hz` and `trill_depth`
   frequency modulation, `harmonic` relative amplitude of the 2nd harmonic).
@@ -45,6 +59,22 @@ One JSON object:
 Attributes: `bill_shape` (straight, curved, hooked, conical), `bill_length` (short, long),
 `bill_colour`, `crown_colour`, `wing_colour`, `belly_colour` (colour names), `tail_length`
 (short, long), `wing_bars` and `eye_ring` (true/false).
+
+Families (adjacent class ids): a founder with random attributes, 1-3 one-attribute variants
+(the founder with one attribute changed; bill attributes most often) and, with probability
+{SWAP_PROBABILITY}, a swap variant: the founder with the values of two of `bill_colour`,
+`crown_colour`, `wing_colour`, `belly_colour` exchanged ("orange bill, grey belly" becomes "grey
+bill, orange belly"), the pair chosen uniformly among those where the two values differ and each
+is a possible value of the other attribute. A swap pair has the same bag of attribute words and
+differs only in which colour goes with which part (the binding test of ARO, Yuksekgonul et al.,
+ICLR 2023). Every swap pair is a founder and its own swap variant: no species is added that
+would be a swap of a species of another family.
+
+The zero-shot class lists (`cvpr2016_cub/*classes.txt`) keep each family in one split: about
+half of the classes train, a quarter val, a quarter test, whole families each; when two or more
+families hold a swap pair, val and test each get at least one of them (about their quarter),
+so every split can test binding on pairs it never trained on. Real CUB uses the caption
+release's own lists.
 
 ## part_boxes.txt
 `<image_id> <part> <x> <y> <width> <height>`, one line per image and part, parts `bill`,
@@ -59,12 +89,38 @@ made with `audio=False`.
 
 ## episodes.jsonl
 One JSON object per line, one line per image, in image-id order:
-`{{"image_id", "timestamp", "place", "latitude", "longitude", "episode_id"}}`. A simulated
-birdwatcher visits ten places in six cities (Mumbai, Bengaluru, London, New York, Berlin, San
-Francisco); each species lives at 1-3 of them. An outing (an `episode_id`, numbered in time
-order) lasts 1-3 hours at one place on one day of 2021-2024 and photographs 1-4 local species.
-`timestamp` is ISO-8601 UTC (`2023-05-14T07:32:10Z`), sorted within an outing; `latitude` and
-`longitude` are degrees (WGS84), the place's position plus up to ~300 m of GPS scatter.
+`{{"image_id", "timestamp", "place", "latitude", "longitude", "episode_id", "sighting_id",
+"condition"}}`. A simulated birdwatcher visits ten places in six cities (Mumbai, Bengaluru,
+London, New York, Berlin, San Francisco); each species lives at 1-3 of them. An outing (an
+`episode_id`, numbered in time order) lasts 1-3 hours at one place on one day of 2021-2024 and
+photographs 1-4 local species. `timestamp` is ISO-8601 UTC (`2023-05-14T07:32:10Z`), sorted
+within an outing; `latitude` and `longitude` are degrees (WGS84), the place's position plus up
+to ~300 m of GPS scatter.
+
+Sightings (bursts): within an outing, each species' photos come as sightings of {SIGHTING_PHOTOS[0]}-{SIGHTING_PHOTOS[1]} photos
+of one individual bird, consecutive photos {BURST_GAP_SECONDS[0]:g}-{BURST_GAP_SECONDS[1]:g} s apart (a sighting spans at most two
+minutes), all with the same latitude and longitude. Sightings do not overlap in time.
+`sighting_id` is unique over the data set, numbered in episode order and then in time order
+within the outing. Photos of one sighting share the background kind, the perch, the direction
+the bird faces and its plumage shade; pose, framing and lighting change from photo to photo.
+
+`condition` is one of `clear`, `low_light`, `motion_blur`, `distant`, `occluded`. The first
+photo of a sighting, and every single-photo sighting, is `clear`; each later photo is hard with
+probability {HARD_PROBABILITY}, its condition drawn uniformly among the {len(HARD_CONDITIONS)} hard ones, so every sighting
+with a hard photo also has a clear one. About 60 % of the photos are not the first of
+their sighting, so about a fifth of all photos are hard. The captions of a photo describe only
+what it shows:
+
+| condition | picture | captions leave out |
+|---|---|---|
+| `clear` | as drawn, nothing hidden | nothing (grayscale photos: colours) |
+| `low_light` | strongly darkened ({_range(LOW_LIGHT_BRIGHTNESS)} brightness), colours washed out ({_range(LOW_LIGHT_SATURATION)} saturation kept), sensor noise | every colour word, also the white of wing bars and eye rings |
+| `motion_blur` | the whole frame smeared along one direction over {_range(BLUR_LENGTH)} of its width | eye ring, wing bars, bill shape |
+| `distant` | the bird drawn at {_range(DISTANT_SCALE)} of its usual scale (small boxes) | eye ring, wing bars, bill shape, bill length |
+| `occluded` | leaf clusters over one or two parts (others hidden too when half covered) | the attributes of the hidden parts (bill: shape, length, colour; head: crown, eye ring; wing: colour, bars; tail: length) |
+
+Part and bird boxes are exact for every condition (they give the bird's extent, also where leaves
+cover it).
 
 ## synth_args.json
 The arguments and format version of the run; written last, so its presence means the data set

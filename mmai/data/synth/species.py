@@ -2,9 +2,15 @@
 
 CUB-200-2011 (Wah et al., 2011) is hard because many species differ in one detail: a curved
 instead of a straight bill, a red instead of a black crown. The synthetic species reproduce this.
-They are built in *families*: a founder drawn at random and up to three variants that each
-change exactly one attribute of the founder (bill attributes most often), so many species pairs
-differ in exactly one attribute. Families keep adjacent class ids, like CUB's taxonomic order.
+They are built in *families*: a founder drawn at random, one to three *one-attribute* variants
+that each change exactly one attribute of the founder (bill attributes most often), so many
+species pairs differ in exactly one attribute, and, with probability :data:`SWAP_PROBABILITY`, a
+*swap* variant: the founder with the colours of two parts exchanged (``orange bill, grey belly``
+becomes ``grey bill, orange belly``). A swap pair has the same bag of attribute words and differs
+only in which colour goes with which part, the binding that bag-of-words models miss (ARO,
+Yuksekgonul et al., ICLR 2023). Families keep adjacent class ids, like CUB's taxonomic order.
+Every swap pair is a founder and its own swap variant: a species that would form a swap pair
+with any other species is never added, so swap pairs never straddle families.
 
 Names are made up from a species' own attributes in CUB's style (``Orange_billed_Curvebill``);
 the invented nouns (``Curvebill``) never occur in captions.
@@ -38,6 +44,17 @@ VARIANT_WEIGHTS: dict[str, float] = {
     "bill_shape": 0.24, "bill_length": 0.10, "bill_colour": 0.14, "crown_colour": 0.12,
     "wing_colour": 0.10, "belly_colour": 0.10, "tail_length": 0.07, "wing_bars": 0.07, "eye_ring": 0.06,
 }
+
+#: Attributes whose values are colours; a swap variant exchanges the values of two of them.
+COLOUR_ATTRIBUTES = ("bill_colour", "crown_colour", "wing_colour", "belly_colour")
+
+#: Chance that a family gets a swap variant (dropped only when the swapped species exists
+#: already or would be a swap of another species): 0.75, so that the demo's 40 classes at seed 0
+#: have swap pairs in val and in test and several in all.
+SWAP_PROBABILITY = 0.75
+
+#: Species kinds (:attr:`Species.kind`).
+KINDS = ("founder", "one-attribute", "swap")
 
 #: Invented nouns per bill shape (never used in captions).
 NOUNS: dict[str, tuple[str, ...]] = {
@@ -81,9 +98,13 @@ class Species:
     Args:
         class_id: 1-based class id (``classes.txt``).
         name: ``Title_case_with_underscores`` made-up name, unique.
-        family: index of the family (founder + one-attribute variants) the species belongs to.
+        family: index of the family (founder, one-attribute variants, swap variant) it belongs to.
         attributes: its visual attributes.
         song: parameters of its song (see :mod:`mmai.data.synth.song`).
+        kind: ``"founder"``, ``"one-attribute"`` (the founder with one attribute changed) or
+            ``"swap"`` (the founder with the values of two colour attributes exchanged).
+        variant_of: class id of the founder it varies (None for founders).
+        swapped: for swaps, the two exchanged attributes in :data:`COLOUR_ATTRIBUTES` order.
     """
 
     class_id: int
@@ -91,6 +112,9 @@ class Species:
     family: int
     attributes: Attributes
     song: SongParams
+    kind: str = "founder"
+    variant_of: int | None = None
+    swapped: tuple[str, str] | None = None
 
     @property
     def class_dir(self) -> str:
@@ -116,23 +140,83 @@ def _variant(founder: Attributes, rng: np.random.Generator) -> Attributes:
     return dataclasses.replace(founder, **{name: _pick(rng, others)})
 
 
-def _attribute_families(classes: int, rng: np.random.Generator) -> list[tuple[int, Attributes]]:
-    """``classes`` distinct attribute tuples as (family, attributes), families of 1-4 members."""
-    chosen: list[tuple[int, Attributes]] = []
+def valid_swaps(attributes: Attributes) -> list[tuple[str, str]]:
+    """Pairs of colour attributes whose values can be exchanged: the two values differ and each
+    is a possible value of the other attribute (a crown can be red, a bill cannot)."""
+    pairs = []
+    for first, second in itertools.combinations(COLOUR_ATTRIBUTES, 2):
+        a, b = getattr(attributes, first), getattr(attributes, second)
+        if a != b and a in ATTRIBUTES[second] and b in ATTRIBUTES[first]:
+            pairs.append((first, second))
+    return pairs
+
+
+def swapped(attributes: Attributes, pair: tuple[str, str]) -> Attributes:
+    """``attributes`` with the values of the two attributes in ``pair`` exchanged."""
+    first, second = pair
+    return dataclasses.replace(attributes, **{first: getattr(attributes, second),
+                                              second: getattr(attributes, first)})
+
+
+def _swap_images(attributes: Attributes) -> list[Attributes]:
+    return [swapped(attributes, pair) for pair in valid_swaps(attributes)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Member:
+    family: int
+    attributes: Attributes
+    kind: str
+    founder_index: int | None  # index into the chosen list; None for founders
+    swapped: tuple[str, str] | None = None
+
+
+def _attribute_families(classes: int, rng: np.random.Generator) -> list[_Member]:
+    """``classes`` distinct attribute tuples in families of 1-5 members.
+
+    A family is its founder, up to three one-attribute variants (duplicates dropped) and, with
+    probability :data:`SWAP_PROBABILITY`, a swap variant of a valid pair (:func:`valid_swaps`)
+    chosen uniformly; such a family draws its founder among those that have a valid pair (86 %
+    of all attribute tuples do). Candidates that would form a swap pair
+    with an existing species (other than a swap variant with its own founder) are dropped, so
+    every swap pair is (founder, swap variant). Members are kept in the order founder, swap,
+    one-attribute variants, as far as the family may grow: at most a quarter of the classes (at
+    least 2), so that small data sets still split by family near half/quarter/quarter, and the
+    first three families leave room for the next ones, so there are always at least three
+    families (train, val and test each need one).
+    """
+    chosen: list[_Member] = []
     seen: set[Attributes] = set()
+    swap_of: dict[Attributes, list[Attributes]] = {}  # attributes -> species it would be a swap of
+
+    def admit(attributes: Attributes) -> None:
+        seen.add(attributes)
+        for image in _swap_images(attributes):
+            swap_of.setdefault(image, []).append(attributes)
+
     family = 0
     while len(chosen) < classes:
+        wants_swap = bool(rng.random() < SWAP_PROBABILITY)
         founder = random_attributes(rng)
-        if founder in seen:
-            continue
-        members = [founder]
-        seen.add(founder)
+        while founder in seen or founder in swap_of or (wants_swap and not valid_swaps(founder)):
+            founder = random_attributes(rng)
+        admit(founder)
+        variants = []
         for _ in range(int(rng.integers(1, 4))):  # 1-3 variants
             variant = _variant(founder, rng)
-            if variant not in seen:
-                members.append(variant)
-                seen.add(variant)
-        chosen.extend((family, member) for member in members[: classes - len(chosen)])
+            if variant not in seen and variant not in swap_of:
+                admit(variant)
+                variants.append(_Member(family, variant, "one-attribute", len(chosen)))
+        swaps = []
+        if wants_swap:
+            pairs = valid_swaps(founder)
+            pair = pairs[int(rng.integers(len(pairs)))]
+            swap = swapped(founder, pair)
+            if swap not in seen and swap_of.get(swap) == [founder]:
+                admit(swap)
+                swaps.append(_Member(family, swap, "swap", len(chosen), pair))
+        room = min(classes - len(chosen) - max(0, 2 - family), max(2, classes // 4))
+        chosen.extend(([_Member(family, founder, "founder", None)] + swaps + variants)[:max(room, 0)])
         family += 1
     return chosen
 
@@ -171,20 +255,24 @@ def build_species(classes: int, seed: int = 0) -> list[Species]:
         seed: random seed (default 0).
 
     Returns:
-        Species in class-id order; families have adjacent ids. Song base pitches are spread evenly
-        on a log scale over 1.5-8 kHz and assigned in a seeded random order, so any two species
-        have different pitch and the extremes differ by a factor of ~5.
+        Species in class-id order; families have adjacent ids (founder first, then its swap
+        variant, then its one-attribute variants). There are at least three families. Song
+        base pitches are spread evenly on a log scale over 1.5-8 kHz and assigned in a seeded
+        random order, so any two species have different pitch and the extremes differ by a
+        factor of ~5.
     """
     rng = np.random.default_rng([seed, 0x5BEC1E5])
-    families = _attribute_families(classes, rng)
+    members = _attribute_families(classes, rng)
     pitch_rank = rng.permutation(classes)
     taken: set[str] = set()
     species = []
-    for index, (family, attributes) in enumerate(families):
-        name = species_name(attributes, taken, rng)
+    for index, member in enumerate(members):
+        name = species_name(member.attributes, taken, rng)
         taken.add(name)
         song = random_song(rng, pitch_fraction=pitch_rank[index] / max(classes - 1, 1))
-        species.append(Species(index + 1, name, family, attributes, song))
+        variant_of = None if member.founder_index is None else member.founder_index + 1
+        species.append(Species(index + 1, name, member.family, member.attributes, song, member.kind, variant_of,
+                               member.swapped))
     return species
 
 
@@ -200,3 +288,15 @@ def one_attribute_partners(species: list[Species]) -> dict[int, list[int]]:
             for class_id in members:
                 partners[class_id] += [other for other in members if other != class_id]
     return {class_id: sorted(ids) for class_id, ids in partners.items()}
+
+
+def swap_partners(species: list[Species]) -> dict[int, list[int]]:
+    """class id -> class ids of the species equal to it except for the values of two colour
+    attributes exchanged (symmetric; computed from the attributes alone, like
+    :func:`one_attribute_partners`)."""
+    by_attributes = {s.attributes: s.class_id for s in species}
+    partners: dict[int, list[int]] = {}
+    for s in species:
+        found = (by_attributes.get(image) for image in _swap_images(s.attributes))
+        partners[s.class_id] = sorted(class_id for class_id in found if class_id is not None)
+    return partners

@@ -1,8 +1,10 @@
 """``synthesize``: write a complete synthetic CUB-200-2011 + caption release + MMAI extras.
 
-Per-image work (drawing, JPEG, captions, song) runs in a process pool. Every image draws its
-randomness from its own generators seeded by ``(seed, image_id, stream)``, so the files are
-byte-identical whatever the number of workers or the order they finish in.
+The diary is built first: it decides each photo's sighting and condition, which the drawing
+and the captions need. Per-image work (drawing, JPEG, captions, song) then runs in a process
+pool. Every image draws its randomness from its own generators seeded by ``(seed, image_id,
+stream)`` and what a sighting's photos share from ``(seed, sighting_id, LOOK)``, so the files
+are byte-identical whatever the number of workers or the order they finish in.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from tqdm import tqdm
 from mmai import __version__
 from mmai.data.synth.captions import image_captions
 from mmai.data.synth.diary import build_diary
-from mmai.data.synth.draw import draw_bird
+from mmai.data.synth.draw import draw_bird, random_look
 from mmai.data.synth.layout import (CAPTIONS_DIR, CUB_DIR, EXTRAS_DIR, PlannedImage, class_splits, plan_images,
                                     write_boxes, write_class_lists, write_cub_tables)
 from mmai.data.synth.readme import cub_readme, extras_readme
 from mmai.data.synth.song import SAMPLE_RATE, render_song
-from mmai.data.synth.species import ATTRIBUTES, Species, build_species, one_attribute_partners
+from mmai.data.synth.species import ATTRIBUTES, Species, build_species, one_attribute_partners, swap_partners
 
-FORMAT_VERSION = 1
+#: 2: swap variants and their fields in species_attributes.json, family-wise class splits,
+#: sightings and photo conditions in episodes.jsonl (1: MMAI before these).
+FORMAT_VERSION = 2
 JPEG_QUALITY = 90
 #: Image ids with ``image_id % GRAYSCALE_EVERY == GRAYSCALE_OFFSET`` are grayscale (~1 %, as in
 #: real CUB); a fixed rule, so even a 5-image data set has one.
@@ -36,6 +40,7 @@ GRAYSCALE_EVERY = 97
 GRAYSCALE_OFFSET = 5
 MARKER = "synth_args.json"
 _DRAW, _CAPTIONS, _SONG = 0, 1, 2  # per-image random streams
+_LOOK = 0x51647  # per-sighting stream (third seed word; never one of the per-image streams)
 
 
 @dataclasses.dataclass
@@ -98,6 +103,13 @@ def _existing(out: Path, record: dict, started: float) -> SynthSummary | None:
     if marker.exists():
         found = json.loads(marker.read_text(encoding="utf-8"))
         found_args = {key: value for key, value in found.items() if key != "mmai_version"}
+        if found_args.get("format_version") != record["format_version"]:
+            made_by = f"MMAI {found['mmai_version']}" if found.get("mmai_version") else "another MMAI"
+            age = "an older" if (found_args.get("format_version") or 0) < record["format_version"] else "a newer"
+            raise ValueError(
+                f"synthesize: {out} already holds a synthetic CUB made with other arguments: format version "
+                f"{found_args.get('format_version')!r} there (made by {made_by}, {age} format) vs "
+                f"{record['format_version']} written by this MMAI; delete {out} or pick another directory")
         if found_args == record:
             return SynthSummary(out, record["classes"], record["images"],
                                 record["images"] * record["captions_per_image"],
@@ -116,10 +128,10 @@ def _existing(out: Path, record: dict, started: float) -> SynthSummary | None:
 _WORKER: dict = {}
 
 
-def _init_worker(out: Path, species: list[Species], captions_per_image: int, image_size: int,
-                 seed: int, audio: bool) -> None:
-    _WORKER.update(out=out, species={s.class_id: s for s in species}, captions_per_image=captions_per_image,
-                   image_size=image_size, seed=seed, audio=audio)
+def _init_worker(out: Path, species: list[Species], shots: dict[int, tuple[int, str]], captions_per_image: int,
+                 image_size: int, seed: int, audio: bool) -> None:
+    _WORKER.update(out=out, species={s.class_id: s for s in species}, shots=shots,
+                   captions_per_image=captions_per_image, image_size=image_size, seed=seed, audio=audio)
 
 
 def _render(planned: PlannedImage) -> tuple[int, tuple, dict]:
@@ -127,11 +139,14 @@ def _render(planned: PlannedImage) -> tuple[int, tuple, dict]:
     state = _WORKER
     species = state["species"][planned.class_id]
     grayscale = is_grayscale(planned.image_id)
+    sighting, condition = state["shots"][planned.image_id]
     seed = [state["seed"], planned.image_id]
-    drawing = draw_bird(species.attributes, np.random.default_rng(seed + [_DRAW]), state["image_size"], grayscale)
+    look = random_look(np.random.default_rng([state["seed"], sighting, _LOOK]))
+    drawing = draw_bird(species.attributes, np.random.default_rng(seed + [_DRAW]), state["image_size"], grayscale,
+                        condition, look)
     drawing.image.save(state["out"] / CUB_DIR / "images" / f"{planned.relpath}.jpg", quality=JPEG_QUALITY)
     captions = image_captions(species.attributes, np.random.default_rng(seed + [_CAPTIONS]),
-                              state["captions_per_image"], drawing.hidden_parts, grayscale)
+                              state["captions_per_image"], drawing.hidden_parts, grayscale, condition)
     text = state["out"] / CAPTIONS_DIR / "text_c10" / f"{planned.relpath}.txt"
     text.write_text("".join(f"{caption}\n" for caption in captions), encoding="utf-8")
     if state["audio"]:
@@ -162,12 +177,15 @@ def _render_all(planned: list[PlannedImage], init_args: tuple, workers: int, pro
 
 
 def _species_json(species: list[Species], homes: dict[int, list[str]]) -> dict:
-    partners = one_attribute_partners(species)
+    partners, swaps = one_attribute_partners(species), swap_partners(species)
     return {
         "format_version": FORMAT_VERSION,
         "attributes": {name: list(values) for name, values in ATTRIBUTES.items()},
         "species": [{"class_id": s.class_id, "class_dir": s.class_dir, "name": s.name, "family": s.family,
+                     "kind": s.kind, "variant_of": s.variant_of,
+                     "swapped": list(s.swapped) if s.swapped else None,
                      "attributes": dataclasses.asdict(s.attributes), "one_attribute_partners": partners[s.class_id],
+                     "swap_partners": swaps[s.class_id],
                      "places": homes[s.class_id], "song": dataclasses.asdict(s.song)} for s in species],
     }
 
@@ -217,11 +235,12 @@ def synthesize(out: Path, classes: int = 200, images: int = 11788, captions_per_
     write_cub_tables(out, species, planned)
     write_class_lists(out, class_splits(species, seed))
     _make_folders(out, species, audio)
+    diary = build_diary(species, {p.image_id: p.class_id for p in planned}, seed)
+    shots = {e["image_id"]: (e["sighting_id"], e["condition"]) for e in diary.entries}
     workers = max(1, min(workers or os.cpu_count() or 1, len(planned)))
-    init_args = (out, species, captions_per_image, image_size, seed, audio)
+    init_args = (out, species, shots, captions_per_image, image_size, seed, audio)
     results = _render_all(planned, init_args, workers, progress)
     write_boxes(out, {i: box for i, (box, _) in results.items()}, {i: parts for i, (_, parts) in results.items()})
-    diary = build_diary(species, {p.image_id: p.class_id for p in planned}, seed)
     extras = out / EXTRAS_DIR
     (extras / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in diary.entries), encoding="utf-8")
     (extras / "species_attributes.json").write_text(json.dumps(_species_json(species, diary.homes), indent=1) + "\n",

@@ -1,0 +1,290 @@
+"""Adding files to a personal memory, crash-safely, in confirmed batches.
+
+Files are read by :mod:`mmai.memory.ingest` (what a file is, when and where it was made). Ids are
+content hashes, so ingest is idempotent: the same file ingested twice, from anywhere, is a
+duplicate, and its other path is added to the memory's ``sources``.
+
+Each batch (default 16 files): read and validate, embed, copy the media file into
+``root/media/<id><suffix>`` (atomically), write the batch to Chroma, and only then append a line
+naming its ids to the journal (:meth:`~mmai.memory.journal.Journal.confirm`, fsynced): a memory
+is *confirmed* (reported as added) once it is there. A process killed at any moment leaves
+Chroma with every confirmed memory; the FAISS file may then be stale, and the next open repairs
+it from Chroma. A media copy written just before a kill may be an orphan that ``rebuild()``
+removes. The whole ingest holds the store's write lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mmai.memory.files import atomic_copy
+from mmai.memory.filters import METADATA_FIELDS, clean_metadata
+from mmai.memory.index_sync import IndexSync
+from mmai.memory.ingest import (IngestError, MemoryFile, MetaTable, content_id, expand_paths, modality_of,
+                                read_memory_file, validate_fields)
+from mmai.memory.journal import Journal
+from mmai.memory.models import MemoryModels
+from mmai.memory.records import decode_metadata
+from mmai.memory.store import MemoryStore
+from mmai.memory.vectors import as_unit_vectors
+
+__all__ = ["EXTRA_FIELDS", "IngestReport", "Ingester"]
+
+#: metadata kept beside METADATA_FIELDS (Chroma values are scalars: ``sources`` is a JSON string).
+EXTRA_FIELDS: dict[str, type] = {"time_source": str, "sources": str, "media_file": str, "importance": float,
+                                 "ingested_at": float}
+
+
+@dataclasses.dataclass
+class IngestReport:
+    """What :meth:`PersonalMemory.ingest` did.
+
+    Attributes:
+        added: ids of the memories written (confirmed), in order.
+        duplicates: ``(path, id)`` of files already stored (same bytes).
+        rejected: ``(path, reason)`` of files not stored.
+        skipped: ``(link, reason)`` of symbolic links not followed (they leave the given folders).
+        seconds: wall time.
+    """
+
+    added: list[str] = dataclasses.field(default_factory=list)
+    duplicates: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    rejected: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    skipped: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """``"added 12, duplicates 3, rejected 1 in 4.2 s"`` and one line per rejection."""
+        lines = [f"added {len(self.added)}, duplicates {len(self.duplicates)}, rejected {len(self.rejected)} "
+                 f"in {self.seconds:.1f} s"]
+        lines += [f"  rejected: {reason}" for _, reason in self.rejected]  # reasons name their file
+        lines += [f"  skipped: {reason}" for _, reason in self.skipped]
+        return "\n".join(lines)
+
+
+def clean_record(metadata: dict[str, Any], where: str) -> dict[str, Any]:
+    """Validate schema fields (filters.py) and the extra personal fields; returns Chroma metadata."""
+    base = clean_metadata({k: v for k, v in metadata.items() if k in METADATA_FIELDS}, where)
+    for key, value in metadata.items():
+        if key in METADATA_FIELDS or value is None:
+            continue
+        kind = EXTRA_FIELDS.get(key)
+        if kind is None:
+            raise ValueError(f"{where}: unknown metadata field {key!r}")
+        base[key] = kind(value)
+    return base
+
+
+class Ingester:
+    """Writes files into the store, the media folder, the journal and the index.
+
+    Args:
+        store, sync, journal, models: the memory's parts.
+        media_dir: ``root/media``.
+        write_lock: the store's write lock (a context manager factory).
+    """
+
+    def __init__(self, store: MemoryStore, sync: IndexSync, journal: Journal, models: MemoryModels, media_dir: Path,
+                 write_lock: Callable[[], ContextManager]) -> None:
+        self.store, self.sync, self.journal, self.models = store, sync, journal, models
+        self.media_dir, self.write_lock = Path(media_dir), write_lock
+
+    def ingest(self, paths: Sequence[str | os.PathLike], meta: str | os.PathLike | None, progress: bool, *,
+               require_time: bool = False, batch_size: int = 16, overrides: dict[str, dict[str, Any]] | None = None,
+               follow_links: bool = False) -> IngestReport:
+        """Add files (or folders of files) as memories.
+
+        Args:
+            paths: image, note and audio files, or folders (walked recursively).
+            meta: a JSON/CSV table of per-file ``time``/``place``/``latitude``/``longitude``
+                (see :class:`~mmai.memory.ingest.MetaTable`).
+            progress: tqdm bar (``PersonalMemory.ingest``'s default: the memory's ``progress``).
+            require_time: reject files whose time would come only from the file's mtime.
+            batch_size: files per confirmed batch (default 16).
+            overrides: ``{absolute path: {field: value}}`` metadata that wins over every other
+                source; fields as in sidecars, plus ``source``: the ``time_source`` label to record
+                (default ``"override"``), and ``source_path``: what to record as the file's origin
+                instead of its path (e.g. a dashboard upload's name, not its temporary copy).
+            follow_links: follow symbolic links inside the folders even when their target is
+                outside the given paths (default ``False``: skipped, listed in ``skipped``).
+
+        Returns:
+            An :class:`IngestReport`; a file that cannot be read is rejected with its reason.
+
+        Raises:
+            FileNotFoundError, IngestError: ``meta`` is missing or invalid (nothing is written).
+            ValueError: no checkpoint (nothing is written).
+        """
+        started = time.perf_counter()
+        report = IngestReport()
+        table = None if meta is None else MetaTable(meta)
+        files = self._expand(paths, report, follow_links)
+        if files:
+            self.models.encoder  # noqa: B018 - load the model first: no model is a usage error, not a file's
+        with self.write_lock():
+            bar = tqdm(total=len(files), desc="ingest", unit="file", disable=not progress)
+            seen: dict[str, Path] = {}
+            for start in range(0, len(files), max(1, batch_size)):
+                batch = files[start:start + batch_size]
+                self._ingest_batch(batch, table, require_time, overrides or {}, report, seen)
+                bar.update(len(batch))
+                bar.set_postfix(added=len(report.added), dup=len(report.duplicates), rejected=len(report.rejected))
+            bar.close()
+            if report.added:
+                self.sync.finish()
+                self.models.record_dim(self.sync.index.dim)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    @staticmethod
+    def _expand(paths: Sequence[str | os.PathLike], report: IngestReport,
+                follow_links: bool = False) -> list[tuple[Path, str]]:
+        files: list[tuple[Path, str]] = []
+        for given in paths:
+            try:
+                found = expand_paths([given], follow_links=follow_links, skipped=report.skipped, roots=paths)
+                files += [(path, str(given)) for path in found]
+            except FileNotFoundError as error:
+                report.rejected.append((Path(given), str(error)))
+        return list({path: (path, given) for path, given in files}.values())
+
+    def _ingest_batch(self, batch, table, require_time, overrides, report, seen) -> None:
+        duplicates = self._duplicates(batch, report, seen)
+        known = {path for path, _ in duplicates}
+        files: list[MemoryFile] = []
+        for path, given in batch:
+            if path in known:
+                continue
+            try:
+                files.append(self._read(path, given, table, require_time, overrides.get(str(path))))
+            except IngestError as error:
+                report.rejected.append((path, str(error)))
+            except OSError as error:
+                report.rejected.append((path, f"{path}: cannot read ({error})"))
+        files, vectors = self._embed(files, report)
+        if files:
+            self._write(files, vectors)
+            for memory_file in files:
+                seen[memory_file.id] = memory_file.path
+            report.added += [memory_file.id for memory_file in files]
+        self._add_sources([(memory_id, overrides.get(str(path), {}).get("source_path", path))
+                           for path, memory_id in duplicates])
+
+    def _duplicates(self, batch, report: IngestReport, seen: dict[str, Path]) -> list[tuple[Path, str]]:
+        """``(path, id)`` of files in ``batch`` already stored, or with the same bytes as a file
+        earlier in this run or batch."""
+        ids = {}
+        for path, _ in batch:
+            try:
+                modality_of(path)
+                ids[path] = content_id(path.read_bytes())
+            except (IngestError, OSError):
+                continue  # reported when read properly
+        stored = set(self.store.collection.get(ids=sorted(set(ids.values())), include=[])["ids"]) if ids else set()
+        first_in_batch: dict[str, Path] = {}
+        duplicates: list[tuple[Path, str]] = []
+        for path, memory_id in ids.items():
+            if memory_id in stored or memory_id in seen or first_in_batch.setdefault(memory_id, path) != path:
+                duplicates.append((path, memory_id))
+        report.duplicates += duplicates
+        return duplicates
+
+    def _add_sources(self, new_paths: list[tuple[str, Path]]) -> None:
+        """Record other paths of stored files in their ``sources`` (exact duplicates keep every path)."""
+        wanted = list(dict.fromkeys(memory_id for memory_id, _ in new_paths))
+        found = set(self.store.collection.get(ids=wanted, include=[])["ids"]) if wanted else set()
+        if not found:
+            return
+        records = self.store.get(sorted(found), include_embeddings=False)
+        ids, metadatas = [], []
+        for memory_id, metadata in zip(records.ids, records.metadatas):
+            sources = decode_metadata(metadata, memory_id)["sources"]
+            known = {source.get("path") for source in sources}
+            for path in dict.fromkeys(str(p) for i, p in new_paths if i == memory_id):
+                if path not in known:
+                    sources.append({"id": memory_id, "path": path, "timestamp": metadata.get("timestamp"),
+                                    "place": metadata.get("place")})
+            if len(known) != len({source.get("path") for source in sources}):
+                ids.append(memory_id)
+                metadatas.append({**metadata, "sources": json.dumps(sources)})
+        if ids:
+            self.store.collection.update(ids=ids, metadatas=metadatas)
+            self.journal.changed()
+
+    def _read(self, path: Path, given: str, table, require_time: bool, override) -> MemoryFile:
+        memory_file = read_memory_file(path, meta=table, given=given, require_time=require_time and not override)
+        if override:
+            override = dict(override)
+            label = str(override.pop("source", "override"))
+            origin = override.pop("source_path", None)
+            fields = validate_fields(override, f"override for {path}")
+            metadata = memory_file.metadata
+            if "time" in fields:
+                metadata["timestamp"], metadata["time_source"] = fields.pop("time"), label
+            metadata.update({k: v for k, v in fields.items() if k != "caption"})
+            memory_file.document = fields.get("caption", memory_file.document)
+            if origin is not None:
+                metadata["source_path"] = str(origin)
+        if memory_file.modality == "audio" and not self.models.has_audio:
+            raise IngestError(f"{path}: checkpoint has no audio tower: train with model.audio to ingest audio "
+                              "memories (the bi-encoder's audio tower embeds them in the same space)")
+        return memory_file
+
+    def _embed(self, files: list[MemoryFile], report: IngestReport) -> tuple[list[MemoryFile], np.ndarray]:
+        """Embed a batch by modality (files keep their order); a file whose embedding fails alone is rejected."""
+        methods = {"image": "embed_images", "text": "embed_texts", "audio": "embed_audio"}
+        embedded: dict[int, np.ndarray] = {}
+        for modality, method in methods.items():
+            group = [f for f in files if f.modality == modality]
+            if not group:
+                continue
+            try:
+                vectors = self._embed_group(method, group)
+            except Exception:  # noqa: BLE001 - isolate the file at fault, below
+                vectors = []
+                for memory_file in group:
+                    try:
+                        vectors.append(self._embed_group(method, [memory_file])[0])
+                    except Exception as error:  # noqa: BLE001 - reported as the file's rejection reason
+                        report.rejected.append((memory_file.path, f"{memory_file.path}: cannot embed ({error})"))
+                        vectors.append(None)
+            embedded.update({id(f): v for f, v in zip(group, vectors) if v is not None})
+        kept = [f for f in files if id(f) in embedded]
+        rows = [embedded[id(f)] for f in kept]
+        return kept, np.stack(rows).astype(np.float32) if rows else np.empty((0, 0), np.float32)
+
+    def _embed_group(self, method: str, group: list[MemoryFile]) -> np.ndarray:
+        vectors = getattr(self.models.encoder, method)([f.content for f in group])
+        vectors = np.asarray(vectors.detach().cpu().numpy() if hasattr(vectors, "detach") else vectors, np.float32)
+        if vectors.shape[0] != len(group) or not np.isfinite(vectors).all():
+            raise ValueError(f"{method} returned {vectors.shape} for {len(group)} files, or NaN/inf")
+        return vectors  # (n, E)
+
+    def _write(self, files: list[MemoryFile], vectors: np.ndarray) -> None:
+        """Media copies, then Chroma, then the journal (confirmation), then the in-memory index."""
+        metadatas = []
+        for memory_file in files:
+            metadata = dict(memory_file.metadata, ingested_at=time.time())
+            if memory_file.modality != "text":
+                target = self.media_dir / f"{memory_file.id}{memory_file.suffix}"
+                if not target.exists():
+                    atomic_copy(memory_file.path, target)
+                metadata["media_file"] = target.name
+            metadata["sources"] = json.dumps([{"id": memory_file.id, "path": metadata["source_path"],
+                                               "timestamp": metadata["timestamp"], "place": metadata.get("place")}])
+            metadatas.append(clean_record(metadata, f"memory {memory_file.path}"))
+        ids = [memory_file.id for memory_file in files]
+        vectors = as_unit_vectors(vectors, dim=self.store.dim, name=f"embeddings of {files[0].path} ...")  # (n, E)
+        self.store.collection.upsert(ids=ids, embeddings=vectors, metadatas=metadatas,
+                                     documents=[f.document for f in files])
+        self.journal.confirm(ids, [str(f.path) for f in files])
+        self.journal.changed()
+        self.sync.add(ids, vectors)

@@ -1,0 +1,286 @@
+"""Keeping a personal memory tidy: forget, consolidate, rebuild, check, stats.
+
+* **forget** removes memories (by id and/or :class:`~mmai.memory.filters.Filters`) from Chroma,
+  FAISS, the graph and ``media/``.
+* **consolidate** merges near-duplicates (cosine >= a threshold, FAISS range search): each group
+  keeps its earliest memory, whose ``sources`` list every member's; the keeper is written before
+  the others are deleted, so an interrupted run loses no source.
+* **rebuild** rebuilds the FAISS index and graph from Chroma, removes orphan media copies (left
+  by a kill mid-ingest) and copies missing ones again from originals that still have their bytes.
+* **check** verifies that Chroma, FAISS and the graph agree, the saved index matches, and every
+  media copy exists; **stats** counts memories by modality, year and place.
+
+Writers hold the store's write lock.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mmai.memory.files import atomic_copy
+from mmai.memory.filters import Filters
+from mmai.memory.index_sync import IndexSync, ids_digest, int_id
+from mmai.memory.ingest import content_id
+from mmai.memory.journal import Journal
+from mmai.memory.records import Records, decode_metadata
+from mmai.memory.store import MemoryStore
+
+__all__ = ["Maintenance"]
+
+
+class Maintenance:
+    """Forget, consolidate, rebuild, check and stats over one memory's parts.
+
+    Args:
+        store, sync, records, journal: the memory's parts.
+        media_dir: ``root/media``.
+        write_lock: the store's write lock (a context manager factory).
+        progress: tqdm bars.
+    """
+
+    def __init__(self, store: MemoryStore, sync: IndexSync, records: Records, journal: Journal, media_dir: Path,
+                 write_lock: Callable[[], ContextManager], progress: bool) -> None:
+        self.store, self.sync, self.records, self.journal = store, sync, records, journal
+        self.media_dir, self.write_lock, self.progress = Path(media_dir), write_lock, progress
+
+    # ------------------------------------------------------------------ forget
+    def forget(self, ids: Iterable[str] | None, filters: Filters | None) -> int:
+        """See :meth:`PersonalMemory.forget`."""
+        if ids is None and (filters is None or filters.empty):
+            raise ValueError("forget: pass ids or a filter (refusing to forget everything)")
+        with self.write_lock():
+            return self.remove(self.records.matching_ids(ids, filters))
+
+    def remove(self, targets: list[str]) -> int:
+        """Remove memories from Chroma, their media copies, the index and the graph."""
+        if not targets:
+            return 0
+        records = self.store.get(targets, include_embeddings=False)
+        self.store.delete(ids=targets)
+        self.journal.changed()
+        for metadata in records.metadatas:
+            if metadata.get("media_file"):
+                (self.media_dir / metadata["media_file"]).unlink(missing_ok=True)
+        self.sync.remove(targets)
+        return len(targets)
+
+    # ------------------------------------------------------------------ consolidate
+    def consolidate(self, threshold: float = 0.97, same_modality: bool = True) -> int:
+        """See :meth:`PersonalMemory.consolidate`."""
+        if not 0 < threshold <= 1:
+            raise ValueError(f"consolidate: threshold must be in (0, 1], got {threshold}")
+        with self.write_lock():
+            if self.sync.index is None:
+                return 0
+            removed: list[str] = []
+            for group in self._duplicate_groups(threshold, same_modality):
+                removed += self._merge(group)
+            return self.remove(removed)
+
+    def _duplicate_groups(self, threshold: float, same_modality: bool) -> list[list[str]]:
+        index = self.sync.index
+        numbers = index.ids
+        vectors = index.reconstruct(numbers)  # (N, D)
+        parent = {int(n): int(n) for n in numbers}
+
+        def find(node: int) -> int:
+            while parent[node] != node:
+                parent[node] = parent[parent[node]]
+                node = parent[node]
+            return node
+
+        modality = self._modalities() if same_modality else {}
+        for start in tqdm(range(0, len(numbers), 1024), desc="consolidate", disable=not self.progress):
+            results = index.range_search(vectors[start:start + 1024], threshold)
+            for row, (_, found) in enumerate(results):
+                me = int(numbers[start + row])
+                for other in found.tolist():
+                    if other != me and modality.get(me) == modality.get(other):
+                        parent[find(other)] = find(me)
+        groups: dict[int, list[str]] = {}
+        for number in numbers.tolist():
+            groups.setdefault(find(number), []).append(self.sync.str_ids[number])
+        return [group for group in groups.values() if len(group) > 1]
+
+    def _modalities(self) -> dict[int, str]:
+        return {int_id(i): m.get("modality", "") for ids, page in self.records.metadata_pages()
+                for i, m in zip(ids, page)}
+
+    def _merge(self, group: list[str]) -> list[str]:
+        """Write the keeper's merged sources; return the ids to remove."""
+        records = self.store.get(group, include_embeddings=False)
+        order = sorted(range(len(group)), key=lambda i: (records.metadatas[i].get("timestamp", float("inf")),
+                                                         records.metadatas[i].get("ingested_at", 0.0)))
+        keeper = order[0]
+        sources, seen = [], set()
+        for i in order:
+            for source in decode_metadata(records.metadatas[i], records.ids[i])["sources"]:
+                key = (source.get("id"), source.get("path"))
+                if key not in seen:
+                    seen.add(key)
+                    sources.append(source)
+        metadata = dict(records.metadatas[keeper], sources=json.dumps(sources))
+        importance = [m.get("importance") for m in records.metadatas if m.get("importance") is not None]
+        if importance:
+            metadata["importance"] = float(max(importance))
+        self.store.collection.update(ids=[records.ids[keeper]], metadatas=[metadata])
+        self.journal.changed()
+        return [records.ids[i] for i in order[1:]]
+
+    # ------------------------------------------------------------------ rebuild
+    def rebuild(self) -> dict[str, Any]:
+        """See :meth:`PersonalMemory.rebuild`."""
+        with self.write_lock():
+            self.sync.rebuild()
+            orphans = self._orphan_media()
+            for path in orphans:
+                path.unlink(missing_ok=True)
+            restored = self._restore_media()
+            if self.sync.index is not None:
+                self.sync.graph()
+            return {"memories": self.store.count(), "orphans_removed": len(orphans), "media_restored": restored}
+
+    def _media_files(self) -> dict[str, Path]:
+        return {path.name: path for path in self.media_dir.iterdir()
+                if path.is_file() and not path.name.startswith(".")}
+
+    def _orphan_media(self) -> list[Path]:
+        referenced = {m["media_file"] for _, page in self.records.metadata_pages() for m in page if "media_file" in m}
+        return [path for name, path in self._media_files().items() if name not in referenced]
+
+    @staticmethod
+    def _restorable(memory_id: str, metadata: dict[str, Any]) -> bool:
+        """Whether the memory's original still exists with the same bytes (its id is their hash)."""
+        source = metadata.get("source_path")
+        try:
+            return bool(source) and content_id(Path(source).read_bytes()) == memory_id
+        except OSError:
+            return False
+
+    def _restore_media(self) -> int:
+        """Copy missing media copies again from their originals (same bytes only); returns how many."""
+        media, restored = self._media_files(), 0
+        for ids, page in self.records.metadata_pages():
+            for memory_id, metadata in zip(ids, page):
+                name = metadata.get("media_file")
+                if name and name not in media and self._restorable(memory_id, metadata):
+                    atomic_copy(Path(metadata["source_path"]), self.media_dir / name)
+                    restored += 1
+        return restored
+
+    # ------------------------------------------------------------------ check
+    def check(self, tolerance: float = 1e-4) -> list[str]:
+        """See :meth:`PersonalMemory.check`."""
+        records = self.store.all_embeddings(progress=self.progress)
+        problems = self._check_index(records, tolerance) + self._check_saved(records.ids)
+        problems += self._check_graph(records, tolerance) + self._check_metadata(records)
+        return problems
+
+    def _check_index(self, records, tolerance: float) -> list[str]:
+        index = self.sync.index
+        chroma = np.array([int_id(i) for i in records.ids], dtype=np.int64)
+        faiss_ids = np.empty(0, np.int64) if index is None else index.ids
+        problems = _compare_sets("FAISS index", chroma, faiss_ids, self.sync.str_ids)
+        common = np.isin(chroma, faiss_ids)
+        if common.any():
+            difference = np.abs(index.reconstruct(chroma[common]) - records.embeddings[common]).max(axis=1)
+            bad = np.flatnonzero(difference > tolerance)
+            if len(bad):
+                first = records.ids[int(np.flatnonzero(common)[bad[0]])]
+                problems.append(f"{len(bad)} vector(s) differ between Chroma and FAISS (e.g. {first}, "
+                                f"max abs diff {difference[bad[0]]:.2g}); run `mmai memory rebuild`")
+        return problems
+
+    def _check_saved(self, ids: list[str]) -> list[str]:
+        if not ids:
+            return []
+        manifest_path, index_path = self.sync.manifest_path, self.sync.index_path
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return [f"{manifest_path} is missing or unreadable; run `mmai memory rebuild`"]
+        saved = self.sync.load()
+        problems = []
+        if manifest.get("count") != len(ids) or manifest.get("ids_sha256") != ids_digest(ids):
+            problems.append(f"{manifest_path} describes {manifest.get('count')} memories, not Chroma's {len(ids)}")
+        if saved is None or len(saved) != len(ids):
+            problems.append(f"{index_path} is missing, damaged or stale; run `mmai memory rebuild`")
+        return problems
+
+    def _check_graph(self, records, tolerance: float) -> list[str]:
+        if not records.ids:
+            return []
+        graph = self.sync.graph()
+        chroma = np.array([int_id(i) for i in records.ids], dtype=np.int64)
+        problems = _compare_sets("episodic graph", chroma, graph.ids, self.sync.str_ids)
+        nodes = np.array(sorted(graph.graph.nodes), dtype=np.int64)
+        if not np.array_equal(nodes, np.sort(graph.ids)):
+            problems.append("episodic graph: its NetworkX nodes differ from its id list")
+        positions = graph.positions(chroma)
+        found = positions >= 0
+        if found.any():
+            difference = np.abs(graph.embeddings[positions[found]] - records.embeddings[found]).max()
+            if difference > tolerance:
+                problems.append(f"episodic graph embeddings differ from Chroma's (max abs diff {difference:.2g})")
+        return problems
+
+    def _check_metadata(self, records) -> list[str]:
+        """Metadata fields, and the media copy of every image/audio memory (with a Chroma server the
+        copies live on the machine that ingested them: there only both missing is a problem)."""
+        problems = []
+        media = self._media_files()
+        local = self.store.is_local
+        for memory_id, metadata in zip(records.ids, records.metadatas):
+            if metadata.get("modality") not in ("image", "text", "audio") or "timestamp" not in metadata:
+                problems.append(f"memory {memory_id}: metadata lacks modality or timestamp ({metadata})")
+            elif metadata["modality"] != "text" and metadata.get("media_file") not in media:
+                source, copy = metadata.get("source_path"), self.media_dir / str(metadata.get("media_file"))
+                if self._restorable(memory_id, metadata):
+                    if local:
+                        problems.append(f"memory {memory_id}: media copy {copy} is missing; run "
+                                        f"`mmai memory rebuild` to copy it again from {source}")
+                else:
+                    problems.append(f"memory {memory_id}: media copy {copy} is missing and its source {source} "
+                                    "is gone or changed; restore the file or forget the memory")
+        return problems
+
+    # ------------------------------------------------------------------ stats
+    def stats(self) -> dict[str, Any]:
+        """Counts by modality, year, place and time source; index, graph and media sizes."""
+        counts: dict[str, dict[Any, int]] = {"modality": {}, "year": {}, "place": {}, "time_source": {}}
+        for _, page in self.records.metadata_pages():
+            for metadata in page:
+                for field, table in counts.items():
+                    value = metadata.get(field)
+                    if value is not None:
+                        table[value] = table.get(value, 0) + 1
+        media, index, graph = self._media_files(), self.sync.index, self.sync.built_graph
+        return {
+            "memories": self.store.count(), "by_modality": counts["modality"],
+            "by_year": dict(sorted(counts["year"].items())),
+            "by_place": dict(sorted(counts["place"].items(), key=lambda item: -item[1])),
+            "time_sources": counts["time_source"],
+            "index": None if index is None else {"kind": index.kind, "size": len(index), "dim": index.dim,
+                                                 "on_gpu": index.on_gpu},
+            "graph": None if graph is None else graph.stats(),
+            "media_files": len(media),
+            "media_megabytes": round(sum(p.stat().st_size for p in media.values()) / 1e6, 3),
+        }
+
+
+def _compare_sets(name: str, chroma: np.ndarray, other: np.ndarray, names: dict[int, str]) -> list[str]:
+    problems = []
+    missing = chroma[~np.isin(chroma, other)]
+    extra = other[~np.isin(other, chroma)]
+    if len(missing):
+        problems.append(f"{len(missing)} memories in Chroma are missing from the {name} "
+                        f"(e.g. {names.get(int(missing[0]), missing[0])}); run `mmai memory rebuild`")
+    if len(extra):
+        problems.append(f"{len(extra)} ids in the {name} are not in Chroma (e.g. int id {extra[0]}); "
+                        "run `mmai memory rebuild`")
+    return problems

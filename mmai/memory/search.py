@@ -1,0 +1,330 @@
+"""Searching a personal memory in words: stage 1, optional re-rank and GAR, saliency panels.
+
+``search(query, k, filters, options)``:
+
+1. **Embed** the sentence with the stage-1 text tower: one ``(E,)`` vector.
+2. **Stage 1.** Without filters FAISS returns the first ``list_length`` memories, where by default
+   ``list_length = max(k, rerank_k if re-ranking, 4k if GAR)``; with filters Chroma's filtered
+   HNSW does (pre-filtering, so a filter never returns fewer results than exist). Recency and
+   importance bonuses (Generative Agents; off by default) are added exactly: the list grows
+   until no memory outside it could win.
+3. **Re-rank** (``options.rerank``). The image candidates among the first ``rerank_k`` are scored
+   by the fusion re-ranker and re-ordered by the library's two-stage score
+   (:func:`mmai.two_stage.rerank_topk`: match logit + ``stage1_weight`` x stage-1 cosine); images
+   move only among the image slots of that window, notes and songs keep theirs. ``rerank_k`` and
+   ``stage1_weight`` default to the values the re-ranker was validated with
+   (:attr:`~mmai.checkpoint.Stage2Model.settings_source` says where they come from).
+4. **GAR** (``options.gar``). The hits seed a personalised PageRank over the episodic graph
+   (:class:`~mmai.memory.gar.GraphAugmentedRetriever`, ``gar_weight`` and ``damping``); the
+   results obey the filters again and carry an explanation and their related memories.
+5. **Explain** (``options.explain_dir``). A saliency panel per image hit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mmai.memory.filters import Filters
+from mmai.memory.gar import GraphAugmentedRetriever
+from mmai.memory.graph import EDGE_REASONS
+from mmai.memory.index_sync import IndexSync, int_id
+from mmai.memory.models import MemoryModels
+from mmai.memory.records import NoMatch, Records, Related, SearchHit
+from mmai.memory.store import MemoryStore
+
+__all__ = ["GIVEN", "RerankSettings", "SearchOptions", "Searcher"]
+
+GIVEN = "given"  #: the source of a re-rank setting passed in :class:`SearchOptions`
+
+
+@dataclasses.dataclass
+class SearchOptions:
+    """How a search ranks: the stages that run and their settings (defaults: stage 1 alone).
+
+    Attributes:
+        rerank: re-score the image candidates among the first ``rerank_k`` with the fusion re-ranker.
+        rerank_k: candidates the re-ranker re-scores (default ``None``: the value the re-ranker was
+            validated with, else its checkpoint's, 16).
+        stage1_weight: lambda of the two-stage score ``match_logit + stage1_weight * stage-1 cosine``
+            (default ``None``: as ``rerank_k``, else 1.0).
+        list_length: stage-1 candidate list length, at least ``k`` (default ``None``: ``max(k,
+            rerank_k`` when re-ranking, ``4k`` with GAR``)``).
+        gar: re-rank by Graph-Augmented Retrieval over the episodic graph, with explanations and
+            ``related`` memories.
+        gar_weight: GAR's weight of the retrieval score against graph activation (default 0.5).
+        damping: personalised PageRank damping: the walk's probability of following an edge (0.5).
+        related_k: related memories per hit with ``gar`` (default 5).
+        explain_dir: write a saliency panel per image hit here (needs a re-ranker checkpoint).
+        recency_weight: add ``recency_weight * 0.5 ** (age / half-life)`` (default 0: off).
+        recency_half_life_days: half-life of recency (default 30).
+        importance_weight: add ``importance_weight * importance`` (default 0: off).
+        now: reference time for recency, unix seconds (default: the clock).
+    """
+
+    rerank: bool = False
+    rerank_k: int | None = None
+    stage1_weight: float | None = None
+    list_length: int | None = None
+    gar: bool = False
+    gar_weight: float = 0.5
+    damping: float = 0.5
+    related_k: int = 5
+    explain_dir: str | os.PathLike | None = None
+    recency_weight: float = 0.0
+    recency_half_life_days: float = 30.0
+    importance_weight: float = 0.0
+    now: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("rerank_k", "list_length"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise ValueError(f"search: {name} must be >= 1, got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RerankSettings:
+    """The ``rerank_k`` and ``stage1_weight`` a re-ranked search uses, and where each came from.
+
+    Attributes:
+        rerank_k: candidates re-scored.
+        stage1_weight: lambda of ``match_logit + stage1_weight * stage-1 cosine``.
+        rerank_k_from, stage1_weight_from: :data:`GIVEN` (set in the options) or the re-ranker's
+            :attr:`~mmai.checkpoint.Stage2Model.settings_source`.
+    """
+
+    rerank_k: int
+    stage1_weight: float
+    rerank_k_from: str
+    stage1_weight_from: str
+
+    def describe(self, given_as: dict[str, str] | None = None) -> str:
+        """E.g. ``"rerank_k 7, stage1_weight 0.3 (from the checkpoint's validation record, epoch 2)"``;
+        ``given_as`` names given values, e.g. ``{"rerank_k": "--rerank-k"}``."""
+        names = given_as or {}
+        sources = [names.get(name, GIVEN) if source == GIVEN else source
+                   for name, source in (("rerank_k", self.rerank_k_from), ("stage1_weight", self.stage1_weight_from))]
+        if sources[0] == sources[1]:
+            return f"rerank_k {self.rerank_k}, stage1_weight {self.stage1_weight:g} (from {sources[0]})"
+        return (f"rerank_k {self.rerank_k} (from {sources[0]}), stage1_weight {self.stage1_weight:g} "
+                f"(from {sources[1]})")
+
+
+def _recency(timestamps: np.ndarray, now: float, half_life_s: float) -> np.ndarray:
+    return np.nan_to_num(0.5 ** (np.maximum(now - timestamps, 0.0) / half_life_s), nan=0.0)
+
+
+class Searcher:
+    """The search stages over one memory's parts (see the module docstring).
+
+    Args:
+        store, sync, records, models: the memory's parts (the caller holds the memory's lock).
+    """
+
+    def __init__(self, store: MemoryStore, sync: IndexSync, records: Records, models: MemoryModels) -> None:
+        self.store, self.sync, self.records, self.models = store, sync, records, models
+        self._gar: GraphAugmentedRetriever | None = None
+
+    # ------------------------------------------------------------------ the search
+    def search(self, query: str, k: int = 10, filters: Filters | None = None,
+               options: SearchOptions | None = None) -> list[SearchHit]:
+        """See :meth:`PersonalMemory.search`."""
+        if int(k) < 1:
+            raise ValueError(f"search: k must be >= 1, got {k}")
+        options = options or SearchOptions()
+        k = int(k)
+        if self.sync.index is None:
+            return []
+        try:
+            where = self.records.where(filters)
+        except NoMatch:
+            return []
+        query_vector = self._embed_query(query)  # (E,)
+        settings = self.rerank_settings(options) if options.rerank else None
+        list_length = max(k, options.list_length or max(settings.rerank_k if settings else 0,
+                                                        4 * k if options.gar else 0))
+        candidates = self._weighted_candidates(query_vector, int(list_length), where, k, options)
+        if settings is not None:
+            self._rerank(query, candidates, settings)
+        if options.gar:
+            candidates = self._gar_rerank(candidates, query_vector, k, where, options)
+        hits = candidates[:k]
+        for rank, hit in enumerate(hits):
+            hit.rank = rank
+        if options.explain_dir is not None:
+            self._explain(query, hits, Path(options.explain_dir))
+        return hits
+
+    def rerank_settings(self, options: SearchOptions | None = None) -> RerankSettings:
+        """The re-rank settings ``options`` lead to: given values win, else the re-ranker's own
+        (its validation record, else its checkpoint's hyperparameters). Loads the re-ranker."""
+        options = options or SearchOptions()
+        stage2 = self.models.stage2
+        source = str(getattr(stage2, "settings_source", None) or "the re-ranker's defaults")
+        return RerankSettings(
+            int(stage2.rerank_k if options.rerank_k is None else options.rerank_k),
+            float(stage2.stage1_weight if options.stage1_weight is None else options.stage1_weight),
+            source if options.rerank_k is None else GIVEN, source if options.stage1_weight is None else GIVEN)
+
+    def _embed_query(self, query: str) -> np.ndarray:
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"search: query must be a non-empty sentence, got {query!r}")
+        vector = self.models.encoder.embed_texts([query])
+        return np.asarray(vector.detach().cpu().numpy() if hasattr(vector, "detach") else vector, np.float32)[0]
+
+    # ------------------------------------------------------------------ stage 1
+    def _candidates(self, query_vector: np.ndarray, list_length: int, where: dict | None) -> list[SearchHit]:
+        """Stage 1: FAISS without filters, Chroma's filtered search with them."""
+        index = self.sync.index
+        if where is None:
+            scores, numbers = index.search(query_vector[None], min(list_length, len(index)))  # (1, n)
+            keep = numbers[0] >= 0
+            ids = [self.sync.str_ids[int(n)] for n in numbers[0][keep]]
+            records = self.store.get(ids, include_embeddings=False)
+            rows = zip(ids, scores[0][keep].tolist(), records.metadatas, records.documents)
+        else:
+            found = self.store.query(query_vector, min(list_length, self.store.count()), where=where)
+            rows = zip(found.ids[0], found.scores[0].tolist(), found.metadatas[0], found.documents[0])
+        return [self.records.hit(memory_id, score, score, metadata, document)
+                for memory_id, score, metadata, document in rows]
+
+    def _weighted_candidates(self, query_vector: np.ndarray, list_length: int, where: dict | None, k: int,
+                             options: SearchOptions) -> list[SearchHit]:
+        """Stage-1 candidates with recency/importance added, exactly: a memory outside the list
+        scores at most (the list's lowest cosine + the largest bonus), so the list grows (x4)
+        until its k-th weighted score beats that bound or it holds every memory."""
+        total = self.store.count()
+        recency_weight, importance_weight = options.recency_weight, options.importance_weight
+        while True:
+            hits = self._candidates(query_vector, list_length, where)
+            if not (recency_weight or importance_weight):
+                return hits
+            lowest = min((hit.stage1_score for hit in hits), default=0.0)
+            self._weigh(hits, options)
+            bound = lowest + max(recency_weight, 0.0) + max(importance_weight, 0.0)
+            if list_length >= total or len(hits) < list_length or (len(hits) >= k and hits[k - 1].score >= bound):
+                return hits
+            list_length = min(4 * list_length, total)
+
+    @staticmethod
+    def _weigh(hits: list[SearchHit], options: SearchOptions) -> None:
+        """Generative Agents' recency and importance added to the stage-1 score (both off by default)."""
+        if not hits or (not options.recency_weight and not options.importance_weight):
+            return
+        times = np.array([hit.metadata.get("timestamp", np.nan) for hit in hits], dtype=np.float64)
+        now = time.time() if options.now is None else float(options.now)
+        recency = _recency(times, now, options.recency_half_life_days * 86_400.0)
+        for hit, fresh in zip(hits, recency.tolist()):
+            hit.score += (options.recency_weight * fresh
+                          + options.importance_weight * float(hit.metadata.get("importance", 0.0)))
+        hits.sort(key=lambda hit: -hit.score)  # stable: ties keep stage-1 order
+
+    # ------------------------------------------------------------------ re-rank
+    @staticmethod
+    def _load_image(hit: SearchHit):
+        from PIL import Image
+
+        path = hit.metadata.get("media_path")
+        if hit.metadata.get("modality") != "image" or path is None:
+            return None
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except OSError:
+            return None
+
+    def _rerank(self, query: str, hits: list[SearchHit], settings: RerankSettings) -> None:
+        """Re-score the image candidates in the first ``rerank_k`` by the library's two-stage score;
+        they move only among image slots."""
+        import torch
+
+        from mmai import two_stage
+
+        window = hits[: settings.rerank_k]
+        images = [(slot, hit, self._load_image(hit)) for slot, hit in enumerate(window)]
+        images = [(slot, hit, image) for slot, hit, image in images if image is not None]
+        if not images:
+            return
+        logits = torch.as_tensor(self.models.stage2.rerank(query, [image for _, _, image in images]))  # (n,)
+        stage1 = torch.tensor([[hit.stage1_score for _, hit, _ in images]], dtype=torch.float64)  # (1, n)
+        positions = torch.arange(len(images))[None]  # (1, n): the images in stage-1 (window) order
+        order, scores = two_stage.rerank_topk(positions, stage1, k=len(images),
+                                              rerank_fn=lambda queries, candidates: logits[candidates],
+                                              mode="combined", stage1_weight=settings.stage1_weight,
+                                              return_scores=True)  # (1, n) each
+        for (slot, _, _), position, score in zip(images, order[0].tolist(), scores[0].tolist()):
+            hit = images[position][1]
+            hit.match_logit, hit.score = float(logits[position]), float(score)
+            hits[slot] = hit
+
+    # ------------------------------------------------------------------ graph and GAR
+    def related(self, memory_id: str, k: int = 10) -> list[Related]:
+        """See :meth:`PersonalMemory.related`."""
+        memory_id = self.sync.resolve_id(memory_id)
+        graph = self.sync.graph().graph
+        edges = sorted(graph[int_id(memory_id)].items(), key=lambda item: -item[1]["weight"])[: int(k)]
+        ids = [self.sync.str_ids[int(number)] for number, _ in edges]
+        metadata = self.records.metadata_of(ids) if ids else {}
+        return [Related(other, float(data["weight"]), " and ".join(EDGE_REASONS[t] for t in data["types"]),
+                        metadata[other]) for other, (_, data) in zip(ids, edges)]
+
+    def _retriever(self, options: SearchOptions) -> GraphAugmentedRetriever:
+        graph = self.sync.graph()
+        gar = self._gar
+        if gar is None or gar.graph is not graph or (gar.gar_weight, gar.damping) != (options.gar_weight,
+                                                                                       options.damping):
+            self._gar = GraphAugmentedRetriever(graph, gar_weight=options.gar_weight, damping=options.damping)
+        return self._gar
+
+    def _gar_rerank(self, hits: list[SearchHit], query_vector: np.ndarray, k: int, where: dict | None,
+                    options: SearchOptions) -> list[SearchHit]:
+        if not hits:
+            return hits
+        retriever = self._retriever(options)
+        numbers = np.array([int_id(hit.id) for hit in hits], dtype=np.int64)
+        scores = np.array([hit.score for hit in hits], dtype=np.float64)
+        list_length = min(len(retriever.graph), max(4 * int(k), len(hits)))
+        result = retriever.rerank(numbers[None], scores[None], list_length, explain=True)
+        ids = [self.sync.str_ids[int(n)] for n in result.ids[0]]
+        allowed = set(ids) if where is None else set(self.store.collection.get(ids=ids, where=where, include=[])["ids"])
+        chosen = [(i, memory_id) for i, memory_id in enumerate(ids) if memory_id in allowed][: int(k)]
+        records = self.store.get([memory_id for _, memory_id in chosen])
+        stage1 = (records.embeddings @ query_vector).tolist() if chosen else []  # (n,)
+        by_id = {hit.id: hit for hit in hits}
+        out = []
+        for (i, memory_id), metadata, document, cosine in zip(chosen, records.metadatas, records.documents, stage1):
+            hit = self.records.hit(memory_id, result.scores[0][i], cosine, metadata, document)
+            hit.match_logit = by_id[memory_id].match_logit if memory_id in by_id else None
+            hit.explanation, hit.related = self._explained(result.explanations[0][i], memory_id, options.related_k)
+            out.append(hit)
+        return out
+
+    def _explained(self, explanation, memory_id: str, related_k: int) -> tuple[str, list[Related]]:
+        parts = [] if explanation.hit_rank is None else [f"direct hit (rank {explanation.hit_rank + 1})"]
+        related: dict[str, tuple[float, str]] = {}
+        for contribution in explanation.contributions:
+            seed = self.sync.str_ids[int(contribution.seed_id)]
+            via = "" if contribution.via is None else f", via {self.sync.str_ids[int(contribution.via)][:8]}"
+            parts.append(f"{contribution.reason} (hit {seed[:8]}{via})")
+            related.setdefault(seed, (float(contribution.strength), contribution.reason))
+        for neighbour in self.related(memory_id, related_k):
+            related.setdefault(neighbour.id, (neighbour.weight, neighbour.reason))
+        ids = list(related)[:related_k]
+        metadata = self.records.metadata_of(ids) if ids else {}
+        return ("; ".join(parts) or "no graph path to a hit",
+                [Related(i, related[i][0], related[i][1], metadata[i]) for i in ids])
+
+    def _explain(self, query: str, hits: list[SearchHit], folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for hit in hits:
+            image = self._load_image(hit)
+            if image is None:
+                continue
+            panel = self.models.stage2.explain(query, image, rank=hit.rank + 1, score=hit.score)
+            hit.panel_path = folder / f"{hit.rank + 1:02d}_{hit.id[:12]}.png"
+            panel.save(hit.panel_path)
