@@ -314,6 +314,7 @@ def _validated_reranker(folder: Path, rerank_k: int, stage1_weight: float) -> Pa
 
     module.eval_set, module.two_stage, module.log_dict = (lambda: data), two_stage, (lambda metrics: None)
     trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, current_epoch=2, global_step=40,
+                              default_root_dir=str(folder),  # the callback writes per_query.npz there
                               strategy=SimpleNamespace(broadcast=lambda value, src: value))
     callback = RetrievalEvalCallback(candidates=20, ks=(1, 5), index_kind="flat", rerank_k=rerank_k,
                                      stage1_weight=stage1_weight)
