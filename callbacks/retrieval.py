@@ -54,7 +54,7 @@ import lightning as L
 import numpy as np
 import torch.nn.functional as F
 
-from lightning_modules.eval_set import EvalSet, save_failed_epoch_weights
+from lightning_glue.eval_set import EvalSet, save_failed_epoch_weights
 from mmai.memory.gar import GraphAugmentedRetriever
 from mmai.memory.graph import EpisodicGraph
 from mmai.memory.index import VectorIndex

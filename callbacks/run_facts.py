@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 
-from lightning_modules.tracking import code_version
+from lightning_glue.tracking import code_version
 
 
 def manifest_summary(manifest: dict) -> dict:

@@ -1,1 +1,1 @@
-"""LightningModules and the LightningCLI entry point: thin adapters over ``mmai``."""
+"""LightningModules: thin adapters over ``mmai`` (``BiEncoderModule``, ``RerankerModule``)."""

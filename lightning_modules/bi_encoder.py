@@ -16,8 +16,8 @@ import lightning as L
 import torch
 
 
-from lightning_modules.eval_set import EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
-from lightning_modules.feature_cache import split_features, tower_fingerprints
+from lightning_glue.eval_set import EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
+from lightning_glue.feature_cache import split_features, tower_fingerprints
 from mmai.bi_encoder import BiEncoder
 from mmai.checkpoint import build_towers, read_checkpoint
 from mmai.feature_cache import SplitFeatures

@@ -28,8 +28,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.feature_cache import split_features, tower_fingerprints
-from lightning_modules.eval_set import EvalSet, EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
+from lightning_glue.eval_set import EvalSet, EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
+from lightning_glue.feature_cache import split_features, tower_fingerprints
 from mmai.checkpoint import VALIDATED_WITH, build_bi_encoder, build_reranker, read_checkpoint
 from mmai.fusion import match_loss
 from mmai.feature_cache import SplitFeatures

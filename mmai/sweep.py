@@ -3,7 +3,7 @@
 A sweep file (https://docs.wandb.ai/guides/sweeps/define-sweep-configuration) names a search
 ``method`` (grid, random, bayes), the ``metric`` to optimise, the ``parameters`` to search and
 the ``command`` an agent runs. ``wandb agent`` fills the command's macros and runs it; this module
-does the same without the W&B server, so that ``mmai sweep run`` (lightning_modules.sweep_runner)
+does the same without the W&B server, so that ``mmai sweep run`` (mmai_apps.sweep_runner)
 can run the trials of a sweep file on a machine with no account or no network:
 
 * :func:`load_sweep` reads and validates a file (errors name the file, the field and the fix);

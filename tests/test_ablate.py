@@ -10,9 +10,8 @@ import pytest
 import yaml
 
 from fit_helpers import REPO
-from lightning_modules.ablate import (LATENCY_COLUMNS, RECALL_COLUMNS, ROWS, RunSpec, clip_unavailable_reason,
-                                      compare, flags, format_markdown, load_settings, main, plan_runs, summarize,
-                                      table_rows)
+from mmai_apps.ablate import (LATENCY_COLUMNS, RECALL_COLUMNS, ROWS, RunSpec, clip_unavailable_reason, compare,
+                              flags, format_markdown, load_settings, main, plan_runs, summarize, table_rows)
 
 #: tests/fit_helpers.TINY_MODEL as ablation-config args: a step takes well under a second.
 TINY_BI_ENCODER_ARGS = {

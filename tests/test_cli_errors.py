@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from fit_helpers import tiny_args
-from mmai.cli import main
+from mmai_apps.cli import main
 
 
 def test_fit_with_a_missing_checkpoint_prints_the_message_without_a_traceback(synth_shards, tmp_path, capsys):
     args = ["fit", *tiny_args(synth_shards, tmp_path / "runs"), "--ckpt_path", str(tmp_path / "nope.ckpt")]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "mmai fit: error: " in err and "nope.ckpt" in err and "lightning_modules/cli.py" not in err
+    assert "mmai fit: error: " in err and "nope.ckpt" in err and "mmai_apps/lightning_cli.py" not in err
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
         main([*args, "--debug"])
 
@@ -30,7 +30,7 @@ def test_fit_from_a_garbage_checkpoint_says_not_a_checkpoint(synth_shards, tmp_p
 def test_the_apps_hide_only_the_known_harmless_warnings():
     import warnings
 
-    from mmai.cli import quiet_known_warnings
+    from mmai_apps.cli import quiet_known_warnings
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -200,7 +200,7 @@ def test_a_table_that_is_not_utf8_is_named(cub):
 
 
 def test_data_shards_and_inspect_errors_print_the_message_without_a_traceback(cub, tmp_path, capsys, monkeypatch):
-    from mmai.cli import main
+    from mmai_apps.cli import main
 
     (cub / "CUB_200_2011" / "classes.txt").unlink()
     assert main(["data", "shards", "--cub-root", str(cub), "--out", str(tmp_path / "shards")]) == 2
@@ -214,7 +214,7 @@ def test_data_shards_and_inspect_errors_print_the_message_without_a_traceback(cu
 
 
 def test_data_inspect_refuses_a_damaged_shard_naming_it(cub, tmp_path, capsys):
-    from mmai.cli import main
+    from mmai_apps.cli import main
 
     manifest = write_shards(cub, tmp_path / "shards", samples_per_shard=3, progress=False)
     shard = tmp_path / "shards" / manifest["splits"]["val"]["shards"][0]["file"]

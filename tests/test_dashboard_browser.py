@@ -1,7 +1,7 @@
 """The dashboard in a real browser: ``mmai serve`` on 127.0.0.1, driven by headless Chromium.
 
 A tiny memory (synthetic photos with the diary's times and places, two notes) is served by
-``mmai.serve.main`` in a subprocess, exactly as ``mmai serve`` runs it. Playwright drives
+``mmai_apps.serve.main`` in a subprocess, exactly as ``mmai serve`` runs it. Playwright drives
 Debian's Chromium (``/usr/bin/chromium``; ``apt-get install chromium``): a query is typed,
 the results gallery fills, a result is clicked and its saliency overlay appears; a photo is
 uploaded through the form. Every request the page makes is checked to stay on 127.0.0.1 (nothing
@@ -60,7 +60,7 @@ def served(tmp_path):
     build_collection(tmp_path, checkpoint).close()
     port = free_port()
     log = tmp_path / "serve.log"
-    command = [sys.executable, "-c", "import sys; from mmai.serve import main; sys.exit(main(sys.argv[1:]))",
+    command = [sys.executable, "-c", "import sys; from mmai_apps.serve import main; sys.exit(main(sys.argv[1:]))",
                "--root", str(tmp_path / "memory"), "--port", str(port)]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(log, "w") as output:

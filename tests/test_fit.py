@@ -12,7 +12,7 @@ import torch
 
 from fit_helpers import BASE, REPO, callbacks_arg, tiny_args
 from tiny_configs import TINY_CLAP
-from lightning_modules.cli import cli_main, parse_config
+from mmai_apps.lightning_cli import cli_main, parse_config
 from mmai.data.shards import write_shards
 from mmai.data.synth import synthesize
 
@@ -99,7 +99,7 @@ def test_init_from_a_checkpoint_with_another_embed_dim_is_a_clear_error(shards, 
 
 def _run_mmai(args: list[str], tmp_path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "WANDB_MODE": "offline"}
-    result = subprocess.run([sys.executable, "-m", "mmai.cli", *args], cwd=tmp_path, env=env,
+    result = subprocess.run([sys.executable, "-m", "mmai_apps.cli", *args], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"mmai {' '.join(args[:1])} failed ({result.returncode}):\n{result.stderr[-4000:]}")

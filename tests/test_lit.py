@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fit_helpers import REPO
-from lightning_modules.cli import cli_main
+from mmai_apps.lightning_cli import cli_main
 from mmai.feature_cache import CorruptCache, SplitFeatures, StaleCache, load_features, module_fingerprint
 from mmai.metrics import embedding_diversity
 from mmai.towers import CNNTower, TextTower
@@ -238,7 +238,7 @@ def test_two_cpu_ranks_build_one_cache_and_train_on_it(synth_shards, tmp_path):
     args = lit_args(synth_shards, tmp_path / "run", "--trainer.max_epochs", "1", "--trainer.devices", "2",
                     "--trainer.strategy", "ddp", "--model.feature_cache_dir", str(tmp_path / "cache"))
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "WANDB_MODE": "offline"}
-    done = subprocess.run([sys.executable, "-m", "mmai.cli", "fit", *args], cwd=tmp_path, env=env,
+    done = subprocess.run([sys.executable, "-m", "mmai_apps.cli", "fit", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)  # Lightning relaunches the command per rank
     assert done.returncode == 0, done.stderr[-3000:]
     files = sorted(p.name.split("-")[0] for p in (tmp_path / "cache").glob("*.pt"))
@@ -279,7 +279,7 @@ def test_a_stage2_cache_keeps_patches_and_tokens_aligned_through_save_lookup_and
 
 @pytest.mark.slow
 def test_rerank_trains_on_the_stage2_cache_with_split_negatives_and_the_agreement_head(lit_run, synth_shards):
-    from lightning_modules.cli import rerank_cli_main
+    from mmai_apps.lightning_cli import rerank_cli_main
 
     _, run_dir, cache_dir = lit_run
     out = run_dir.parent / "rerank"

@@ -1,4 +1,4 @@
-"""`mmai memory ...` (mmai.memory.cli.main): the commands end to end, and a real SIGKILL mid-ingest."""
+"""`mmai memory ...` (mmai_apps.memory_cli.main): the commands end to end, and a real SIGKILL mid-ingest."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmai.memory.cli import main
+from mmai_apps.memory_cli import main
 from mmai.memory.personal import PersonalMemory, int_id
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -126,7 +126,7 @@ def test_reading_a_root_without_a_store_is_an_error_naming_it(tmp_path, command,
 
 
 def test_serve_refuses_a_root_without_a_store(tmp_path, capsys):
-    from mmai.serve import main as serve_main
+    from mmai_apps.serve import main as serve_main
 
     assert serve_main(["--root", str(tmp_path / "mem_typo")]) == 2
     assert f"{tmp_path / 'mem_typo'} holds no memory store" in capsys.readouterr().err
@@ -252,7 +252,7 @@ def _confirmed(journal: Path) -> list[str]:
 def test_sigkill_mid_ingest_keeps_every_confirmed_memory_searchable(tmp_path, checkpoint):
     photos = _photos(tmp_path / "photos", 240)
     root = tmp_path / "memory"
-    command = [sys.executable, "-m", "mmai.memory.cli", "ingest", str(photos), "--root", str(root),
+    command = [sys.executable, "-m", "mmai_apps.memory_cli", "ingest", str(photos), "--root", str(root),
                "--checkpoint", str(checkpoint), "--batch-size", "2", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -293,7 +293,7 @@ def _validated_reranker(folder: Path, rerank_k: int, stage1_weight: float) -> Pa
     from types import SimpleNamespace
 
     from callbacks import RetrievalEvalCallback
-    from lightning_modules.eval_set import EvalSet
+    from lightning_glue.eval_set import EvalSet
     from mmai.two_stage import TwoStageResult, stage1_topk
     from tiny_checkpoints import make_reranker_module, save_module_checkpoint
 
@@ -314,6 +314,7 @@ def _validated_reranker(folder: Path, rerank_k: int, stage1_weight: float) -> Pa
 
     module.eval_set, module.two_stage, module.log_dict = (lambda: data), two_stage, (lambda metrics: None)
     trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, current_epoch=2, global_step=40,
+                              default_root_dir=str(folder),  # the callback writes per_query.npz there
                               strategy=SimpleNamespace(broadcast=lambda value, src: value))
     callback = RetrievalEvalCallback(candidates=20, ks=(1, 5), index_kind="flat", rerank_k=rerank_k,
                                      stage1_weight=stage1_weight)

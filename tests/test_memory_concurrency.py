@@ -23,7 +23,7 @@ from tiny_checkpoints import make_reranker_ckpt  # noqa: E402
 torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-CLI = [sys.executable, "-c", "import sys; from mmai.cli import main; sys.exit(main(sys.argv[1:]))"]
+CLI = [sys.executable, "-c", "import sys; from mmai_apps.cli import main; sys.exit(main(sys.argv[1:]))"]
 #: holds the write lock of ROOT (argv[1]) until a line arrives on stdin, then ingests argv[2] under it.
 HOLDER = """
 import sys
@@ -69,7 +69,7 @@ def _all_searchable(root: Path) -> None:
 
 
 def test_an_open_dashboard_sees_a_cli_ingest_from_another_process(tmp_path, checkpoint):
-    from mmai.serve import Dashboard
+    from mmai_apps.serve import Dashboard
 
     root = tmp_path / "memory"
     memory = PersonalMemory(root, checkpoint, progress=False)

@@ -17,7 +17,7 @@ RERANK = ["--config", str(REPO / "configs/reranker.yaml"), "--config", str(REPO 
 
 
 def _rerank_args(shards: Path, run_dir: Path, ckpt: Path, *extra: str) -> list[str]:
-    metrics = {"class_path": "lightning_modules.sweep_runner.SweepMetricsCallback",
+    metrics = {"class_path": "mmai_apps.sweep_runner.SweepMetricsCallback",
                "init_args": {"path": str(run_dir / "metrics.json")}}
     return ["fit", *RERANK, "--model.bi_encoder_ckpt", str(ckpt), "--data.shard_dir", str(shards),
             "--run_dir", str(run_dir), "--data.batch_size", "4", "--data.num_workers", "0",
@@ -27,7 +27,7 @@ def _rerank_args(shards: Path, run_dir: Path, ckpt: Path, *extra: str) -> list[s
 
 @pytest.fixture(scope="module")
 def rerank_run(synth_shards, tmp_path_factory):
-    from lightning_modules.cli import rerank_cli_main
+    from mmai_apps.lightning_cli import rerank_cli_main
 
     root = tmp_path_factory.mktemp("rerank")
     ckpt = make_bi_encoder_ckpt(root)
@@ -79,7 +79,7 @@ def test_frozen_towers_are_unchanged_and_the_checkpoint_loads_as_stage2(rerank_r
 
 def test_finetuning_trains_towers_with_their_contrastive_loss_beside_the_match_loss(synth_shards, tmp_path):
     """ALBEF's ITC + ITM: the towers move, the momentum queue fills, and stage 1 is logged as trained."""
-    from lightning_modules.cli import rerank_cli_main
+    from mmai_apps.lightning_cli import rerank_cli_main
     from mmai.checkpoint import load_stage1, read_checkpoint
 
     ckpt = make_bi_encoder_ckpt(tmp_path)
@@ -96,7 +96,7 @@ def test_finetuning_trains_towers_with_their_contrastive_loss_beside_the_match_l
 
 
 def test_saliency_command_renders_a_panel_from_a_checkpoint(tmp_path, capsys):
-    from mmai.cli import main
+    from mmai_apps.cli import main
 
     ckpt = make_reranker_ckpt(tmp_path)
     Image.new("RGB", (90, 60), (30, 160, 90)).save(tmp_path / "bird.jpg")
@@ -109,7 +109,7 @@ def test_saliency_command_renders_a_panel_from_a_checkpoint(tmp_path, capsys):
 
 
 def test_saliency_command_names_a_missing_image_and_a_bi_encoder_checkpoint(tmp_path):
-    from mmai.cli import main
+    from mmai_apps.cli import main
 
     ckpt = make_reranker_ckpt(tmp_path)
     with pytest.raises(SystemExit, match="does not exist"):
@@ -121,7 +121,7 @@ def test_saliency_command_names_a_missing_image_and_a_bi_encoder_checkpoint(tmp_
 
 
 def test_rerank_without_a_bi_encoder_checkpoint_says_what_to_pass(synth_shards, tmp_path):
-    from lightning_modules.cli import rerank_cli_main
+    from mmai_apps.lightning_cli import rerank_cli_main
 
     with pytest.raises(ValueError, match="bi_encoder_ckpt"):
         rerank_cli_main(["fit", *RERANK, "--data.shard_dir", str(synth_shards), "--run_dir", str(tmp_path)])

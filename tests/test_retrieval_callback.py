@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from callbacks import RetrievalEvalCallback
-from lightning_modules.eval_set import EvalSet
+from lightning_glue.eval_set import EvalSet
 from mmai.metrics import evaluate_retrieval
 
 
@@ -68,7 +68,7 @@ def test_a_gallery_smaller_than_the_largest_k_is_refused_with_what_to_change():
 
 @pytest.mark.slow
 def test_fit_with_a_small_val_split_stops_at_setup_before_training(tmp_path):
-    from lightning_modules.cli import cli_main
+    from mmai_apps.lightning_cli import cli_main
 
     shards = _tiny_shards(tmp_path, images=24)  # val: 6 images
     with pytest.raises(ValueError, match=r"val gallery has 6 image\(s\)"):
@@ -94,7 +94,7 @@ def _blank_one_val_image(shards: Path) -> None:
 def test_an_evaluation_error_at_epoch_end_saves_the_weights_first(tmp_path):
     import torch
 
-    from lightning_modules.cli import cli_main
+    from mmai_apps.lightning_cli import cli_main
 
     shards = _tiny_shards(tmp_path, images=40)  # val: 10 images, exactly max(ks) ...
     _blank_one_val_image(shards)  # ... until one fails to decode at run time

@@ -1,4 +1,4 @@
-"""The dashboard's logic (mmai/serve.py): upload checks, filters, and the search/select/upload callbacks.
+"""The dashboard's logic (mmai_apps/serve.py): upload checks, filters, and the search/select/upload callbacks.
 
 Every test runs against a real :class:`PersonalMemory` built from a tiny synthetic collection
 (procedural birds with the diary's times and places, notes with sidecars) and real tiny
@@ -21,7 +21,7 @@ from PIL import Image
 from mmai.data.synth import synthesize
 from mmai.memory.filters import Filters
 from mmai.memory.personal import PersonalMemory
-from mmai.serve import (Dashboard, build_app, build_parser, check_upload, format_time, is_loopback, parse_filters,
+from mmai_apps.serve import (Dashboard, build_app, build_parser, check_upload, format_time, is_loopback, parse_filters,
                         upload_meta)
 from tiny_checkpoints import make_bi_encoder_ckpt, make_reranker_ckpt
 from tiny_configs import TINY_CLAP
@@ -203,11 +203,11 @@ def test_parse_filters_reads_the_form_and_names_the_bad_field():
 
 
 def test_the_dashboard_and_the_cli_hand_the_library_one_filters_and_options_type(board, monkeypatch):
-    import mmai.serve
-    from mmai.memory import cli
+    import mmai_apps.serve
     from mmai.memory.search import SearchOptions
+    from mmai_apps import memory_cli as cli
 
-    assert not hasattr(mmai.serve, "SearchFilters")  # one definition, in the library
+    assert not hasattr(mmai_apps.serve, "SearchFilters")  # one definition, in the library
     form = parse_filters("2021", "Lakeside", "image", "2021-01-01", "")
     assert type(form) is Filters and form == Filters(year=2021, place="Lakeside", modality="image",
                                                      after=1609459200.0)
@@ -349,7 +349,7 @@ def _modes(folder: Path) -> dict[str, int]:
 def test_served_thumbnails_and_uploads_stay_private_under_the_root_and_go_on_exit(tmp_path, checkpoints):
     from gradio_client import Client, handle_file
 
-    from mmai.serve import launch, private_temp_dir
+    from mmai_apps.serve import launch, private_temp_dir
     from test_dashboard_browser import free_port
 
     memory = build_collection(tmp_path, checkpoints["reranker"], images=4)
@@ -395,7 +395,7 @@ def test_mmai_serve_removes_its_temporary_folder_when_stopped(tmp_path, checkpoi
     (cache / "pid999999999-leftover").mkdir()  # a killed server's folder
     (cache / "pid999999999-leftover" / "thumbnail.png").write_bytes(b"old")
     port, log = free_port(), tmp_path / "serve.log"
-    command = [sys.executable, "-c", "import sys; from mmai.serve import main; sys.exit(main(sys.argv[1:]))",
+    command = [sys.executable, "-c", "import sys; from mmai_apps.serve import main; sys.exit(main(sys.argv[1:]))",
                "--root", str(tmp_path / "memory"), "--port", str(port)]
     with open(log, "w") as output:
         server = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT,

@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from fit_helpers import REPO, TINY_MODEL
-from lightning_modules.cli import _make_rerank_cli_class, parse_config
-from lightning_modules.sweep_runner import Trial, main as sweep_main, plan_trial, run_sweep, write_results
+from mmai_apps.lightning_cli import _make_rerank_cli_class, parse_config
+from mmai_apps.sweep_runner import Trial, main as sweep_main, plan_trial, run_sweep, write_results
 from mmai.metrics import evaluate_retrieval
 from mmai.sweep import (ARGS_MACROS, GOALS, METHODS, LocalSearch, draw, expand_command, grid, infer_distribution,
                         load_sweep, optuna_distribution, render_args, sort_by_metric)

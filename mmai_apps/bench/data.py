@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mmai.bench import BenchResult
+from mmai_apps.bench import BenchResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

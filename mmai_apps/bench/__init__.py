@@ -24,13 +24,13 @@ from typing import Any
 
 #: name -> module path. Later issues add their entries here.
 BENCHMARKS: dict[str, str] = {
-    "data": "mmai.bench.data",
-    "loader": "mmai.bench.loader",
-    "retrieval": "mmai.bench.retrieval",
-    "rerank": "mmai.bench.rerank",
-    "memory": "mmai.bench.memory",
+    "data": "mmai_apps.bench.data",
+    "loader": "mmai_apps.bench.loader",
+    "retrieval": "mmai_apps.bench.retrieval",
+    "rerank": "mmai_apps.bench.rerank",
+    "memory": "mmai_apps.bench.memory",
     # benchmarks of the Lightning app live beside it (mmai itself never imports Lightning)
-    "train": "lightning_modules.throughput",
+    "train": "mmai_apps.bench.throughput",
 }
 
 

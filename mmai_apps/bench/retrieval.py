@@ -29,7 +29,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from mmai.bench import BenchResult
+from mmai_apps.bench import BenchResult
 
 QUICK = {"n_memories": 20_000, "n_queries": 200, "gar_queries": 64, "nx_queries": 3, "n_images": 2_000}
 

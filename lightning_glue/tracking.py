@@ -53,6 +53,11 @@ class MMAIWandbLogger(WandbLogger):
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         super().__init__(project=project, save_dir=save_dir, name=name, offline=offline,
                          log_model=log_model, **kwargs)
+        # WandbLogger always hands wandb.init ``anonymous`` (None when unset), a setting wandb
+        # deprecated: unset, it is left out, so wandb does not warn about a setting nobody chose.
+        init = getattr(self, "_wandb_init", None)
+        if isinstance(init, dict) and init.get("anonymous") is None:
+            init.pop("anonymous", None)
         if offline:
             rank_zero_info(f"W&B is offline (no credentials found): the run is saved under {save_dir}/wandb; "
                            f"upload it later with `wandb sync {save_dir}/wandb/offline-run-*`")

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmai.bench import BenchResult
+from mmai_apps.bench import BenchResult
 
 #: search modes: name -> SearchOptions fields, and "filters": whether the run's Filters apply.
 MODES: dict[str, dict[str, Any]] = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from mmai.bench import BenchResult
+from mmai_apps.bench import BenchResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,11 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-    from pathlib import Path
+    from mmai_apps.lightning_cli import cli_main
+    from mmai_apps.resources import data_root
 
-    from lightning_modules.cli import cli_main
-
-    repo = Path(__file__).resolve().parents[1]
+    repo = data_root()
     configs = args.config or [str(repo / "configs/base.yaml"), str(repo / "configs/profiles/tiny_cpu.yaml")]
     argv = [x for c in configs for x in ("--config", c)] + ["--data.shard_dir", args.shards, "--data.num_workers", "0"]
     return cli_main(argv, run=False)

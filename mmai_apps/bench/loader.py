@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from mmai.bench import BenchResult
+from mmai_apps.bench import BenchResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,23 +1,29 @@
 """The ``mmai`` command: one entry point for data, training, evaluation and benchmarks.
 
-``mmai data …`` and ``mmai bench …`` are library commands. ``fit``, ``validate``, ``test``,
-``predict`` (LightningCLI) and ``data inspect`` belong to the Lightning app and are dispatched by
-module name to ``lightning_modules.cli``, so this library module never imports Lightning.
+This is the apps layer (``mmai_apps``): every subcommand is an app module beside this one, reached
+by a plain import inside the function that runs it, so ``mmai --help`` and ``mmai data synth``
+start without loading Lightning, Gradio or the models.
 
 Expected user errors (a bad path, a bad value, a damaged input file: ``ValueError``,
 ``FileNotFoundError``, ``KeyError`` and their kin) of ``data``, ``fit``/``validate``/``test``/
 ``predict`` and ``rerank`` print their message alone and exit 2; ``--debug`` (anywhere on the
 command line) or ``MMAI_DEBUG=1`` shows the traceback instead.
+
+A relative ``configs/...`` or ``sweeps/...`` path that is not in the working directory is read
+from the installed package (:mod:`mmai_apps.resources`), so that ``mmai fit --config
+configs/base.yaml`` works from any folder once mmai is installed.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import time
 from pathlib import Path
+
+from mmai_apps.quiet import quiet_known_warnings, quiet_runs
+from mmai_apps.resources import resolve_path_args
 
 APP_COMMANDS = {"fit", "validate", "test", "predict"}
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, KeyError)
@@ -66,7 +72,9 @@ def _data_parser() -> argparse.ArgumentParser:
 
 def _data(argv: list[str]) -> int:
     if argv[:1] == ["inspect"]:
-        return importlib.import_module("lightning_modules.cli").inspect_main(argv[1:])
+        from mmai_apps.lightning_cli import inspect_main
+
+        return inspect_main(argv[1:])
     args = _data_parser().parse_args(argv)
     start = time.perf_counter()
     if args.action == "synth":
@@ -91,31 +99,15 @@ def _data(argv: list[str]) -> int:
     return 0
 
 
-#: Third-party warnings known to be harmless in these apps (each message was checked): a
-#: deprecation inside Lightning's own pytree helper, webdataset's note on ``with_length`` (the
-#: length is exact by construction here), and LightningCLI's caution about ``args`` beside
-#: ``sys.argv`` (the apps pass ``args`` on purpose). Everything else still shows.
-KNOWN_HARMLESS_WARNINGS = (
-    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-    r"\.with_length\(\) only sets the value of __len__",
-    r"LightningCLI's args parameter is intended to run from within Python",
-)
-
-
-def quiet_known_warnings() -> None:
-    """Hide :data:`KNOWN_HARMLESS_WARNINGS` (``--debug`` keeps every warning)."""
-    import warnings
-
-    for message in KNOWN_HARMLESS_WARNINGS:
-        warnings.filterwarnings("ignore", message=message)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("MMAI_DEBUG", "") not in ("", "0")
     argv = [arg for arg in argv if arg != "--debug"]
+    argv = resolve_path_args(argv)  # configs/... and sweeps/... also outside a checkout
     if not debug:
         quiet_known_warnings()
+        if argv[:1] in (["ablate"], ["demo"]):
+            quiet_runs()
     if not argv or argv[0] in {"-h", "--help"}:
         print(USAGE)
         return 0
@@ -132,33 +124,47 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(command: str, rest: list[str]) -> int:
     if command in APP_COMMANDS:
-        importlib.import_module("lightning_modules.cli").cli_main([command, *rest])
+        from mmai_apps.lightning_cli import cli_main
+
+        cli_main([command, *rest])
         return 0
     if command == "rerank":
         if not rest or rest[0] not in {"fit", "validate", "test"}:
             print("usage: mmai rerank {fit,validate,test} --config configs/reranker.yaml "
                   "[--config configs/profiles/reranker_tiny_cpu.yaml] --model.bi_encoder_ckpt CKPT", file=sys.stderr)
             return 2
-        importlib.import_module("lightning_modules.cli").rerank_cli_main(rest)
+        from mmai_apps.lightning_cli import rerank_cli_main
+
+        rerank_cli_main(rest)
         return 0
     if command == "saliency":
-        from mmai.explain import main as saliency_main
+        from mmai_apps.explain import main as saliency_main
 
         return saliency_main(rest)
     if command == "ablate":
-        return importlib.import_module("lightning_modules.ablate").main(rest)
+        from mmai_apps.ablate import main as ablate_main
+
+        return ablate_main(rest)
     if command == "memory":
-        return importlib.import_module("mmai.memory.cli").main(rest)
+        from mmai_apps.memory_cli import main as memory_main
+
+        return memory_main(rest)
     if command == "serve":
-        return importlib.import_module("mmai.serve").main(rest)
+        from mmai_apps.serve import main as serve_main
+
+        return serve_main(rest)
     if command == "demo":
-        return importlib.import_module("lightning_modules.demo").main(rest)
+        from mmai_apps.demo import main as demo_main
+
+        return demo_main(rest)
     if command == "data":
         return _data(rest)
     if command == "sweep":
-        return importlib.import_module("lightning_modules.sweep_runner").main(rest)
+        from mmai_apps.sweep_runner import main as sweep_main
+
+        return sweep_main(rest)
     if command == "bench":
-        from mmai.bench import main as bench_main
+        from mmai_apps.bench import main as bench_main
 
         return bench_main(rest)
     print(f"mmai: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)

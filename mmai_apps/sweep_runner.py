@@ -8,7 +8,7 @@ TPE proposes from the results so far). Each trial runs:
 
 * as a subprocess (default): exactly the command ``wandb agent`` would run, with this Python
   environment's ``bin`` first on ``PATH`` so ``${env} mmai`` is this checkout's ``mmai``;
-* or in-process (``--in-process``): ``mmai.cli.main`` called on the same arguments, which saves
+* or in-process (``--in-process``): ``mmai_apps.cli.main`` called on the same arguments, which saves
   the start-up of a Python process per trial.
 
 Either way the runner appends ``--run_dir OUT/trial-NNN`` and a :class:`SweepMetricsCallback`
@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import lightning as L
 
-from mmai.bench import format_table
+from mmai_apps.bench import format_table
 from mmai.io import atomic_write_text
 from mmai.sweep import (DEFAULT_STARTUP_TRIALS, METHODS, LocalSearch, Sweep, expand_command, load_sweep,
                         sort_by_metric)
@@ -149,7 +149,7 @@ def _run_subprocess(trial: Trial, workdir: Path) -> bool:
 
 
 def _run_in_process(trial: Trial, workdir: Path) -> bool:
-    from mmai.cli import main as mmai_main
+    from mmai_apps.cli import main as mmai_main
 
     argv = trial.argv[1:] if trial.argv[0] == "/usr/bin/env" else trial.argv
     if Path(argv[0]).name != "mmai":
@@ -204,7 +204,7 @@ def run_sweep(sweep: Sweep, search: LocalSearch | Sequence[dict[str, Any]], out:
         extra_args: appended to every trial's command (e.g. ``--trainer.max_epochs 1``).
         workdir: where the commands run; relative paths in the command are read from here
             (default: the current directory).
-        in_process: call ``mmai.cli.main`` here instead of starting a process per trial.
+        in_process: call ``mmai_apps.cli.main`` here instead of starting a process per trial.
 
     Returns:
         The trials in asked order, with status and metric.

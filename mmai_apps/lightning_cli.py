@@ -6,6 +6,11 @@ import argparse
 import time
 from collections import Counter
 
+#: Trainer defaults of every LightningCLI run this process starts (a config file or flag still
+#: wins). Empty unless an app asks: :func:`mmai_apps.quiet.quiet_runs` turns the per-run model
+#: summary off for the apps that run several trainings and print their own table (ablate, demo).
+TRAINER_DEFAULTS: dict = {}
+
 
 def inspect_main(argv: list[str]) -> int:
     """``mmai data inspect``: stream shards through CUBWebDataModule and summarise what comes out."""
@@ -133,6 +138,7 @@ def rerank_cli_main(args: list[str] | None = None, run: bool = True):
     from lightning_modules.reranker import RerankerModule
 
     return _make_rerank_cli_class()(RerankerModule, CUBWebDataModule, args=args, run=run,
+                                    trainer_defaults=dict(TRAINER_DEFAULTS),
                                     parser_kwargs={"parser_mode": "omegaconf+"},
                                     save_config_kwargs={"overwrite": True})
 
@@ -158,6 +164,7 @@ def cli_main(args: list[str] | None = None, run: bool = True):
     from lightning_modules.bi_encoder import BiEncoderModule
 
     return _make_cli_class()(BiEncoderModule, CUBWebDataModule, args=args, run=run,
+                             trainer_defaults=dict(TRAINER_DEFAULTS),
                              parser_kwargs={"parser_mode": "omegaconf+"},
                              save_config_kwargs={"overwrite": True})
 

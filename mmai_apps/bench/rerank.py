@@ -29,7 +29,7 @@ import os
 import statistics
 import time
 
-from mmai.bench import BenchResult
+from mmai_apps.bench import BenchResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

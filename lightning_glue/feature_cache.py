@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from tqdm import tqdm
 
-from lightning_modules.eval_set import gather_rows
+from lightning_glue.eval_set import gather_rows
 from mmai.feature_cache import (TENSOR_FIELDS, CorruptCache, SplitFeatures, StaleCache, cache_key, load_features,
                                 module_fingerprint)
 

@@ -42,7 +42,9 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from mmai_apps.resources import data_root
+
+REPO = data_root()  # the installed package's folder: configs/ and sweeps/ are package data
 METRICS_FILE = "ablation_metrics.json"
 SETTING_KEYS = {"seed", "seeds", "out", "shard_dir", "synth", "bi_encoder", "reranker", "retrieval", "baseline", "clip",
                 "quick"}
@@ -282,12 +284,12 @@ def clip_unavailable_reason(model_name: str) -> str | None:
 
 def run_or_reuse(spec: RunSpec) -> RunSpec:
     """Train (or evaluate) ``spec`` unless its run directory holds a complete run; read its metrics."""
-    from lightning_modules.cli import cli_main, rerank_cli_main
+    from mmai_apps.lightning_cli import cli_main, rerank_cli_main
 
     if _complete(spec):
         spec.status = "reused"
     else:
-        callback = {"class_path": "lightning_modules.sweep_runner.SweepMetricsCallback",
+        callback = {"class_path": "mmai_apps.sweep_runner.SweepMetricsCallback",
                     "init_args": {"path": str(spec.metrics_path)}}
         argv = [*spec.argv, "--run_dir", str(spec.run_dir), f"--trainer.callbacks+={json.dumps(callback)}"]
         resume = spec.command != "validate" and spec.last_checkpoint.is_file()
@@ -366,7 +368,7 @@ def _latency(spec: RowSpec, metrics: dict[str, float]) -> dict[str, float | None
 def protocol(settings: dict[str, Any], runs: dict[str, RunSpec], shards: Path, data: str,
              seconds: float) -> dict[str, Any]:
     """What every number of the table depends on: data, split, gallery, K, lambda, GAR, training, hardware."""
-    from mmai.bench import machine_info
+    from mmai_apps.bench import machine_info
     from mmai.data.shards import read_manifest
 
     manifest = read_manifest(shards)
@@ -590,7 +592,7 @@ def log_wandb_table(rows_by_seed: dict[int, list[dict[str, Any]]], facts: dict[s
     (``ablation/differences``) to W&B in a run of its own; offline without credentials."""
     import wandb
 
-    from lightning_modules.tracking import wandb_credentials_available
+    from lightning_glue.tracking import wandb_credentials_available
 
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_available() else "offline")
     columns = ["row", "feature set", "seed", *RECALL_COLUMNS, *PROBE_COLUMNS, *LATENCY_COLUMNS, *DIVERSITY_COLUMNS,

@@ -23,7 +23,9 @@ import math
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from mmai_apps.resources import data_root
+
+REPO = data_root()  # the installed package's folder: configs/ and sweeps/ are package data
 
 
 #: (query, search options, the attributes the query names: what every hit should have).
@@ -39,7 +41,7 @@ DEMO_QUERIES = (
 
 
 def _settings(args) -> dict:
-    from lightning_modules.ablate import load_settings
+    from mmai_apps.ablate import load_settings
 
     settings = load_settings(REPO / "configs/experiments/ablation.yaml")
     settings["bi_encoder"]["epochs"] = args.epochs
@@ -190,15 +192,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--images", type=int, default=1200, help="synthetic images (CUB has 11,788)")
     parser.add_argument("--epochs", type=int, default=60,
                         help="bi-encoder epochs (each of the two rows; LiT profile: ~4 cached steps an epoch)")
-    parser.add_argument("--rerank-epochs", type=int, default=3, help="re-ranker epochs")
+    parser.add_argument("--rerank-epochs", type=int, default=20,
+                        help="re-ranker epochs (LiT profile: 18 cached steps an epoch)")
     parser.add_argument("--rerank-k", type=int, default=8, help="candidates the re-ranker re-scores per query")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="seeds of the ablation (default 0 1 2: mean ± std and paired 95%% intervals)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
 
-    from lightning_modules.ablate import run_ablation
-    from lightning_modules.cli import inspect_main
+    from mmai_apps.ablate import run_ablation
+    from mmai_apps.lightning_cli import inspect_main
     from mmai.data.shards import read_manifest, write_shards
     from mmai.data.synth import synthesize
 

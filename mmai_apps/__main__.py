@@ -1,0 +1,7 @@
+"""``python -m mmai_apps ...`` is the ``mmai`` command."""
+
+import sys
+
+from mmai_apps.cli import main
+
+sys.exit(main())
