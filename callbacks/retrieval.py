@@ -243,6 +243,7 @@ def _save_outcomes(path: Path, outcomes: dict[str, np.ndarray]) -> None:
 
     buffer = io.BytesIO()
     np.savez(buffer, **outcomes)
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buffer.getvalue())
 
 

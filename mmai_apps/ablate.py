@@ -388,7 +388,6 @@ def protocol(settings: dict[str, Any], runs: dict[str, RunSpec], shards: Path, d
         "gar_alpha": retrieval.get("gar_alpha", 0.5),
         "temporal_window_s": retrieval.get("temporal_window_s", 3600),
         "gar_damping": retrieval.get("gar_damping", 0.5),
-        "seed": settings["seed"],
         "bi_encoder_epochs": int(settings["bi_encoder"].get("epochs", 4)),
         "reranker_epochs": int(settings["reranker"].get("epochs", 3)),
         "bi_encoder_configs": " + ".join(settings["bi_encoder"]["configs"]),
@@ -577,7 +576,7 @@ def write_csv(rows_by_seed: dict[int, list[dict[str, Any]]], facts: dict[str, An
         writer.writeheader()
         for seed, rows in rows_by_seed.items():
             for row in rows:
-                writer.writerow({**{c: row.get(c) for c in columns}, "seed": seed, **facts})
+                writer.writerow({**{c: row.get(c) for c in columns}, **facts, "seed": seed})
     fields = ["row", "against", "metric", "outcome", "difference", "low", "high", "verdict", "queries", "seeds"]
     with open(path.with_name("ablation_differences.csv"), "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)

@@ -23,14 +23,15 @@ TINY_BI_ENCODER_ARGS = {
     "model.queue_size": 64, "model.embed_dim": 64, "model.warmup_steps": 2,
     "data.batch_size": 4, "data.num_workers": 0, "data.shuffle_buffer": 16,
 }
-TINY_RERANKER_ARGS = {"model.fusion": {"hidden_dim": 32, "num_layers": 2, "num_heads": 2},
+TINY_RERANKER_ARGS = {"model.fusion": {"hidden_dim": 32, "num_layers": 2, "num_heads": 2}, "model.negatives": "batch",
                       "data.batch_size": 4, "data.num_workers": 0, "data.shuffle_buffer": 16}
 
 
 def _tiny_config(tmp_path, **changes) -> dict:
     config = yaml.safe_load((REPO / "configs/experiments/ablation.yaml").read_text())
     config["quick"] = {"bi_encoder": {"epochs": 1, "args": TINY_BI_ENCODER_ARGS},
-                       "reranker": {"epochs": 1, "args": TINY_RERANKER_ARGS},
+                       "reranker": {"configs": ["configs/reranker.yaml", "configs/profiles/reranker_tiny_cpu.yaml"],
+                                    "epochs": 1, "args": TINY_RERANKER_ARGS},
                        "retrieval": {"candidates": 20, "rerank_k": 4}}
     config.update(changes)
     return config
@@ -47,7 +48,10 @@ def test_quick_merges_its_block_key_by_key():
     full = load_settings(REPO / "configs/experiments/ablation.yaml")
     quick = load_settings(REPO / "configs/experiments/ablation.yaml", quick=True)
     assert quick["bi_encoder"]["epochs"] < full["bi_encoder"]["epochs"]
-    assert quick["reranker"]["configs"] == full["reranker"]["configs"]  # kept: not in the quick block
+    assert quick["reranker"]["args"]["data.num_workers"] == 0  # merged key by key
+    assert quick["reranker"]["configs"][-1].endswith("reranker_tiny_cpu.yaml")  # replaced
+    assert full["reranker"]["configs"][-1].endswith("reranker_lit_cpu.yaml")
+    assert quick["seeds"] == full["seeds"]  # kept: not in the quick block
     assert quick["bi_encoder"]["configs"][-1].endswith("tiny_cpu.yaml")  # replaced: the test-speed profile
     assert full["bi_encoder"]["configs"][-1].endswith("lit_cpu.yaml")
     assert quick["retrieval"]["stage1_weight"] == full["retrieval"]["stage1_weight"]
