@@ -248,9 +248,33 @@ def _save_outcomes(path: Path, outcomes: dict[str, np.ndarray]) -> None:
 
 
 def load_outcomes(path: Path) -> dict[str, np.ndarray]:
-    """The per-query outcomes a validation saved (``per_query.npz``)."""
+    """The per-query outcomes a validation saved (``per_query.npz``), in canonical query order.
+
+    The gathered evaluation set's row order depends on the batch size and the worker count, so two
+    runs list the same captions in different orders. Here every per-caption array is put in the
+    order of a stable sort by image id (captions of one image keep the shards' order), and the
+    probes' query rows are renumbered into that order and sorted, so runs pair query by query.
+    """
     with np.load(path) as data:
-        return {key: data[key] for key in data.files}
+        outcomes = {key: data[key] for key in data.files}
+    text_ids = outcomes.get("query/text_image_ids")
+    if text_ids is None:
+        return outcomes
+    order = np.argsort(text_ids, kind="stable")
+    position = np.empty_like(order)
+    position[order] = np.arange(order.shape[0])
+    probes = {"query/binding_text_rows": "/probe/binding", "query/burst_text_rows": "/probe/burst@10"}
+    for rows_key, suffix in probes.items():
+        if rows_key in outcomes:
+            renumbered = position[outcomes[rows_key]]
+            sort = np.argsort(renumbered, kind="stable")
+            outcomes[rows_key] = renumbered[sort]
+            for key in [k for k in outcomes if k.endswith(suffix)]:
+                outcomes[key] = outcomes[key][sort]
+    for key, value in list(outcomes.items()):
+        if key == "query/text_image_ids" or (key.endswith(("hit@1", "hit@10")) and value.shape == text_ids.shape):
+            outcomes[key] = value[order]
+    return outcomes
 
 
 def _val_gallery_size(trainer: L.Trainer) -> int | None:

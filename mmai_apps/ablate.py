@@ -172,14 +172,12 @@ def load_settings(path: Path, quick: bool = False) -> dict[str, Any]:
 
 
 def _merge(base: dict, override: dict) -> dict:
-    """``base`` with ``override`` merged in key by key (nested mappings merged, the rest replaced)."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+    """``base`` with ``override`` merged in key by key (nested mappings merged, the rest replaced),
+    by OmegaConf's merge; plain dicts in and out."""
+    from omegaconf import OmegaConf
+
+    merged = OmegaConf.merge(OmegaConf.create(copy.deepcopy(base)), OmegaConf.create(copy.deepcopy(override)))
+    return OmegaConf.to_container(merged, resolve=True)
 
 
 def flags(options: dict[str, Any], prefix: str = "") -> list[str]:

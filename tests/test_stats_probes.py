@@ -127,3 +127,23 @@ def test_burst_recovery_counts_hard_sighting_mates_in_the_top_k():
     rankings = np.array([[0, 1, 3, 4, 2], [0, 2, 1, 3, 4], [1, 0, 2, 3, 4], [3, 4, 0, 1, 2]])
     assert burst_recovery(rankings, probe, k=2).tolist() == [0.5, 0.5]
     assert burst_recovery(rankings, probe, k=3).tolist() == [0.5, 1.0]
+
+
+def test_saved_outcomes_load_in_one_query_order_whatever_order_the_run_gathered(tmp_path):
+    from callbacks.retrieval import _save_outcomes, load_outcomes
+
+    ids = np.array([5, 5, 3, 3, 9])  # captions of images 5, 3, 9 as one run gathered them
+    hits = np.array([1.0, 0.0, 0.0, 1.0, 1.0])
+    binding_rows, binding = np.array([0, 3]), np.array([0.25, 0.75])  # probe captions: row 0 (image 5), row 3 (3)
+    _save_outcomes(tmp_path / "a.npz", {"query/text_image_ids": ids, "stage1/t2i/class/hit@1": hits,
+                                        "query/binding_text_rows": binding_rows, "stage1/probe/binding": binding})
+    order = np.array([2, 3, 0, 1, 4])  # the same captions gathered in another order by another run
+    inverse = np.argsort(order)
+    _save_outcomes(tmp_path / "b.npz", {"query/text_image_ids": ids[order], "stage1/t2i/class/hit@1": hits[order],
+                                        "query/binding_text_rows": np.sort(inverse[binding_rows]),
+                                        "stage1/probe/binding": binding[np.argsort(inverse[binding_rows])]})
+    a, b = load_outcomes(tmp_path / "a.npz"), load_outcomes(tmp_path / "b.npz")
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+    assert a["query/text_image_ids"].tolist() == [3, 3, 5, 5, 9]
+    assert a["stage1/probe/binding"].tolist() == [0.75, 0.25]  # image 3's caption first now
