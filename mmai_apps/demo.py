@@ -167,11 +167,17 @@ def _binding_panels(memory, synth: Path, species: dict[int, dict], folder: Path)
                if first["attributes"][name] != second["attributes"][name]]
     parts = {"bill_colour": "bill", "crown_colour": "crown", "wing_colour": "wings", "belly_colour": "belly"}
     query = "a bird with " + " and ".join(f"a {first['attributes'][name]} {parts[name]}" for name in swapped)
-    images = {}
+    conditions = {}
+    diary = synth / "mmai_extras" / "episodes.jsonl"
+    for line in diary.read_text().splitlines() if diary.is_file() else []:
+        entry = json.loads(line)
+        conditions[int(entry["image_id"])] = entry.get("condition", "clear")
+    images = {}  # the first clear photo of each species: a dark or blurred one would differ for other reasons
     for line in (synth / "CUB_200_2011" / "images.txt").read_text().splitlines():
-        relpath = line.split()[1]
+        image_id, relpath = line.split()
         for entry in pair:
-            if relpath.startswith(entry["class_dir"] + "/") and entry["class_id"] not in images:
+            if (relpath.startswith(entry["class_dir"] + "/") and entry["class_id"] not in images
+                    and conditions.get(int(image_id), "clear") == "clear"):
                 images[entry["class_id"]] = synth / "CUB_200_2011" / "images" / relpath
     folder.mkdir(parents=True, exist_ok=True)
     print(f"\n  binding: \"{query}\" is true of {first['name'].replace('_', ' ')} and, as a bag of words "
