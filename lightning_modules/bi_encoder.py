@@ -57,6 +57,10 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
             :mod:`mmai.feature_cache`). Ignored for towers that train.
         feature_cache_dir: where cache files go (default: ``feature_cache/`` in the shard folder,
             or ``~/.cache/mmai/features`` when that is not writable).
+        feature_cache_stage2: cache the stage-2 inputs (patch tokens, caption token states) in the
+            same pass (default False), so a re-ranker trained on this run's checkpoint finds its
+            cache ready instead of running the towers over the splits a second time; stage 1
+            itself reads only the pooled features.
     """
 
     def __init__(self, image_size: int = 224, text_model: str = "bert-base-uncased", max_length: int = 64,
@@ -69,7 +73,8 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
                  projection_input_norm: bool = False,
                  lr: float = 1e-4, lr_pretrained: float = 1e-5, weight_decay: float = 0.02,
                  warmup_steps: int = 200, batch_size: int = 64, eval_ks: tuple[int, ...] = (1, 5, 10),
-                 init_from: str | None = None, feature_cache: bool = True, feature_cache_dir: str | None = None):
+                 init_from: str | None = None, feature_cache: bool = True, feature_cache_dir: str | None = None,
+                 feature_cache_stage2: bool = False):
         super().__init__()
         if audio is not None and not audio_seconds:
             raise ValueError("model.audio is set but model.audio_seconds is not: set the song length "
@@ -108,10 +113,11 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
         for split in splits:
             self._features[split] = self._split_features(datamodule, split, fingerprints)
         if "train" in self._features:
-            datamodule.use_train_features(self._features["train"])
+            datamodule.use_train_features(self._features["train"].stage1())
 
     def _split_features(self, datamodule, split: str, fingerprints: tuple[str, str]) -> SplitFeatures:
-        return split_features(self, self.model, datamodule, split, fingerprints, self.hparams.feature_cache_dir)
+        return split_features(self, self.model, datamodule, split, fingerprints, self.hparams.feature_cache_dir,
+                              stage2=bool(self.hparams.get("feature_cache_stage2", False)))
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -168,7 +174,8 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
     def _eval_step(self, batch: dict) -> None:
         features = self._features.get("test" if self.trainer.testing else "val")
         if features is not None:
-            batch = {**batch, **features.lookup(batch)}  # the locked towers' cached features
+            found = features.lookup(batch)  # the locked towers' cached features (pooled only: stage 1)
+            batch = {**batch, "image_features": found["image_features"], "text_features": found["text_features"]}
         image_embeddings, text_embeddings = self.model.embed_batch(batch)  # (B, E), (Bt, E)
         self._collector.add(batch, image_embeddings, text_embeddings)
 

@@ -123,6 +123,10 @@ class SplitFeatures:
         features.validate()
         return features
 
+    def stage1(self) -> "SplitFeatures":
+        """The same rows without the stage-2 fields (what a bi-encoder trains on)."""
+        return dataclasses.replace(self, extras={})
+
     @property
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every stored field by name (the extras included)."""
