@@ -192,8 +192,8 @@ def test_comparisons_pair_queries_across_runs_and_call_a_gain_only_when_the_inte
     assert results[(4, 5, "t2i/class/hit@10")]["verdict"] == "no measurable gain"
     assert results[(3, 2, "probe/binding")]["verdict"].startswith("not measured")
     runs_by_seed[1]["queue_hn"].run_dir.joinpath("per_query.npz").unlink()
-    _save_outcomes(runs_by_seed[1]["queue_hn"].run_dir, **{"query/text_image_ids": queries[::-1],
-                                                           "stage1/t2i/class/hit@1": np.zeros(400)})
+    _save_outcomes(runs_by_seed[1]["queue_hn"].run_dir, **{"query/text_image_ids": queries + 1000,
+                                                           "stage1/t2i/class/hit@1": np.zeros(400)})  # other images
     assert "not paired" in {(c["row"], c["against"], c["outcome"]): c for c in compare(runs_by_seed)}[
         (2, 1, "t2i/class/hit@1")]["verdict"]
 
