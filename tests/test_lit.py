@@ -296,3 +296,25 @@ def test_rerank_trains_on_the_stage2_cache_with_split_negatives_and_the_agreemen
     assert torch.isfinite(metrics["val/match_loss"]) and "val/two_stage/t2i/class/R@1" in metrics
     assert cli.trainer.global_step > 0
     assert (out / "per_query.npz").is_file()
+
+
+@pytest.mark.slow
+def test_a_bi_encoder_that_caches_stage2_inputs_spares_the_reranker_a_second_pass(synth_shards, tmp_path, caplog):
+    from mmai_apps.lightning_cli import rerank_cli_main
+
+    cache_dir, run_dir = tmp_path / "cache", tmp_path / "fit"
+    cli_main(["fit", *lit_args(synth_shards, run_dir, "--trainer.max_epochs", "1", "--model.feature_cache_dir",
+                               str(cache_dir), "--model.feature_cache_stage2", "true")])
+    assert sorted(p.name.split("-")[0] for p in cache_dir.glob("*-stage2-*.pt")) == ["train", "val"]
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        rerank_cli_main(["fit", "--config", str(REPO / "configs/reranker.yaml"), "--config",
+                         str(REPO / "configs/profiles/reranker_lit_cpu.yaml"),
+                         "--model.bi_encoder_ckpt", str(run_dir / "checkpoints" / "last.ckpt"),
+                         "--data.shard_dir", str(synth_shards), "--run_dir", str(tmp_path / "rerank"),
+                         "--data.batch_size", "4", "--data.num_workers", "0", "--trainer.max_epochs", "1",
+                         "--model.feature_cache_dir", str(cache_dir), "--retrieval.candidates", "16",
+                         "--retrieval.rerank_k", "8", "--model.fusion", json.dumps({"hidden_dim": 32, "num_layers": 0,
+                                                                                    "num_heads": 2, "head": "agreement"})])
+    assert "computing the locked towers' features" not in caplog.text  # both splits read from the bi-encoder's pass
+    assert len(list(cache_dir.glob("*.pt"))) == 2
