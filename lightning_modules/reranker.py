@@ -119,7 +119,7 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
             expect_eval_mode_modules()  # the frozen towers stay in eval mode on purpose
         self._collector = EvalSetCollector()
         self._features: dict[str, SplitFeatures] = {}
-        self._bank: tuple[torch.Tensor, torch.Tensor] | None = None  # train-split embeddings (split negatives)
+        self._bank: tuple[torch.Tensor, ...] | None = None  # train-split embeddings, ids, classes (split negatives)
         self._val_match: list[torch.Tensor] = []
         #: the re-rank settings of the last two-stage validation (see :meth:`record_validation`).
         self.validated_with: dict[str, Any] | None = None
@@ -243,17 +243,17 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
         ``same_class_weight``; never the item's own image)."""
         hp, train = self.hparams, self._features["train"]
         device = text_embeddings.device
-        if self._bank is None:  # the towers and projections are frozen: embed the split once
+        if self._bank is None:  # the towers and projections are frozen: embed the split (and index it) once
             image_bank, text_bank = self.bi_encoder.embed_batch(
                 {"image_features": train.image_features.to(device), "text_features": train.text_features.to(device)})
-            self._bank = (image_bank, text_bank)
-        image_bank, text_bank = self._bank
+            train_ids, train_classes = train.image_ids.to(device), train.class_ids.to(device)
+            caption_ids = train.text_image_ids.to(device)
+            caption_classes = train_classes[torch.searchsorted(train_ids, caption_ids)]
+            self._bank = (image_bank, text_bank, train_ids, train_classes, caption_ids, caption_classes)
+        image_bank, text_bank, train_ids, train_classes, caption_ids, caption_classes = self._bank
         owner, image_ids, class_ids = batch["caption_owner"], batch["image_id"], batch["class_id"]
         options = dict(num_negatives=hp.num_negatives, temperature=hp.negative_temperature,
                        same_class_weight=hp.same_class_weight)
-        train_ids, train_classes = train.image_ids.to(device), train.class_ids.to(device)
-        caption_ids = train.text_image_ids.to(device)
-        caption_classes = train_classes[torch.searchsorted(train_ids, caption_ids)]
         negative_images = sample_hard_negatives(
             text_embeddings @ image_bank.T, image_ids[owner], train_ids, query_class_ids=class_ids[owner],
             candidate_class_ids=train_classes, **options)  # (Bt, n) train rows

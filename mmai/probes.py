@@ -30,9 +30,9 @@ from typing import Sequence
 
 import numpy as np
 
-COLOUR_ATTRIBUTES = ("bill_colour", "crown_colour", "wing_colour", "belly_colour")
-#: Words a caption uses for a colour value (the synthetic caption vocabulary).
-COLOUR_SYNONYMS = {"grey": ("grey", "gray"), "buff": ("buff", "tan", "cream colored")}
+from mmai.data.synth.captions import COLOUR_ATTRIBUTES
+from mmai.data.synth.captions import COLOUR_WORDS as COLOUR_SYNONYMS  # words a caption uses for a colour value
+
 CLEAR = "clear"
 
 

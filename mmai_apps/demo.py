@@ -112,7 +112,8 @@ def _memory_demo(synth: Path, checkpoint: Path, root: Path, panels: Path) -> Non
     print("  " + report.summary().replace("\n", "\n  "))
     stats = memory.stats()
     print("  store: " + ", ".join(f"{key} {value}" for key, value in stats.items() if not isinstance(value, dict)))
-    species = _species_attributes(synth)
+    entries = _species_entries(synth)
+    species = {int(entry["class_id"]): entry["attributes"] for entry in entries}
     print(f"[6/6] {len(DEMO_QUERIES)} example queries (top 3, re-ranked by the fusion model; panels of the hits). "
           "✓: the hit's species has every attribute the query names (species_attributes.json); ✗: what differs")
     hits = memory.search(DEMO_QUERIES[0][0], k=1)
@@ -133,29 +134,28 @@ def _memory_demo(synth: Path, checkpoint: Path, root: Path, panels: Path) -> Non
         good += _print_hits(hits, gar, named, species)
         total += len(hits)
     print(f"\n  {good} of {total} hits have every attribute their query names")
-    _binding_panels(memory, synth, species, panels / "binding")
+    _binding_panels(memory, synth, entries, panels / "binding")
     memory.close()
 
 
-def _species_attributes(synth: Path) -> dict[int, dict]:
+def _species_entries(synth: Path) -> list[dict]:
+    """The ``species`` of ``mmai_extras/species_attributes.json`` ([] without the file)."""
     import json
 
     path = synth / "mmai_extras" / "species_attributes.json"
-    entries = json.loads(path.read_text()).get("species", []) if path.is_file() else []
-    return {int(entry["class_id"]): entry["attributes"] for entry in entries}
+    return json.loads(path.read_text()).get("species", []) if path.is_file() else []
 
 
-def _binding_panels(memory, synth: Path, species: dict[int, dict], folder: Path) -> None:
+def _binding_panels(memory, synth: Path, entries: list[dict], folder: Path) -> None:
     """For the first val swap pair: one caption naming a swapped colour, its saliency on a photo
     of each species of the pair (the probe's question, made visible)."""
     import json
 
     from PIL import Image
 
-    from mmai.probes import probe_words
+    from mmai.probes import COLOUR_ATTRIBUTES, probe_words
 
     stage2 = memory.stage2
-    entries = json.loads((synth / "mmai_extras" / "species_attributes.json").read_text())["species"]
     val = set((synth / "cvpr2016_cub" / "valclasses.txt").read_text().split())
     pair = next(((a, b) for a in entries for b in entries if a["class_dir"] in val and b["class_id"] in
                  a.get("swap_partners", []) and a["class_id"] < b["class_id"]), None)
@@ -163,8 +163,7 @@ def _binding_panels(memory, synth: Path, species: dict[int, dict], folder: Path)
         return
     first, second = pair
     words = probe_words(first["attributes"], second["attributes"])
-    swapped = [name for name in ("bill_colour", "crown_colour", "wing_colour", "belly_colour")
-               if first["attributes"][name] != second["attributes"][name]]
+    swapped = [name for name in COLOUR_ATTRIBUTES if first["attributes"][name] != second["attributes"][name]]
     parts = {"bill_colour": "bill", "crown_colour": "crown", "wing_colour": "wings", "belly_colour": "belly"}
     query = "a bird with " + " and ".join(f"a {first['attributes'][name]} {parts[name]}" for name in swapped)
     conditions = {}

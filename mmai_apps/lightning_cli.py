@@ -169,13 +169,18 @@ def cli_main(args: list[str] | None = None, run: bool = True):
                              save_config_kwargs={"overwrite": True})
 
 
-def parse_config(args: list[str]):
+def parse_config(args: list[str], rerank: bool = False):
     """Parse (and validate, links applied) a config without building anything: for configs whose
-    weights are not here, such as the full GPU profile. Returns the parsed namespace."""
+    weights are not here, such as the full GPU profile. ``rerank``: a ``mmai rerank fit`` command
+    (its data settings read from the bi-encoder checkpoint). Returns the parsed namespace."""
     from datamodules import CUBWebDataModule
-    from lightning_modules.bi_encoder import BiEncoderModule
 
-    cli_class = _make_cli_class()
+    if rerank:
+        from lightning_modules.reranker import RerankerModule as module_class
+        cli_class = _make_rerank_cli_class()
+    else:
+        from lightning_modules.bi_encoder import BiEncoderModule as module_class
+        cli_class = _make_cli_class()
 
     class _ParseOnly(cli_class):
         def instantiate_classes(self) -> None:
@@ -184,5 +189,5 @@ def parse_config(args: list[str]):
         def _add_configure_optimizers_method_to_model(self, subcommand) -> None:
             pass
 
-    return _ParseOnly(BiEncoderModule, CUBWebDataModule, args=args, run=False,
+    return _ParseOnly(module_class, CUBWebDataModule, args=args, run=False,
                       parser_kwargs={"parser_mode": "omegaconf+"}).config

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from fit_helpers import REPO, TINY_MODEL
-from mmai_apps.lightning_cli import _make_rerank_cli_class, parse_config
+from mmai_apps.lightning_cli import parse_config
 from mmai_apps.sweep_runner import Trial, main as sweep_main, plan_trial, run_sweep, write_results
 from mmai.metrics import evaluate_retrieval
 from mmai.sweep import (ARGS_MACROS, GOALS, METHODS, LocalSearch, draw, expand_command, grid, infer_distribution,
@@ -66,18 +66,7 @@ def _cli_args(sweep, params: dict) -> list[str]:
 def parse_rerank_config(args: list[str]):
     """Parse (links and the data settings read from the bi-encoder checkpoint applied) a `mmai rerank fit`
     command without building anything."""
-    from datamodules import CUBWebDataModule
-    from lightning_modules.reranker import RerankerModule
-
-    class _ParseOnly(_make_rerank_cli_class()):
-        def instantiate_classes(self) -> None:
-            pass
-
-        def _add_configure_optimizers_method_to_model(self, subcommand) -> None:
-            pass
-
-    return _ParseOnly(RerankerModule, CUBWebDataModule, args=args, run=False,
-                      parser_kwargs={"parser_mode": "omegaconf+"}).config
+    return parse_config(args, rerank=True)
 
 
 @pytest.fixture(scope="module")
