@@ -2,14 +2,16 @@
 
 1. synthesise a CUB-format dataset (if missing) and write its shards (if missing);
 2. stream a few validation batches through the DataModule;
-3. ``mmai ablate`` on those shards: the in-batch baseline, the bi-encoder with momentum queue and
-   hard negatives, and the fusion re-ranker over it (the LiT CPU profile: locked pretrained towers, cached features; a tiny fusion model), evaluated into the
-   reference table (stage 1 → + re-rank → + GAR → GAR control; markdown, CSV, W&B table);
+3. ``mmai ablate`` on those shards over 3 seeds: the in-batch baseline, the bi-encoder with
+   momentum queue and hard negatives, and the fusion re-ranker over it (the LiT CPU profiles:
+   locked pretrained towers, their outputs cached once), evaluated into the reference table
+   (stage 1 → + re-rank → + GAR → GAR control; mean ± std, paired 95% intervals; markdown, CSV, W&B);
 4. a personal memory store (Chroma + FAISS + episodic graph) of the synthetic photos with the
    diary's times and places, embedded by the trained models;
-5. three example queries (plain, filtered by year and place, with GAR associations), each top
-   result's saliency panel saved as a PNG;
-6. the ablation table again, with chance levels.
+5. four example queries (plain, filtered by year and place, with GAR associations, a swap-pair
+   binding query), each hit marked ✓/✗ against its species' attributes and its saliency panel
+   saved as a PNG, and the binding panels of a val swap pair;
+6. the ablation table again, with the chance row and the paired differences.
 
 W&B runs offline without credentials. Idempotent: a second run reuses the data, the finished
 runs (by their arguments) and the memory store, and only re-runs the queries.
