@@ -3,5 +3,6 @@
 from callbacks.retrieval import RetrievalEvalCallback
 from callbacks.run_facts import RunFactsCallback
 from callbacks.saliency import SaliencyPanelCallback
+from callbacks.sweep_metrics import SweepMetricsCallback
 
-__all__ = ["RetrievalEvalCallback", "RunFactsCallback", "SaliencyPanelCallback"]
+__all__ = ["RetrievalEvalCallback", "RunFactsCallback", "SaliencyPanelCallback", "SweepMetricsCallback"]

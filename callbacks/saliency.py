@@ -206,13 +206,13 @@ def _content_and_part_masks(tokenizer, input_ids: torch.Tensor, mask: torch.Tens
 
 def _stage2_view(pl_module):
     """A :class:`mmai.checkpoint.Stage2Model` over the training module's own (live) weights."""
-    from mmai.checkpoint import Stage1Model, Stage2Model, _tokenizer
+    from mmai.checkpoint import Stage1Model, Stage2Model, load_tokenizer
 
-    hparams = pl_module.hparams["bi_encoder"]
     if getattr(pl_module, "_stage2_view", None) is None:
-        stage1 = Stage1Model(pl_module.bi_encoder, hparams, _tokenizer(hparams), "<training run>")
-        pl_module._stage2_view = Stage2Model(stage1, pl_module.reranker, int(pl_module.hparams.rerank_k),
-                                             float(pl_module.hparams.stage1_weight))
+        config = pl_module.bi_encoder_config
+        stage1 = Stage1Model(pl_module.bi_encoder, config, load_tokenizer(config), "<training run>")
+        pl_module._stage2_view = Stage2Model(stage1, pl_module.reranker, pl_module.config.rerank_k,
+                                             pl_module.config.stage1_weight)
     return pl_module._stage2_view
 
 

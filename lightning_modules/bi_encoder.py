@@ -8,41 +8,31 @@ full-gallery Recall@K under ``val/stage1/{t2i,i2t}/{instance,class}/R@{k}``.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
-from typing import Any
-
 import lightning as L
 import torch
-
 
 from lightning_glue.eval_set import EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
 from lightning_glue.feature_cache import split_features, tower_fingerprints
 from mmai.bi_encoder import BiEncoder
-from mmai.checkpoint import build_towers, read_checkpoint
+from mmai.checkpoint import read_checkpoint
+from mmai.config import BiEncoderConfig, coerce
 from mmai.feature_cache import SplitFeatures
+
+#: ``model.bi_encoder``'s default: every field at its default (the module copies it).
+DEFAULT_BI_ENCODER = BiEncoderConfig()
 
 
 class BiEncoderModule(Stage1Evaluation, L.LightningModule):
     """Trains image, text (and audio) towers into one ``embed_dim`` space.
 
     Args:
-        image_size: input size of the vision tower; linked to ``data.image_size`` (default 224).
-        text_model: Hugging Face id or folder of the text tower; linked to ``data.tokenizer``
-            (default ``bert-base-uncased``; the offline MiniLM is
-            ``sentence-transformers/all-MiniLM-L6-v2``).
-        max_length: caption token limit; linked to ``data.max_length`` (default 64).
-        vision: further :class:`~mmai.towers.VisionTower` arguments (``model_name``,
-            ``pretrained``, ``memory_tokens``, ``model_kwargs``...).
-        text: further :class:`~mmai.towers.TextTower` arguments (``pretrained``, ``config_overrides``).
-        audio: :class:`~mmai.towers.AudioTower` arguments, or None for no audio tower (default).
-        audio_seconds: song crop length fed to the audio tower, required with ``audio``; linked to
-            ``data.audio_seconds`` (default None: the DataModule loads no audio).
-        clip: :class:`~mmai.towers.ClipTowers` arguments to use a CLIP backbone instead of the
-            vision and text towers (the zero-shot baseline), or None (default).
-        embed_dim, queue_size, momentum, hard_negative_beta, class_positives, distill_alpha,
-            temperature_init, projection_hidden_dim, projection_input_norm: see
-            :class:`~mmai.bi_encoder.BiEncoder`.
+        bi_encoder: the model, a :class:`~mmai.config.BiEncoderConfig` (towers, space, queue,
+            loss); ``model.bi_encoder.*`` on the command line (``--model.bi_encoder.queue_size 0``,
+            ``--model.bi_encoder.vision.model_name ...``). Default: its defaults. The data follow
+            its ``vision.image_size``, tokenizer, ``text.max_length`` and ``audio.seconds`` (linked).
         lr: learning rate of the new parts: projections, temperature, memory tokens, and towers
             trained from scratch (default 1e-4).
         lr_pretrained: learning rate of pretrained towers (default 1e-5).
@@ -61,30 +51,26 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
             same pass (default False), so a re-ranker trained on this run's checkpoint finds its
             cache ready instead of running the towers over the splits a second time; stage 1
             itself reads only the pooled features.
+
+    Attributes:
+        config: the :class:`~mmai.config.BiEncoderConfig` (saved as a plain dict under
+            ``hparams.bi_encoder``, which is what the checkpoint loaders read).
+        model: the :class:`~mmai.bi_encoder.BiEncoder`.
     """
 
-    def __init__(self, image_size: int = 224, text_model: str = "bert-base-uncased", max_length: int = 64,
-                 vision: dict[str, Any] | None = None, text: dict[str, Any] | None = None,
-                 audio: dict[str, Any] | None = None, clip: dict[str, Any] | None = None,
-                 audio_seconds: float | None = None,
-                 embed_dim: int = 512, queue_size: int = 4096, momentum: float = 0.995,
-                 hard_negative_beta: float = 0.0, class_positives: bool = False, distill_alpha: float = 0.0,
-                 temperature_init: float = 0.07, projection_hidden_dim: int | None = None,
-                 projection_input_norm: bool = False,
-                 lr: float = 1e-4, lr_pretrained: float = 1e-5, weight_decay: float = 0.02,
-                 warmup_steps: int = 200, batch_size: int = 64, eval_ks: tuple[int, ...] = (1, 5, 10),
-                 init_from: str | None = None, feature_cache: bool = True, feature_cache_dir: str | None = None,
-                 feature_cache_stage2: bool = False):
+    def __init__(self, bi_encoder: BiEncoderConfig = DEFAULT_BI_ENCODER, lr: float = 1e-4, lr_pretrained: float = 1e-5,
+                 weight_decay: float = 0.02, warmup_steps: int = 200, batch_size: int = 64,
+                 eval_ks: tuple[int, ...] = (1, 5, 10), init_from: str | None = None, feature_cache: bool = True,
+                 feature_cache_dir: str | None = None, feature_cache_stage2: bool = False):
         super().__init__()
-        if audio is not None and not audio_seconds:
-            raise ValueError("model.audio is set but model.audio_seconds is not: set the song length "
-                             "fed to the audio tower, e.g. --model.audio_seconds 1.0")
-        self.save_hyperparameters()
-        self.model = BiEncoder(**self._towers(), embed_dim=embed_dim, queue_size=queue_size, momentum=momentum,
-                               hard_negative_beta=hard_negative_beta, class_positives=class_positives,
-                               distill_alpha=distill_alpha, temperature_init=temperature_init,
-                               projection_hidden_dim=projection_hidden_dim,
-                               projection_input_norm=projection_input_norm)
+        self.config = copy.deepcopy(coerce(BiEncoderConfig, bi_encoder, "model.bi_encoder"))
+        # plain data in the checkpoint (weights_only loading), not the dataclass
+        self.save_hyperparameters({"bi_encoder": self.config.to_dict(), "lr": lr, "lr_pretrained": lr_pretrained,
+                                   "weight_decay": weight_decay, "warmup_steps": warmup_steps,
+                                   "batch_size": batch_size, "eval_ks": tuple(eval_ks), "init_from": init_from,
+                                   "feature_cache": feature_cache, "feature_cache_dir": feature_cache_dir,
+                                   "feature_cache_stage2": feature_cache_stage2})
+        self.model = BiEncoder.from_config(self.config)
         self._collector = EvalSetCollector()
         self._features: dict[str, SplitFeatures] = {}
         self._last_step_time: float | None = None
@@ -95,9 +81,6 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
         # transformers' from_pretrained returns modules in eval mode and Lightning keeps the modes
         # it finds: without this the pretrained text tower would train with dropout off.
         self.train()
-
-    def _towers(self) -> dict[str, torch.nn.Module]:
-        return build_towers(dict(self.hparams))
 
     # ---------------------------------------------------------- feature cache
     def setup(self, stage: str) -> None:
@@ -117,7 +100,7 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
 
     def _split_features(self, datamodule, split: str, fingerprints: tuple[str, str]) -> SplitFeatures:
         return split_features(self, self.model, datamodule, split, fingerprints, self.hparams.feature_cache_dir,
-                              stage2=bool(self.hparams.get("feature_cache_stage2", False)))
+                              stage2=bool(self.hparams.feature_cache_stage2))
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -159,14 +142,14 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
     def _pretrained_prefixes(self) -> tuple[str, ...]:
-        hp = self.hparams
+        config = self.config
         prefixes = []
-        if hp.clip is not None:
-            prefixes += ["vision.", "text."] if hp.clip.get("pretrained", True) else []
+        if config.clip is not None:
+            prefixes += ["vision.", "text."] if config.clip.pretrained else []
         else:
-            prefixes += ["vision."] if (hp.vision or {}).get("pretrained", False) else []
-            prefixes += ["text."] if (hp.text or {}).get("pretrained", True) else []
-        if hp.audio is not None and hp.audio.get("pretrained", True):
+            prefixes += ["vision."] if config.vision.pretrained else []
+            prefixes += ["text."] if config.text.pretrained else []
+        if config.audio is not None and config.audio.pretrained:
             prefixes.append("audio.")
         return tuple(prefixes)
 

@@ -21,6 +21,7 @@ Run it with ``mmai rerank fit --config configs/reranker.yaml --model.bi_encoder_
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -30,22 +31,30 @@ import torch.nn.functional as F
 
 from lightning_glue.eval_set import EvalSet, EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
 from lightning_glue.feature_cache import split_features, tower_fingerprints
-from mmai.checkpoint import VALIDATED_WITH, build_bi_encoder, build_reranker, read_checkpoint
+from mmai.bi_encoder import BiEncoder
+from mmai.checkpoint import VALIDATED_WITH, bi_encoder_config, build_reranker, is_reranker_checkpoint, read_checkpoint
+from mmai.config import BiEncoderConfig, RerankerConfig, coerce
 from mmai.fusion import match_loss
 from mmai.feature_cache import SplitFeatures
 from mmai.negatives import NEGATIVE_CAPTION, NEGATIVE_IMAGE, POSITIVE, MatchBatch, build_match_batch, sample_hard_negatives
 from mmai.two_stage import TwoStageResult, evaluate_two_stage
+
+#: ``model.reranker``'s default: every field at its default (the module copies it).
+DEFAULT_RERANKER = RerankerConfig()
 
 
 class RerankerModule(Stage1Evaluation, L.LightningModule):
     """Trains the fusion re-ranker's match head on hard negatives of a trained bi-encoder.
 
     Args:
-        bi_encoder_ckpt: a ``BiEncoderModule`` checkpoint (``mmai fit``); its hyperparameters are
-            copied into this module's (``bi_encoder``), so a re-ranker checkpoint stands alone.
-        bi_encoder: the bi-encoder's hyperparameters; filled from ``bi_encoder_ckpt`` (leave None).
-        fusion: :class:`~mmai.fusion.FusionReranker` arguments (``hidden_dim`` 256,
-            ``num_layers`` 2, ``num_heads`` 4, ``dropout`` 0.1, ``mlp_ratio`` 4.0).
+        bi_encoder_ckpt: a ``BiEncoderModule`` checkpoint (``mmai fit``); its
+            :class:`~mmai.config.BiEncoderConfig` is copied into this module's hyperparameters
+            (``bi_encoder``), so a re-ranker checkpoint stands alone.
+        bi_encoder: the bi-encoder's config; filled from ``bi_encoder_ckpt`` (leave None).
+        reranker: the re-ranker, a :class:`~mmai.config.RerankerConfig` (fusion architecture:
+            ``hidden_dim`` 256, ``num_layers`` 2, ``num_heads`` 4, ``dropout`` 0.1, ``head`` cls;
+            and the default ``rerank_k`` 16 and ``stage1_weight`` 1.0 of two-stage evaluation,
+            which the retrieval callback's values override); ``model.reranker.*`` on the command line.
         finetune_towers: also train the bi-encoder's online towers (default False: frozen, eval mode).
         itc_weight: with ``finetune_towers``, weight of the bi-encoder's own contrastive loss
             (momentum queue included) trained beside the match loss, as ALBEF trains ITC with
@@ -58,8 +67,6 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
         num_negatives: hard negatives per caption and per image (default 1, as ALBEF).
         negative_temperature: sampling temperature over similarities (default 0.07; lower = harder).
         same_class_weight: sampling weight multiplier of same-species candidates (default 1.0).
-        rerank_k: default K of two-stage evaluation (the callback's ``rerank_k`` wins; default 16).
-        stage1_weight: default lambda of ``match_logit + lambda * stage1_similarity`` (default 1.0).
         batch_size: per-rank batch, linked from ``data.batch_size`` (default 64).
         eval_ks: the K of Recall@K (default 1, 5, 10).
         feature_cache: with the bi-encoder's towers fully locked and not fine-tuned, compute each
@@ -78,13 +85,11 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
             colour (default False; needs ``negatives="split"``, their token states are cached once).
     """
 
-    def __init__(self, bi_encoder_ckpt: str | None = None, bi_encoder: dict[str, Any] | None = None,
-                 fusion: dict[str, Any] | None = None, finetune_towers: bool = False, itc_weight: float = 1.0,
-                 lr: float = 1e-4,
-                 lr_towers: float = 1e-5, weight_decay: float = 0.02, warmup_steps: int = 100,
+    def __init__(self, bi_encoder_ckpt: str | None = None, bi_encoder: BiEncoderConfig | None = None,
+                 reranker: RerankerConfig = DEFAULT_RERANKER, finetune_towers: bool = False, itc_weight: float = 1.0,
+                 lr: float = 1e-4, lr_towers: float = 1e-5, weight_decay: float = 0.02, warmup_steps: int = 100,
                  num_negatives: int = 1, negative_temperature: float = 0.07, same_class_weight: float = 1.0,
-                 rerank_k: int = 16, stage1_weight: float = 1.0, batch_size: int = 64,
-                 eval_ks: tuple[int, ...] = (1, 5, 10), feature_cache: bool = True,
+                 batch_size: int = 64, eval_ks: tuple[int, ...] = (1, 5, 10), feature_cache: bool = True,
                  feature_cache_dir: str | None = None, negatives: str = "batch", swap_negatives: bool = False):
         super().__init__()
         if negatives not in ("batch", "split"):
@@ -98,14 +103,24 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
                 raise ValueError("RerankerModule needs model.bi_encoder_ckpt: a checkpoint of `mmai fit` "
                                  "(runs/<run>/checkpoints/last.ckpt)")
             checkpoint = read_checkpoint(bi_encoder_ckpt, "model.bi_encoder_ckpt")
-            if any(key.startswith("reranker.") for key in checkpoint["state_dict"]):
+            if is_reranker_checkpoint(checkpoint):
                 raise ValueError(f"model.bi_encoder_ckpt {bi_encoder_ckpt!r} is a re-ranker checkpoint; pass the "
                                  "bi-encoder's (`mmai fit`) checkpoint, or --ckpt_path to resume this run")
-            bi_encoder = {key: value for key, value in checkpoint["hyper_parameters"].items()
-                          if key != "init_from"}
-        self.save_hyperparameters(ignore=["bi_encoder"])
-        self.hparams["bi_encoder"] = dict(bi_encoder)
-        self.bi_encoder = build_bi_encoder(self.hparams["bi_encoder"], pretrained=False)
+            self.bi_encoder_config = bi_encoder_config(checkpoint["hyper_parameters"],
+                                                       f"model.bi_encoder_ckpt {bi_encoder_ckpt!r}")
+        else:
+            self.bi_encoder_config = coerce(BiEncoderConfig, bi_encoder, "model.bi_encoder")
+        self.config = copy.deepcopy(coerce(RerankerConfig, reranker, "model.reranker"))
+        # plain data in the checkpoint (weights_only loading), not the dataclasses
+        self.save_hyperparameters({
+            "bi_encoder_ckpt": bi_encoder_ckpt, "bi_encoder": self.bi_encoder_config.to_dict(),
+            "reranker": self.config.to_dict(), "finetune_towers": finetune_towers, "itc_weight": itc_weight,
+            "lr": lr, "lr_towers": lr_towers, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
+            "num_negatives": num_negatives, "negative_temperature": negative_temperature,
+            "same_class_weight": same_class_weight, "batch_size": batch_size, "eval_ks": tuple(eval_ks),
+            "feature_cache": feature_cache, "feature_cache_dir": feature_cache_dir, "negatives": negatives,
+            "swap_negatives": swap_negatives})
+        self.bi_encoder = BiEncoder.from_config(self.bi_encoder_config, pretrained=False)
         if checkpoint is not None:
             self.bi_encoder.load_checkpoint_state(checkpoint["state_dict"], prefix="model.")
         self.bi_encoder.requires_grad_(False)
@@ -114,7 +129,7 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
                 getattr(self.bi_encoder, name).requires_grad_(True)
             if itc_weight > 0:
                 self.bi_encoder.temperature.requires_grad_(True)
-        self.reranker = build_reranker(self.hparams, self.bi_encoder)
+        self.reranker = build_reranker(self.config, self.bi_encoder)
         if not finetune_towers:
             expect_eval_mode_modules()  # the frozen towers stay in eval mode on purpose
         self._collector = EvalSetCollector()
@@ -128,11 +143,11 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
     # ---------------------------------------------------------------- properties
     @property
     def image_size(self) -> int:
-        return int(self.hparams["bi_encoder"].get("image_size", 224))
+        return self.bi_encoder_config.image_size
 
     @property
     def max_length(self) -> int:
-        return int(self.hparams["bi_encoder"].get("max_length", 64))
+        return self.bi_encoder_config.max_length
 
     def train(self, mode: bool = True):
         """Frozen towers stay in eval mode (no dropout, fixed statistics) while the head trains."""
@@ -357,7 +372,7 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
         return evaluate_two_stage(
             self.reranker, extras["image_patches"], extras["text_tokens"], extras["attention_mask"],
             data.image_embeddings, data.text_embeddings, data.image_ids, data.class_ids, data.text_image_ids,
-            data.text_class_ids, k=int(k or self.hparams.rerank_k), mode=mode,
-            stage1_weight=float(self.hparams.stage1_weight if stage1_weight is None else stage1_weight),
+            data.text_class_ids, k=int(k or self.config.rerank_k), mode=mode,
+            stage1_weight=float(self.config.stage1_weight if stage1_weight is None else stage1_weight),
             ks=self.hparams.eval_ks, directions=directions, length=length, progress=False, also_modes=also_modes)
 

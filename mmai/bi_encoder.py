@@ -27,6 +27,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from mmai.config import BiEncoderConfig
 from mmai.losses import info_nce, momentum_soft_targets, positive_mask_from_ids
 from mmai.momentum import MomentumQueue, copy_params, momentum_update
 from mmai.towers.projection import Projection
@@ -148,18 +149,18 @@ class BiEncoder(nn.Module):
         text: nn.Module | None = None,
         audio: nn.Module | None = None,
         clip: nn.Module | None = None,
-        embed_dim: int = 512,
-        queue_size: int = 4096,
-        momentum: float = 0.995,
-        hard_negative_beta: float = 0.0,
-        class_positives: bool = False,
-        distill_alpha: float = 0.0,
-        temperature_init: float = 0.07,
-        temperature_min: float = 0.001,
-        temperature_max: float = 0.5,
-        projection_hidden_dim: int | None = None,
-        audio_loss_weight: float = 1.0,
-        projection_input_norm: bool = False,
+        embed_dim: int = BiEncoderConfig.embed_dim,
+        queue_size: int = BiEncoderConfig.queue_size,
+        momentum: float = BiEncoderConfig.momentum,
+        hard_negative_beta: float = BiEncoderConfig.hard_negative_beta,
+        class_positives: bool = BiEncoderConfig.class_positives,
+        distill_alpha: float = BiEncoderConfig.distill_alpha,
+        temperature_init: float = BiEncoderConfig.temperature_init,
+        temperature_min: float = BiEncoderConfig.temperature_min,
+        temperature_max: float = BiEncoderConfig.temperature_max,
+        projection_hidden_dim: int | None = BiEncoderConfig.projection_hidden_dim,
+        audio_loss_weight: float = BiEncoderConfig.audio_loss_weight,
+        projection_input_norm: bool = BiEncoderConfig.projection_input_norm,
     ) -> None:
         super().__init__()
         if not temperature_min <= temperature_init <= temperature_max:
@@ -179,6 +180,15 @@ class BiEncoder(nn.Module):
         modalities = ("image", "text") + (("audio",) if self.audio is not None else ())
         self.queue = MomentumQueue(embed_dim, queue_size, modalities)
         self.temperature = nn.Parameter(torch.tensor(float(temperature_init)))
+
+    @classmethod
+    def from_config(cls, config: BiEncoderConfig, pretrained: bool = True) -> BiEncoder:
+        """The bi-encoder a :class:`~mmai.config.BiEncoderConfig` describes (towers built by
+        :func:`mmai.towers.build_towers`; ``pretrained=False`` skips their weights, for a checkpoint
+        about to overwrite them)."""
+        from mmai.towers import build_towers
+
+        return cls(**build_towers(config, pretrained), **config.model_kwargs())
 
     def _build_online(self, vision: nn.Module | None, text: nn.Module | None, audio: nn.Module | None,
                       clip: nn.Module | None, hidden_dim: int | None) -> None:

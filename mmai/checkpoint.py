@@ -1,12 +1,17 @@
 """Trained models out of Lightning checkpoints, without Lightning: for search, serving and panels.
 
 A Lightning ``.ckpt`` is a ``torch.save`` dict holding ``state_dict`` and ``hyper_parameters``
-(the module's ``__init__`` arguments). Both MMAI stages can be rebuilt from it alone:
+(the module's ``__init__`` arguments, the model configs of :mod:`mmai.config` as plain dicts).
+Both MMAI stages can be rebuilt from it alone:
 
-* a **bi-encoder** checkpoint (``BiEncoderModule``): weights under ``model.``;
+* a **bi-encoder** checkpoint (``BiEncoderModule``): weights under ``model.``, the
+  :class:`~mmai.config.BiEncoderConfig` under ``hyper_parameters["bi_encoder"]``;
 * a **re-ranker** checkpoint (``RerankerModule``): the frozen bi-encoder under ``bi_encoder.``
-  (its hyperparameters copied into ``hyper_parameters["bi_encoder"]``, so the file stands alone)
-  and the :class:`~mmai.fusion.FusionReranker` under ``reranker.``.
+  (its config copied into ``hyper_parameters["bi_encoder"]``, so the file stands alone) and the
+  :class:`~mmai.fusion.FusionReranker` under ``reranker.`` (its
+  :class:`~mmai.config.RerankerConfig` under ``hyper_parameters["reranker"]``).
+
+Checkpoints written before the typed configs (flat hyperparameters, a ``fusion`` dict) load too.
 
 :func:`load_stage1` accepts either and returns a :class:`Stage1Model` that embeds PIL images,
 strings and waveforms exactly as evaluation does (resize + centre crop, ImageNet normalisation,
@@ -33,58 +38,30 @@ import torch
 from PIL import Image
 
 from mmai.bi_encoder import BiEncoder
+from mmai.config import BiEncoderConfig, RerankerConfig
 from mmai.fusion import FusionReranker
-from mmai.towers import AudioTower, ClipTowers, CNNTower, TextTower, VisionTower
 
 #: the checkpoint key of ``{"rerank_k", "stage1_weight", "epoch", "step"}``: the re-rank settings the
 #: re-ranker's last validation used (written by ``RerankerModule.on_save_checkpoint``).
 VALIDATED_WITH = "mmai_validated_with"
 
-#: BiEncoder arguments that come straight from a BiEncoderModule's hyperparameters.
-BI_ENCODER_ARGS = ("embed_dim", "queue_size", "momentum", "hard_negative_beta", "class_positives", "distill_alpha",
-                   "temperature_init", "projection_hidden_dim", "projection_input_norm")
+def bi_encoder_config(hparams: dict[str, Any], where: str = "checkpoint") -> BiEncoderConfig:
+    """The :class:`~mmai.config.BiEncoderConfig` of a checkpoint's ``hyper_parameters``: a
+    bi-encoder's or a re-ranker's (both keep it under ``bi_encoder``), or the flat hyperparameters
+    of a bi-encoder checkpoint written before the typed configs."""
+    found = hparams.get("bi_encoder")
+    if found is None:
+        if any(key.startswith("reranker") or key == "fusion" for key in hparams):
+            raise ValueError(f"{where} is a re-ranker checkpoint without hyper_parameters['bi_encoder']")
+        found = hparams  # an older bi-encoder checkpoint: flat hyperparameters
+    return BiEncoderConfig.from_dict(found, f"{where}: the bi-encoder config")
 
 
-def build_towers(hparams: dict[str, Any], pretrained: bool = True) -> dict[str, torch.nn.Module]:
-    """The towers a ``BiEncoderModule`` with these hyperparameters builds.
-
-    Args:
-        hparams: ``image_size``, ``text_model``, ``max_length``, ``vision``, ``text``, ``audio``, ``clip``.
-        pretrained: load the towers' pretrained weights (default True); False builds them from
-            their configs only, for weights that a checkpoint is about to overwrite.
-    """
-    def options(name: str) -> dict[str, Any]:
-        found = dict(hparams.get(name) or {})
-        return found if pretrained else {**found, "pretrained": False}
-
-    towers: dict[str, torch.nn.Module] = {}
-    if hparams.get("clip") is not None:
-        towers["clip"] = ClipTowers(**{"max_length": hparams.get("max_length", 64), **options("clip")})
-    else:
-        towers["vision"] = build_vision_tower(hparams.get("image_size", 224), options("vision"))
-        towers["text"] = TextTower(model_name=hparams.get("text_model", "bert-base-uncased"),
-                                   max_length=hparams.get("max_length", 64), **options("text"))
-    if hparams.get("audio") is not None:
-        towers["audio"] = AudioTower(**options("audio"))
-    return towers
-
-
-def build_vision_tower(image_size: int, options: dict[str, Any]) -> torch.nn.Module:
-    """A vision tower from a ``model.vision`` block: ``tower: vit`` (default,
-    :class:`~mmai.towers.VisionTower`) or ``tower: cnn`` (:class:`~mmai.towers.CNNTower`)."""
-    options = dict(options)
-    kind = options.pop("tower", "vit")
-    if kind == "cnn":
-        return CNNTower(image_size=image_size, **options)
-    if kind != "vit":
-        raise ValueError(f"model.vision.tower must be 'vit' or 'cnn', got {kind!r}")
-    return VisionTower(image_size=image_size, **options)
-
-
-def build_bi_encoder(hparams: dict[str, Any], pretrained: bool = True) -> BiEncoder:
-    """A :class:`~mmai.bi_encoder.BiEncoder` as ``BiEncoderModule(**hparams)`` builds it."""
-    args = {name: hparams[name] for name in BI_ENCODER_ARGS if name in hparams}
-    return BiEncoder(**build_towers(hparams, pretrained), **args)
+def build_bi_encoder(config: BiEncoderConfig | dict[str, Any], pretrained: bool = True) -> BiEncoder:
+    """A :class:`~mmai.bi_encoder.BiEncoder` from its config (or checkpoint hyperparameters)."""
+    if not isinstance(config, BiEncoderConfig):
+        config = bi_encoder_config(config)
+    return BiEncoder.from_config(config, pretrained)
 
 
 def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint",
@@ -122,18 +99,13 @@ def _sub_state(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, to
     return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
 
 
-def tokenizer_name(text_model: str, clip: dict[str, Any] | None) -> str:
-    """The tokenizer a bi-encoder reads its captions with: CLIP's own with ``clip``, else the text tower's."""
-    return clip.get("model_name", "openai/clip-vit-base-patch16") if clip else text_model
-
-
-def _tokenizer(hparams: dict[str, Any]):
+def load_tokenizer(config: BiEncoderConfig):
+    """The tokenizer a bi-encoder reads its captions with (:attr:`BiEncoderConfig.tokenizer`)."""
     from transformers import AutoTokenizer
 
     from mmai.towers.pretrained import load_or_explain, resolve_model_path
 
-    name = tokenizer_name(hparams.get("text_model", "bert-base-uncased"), hparams.get("clip"))
-    return load_or_explain(AutoTokenizer.from_pretrained, resolve_model_path(name, tower="text"), "text")
+    return load_or_explain(AutoTokenizer.from_pretrained, resolve_model_path(config.tokenizer, tower="text"), "text")
 
 
 @dataclasses.dataclass
@@ -142,13 +114,13 @@ class Stage1Model:
 
     Attributes:
         model: the :class:`~mmai.bi_encoder.BiEncoder` (eval mode, no gradients needed).
-        hparams: the bi-encoder's hyperparameters.
+        config: its :class:`~mmai.config.BiEncoderConfig`.
         tokenizer: its text tokenizer.
         checkpoint: the file it was read from.
     """
 
     model: BiEncoder
-    hparams: dict[str, Any]
+    config: BiEncoderConfig
     tokenizer: Any
     checkpoint: str
 
@@ -158,11 +130,11 @@ class Stage1Model:
 
     @property
     def image_size(self) -> int:
-        return int(self.hparams.get("image_size", 224))
+        return self.config.image_size
 
     @property
     def max_length(self) -> int:
-        return int(self.hparams.get("max_length", 64))
+        return self.config.max_length
 
     @property
     def embed_dim(self) -> int:
@@ -219,10 +191,10 @@ class Stage1Model:
         """
         if not self.has_audio:
             raise ValueError(f"checkpoint {self.checkpoint!r} has no audio tower: train the bi-encoder with "
-                             "model.audio (and model.audio_seconds) to embed audio memories")
+                             "model.bi_encoder.audio (with its seconds) to embed audio memories")
         from mmai.data.pipeline import AUDIO_SAMPLE_RATE
 
-        length = int(round(float(self.hparams.get("audio_seconds") or 1.0) * AUDIO_SAMPLE_RATE))
+        length = int(round(float(self.config.audio_seconds) * AUDIO_SAMPLE_RATE))
         batch = np.zeros((len(waveforms), length), dtype=np.float32)
         for row, wave in enumerate(waveforms):
             wave = np.asarray(wave, dtype=np.float32).reshape(-1)[:length]
@@ -315,17 +287,13 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def _stage1_from(checkpoint: dict[str, Any], path: str, device: torch.device) -> Stage1Model:
-    hparams = dict(checkpoint["hyper_parameters"])
-    if is_reranker_checkpoint(checkpoint):
-        if "bi_encoder" not in hparams:
-            raise ValueError(f"re-ranker checkpoint {path!r} lacks hyper_parameters['bi_encoder']")
-        hparams, prefix = dict(hparams["bi_encoder"]), "bi_encoder."
-    else:
-        prefix = "model."
-    model = build_bi_encoder(hparams, pretrained=False)
+    hparams = checkpoint["hyper_parameters"]
+    config = bi_encoder_config(hparams, f"checkpoint {path!r}")
+    prefix = "bi_encoder." if is_reranker_checkpoint(checkpoint) else "model."
+    model = BiEncoder.from_config(config, pretrained=False)
     model.load_checkpoint_state(checkpoint["state_dict"], prefix=prefix)
     model.to(device).eval()
-    return Stage1Model(model, hparams, _tokenizer(hparams), str(path))
+    return Stage1Model(model, config, load_tokenizer(config), str(path))
 
 
 def load_stage1(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> Stage1Model:
@@ -339,25 +307,24 @@ def load_stage1(path: str | os.PathLike, device: str | torch.device | None = "cp
     return _stage1_from(checkpoint, str(path), _resolve_device(device))
 
 
-def build_reranker(hparams: dict[str, Any], bi_encoder: BiEncoder) -> FusionReranker:
-    """The :class:`~mmai.fusion.FusionReranker` a ``RerankerModule`` builds over ``bi_encoder``."""
+def build_reranker(config: RerankerConfig, bi_encoder: BiEncoder) -> FusionReranker:
+    """The :class:`~mmai.fusion.FusionReranker` of ``config`` over ``bi_encoder``'s token widths."""
     text_width = bi_encoder.text.width
     vision_width = getattr(bi_encoder.vision, "patch_width", bi_encoder.vision.width)
-    return FusionReranker(text_width, vision_width, **dict(hparams.get("fusion") or {}))
+    return FusionReranker(text_width, vision_width, **config.fusion_kwargs())
 
 
 def rerank_settings(checkpoint: dict[str, Any]) -> tuple[int, float, str]:
     """``(rerank_k, stage1_weight, source)`` of a re-ranker checkpoint: the values its validation
     used (:data:`VALIDATED_WITH`), else (a checkpoint written before that record, or never
-    validated) its ``rerank_k``/``stage1_weight`` hyperparameters, 16 and 1.0 by default."""
+    validated) its config's (:class:`~mmai.config.RerankerConfig`: 16 and 1.0 by default)."""
     record = checkpoint.get(VALIDATED_WITH)
     if isinstance(record, dict) and record.get("rerank_k") is not None and record.get("stage1_weight") is not None:
         when = ", ".join(f"{key} {record[key]}" for key in ("epoch", "step") if record.get(key) is not None)
         return (int(record["rerank_k"]), float(record["stage1_weight"]),
                 "the checkpoint's validation" + (f" at {when}" if when else ""))
-    hparams = checkpoint.get("hyper_parameters") or {}
-    return (int(hparams.get("rerank_k", 16)), float(hparams.get("stage1_weight", 1.0)),
-            "the checkpoint's defaults: it records no validation")
+    config = RerankerConfig.from_hparams(checkpoint.get("hyper_parameters") or {})
+    return config.rerank_k, config.stage1_weight, "the checkpoint's defaults: it records no validation"
 
 
 def load_stage2(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> Stage2Model:
@@ -372,8 +339,8 @@ def load_stage2(path: str | os.PathLike, device: str | torch.device | None = "cp
                          f"`mmai rerank fit --config configs/reranker.yaml --model.bi_encoder_ckpt {path}`")
     device = _resolve_device(device)
     stage1 = _stage1_from(checkpoint, str(path), device)
-    hparams = checkpoint["hyper_parameters"]
-    reranker = build_reranker(hparams, stage1.model)
+    config = RerankerConfig.from_hparams(checkpoint["hyper_parameters"], f"re-ranker checkpoint {str(path)!r}")
+    reranker = build_reranker(config, stage1.model)
     reranker.load_state_dict(_sub_state(checkpoint["state_dict"], "reranker."))
     reranker.to(device).eval()
     return Stage2Model(stage1, reranker, *rerank_settings(checkpoint))

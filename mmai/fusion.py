@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmai.config import RerankerConfig
+
 
 @dataclasses.dataclass
 class FusionOutput:
@@ -214,13 +216,13 @@ class FusionReranker(nn.Module):
         self,
         text_width: int,
         vision_width: int,
-        hidden_dim: int = 256,
-        num_layers: int = 2,
-        num_heads: int = 4,
-        dropout: float = 0.1,
-        mlp_ratio: float = 4.0,
-        head: str = "cls",
-        agreement_temperature: float = 0.1,
+        hidden_dim: int = RerankerConfig.hidden_dim,
+        num_layers: int = RerankerConfig.num_layers,
+        num_heads: int = RerankerConfig.num_heads,
+        dropout: float = RerankerConfig.dropout,
+        mlp_ratio: float = RerankerConfig.mlp_ratio,
+        head: str = RerankerConfig.head,
+        agreement_temperature: float = RerankerConfig.agreement_temperature,
     ) -> None:
         super().__init__()
         if head not in FUSION_HEADS:

@@ -3,9 +3,9 @@
 An ablation study adds one feature per row and keeps everything else fixed (the shards, the seed,
 the retrieval settings, the gallery). The rows:
 
-0. CLIP zero-shot (Radford et al., ICML 2021): ``mmai validate`` with ``model.clip``, only when
+0. CLIP zero-shot (Radford et al., ICML 2021): ``mmai validate`` with ``model.bi_encoder.clip``, only when
    the weights are on this machine; otherwise the row says why it was not run and how to enable it.
-1. In-batch InfoNCE: ``mmai fit`` with ``model.queue_size 0`` and ``model.hard_negative_beta 0``.
+1. In-batch InfoNCE: ``mmai fit`` with ``model.bi_encoder.queue_size 0`` and ``model.bi_encoder.hard_negative_beta 0``.
 2. + momentum queue and hard negatives (MoCo/ALBEF queue, similarity-weighted negatives): the
    config's own defaults.
 3. + fusion re-rank: ``mmai rerank fit`` on row 2's last checkpoint; the two-stage list.
@@ -167,7 +167,7 @@ def load_settings(path: Path, quick: bool = False) -> dict[str, Any]:
                              "[configs/base.yaml, configs/profiles/tiny_cpu.yaml]")
     settings.setdefault("seed", 0)
     settings.setdefault("retrieval", {})
-    settings.setdefault("baseline", {"model.queue_size": 0, "model.hard_negative_beta": 0.0})
+    settings.setdefault("baseline", {"model.bi_encoder.queue_size": 0, "model.bi_encoder.hard_negative_beta": 0.0})
     return settings
 
 
@@ -181,7 +181,7 @@ def _merge(base: dict, override: dict) -> dict:
 
 
 def flags(options: dict[str, Any], prefix: str = "") -> list[str]:
-    """``{"model.lr": 1e-4, "model.fusion": {...}}`` as CLI items ``["--model.lr", "0.0001", ...]``.
+    """``{"model.lr": 1e-4, "model.reranker": {...}}`` as CLI items ``["--model.lr", "0.0001", ...]``.
 
     Mappings and lists go as JSON (jsonargparse reads them); the rest through ``str``.
     """
@@ -251,7 +251,8 @@ def plan_runs(settings: dict[str, Any], shards: Path, out: Path) -> dict[str, Ru
 
 def _clip_flags(clip: dict[str, Any]) -> list[str]:
     tower = {"model_name": clip.get("model_name", "openai/clip-vit-base-patch16"), "local_files_only": True}
-    return ["--model.clip", json.dumps(tower), "--model.image_size", str(clip.get("image_size", 224))]
+    return ["--model.bi_encoder.clip", json.dumps(tower),
+            "--model.bi_encoder.vision.image_size", str(clip.get("image_size", 224))]
 
 
 def _run(name: str, command: str, argv: list[str], out: Path) -> RunSpec:
@@ -287,7 +288,7 @@ def run_or_reuse(spec: RunSpec) -> RunSpec:
     if _complete(spec):
         spec.status = "reused"
     else:
-        callback = {"class_path": "mmai_apps.sweep_runner.SweepMetricsCallback",
+        callback = {"class_path": "callbacks.SweepMetricsCallback",
                     "init_args": {"path": str(spec.metrics_path)}}
         argv = [*spec.argv, "--run_dir", str(spec.run_dir), f"--trainer.callbacks+={json.dumps(callback)}"]
         resume = spec.command != "validate" and spec.last_checkpoint.is_file()

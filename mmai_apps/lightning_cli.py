@@ -69,8 +69,6 @@ def inspect_main(argv: list[str]) -> int:
 def _make_cli_class():
     from lightning.pytorch.cli import LightningCLI
 
-    from mmai.checkpoint import tokenizer_name
-
     class _CLI(LightningCLI):
         """LightningCLI with MMAI's links: values the model and the data must agree on are set once."""
 
@@ -81,15 +79,50 @@ def _make_cli_class():
             # its own group, so that --retrieval.gar_alpha etc. are flags (sweepable), not list items
             parser.add_lightning_class_args(RetrievalEvalCallback, "retrieval")
             parser.link_arguments("data.batch_size", "model.batch_size")
-            parser.link_arguments("model.image_size", "data.image_size")
-            parser.link_arguments(("model.text_model", "model.clip"), "data.tokenizer", compute_fn=tokenizer_name)
-            parser.link_arguments("model.max_length", "data.max_length")
-            parser.link_arguments("model.audio_seconds", "data.audio_seconds")
+            parser.link_arguments("model.bi_encoder", "data.image_size", compute_fn=_data_field("image_size"))
+            parser.link_arguments("model.bi_encoder", "data.tokenizer", compute_fn=_data_field("tokenizer"))
+            parser.link_arguments("model.bi_encoder", "data.max_length", compute_fn=_data_field("max_length"))
+            parser.link_arguments("model.bi_encoder", "data.audio_seconds", compute_fn=_data_field("audio_seconds"))
 
         def before_fit(self) -> None:
             _check_ckpt_path(self.config_init.get(self.subcommand, self.config_init).get("ckpt_path"))
 
+        def _parse_ckpt_path(self) -> None:
+            _refuse_untyped_resume(self.config)
+            super()._parse_ckpt_path()
+
     return _CLI
+
+
+def _refuse_untyped_resume(config) -> None:
+    """``--ckpt_path`` re-applies the checkpoint's hyperparameters as flags; a bi-encoder checkpoint
+    written before the typed configs has flat ones, which today's flags do not take: say what works."""
+    from pathlib import Path
+
+    subcommand = config.get("subcommand")
+    ckpt_path = config[subcommand].get("ckpt_path") if subcommand else None
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return
+    from mmai.checkpoint import read_checkpoint
+
+    hparams = read_checkpoint(ckpt_path, "--ckpt_path").get("hyper_parameters") or {}
+    if hparams and "bi_encoder" not in hparams:
+        raise ValueError(f"--ckpt_path {ckpt_path!r} was written before the typed model configs (flat "
+                         "hyperparameters): its run cannot be resumed with today's flags. Start a new run from "
+                         f"its weights with --model.init_from {ckpt_path} (and the same config), or load it "
+                         "for search with mmai.checkpoint.load_stage1")
+
+
+def _data_field(name: str):
+    """A link function: the value the data must agree on (``image_size``, ``tokenizer``,
+    ``max_length``, ``audio_seconds``) of the parsed ``model.bi_encoder`` config."""
+    def compute(bi_encoder):
+        from mmai.config import data_settings
+
+        return data_settings(bi_encoder)[name]
+
+    compute.__name__ = f"bi_encoder_{name}"
+    return compute
 
 
 def _make_rerank_cli_class():
@@ -117,17 +150,18 @@ def _make_rerank_cli_class():
 
 
 def _data_from_bi_encoder(config) -> None:
-    """Set ``data.image_size/tokenizer/max_length`` from ``model.bi_encoder_ckpt``'s hyperparameters."""
-    from mmai.checkpoint import read_checkpoint, tokenizer_name
+    """Set ``data.image_size/tokenizer/max_length`` from ``model.bi_encoder_ckpt``'s bi-encoder config."""
+    from mmai.checkpoint import bi_encoder_config, read_checkpoint
 
     path = config.model.bi_encoder_ckpt
     if path is None:
         raise ValueError("mmai rerank: set --model.bi_encoder_ckpt to a checkpoint of `mmai fit` "
                          "(e.g. runs/<run>/checkpoints/last.ckpt)")
     hparams = read_checkpoint(path, "model.bi_encoder_ckpt")["hyper_parameters"]
-    config.data.image_size = hparams.get("image_size", 224)
-    config.data.tokenizer = tokenizer_name(hparams.get("text_model", "bert-base-uncased"), hparams.get("clip"))
-    config.data.max_length = hparams.get("max_length", 64)
+    bi_encoder = bi_encoder_config(hparams, f"model.bi_encoder_ckpt {path!r}")
+    config.data.image_size = bi_encoder.image_size
+    config.data.tokenizer = bi_encoder.tokenizer
+    config.data.max_length = bi_encoder.max_length
     config.data.audio_seconds = None
 
 

@@ -155,7 +155,7 @@ def run_ingest(args: argparse.Namespace) -> int:
             found, overrides = synthetic_collection(args.from_synthetic, args.limit, audio=audio)
             paths += found
             if not audio:
-                print("note: songs skipped: checkpoint has no audio tower (train with model.audio)", file=sys.stderr)
+                print("note: songs skipped: checkpoint has no audio tower (train with model.bi_encoder.audio)", file=sys.stderr)
         report = memory.ingest(paths, args.meta, progress=not args.quiet, require_time=args.require_time,
                                batch_size=args.batch_size, overrides=overrides, follow_links=args.follow_links)
         print(report.summary())

@@ -11,7 +11,7 @@ TPE proposes from the results so far). Each trial runs:
 * or in-process (``--in-process``): ``mmai_apps.cli.main`` called on the same arguments, which saves
   the start-up of a Python process per trial.
 
-Either way the runner appends ``--run_dir OUT/trial-NNN`` and a :class:`SweepMetricsCallback`
+Either way the runner appends ``--run_dir OUT/trial-NNN`` and a :class:`callbacks.SweepMetricsCallback`
 that writes the run's validation metrics to ``OUT/trial-NNN/sweep_metrics.json``; the sweep
 metric's value of a trial is its last validation's value, as W&B's run summary holds it, and is
 what the search is told (a failed run, or one without the metric, is a failed Optuna trial). The
@@ -34,52 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import lightning as L
-
+from callbacks import SweepMetricsCallback
 from mmai_apps.bench import format_table
-from mmai.io import atomic_write_text
 from mmai.sweep import (DEFAULT_STARTUP_TRIALS, METHODS, LocalSearch, Sweep, expand_command, load_sweep,
                         sort_by_metric)
 
 METRICS_FILE = "sweep_metrics.json"
 LOG_FILE = "output.log"
-
-
-class SweepMetricsCallback(L.Callback):
-    """Write the run's metrics to a JSON file after every validation and at the end of fit.
-
-    The file holds ``validations`` (one ``{"epoch", "step", key: value, ...}`` per validation),
-    ``final`` (``trainer.callback_metrics`` when last written) and ``finished`` (fit ended). It is
-    how the sweep runner reads the metric of a run it started as another process.
-
-    Args:
-        path: the JSON file (its folder is created).
-    """
-
-    def __init__(self, path: str):
-        super().__init__()
-        self.path = Path(path)
-        self.validations: list[dict[str, float]] = []
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        self.validations.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
-                                 **_floats(trainer.callback_metrics)})
-        self._write(trainer, finished=False)
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
-            self._write(trainer, finished=True)
-
-    def _write(self, trainer: L.Trainer, finished: bool) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"finished": finished, "validations": self.validations, "final": _floats(trainer.callback_metrics)}
-        atomic_write_text(self.path, json.dumps(payload, indent=1))  # a reader never sees half a file
-
-
-def _floats(metrics: dict) -> dict[str, float]:
-    return {key: float(value) for key, value in metrics.items() if getattr(value, "numel", lambda: 1)() == 1}
 
 
 @dataclass
@@ -115,7 +76,7 @@ def plan_trial(sweep: Sweep, index: int, params: dict[str, Any], out: Path, extr
     (:func:`mmai.sweep.expand_command`), then this runner's ``--run_dir`` and metrics callback,
     then ``extra_args`` (last, so they win)."""
     run_dir = out / f"trial-{index:03d}"
-    callback = {"class_path": f"{__name__}.SweepMetricsCallback", "init_args": {"path": str(run_dir / METRICS_FILE)}}
+    callback = {"class_path": "callbacks.SweepMetricsCallback", "init_args": {"path": str(run_dir / METRICS_FILE)}}
     argv = [*expand_command(sweep.command, params, sweep.program), f"--run_dir={run_dir}",
             f"--trainer.callbacks+={json.dumps(callback)}", *extra_args]
     return Trial(index=index, params=params, argv=argv, run_dir=run_dir)

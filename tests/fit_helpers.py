@@ -10,12 +10,12 @@ BASE = ["--config", str(REPO / "configs/base.yaml"), "--config", str(REPO / "con
 
 #: The tiny CPU profile, shrunk further so that a test step takes well under a second.
 TINY_MODEL = [
-    "--model.image_size", "32",
-    "--model.vision", json.dumps({"model_name": "vit_tiny_patch16_224", "pretrained": False,
-                                  "model_kwargs": {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}}),
-    "--model.text", json.dumps({"pretrained": False, "config_overrides": {
+    "--model.bi_encoder.vision", json.dumps({
+        "model_name": "vit_tiny_patch16_224", "pretrained": False, "image_size": 32,
+        "model_kwargs": {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}}),
+    "--model.bi_encoder.text", json.dumps({"pretrained": False, "config_overrides": {
         "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128}}),
-    "--model.queue_size", "64", "--model.embed_dim", "64", "--model.warmup_steps", "2",
+    "--model.bi_encoder.queue_size", "64", "--model.bi_encoder.embed_dim", "64", "--model.warmup_steps", "2",
     "--data.batch_size", "4", "--data.num_workers", "0", "--data.shuffle_buffer", "16",
 ]
 

@@ -15,21 +15,21 @@ from mmai_apps.ablate import (LATENCY_COLUMNS, RECALL_COLUMNS, ROWS, RunSpec, cl
 
 #: tests/fit_helpers.TINY_MODEL as ablation-config args: a step takes well under a second.
 TINY_BI_ENCODER_ARGS = {
-    "model.image_size": 32,
-    "model.vision": {"model_name": "vit_tiny_patch16_224", "pretrained": False,
-                     "model_kwargs": {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}},
-    "model.text": {"pretrained": False, "config_overrides": {
+    "model.bi_encoder.vision": {"model_name": "vit_tiny_patch16_224", "pretrained": False, "image_size": 32,
+                                "model_kwargs": {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}},
+    "model.bi_encoder.text": {"pretrained": False, "config_overrides": {
         "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128}},
-    "model.queue_size": 64, "model.embed_dim": 64, "model.warmup_steps": 2,
+    "model.bi_encoder.queue_size": 64, "model.bi_encoder.embed_dim": 64, "model.warmup_steps": 2,
     "data.batch_size": 4, "data.num_workers": 0, "data.shuffle_buffer": 16,
 }
-TINY_RERANKER_ARGS = {"model.fusion": {"hidden_dim": 32, "num_layers": 2, "num_heads": 2}, "model.negatives": "batch",
+TINY_RERANKER_ARGS = {"model.reranker": {"hidden_dim": 32, "num_layers": 2, "num_heads": 2}, "model.negatives": "batch",
                       "data.batch_size": 4, "data.num_workers": 0, "data.shuffle_buffer": 16}
 
 
 def _tiny_config(tmp_path, **changes) -> dict:
     config = yaml.safe_load((REPO / "configs/experiments/ablation.yaml").read_text())
-    config["quick"] = {"bi_encoder": {"epochs": 1, "args": TINY_BI_ENCODER_ARGS},
+    config["quick"] = {"bi_encoder": {"configs": ["configs/base.yaml", "configs/profiles/tiny_cpu.yaml"], "epochs": 1,
+                                      "args": TINY_BI_ENCODER_ARGS},
                        "reranker": {"configs": ["configs/reranker.yaml", "configs/profiles/reranker_tiny_cpu.yaml"],
                                     "epochs": 1, "args": TINY_RERANKER_ARGS},
                        "retrieval": {"candidates": 20, "rerank_k": 4}}
@@ -70,9 +70,9 @@ def test_an_unknown_key_names_the_file_and_the_key(tmp_path):
 
 
 def test_flags_write_mappings_as_json_and_the_rest_as_text():
-    assert flags({"model.lr": 0.001, "model.fusion": {"hidden_dim": 32}, "model.class_positives": True},
-                 prefix="") == ["--model.lr", "0.001", "--model.fusion", '{"hidden_dim": 32}',
-                                "--model.class_positives", "true"]
+    assert flags({"model.lr": 0.001, "model.reranker": {"hidden_dim": 32}, "model.bi_encoder.class_positives": True},
+                 prefix="") == ["--model.lr", "0.001", "--model.reranker", '{"hidden_dim": 32}',
+                                "--model.bi_encoder.class_positives", "true"]
     assert flags({"rerank_k": 8}, prefix="retrieval.") == ["--retrieval.rerank_k", "8"]
 
 
@@ -82,7 +82,7 @@ def test_rows_share_data_seed_and_retrieval_and_differ_only_in_their_feature(tmp
     runs = plan_runs(settings, tmp_path / "shards", tmp_path / "out")
     baseline, full = runs["baseline"].argv, runs["queue_hn"].argv
     assert baseline[:len(full)] == full  # row 1 = row 2's command + its two overrides (which come last)
-    assert baseline[len(full):] == ["--model.queue_size", "0", "--model.hard_negative_beta", "0.0"]
+    assert baseline[len(full):] == ["--model.bi_encoder.queue_size", "0", "--model.bi_encoder.hard_negative_beta", "0.0"]
     for spec in runs.values():
         argv = spec.argv
         assert argv[argv.index("--seed_everything") + 1] == "0"
@@ -90,7 +90,7 @@ def test_rows_share_data_seed_and_retrieval_and_differ_only_in_their_feature(tmp
         assert argv[argv.index("--retrieval.rerank_k") + 1] == "4"
     rerank = runs["rerank"].argv
     assert rerank[rerank.index("--model.bi_encoder_ckpt") + 1] == str(runs["queue_hn"].last_checkpoint)
-    assert "--model.clip" in runs["clip"].argv and runs["clip"].command == "validate"
+    assert "--model.bi_encoder.clip" in runs["clip"].argv and runs["clip"].command == "validate"
     assert len({spec.run_dir for spec in runs.values()}) == 4
 
 

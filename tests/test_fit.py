@@ -31,17 +31,19 @@ def shards(synth_shards):
 
 def test_every_profile_parses_with_links_applied():
     tiny = parse_config(BASE)
-    assert tiny.data.image_size == tiny.model.image_size == 64
-    assert tiny.data.tokenizer == tiny.model.text_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert tiny.data.image_size == tiny.model.bi_encoder.vision.image_size == 64
+    assert tiny.data.tokenizer == tiny.model.bi_encoder.text.model_name == "sentence-transformers/all-MiniLM-L6-v2"
+    assert tiny.data.max_length == tiny.model.bi_encoder.text.max_length == 40
     assert tiny.model.batch_size == tiny.data.batch_size == 32
-    assert tiny.model.queue_size % tiny.data.batch_size == 0
+    assert tiny.model.bi_encoder.queue_size % tiny.data.batch_size == 0
     full = parse_config(["--config", str(REPO / "configs/base.yaml"), "--config",
                          str(REPO / "configs/profiles/full_gpu.yaml")])
-    assert (full.model.image_size, full.model.queue_size, full.trainer.precision) == (224, 4096, "bf16-mixed")
+    assert (full.data.image_size, full.model.bi_encoder.queue_size, full.trainer.precision) == (224, 4096, "bf16-mixed")
     assert full.data.tokenizer == "bert-base-uncased" and full.data.audio_seconds == 1.0
     lit = parse_config(["--config", str(REPO / "configs/base.yaml"), "--config", str(REPO / "configs/profiles/lit_cpu.yaml")])
-    assert lit.data.image_size == lit.model.image_size == 224 and lit.model.queue_size % lit.data.batch_size == 0
-    assert lit.model.vision["tower"] == "cnn" and lit.model.vision["locked"] and lit.model.text["locked"]
+    encoder = lit.model.bi_encoder
+    assert lit.data.image_size == encoder.vision.image_size == 224 and encoder.queue_size % lit.data.batch_size == 0
+    assert encoder.vision.tower == "cnn" and encoder.vision.locked and encoder.text.locked
 
 
 def test_run_dir_override_propagates_through_interpolation(tmp_path):
@@ -79,7 +81,7 @@ def test_missing_checkpoint_path_is_a_clear_error(shards, tmp_path):
 
 def test_unknown_tower_is_a_clear_error(shards, tmp_path):
     with pytest.raises(ValueError, match="vit_does_not_exist"):
-        cli_main([*tiny_args(shards, tmp_path / "runs"), "--model.vision", '{"model_name": "vit_does_not_exist"}'],
+        cli_main([*tiny_args(shards, tmp_path / "runs"), "--model.bi_encoder.vision", '{"model_name": "vit_does_not_exist"}'],
                  run=False)
 
 
@@ -88,7 +90,7 @@ def test_init_from_a_checkpoint_with_another_embed_dim_is_a_clear_error(shards, 
     cli_main(["fit", *tiny_args(shards, tmp_path / "a", "--trainer.max_steps", "1")])
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
     with pytest.raises(ValueError, match="trained with embed_dim=64.*embed_dim=32"):
-        cli_main([*tiny_args(shards, tmp_path / "b", "--model.embed_dim", "32"), "--model.init_from", str(ckpt)],
+        cli_main([*tiny_args(shards, tmp_path / "b", "--model.bi_encoder.embed_dim", "32"), "--model.init_from", str(ckpt)],
                  run=False)
     cli = cli_main([*tiny_args(shards, tmp_path / "c"), "--model.init_from", str(ckpt)], run=False)
     saved = torch.load(ckpt, weights_only=True)["state_dict"]
@@ -164,9 +166,9 @@ def test_two_process_validation_logs_every_retrieval_key_without_deadlock(shards
 def test_fit_with_songs_trains_the_audio_tower_on_every_audio_term(tmp_path):
     synthesize(tmp_path / "synth", classes=4, images=24, image_size=64, audio=True, workers=1, progress=False)
     write_shards(tmp_path / "synth", tmp_path / "shards", samples_per_shard=4, progress=False)
-    tiny_clap = {"pretrained": False, "max_length_s": 0.5, "config_overrides": TINY_CLAP}
+    tiny_clap = {"pretrained": False, "max_length_s": 0.5, "config_overrides": TINY_CLAP, "seconds": 0.5}
     cli = cli_main(["fit", *tiny_args(tmp_path / "shards", tmp_path / "runs", "--trainer.max_steps", "2",
-                                      "--model.audio", json.dumps(tiny_clap), "--model.audio_seconds", "0.5",
+                                      "--model.bi_encoder.audio", json.dumps(tiny_clap),
                                       "--trainer.limit_val_batches", "0")])
     assert cli.datamodule.hparams.audio_seconds == 0.5
     for term in ("a2t", "t2a", "a2i", "i2a"):

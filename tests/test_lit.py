@@ -21,8 +21,8 @@ LIT = ["--config", str(REPO / "configs/base.yaml"), "--config", str(REPO / "conf
 
 def lit_args(shards, run_dir, *extra: str) -> list[str]:
     """The LiT profile at 64 px (4 x 4 patch tokens) with small batches: seconds per run."""
-    return [*LIT, "--model.image_size", "64", "--model.projection_hidden_dim", "64", "--model.embed_dim", "32",
-            "--model.queue_size", "64", "--data.batch_size", "8", "--data.num_workers", "0",
+    return [*LIT, "--model.bi_encoder.vision.image_size", "64", "--model.bi_encoder.projection_hidden_dim", "64",
+            "--model.bi_encoder.embed_dim", "32", "--model.bi_encoder.queue_size", "64", "--data.batch_size", "8", "--data.num_workers", "0",
             "--trainer.check_val_every_n_epoch", "1", "--trainer.logger", "false",
             "--trainer.callbacks", json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                                 "init_args": {"dirpath": str(run_dir / "checkpoints"),
@@ -287,7 +287,7 @@ def test_rerank_trains_on_the_stage2_cache_with_split_negatives_and_the_agreemen
             str(REPO / "configs/profiles/reranker_tiny_cpu.yaml"),
             "--model.bi_encoder_ckpt", str(run_dir / "checkpoints" / "last.ckpt"), "--data.shard_dir", str(synth_shards),
             "--run_dir", str(out), "--data.batch_size", "4", "--data.num_workers", "0", "--trainer.max_epochs", "1",
-            "--model.fusion", json.dumps({"hidden_dim": 32, "num_layers": 1, "num_heads": 2, "head": "agreement"}),
+            "--model.reranker", json.dumps({"hidden_dim": 32, "num_layers": 1, "num_heads": 2, "head": "agreement"}),
             "--model.negatives", "split", "--model.feature_cache_dir", str(cache_dir),
             "--retrieval.candidates", "16", "--retrieval.rerank_k", "8"]
     cli = rerank_cli_main(args)
@@ -314,7 +314,7 @@ def test_a_bi_encoder_that_caches_stage2_inputs_spares_the_reranker_a_second_pas
                          "--data.shard_dir", str(synth_shards), "--run_dir", str(tmp_path / "rerank"),
                          "--data.batch_size", "4", "--data.num_workers", "0", "--trainer.max_epochs", "1",
                          "--model.feature_cache_dir", str(cache_dir), "--retrieval.candidates", "16",
-                         "--retrieval.rerank_k", "8", "--model.fusion", json.dumps({"hidden_dim": 32, "num_layers": 0,
+                         "--retrieval.rerank_k", "8", "--model.reranker", json.dumps({"hidden_dim": 32, "num_layers": 0,
                                                                                     "num_heads": 2, "head": "agreement"})])
     assert "computing the locked towers' features" not in caplog.text  # both splits read from the bi-encoder's pass
     assert len(list(cache_dir.glob("*.pt"))) == 2

@@ -43,7 +43,7 @@ def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt")
     reranker = make_reranker_ckpt(folder / "rr")
     audio = make_bi_encoder_ckpt(folder / "audio", audio={"pretrained": False, "max_length_s": 0.5,
-                                                          "config_overrides": TINY_CLAP}, audio_seconds=0.5)
+                                                          "config_overrides": TINY_CLAP, "seconds": 0.5})
     return {"reranker": reranker, "bi_encoder": folder / "rr" / "bi_encoder.ckpt", "audio": audio}
 
 
@@ -280,7 +280,7 @@ def test_audio_memories_need_an_audio_tower(tmp_path, checkpoints):
     _image(tmp_path / "bird.png", 0)
     without = PersonalMemory(tmp_path / "no_audio", checkpoints["bi_encoder"], progress=False)
     report = without.ingest([song, tmp_path / "bird.png"])
-    assert len(report.added) == 1 and "checkpoint has no audio tower: train with model.audio" in report.rejected[0][1]
+    assert len(report.added) == 1 and "checkpoint has no audio tower: train with model.bi_encoder.audio" in report.rejected[0][1]
     with_audio = PersonalMemory(tmp_path / "audio", checkpoints["audio"], progress=False)
     report = with_audio.ingest([song, tmp_path / "bird.png"])
     assert len(report.added) == 2

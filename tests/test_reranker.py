@@ -11,17 +11,17 @@ import torch
 from PIL import Image
 
 from fit_helpers import REPO
-from tiny_checkpoints import TINY_FUSION, make_bi_encoder_ckpt, make_reranker_ckpt
+from tiny_checkpoints import TINY_RERANKER, make_bi_encoder_ckpt, make_reranker_ckpt
 
 RERANK = ["--config", str(REPO / "configs/reranker.yaml"), "--config", str(REPO / "configs/profiles/reranker_tiny_cpu.yaml")]
 
 
 def _rerank_args(shards: Path, run_dir: Path, ckpt: Path, *extra: str) -> list[str]:
-    metrics = {"class_path": "mmai_apps.sweep_runner.SweepMetricsCallback",
+    metrics = {"class_path": "callbacks.SweepMetricsCallback",
                "init_args": {"path": str(run_dir / "metrics.json")}}
     return ["fit", *RERANK, "--model.bi_encoder_ckpt", str(ckpt), "--data.shard_dir", str(shards),
             "--run_dir", str(run_dir), "--data.batch_size", "4", "--data.num_workers", "0",
-            "--data.shuffle_buffer", "16", "--model.fusion", json.dumps(TINY_FUSION), "--retrieval.candidates", "16",
+            "--data.shuffle_buffer", "16", "--model.reranker", json.dumps(TINY_RERANKER), "--retrieval.candidates", "16",
             "--retrieval.rerank_k", "8", f"--trainer.callbacks+={json.dumps(metrics)}", *extra]
 
 

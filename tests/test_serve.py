@@ -77,7 +77,7 @@ def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt")
     return {"reranker": make_reranker_ckpt(folder / "reranker"),
             "audio": make_bi_encoder_ckpt(folder / "audio", audio={"pretrained": False, "config_overrides": TINY_CLAP,
-                                                                   "max_length_s": 0.5}, audio_seconds=0.5)}
+                                                                   "max_length_s": 0.5, "seconds": 0.5})}
 
 
 @pytest.fixture(scope="module")

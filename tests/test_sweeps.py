@@ -171,8 +171,8 @@ def test_every_sweep_parameter_is_a_real_argument_of_its_command(path, monkeypat
         assert config.retrieval.rerank_k <= config.retrieval.candidates, "re-rank K beyond the stage-1 list"
         if not _is_rerank(sweep):
             global_batch = config.data.batch_size * config.trainer.devices
-            assert config.model.queue_size % global_batch == 0, \
-                f"queue_size {config.model.queue_size} vs batch {global_batch}"
+            assert config.model.bi_encoder.queue_size % global_batch == 0, \
+                f"queue_size {config.model.bi_encoder.queue_size} vs batch {global_batch}"
 
 
 def test_a_misspelt_parameter_fails_the_cli_check(monkeypatch):
@@ -281,9 +281,9 @@ def test_the_study_direction_is_the_metric_goal_and_bayes_is_seeded_tpe(tmp_path
 def test_args_render_exactly_as_wandb_agent_renders_them():
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-    params = {"model.lr": 0.001, "model.lr_pretrained": 1e-05, "model.queue_size": 1024,
-              "model.class_positives": True, "model.distill_alpha": 0.0, "data.shuffle": False}
-    assert render_args(params)[:3] == ["--model.lr=0.001", "--model.lr_pretrained=1e-05", "--model.queue_size=1024"]
+    params = {"model.lr": 0.001, "model.lr_pretrained": 1e-05, "model.bi_encoder.queue_size": 1024,
+              "model.bi_encoder.class_positives": True, "model.bi_encoder.distill_alpha": 0.0, "data.shuffle": False}
+    assert render_args(params)[:3] == ["--model.lr=0.001", "--model.lr_pretrained=1e-05", "--model.bi_encoder.queue_size=1024"]
     agent = create_sweep_command_args({"args": {name: {"value": value} for name, value in params.items()}})
     for macro in ("args", "args_no_equals", "args_no_hyphens", "args_no_boolean_flags", "args_json"):
         assert expand_command([f"${{{macro}}}"], params) == agent[macro], macro
@@ -489,13 +489,13 @@ def test_runner_refuses_in_process_for_a_command_that_is_not_mmai(tmp_path):
 def test_results_table_is_sorted_by_metric_and_goal(tmp_path):
     sweep = load_sweep(REPO / "sweeps/bi_encoder_grid.yaml")
     key = sweep.metric_name
-    trials = [Trial(index=i, params={"model.queue_size": q}, argv=[], run_dir=tmp_path / f"t{i}", status=status,
+    trials = [Trial(index=i, params={"model.bi_encoder.queue_size": q}, argv=[], run_dir=tmp_path / f"t{i}", status=status,
                     value=value, best=value, metrics={key: value} if value is not None else {})
               for i, (q, value, status) in enumerate([(256, 0.2, "ok"), (1024, None, "no metric"), (2048, 0.6, "ok")])]
     md_path, csv_path = write_results(trials, sweep, tmp_path, {"method": "grid"})
     with open(csv_path) as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["model.queue_size"] for row in rows] == ["2048", "256", "1024"]
+    assert [row["model.bi_encoder.queue_size"] for row in rows] == ["2048", "256", "1024"]
     assert md_path.read_text().index("0.6000") < md_path.read_text().index("0.2000")
     ordered = [row["m"] for row in sort_by_metric([{"m": 1.0}, {"m": float("nan")}, {"m": 0.5}], "m", "minimize")]
     assert ordered[:2] == [0.5, 1.0] and math.isnan(ordered[2])
@@ -510,7 +510,7 @@ def shards(synth_shards):
 def test_sweep_run_trains_two_tiny_trials_and_ranks_them(shards, tmp_path):
     """`mmai sweep run` on the grid file's own command: two real `mmai fit` processes."""
     config = yaml.safe_load((REPO / "sweeps/bi_encoder_grid.yaml").read_text())
-    config["parameters"] = {"model.temperature_init": {"values": [0.05, 0.1]}}
+    config["parameters"] = {"model.bi_encoder.temperature_init": {"values": [0.05, 0.1]}}
     sweep_file = _write_sweep(tmp_path, config)
     out = tmp_path / "out"
     extra = [*TINY_MODEL, "--data.shard_dir", str(shards), "--trainer.max_epochs", "1",
@@ -523,7 +523,7 @@ def test_sweep_run_trains_two_tiny_trials_and_ranks_them(shards, tmp_path):
     values = [float(row[metric]) for row in rows]
     assert values == sorted(values, reverse=True) and all(0.0 <= v <= 1.0 for v in values)
     for row in rows:  # the drawn value reached the model: the learnt temperature starts there
-        assert float(row["train/temperature"]) == pytest.approx(float(row["model.temperature_init"]), rel=0.1)
+        assert float(row["train/temperature"]) == pytest.approx(float(row["model.bi_encoder.temperature_init"]), rel=0.1)
         summary = json.loads((out / f"trial-{int(row['trial']):03d}" / "sweep_metrics.json").read_text())
         assert summary["finished"] and len(summary["validations"]) == 1
     assert metric in (out / "results.md").read_text()
@@ -546,7 +546,7 @@ def test_sweep_run_trains_two_tiny_rerankers_and_k_reaches_the_evaluation(shards
     out = tmp_path / "out"
     extra = ["--model.bi_encoder_ckpt", str(bi_encoder_ckpt), "--data.shard_dir", str(shards),
              "--data.batch_size", "4", "--data.num_workers", "0", "--data.shuffle_buffer", "16",
-             "--model.fusion", json.dumps({"hidden_dim": 32, "num_layers": 2, "num_heads": 2}),
+             "--model.reranker", json.dumps({"hidden_dim": 32, "num_layers": 2, "num_heads": 2}),
              "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--retrieval.candidates", "10"]
     assert sweep_main(["run", str(sweep_file), "--out", str(out), "--workdir", str(REPO), "--", *extra]) == 0
     with open(out / "results.csv") as handle:

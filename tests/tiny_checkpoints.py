@@ -11,26 +11,23 @@ from pathlib import Path
 
 import torch
 
+from mmai_apps.bench.memory import TINY_BI_ENCODER as TINY_BI_ENCODER_CONFIG
+from mmai_apps.bench.memory import TINY_RERANKER as TINY_RERANKER_CONFIG
+
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
-#: BiEncoderModule hyperparameters of a tiny model (32 px images, 16 patches, 64-D space).
-TINY_BI_ENCODER = {
-    "image_size": 32, "text_model": MINILM, "max_length": 24,
-    "vision": {"model_name": "vit_tiny_patch16_224", "pretrained": False,
-               "model_kwargs": {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}},
-    "text": {"pretrained": False, "config_overrides": {"num_hidden_layers": 1, "hidden_size": 32,
-                                                       "num_attention_heads": 2, "intermediate_size": 64}},
-    "embed_dim": 64, "queue_size": 64, "warmup_steps": 2, "batch_size": 4,
-}
-TINY_FUSION = {"hidden_dim": 32, "num_layers": 2, "num_heads": 2, "dropout": 0.0}
+#: a tiny bi-encoder (32 px images, 16 patches, 64-D space) and fusion head: the benchmark's own.
+TINY_BI_ENCODER: dict = TINY_BI_ENCODER_CONFIG.to_dict()
+TINY_RERANKER: dict = TINY_RERANKER_CONFIG.to_dict()
 
 
 def make_bi_encoder_ckpt(folder: Path, seed: int = 0, **overrides) -> Path:
-    """Write ``folder/bi_encoder.ckpt`` from a freshly built tiny ``BiEncoderModule``."""
+    """Write ``folder/bi_encoder.ckpt`` from a freshly built tiny ``BiEncoderModule``; ``overrides``
+    replace :class:`~mmai.config.BiEncoderConfig` fields (e.g. ``audio={...}``)."""
     from lightning_modules.bi_encoder import BiEncoderModule
 
     torch.manual_seed(seed)
-    module = BiEncoderModule(**{**TINY_BI_ENCODER, **overrides})
+    module = BiEncoderModule(bi_encoder={**TINY_BI_ENCODER, **overrides}, warmup_steps=2, batch_size=4)
     path = Path(folder) / "bi_encoder.ckpt"
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
@@ -43,7 +40,7 @@ def make_reranker_module(folder: Path, seed: int = 0):
 
     bi_encoder = make_bi_encoder_ckpt(folder, seed)
     torch.manual_seed(seed)
-    return RerankerModule(bi_encoder_ckpt=str(bi_encoder), fusion=TINY_FUSION, batch_size=4)
+    return RerankerModule(bi_encoder_ckpt=str(bi_encoder), reranker=TINY_RERANKER, batch_size=4)
 
 
 def save_module_checkpoint(module, path: Path) -> Path:

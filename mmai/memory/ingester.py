@@ -234,7 +234,7 @@ class Ingester:
             if origin is not None:
                 metadata["source_path"] = str(origin)
         if memory_file.modality == "audio" and not self.models.has_audio:
-            raise IngestError(f"{path}: checkpoint has no audio tower: train with model.audio to ingest audio "
+            raise IngestError(f"{path}: checkpoint has no audio tower: train with model.bi_encoder.audio to ingest audio "
                               "memories (the bi-encoder's audio tower embeds them in the same space)")
         return memory_file
 

@@ -12,14 +12,18 @@ tower              backbone                                    pooled feature / 
 ``ClipTowers``     transformers CLIP (vision + text + proj.)   CLIP's pooled / tokens
 =================  ==========================================  ===============================
 
-:func:`build_tower` builds one by kind, for configs that name towers by string.
+:func:`build_tower` builds one by kind, for configs that name towers by string;
+:func:`build_towers` builds a bi-encoder's towers from its :class:`~mmai.config.BiEncoderConfig`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from torch import nn
+
+from mmai.config import BiEncoderConfig
 
 from mmai.towers.audio import AudioTower
 from mmai.towers.base import TowerOutput
@@ -55,7 +59,31 @@ def build_tower(kind: str, **kwargs: Any) -> nn.Module:
     return TOWERS[kind](**kwargs)
 
 
+def build_towers(config: BiEncoderConfig, pretrained: bool = True) -> dict[str, nn.Module]:
+    """The towers of a bi-encoder config: ``{"vision", "text"}`` or ``{"clip"}``, plus ``"audio"``.
+
+    Args:
+        config: the :class:`~mmai.config.BiEncoderConfig`.
+        pretrained: load the towers' pretrained weights (default True); False builds them from
+            their configs only, for weights that a checkpoint is about to overwrite.
+    """
+    def unloaded(part):
+        return part if pretrained else dataclasses.replace(part, pretrained=False)
+
+    towers: dict[str, nn.Module] = {}
+    if config.clip is not None:
+        towers["clip"] = ClipTowers(max_length=config.max_length, **unloaded(config.clip).tower_kwargs())
+    else:
+        vision = unloaded(config.vision)
+        tower_class = CNNTower if vision.tower == "cnn" else VisionTower
+        towers["vision"] = tower_class(**vision.tower_kwargs())
+        towers["text"] = TextTower(**unloaded(config.text).tower_kwargs())
+    if config.audio is not None:
+        towers["audio"] = AudioTower(**unloaded(config.audio).tower_kwargs())
+    return towers
+
+
 __all__ = [
     "AudioTower", "CNNTower", "ClipTextTower", "ClipTowers", "ClipVisionTower", "NormalizedLinear", "Projection",
-    "TOWERS", "TextTower", "TowerOutput", "VisionTower", "build_tower",
+    "TOWERS", "TextTower", "TowerOutput", "VisionTower", "build_tower", "build_towers",
 ]

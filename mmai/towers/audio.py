@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, ClapAudioConfig, ClapAudioModel, ClapAudioModelWithProjection, ClapFeatureExtractor
 
+from mmai.config import AudioConfig
 from mmai.towers.audio_features import ClapFusionFeatures
 from mmai.towers.base import TowerOutput
 from mmai.towers.pretrained import describe_key_mismatch, load_or_explain, resolve_model_path
@@ -84,11 +85,11 @@ class AudioTower(nn.Module):
 
     def __init__(
         self,
-        model_name: str = "laion/clap-htsat-fused",
-        pretrained: bool = True,
+        model_name: str = AudioConfig.model_name,
+        pretrained: bool = AudioConfig.pretrained,
         config_overrides: dict[str, Any] | None = None,
-        max_length_s: float | None = None,
-        local_files_only: bool = False,
+        max_length_s: float | None = AudioConfig.max_length_s,
+        local_files_only: bool = AudioConfig.local_files_only,
     ) -> None:
         super().__init__()
         path = resolve_model_path(model_name, tower="audio")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
+from mmai.config import ClipConfig
 from mmai.towers.base import TowerOutput
 from mmai.towers.pretrained import load_or_explain, resolve_model_path
 from mmai.towers.projection import NormalizedLinear
@@ -109,11 +110,11 @@ class ClipTowers(nn.Module):
 
     def __init__(
         self,
-        model_name: str = "openai/clip-vit-base-patch16",
-        pretrained: bool = True,
+        model_name: str = ClipConfig.model_name,
+        pretrained: bool = ClipConfig.pretrained,
         config_overrides: dict[str, Any] | None = None,
         max_length: int = 77,
-        local_files_only: bool = False,
+        local_files_only: bool = ClipConfig.local_files_only,
     ) -> None:
         super().__init__()
         path = resolve_model_path(model_name, tower="clip")

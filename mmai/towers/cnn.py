@@ -28,6 +28,7 @@ import timm
 import torch
 from torch import nn
 
+from mmai.config import DEFAULT_VISION_MODELS, VisionConfig
 from mmai.towers.base import Lockable, TimmPreprocessing, TowerOutput
 from mmai.towers.pretrained import load_state_dict_strictly, read_state_dict
 
@@ -100,8 +101,9 @@ class CNNTower(Lockable, TimmPreprocessing, nn.Module):
         FileNotFoundError: the offline weights' package is missing.
     """
 
-    def __init__(self, model_name: str = "tf_efficientnet_lite0", pretrained: bool | str = False,
-                 image_size: int = 224, patch_stride: int = 16, locked: bool = False, tune_last_n: int = 0,
+    def __init__(self, model_name: str = DEFAULT_VISION_MODELS["cnn"], pretrained: bool | str = VisionConfig.pretrained,
+                 image_size: int = VisionConfig.image_size, patch_stride: int = VisionConfig.patch_stride,
+                 locked: bool = VisionConfig.locked, tune_last_n: int = VisionConfig.tune_last_n,
                  model_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
         if not timm.is_model(model_name):

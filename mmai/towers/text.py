@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from mmai.config import TextConfig
 from mmai.towers.base import Lockable, TowerOutput
 from mmai.towers.pretrained import load_or_explain, resolve_model_path
 
@@ -64,13 +65,13 @@ class TextTower(Lockable, nn.Module):
 
     def __init__(
         self,
-        model_name: str = "bert-base-uncased",
-        pretrained: bool = True,
-        max_length: int = 64,
+        model_name: str = TextConfig.model_name,
+        pretrained: bool = TextConfig.pretrained,
+        max_length: int = TextConfig.max_length,
         config_overrides: dict[str, Any] | None = None,
-        local_files_only: bool = False,
-        locked: bool = False,
-        tune_last_n: int = 0,
+        local_files_only: bool = TextConfig.local_files_only,
+        locked: bool = TextConfig.locked,
+        tune_last_n: int = TextConfig.tune_last_n,
     ) -> None:
         super().__init__()
         path = resolve_model_path(model_name, tower="text")

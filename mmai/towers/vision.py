@@ -22,6 +22,7 @@ import timm
 import torch
 from torch import nn
 
+from mmai.config import DEFAULT_VISION_MODELS, VisionConfig
 from mmai.towers.base import TimmPreprocessing, TowerOutput
 from mmai.towers.pretrained import load_state_dict_strictly, read_state_dict
 
@@ -84,11 +85,11 @@ class VisionTower(TimmPreprocessing, nn.Module):
 
     def __init__(
         self,
-        model_name: str = "vit_base_patch16_224",
-        pretrained: bool | str = False,
-        image_size: int = 224,
-        memory_tokens: int = 0,
-        drop_path_rate: float = 0.0,
+        model_name: str = DEFAULT_VISION_MODELS["vit"],
+        pretrained: bool | str = VisionConfig.pretrained,
+        image_size: int = VisionConfig.image_size,
+        memory_tokens: int = VisionConfig.memory_tokens,
+        drop_path_rate: float = VisionConfig.drop_path_rate,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()

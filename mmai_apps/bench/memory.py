@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmai.config import BiEncoderConfig, RerankerConfig, TextConfig, VisionConfig
 from mmai_apps.bench import BenchResult
 
 #: search modes: name -> SearchOptions fields, and "filters": whether the run's Filters apply.
@@ -48,15 +49,15 @@ MODES: dict[str, dict[str, Any]] = {
     "GAR": {"gar": True},
     "re-rank + GAR + filters": {"rerank": True, "gar": True, "filters": True},
 }
-TINY_BI_ENCODER = {
-    "image_size": 32, "text_model": "sentence-transformers/all-MiniLM-L6-v2", "max_length": 24,
-    "vision": {"model_name": "vit_tiny_patch16_224", "pretrained": False,
-               "model_kwargs": {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}},
-    "text": {"pretrained": False, "config_overrides": {"num_hidden_layers": 1, "hidden_size": 32,
-                                                       "num_attention_heads": 2, "intermediate_size": 64}},
-    "embed_dim": 64, "queue_size": 64,
-}
-TINY_FUSION = {"hidden_dim": 32, "num_layers": 2, "num_heads": 2, "dropout": 0.0}
+#: a tiny random bi-encoder (32 px images, 16 patches, 64-D space) and fusion head.
+TINY_BI_ENCODER = BiEncoderConfig(
+    vision=VisionConfig(model_name="vit_tiny_patch16_224", pretrained=False, image_size=32,
+                        model_kwargs={"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}),
+    text=TextConfig(model_name="sentence-transformers/all-MiniLM-L6-v2", pretrained=False, max_length=24,
+                    config_overrides={"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
+                                      "intermediate_size": 64}),
+    embed_dim=64, queue_size=64)
+TINY_RERANKER = RerankerConfig(hidden_dim=32, num_layers=2, num_heads=2, dropout=0.0)
 FIRST_TIME, LAST_TIME = 1609459200.0, 1704067200.0  # 2021-01-01 .. 2024-01-01 UTC
 
 
@@ -82,10 +83,10 @@ def write_tiny_reranker(path: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     bi_encoder = build_bi_encoder(TINY_BI_ENCODER, pretrained=False)
-    reranker = build_reranker({"fusion": TINY_FUSION}, bi_encoder)
+    reranker = build_reranker(TINY_RERANKER, bi_encoder)
     state = {f"bi_encoder.{key}": value for key, value in bi_encoder.state_dict().items()}
     state.update({f"reranker.{key}": value for key, value in reranker.state_dict().items()})
-    hyper_parameters = {"bi_encoder": TINY_BI_ENCODER, "fusion": TINY_FUSION, "rerank_k": 16, "stage1_weight": 1.0}
+    hyper_parameters = {"bi_encoder": TINY_BI_ENCODER.to_dict(), "reranker": TINY_RERANKER.to_dict()}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": state, "hyper_parameters": hyper_parameters}, path)
     return path

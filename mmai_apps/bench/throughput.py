@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> BenchResult:
                  "samples/s": None, "median s": None, "steps": None})
     meta = {"batch_size": batch_size, "image_size": data.hparams.image_size,
             "overhead_pct_best": 100 * (best["lightning"] / best["plain"] - 1),
-            "text_model": template.hparams.text_model, "vision": template.hparams.vision,
+            "text_model": template.config.text.model_name, "vision": template.hparams.bi_encoder["vision"],
             "note": "Lightning's time includes Trainer setup/teardown inside fit(); batches cached in memory"}
     print(f"Lightning overhead vs plain loop (best of {args.rounds}): {meta['overhead_pct_best']:+.1f}%")
     return BenchResult(rows, meta)
