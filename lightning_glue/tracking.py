@@ -26,16 +26,31 @@ def wandb_credentials_available() -> bool:
 
 
 def code_version(root: Path | None = None) -> dict:
-    """The git commit of the code and whether the working tree had uncommitted changes."""
+    """The installed package's version, and the git commit of the code with whether the working
+    tree had uncommitted changes: only when ``root`` (default: the folder holding the packages) is
+    itself a git checkout. An installed copy (site-packages) records no commit rather than the
+    commit of whatever repository happens to enclose the environment."""
     root = root or Path(__file__).resolve().parent.parent
+    facts: dict = {"package_version": _package_version(), "commit": None, "dirty": None}
+    if not (root / ".git").exists():
+        return facts
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                     capture_output=True, text=True, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit or None, "dirty": dirty}
+        return facts
+    return {**facts, "commit": commit or None, "dirty": dirty if commit else None}
+
+
+def _package_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("mmai")
+    except metadata.PackageNotFoundError:
+        return None
 
 
 class MMAIWandbLogger(WandbLogger):

@@ -306,14 +306,16 @@ def _resize_map(heatmap: Any, size: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- panels
-def _font(size: int) -> ImageFont.ImageFont:
+def load_font(size: int) -> ImageFont.ImageFont:
+    """Pillow's default font at ``size`` px (the fixed bitmap font on Pillow < 10.1); panels and
+    the dashboard's cards use it."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
         return ImageFont.load_default()
 
 
-def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+def wrap_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
     """Greedy word wrap of ``text`` to ``width`` pixels."""
     lines: list[str] = []
     for paragraph in text.splitlines() or [""]:
@@ -393,10 +395,10 @@ def render_panel(
                          "upsample it first (saliency_maps does).")
     margin, gap = 12, 10
     width = 3 * tile_size + 4 * margin
-    title_font, label_font = _font(font_size), _font(max(10, int(font_size * 0.8)))
+    title_font, label_font = load_font(font_size), load_font(max(10, int(font_size * 0.8)))
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     title, facts = _title_lines(query, score, rank, subtitle)
-    title_lines = _wrap(scratch, title, title_font, width - 2 * margin)
+    title_lines = wrap_text(scratch, title, title_font, width - 2 * margin)
     title_h, label_h = _text_height(title_font), _text_height(label_font)
     header = margin + title_h * len(title_lines) + (label_h if facts else 0) + gap
     rows = _token_rows(token_maps, tokens_per_row)

@@ -59,7 +59,7 @@ from mmai.memory.filters import Filters  # noqa: E402
 from mmai.memory.ingest import SUFFIXES, IngestError, parse_time, read_memory_file  # noqa: E402
 from mmai.memory.personal import PersonalMemory  # noqa: E402
 from mmai.memory.search import SearchOptions  # noqa: E402
-from mmai.saliency import _font, _wrap  # noqa: E402
+from mmai.saliency import load_font, wrap_text  # noqa: E402
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -211,10 +211,10 @@ def text_card(text: str, title: str, size: int = THUMBNAIL_SIZE, background=(250
     card = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(card)
     margin, title_size, body_size = size // 16, size // 10, size // 13
-    title_font, body_font = _font(title_size), _font(body_size)
+    title_font, body_font = load_font(title_size), load_font(body_size)
     draw.text((margin, size // 7), title, fill=(120, 70, 0), font=title_font)
     y = size // 7 + title_size + margin // 2
-    lines = _wrap(draw, text, body_font, size - 2 * margin) if text else []
+    lines = wrap_text(draw, text, body_font, size - 2 * margin) if text else []
     for number, line in enumerate(lines):
         if y + 2 * body_size > size * 0.78 and number < len(lines) - 1:  # the caption covers the bottom
             draw.text((margin, y), line + " …", fill=(40, 40, 40), font=body_font)

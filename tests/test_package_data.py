@@ -87,3 +87,25 @@ sys.exit(main(["fit", "--print_config", "--config", "configs/base.yaml", "--conf
     assert result.returncode == 0, result.stderr[-3000:]
     assert "class_path: lightning_glue.tracking.MMAIWandbLogger" in result.stdout
     assert "image_size: 64" in result.stdout  # the tiny profile was layered over the base
+
+
+def test_an_installed_copy_records_no_commit_of_the_repository_around_its_environment(tmp_path):
+    """A venv inside some checkout: site-packages is not that checkout's code, so its commit is not ours."""
+    import subprocess
+
+    from lightning_glue.tracking import code_version
+
+    outer = tmp_path / "checkout"
+    (outer / "venv" / "site-packages").mkdir(parents=True)
+    (outer / "file.txt").write_text("x")
+    git = ["git", "-C", str(outer), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "file.txt"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "c"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    installed = code_version(outer / "venv" / "site-packages")
+    assert installed["commit"] is None and installed["dirty"] is None and installed["package_version"]
+    checkout = code_version(outer)
+    assert checkout["commit"] == head and checkout["dirty"] is False
+    (outer / "file.txt").write_text("changed")
+    assert code_version(outer)["dirty"] is True
