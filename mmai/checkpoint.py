@@ -57,23 +57,18 @@ def bi_encoder_config(hparams: dict[str, Any], where: str = "checkpoint") -> BiE
     return BiEncoderConfig.from_dict(found, f"{where}: the bi-encoder config")
 
 
-def build_bi_encoder(config: BiEncoderConfig | dict[str, Any], pretrained: bool = True) -> BiEncoder:
-    """A :class:`~mmai.bi_encoder.BiEncoder` from its config (or checkpoint hyperparameters)."""
-    if not isinstance(config, BiEncoderConfig):
-        config = bi_encoder_config(config)
-    return BiEncoder.from_config(config, pretrained)
-
-
 def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint",
-                    require_hyperparameters: bool = True) -> dict[str, Any]:
+                    require_hyperparameters: bool = True, mmap: bool = False) -> dict[str, Any]:
     """``torch.load`` a Lightning checkpoint (tensors and plain data only: ``weights_only``) with
-    clear errors for a missing or foreign file; ``what`` names the argument in the messages."""
+    clear errors for a missing or foreign file; ``what`` names the argument in the messages.
+    ``mmap`` maps the tensors instead of reading them, for a caller that needs only the
+    hyperparameters (a command line reading a model's config before the model loads it)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist: pass a .ckpt written by `mmai fit` "
                                 "(runs/<run>/checkpoints/last.ckpt)")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except OSError:
         raise  # unreadable (permissions, I/O): torch's message says so
     except Exception as error:  # noqa: BLE001 - garbage bytes raise anything (UnpicklingError, struct.error, ...)

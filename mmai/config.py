@@ -311,9 +311,7 @@ class BiEncoderConfig:
         if isinstance(values, cls):
             return values
         values = dict(_plain(values))
-        legacy = any(key in values for key in LEGACY_BI_ENCODER_KEYS) or any(key in values for key in
-                                                                           LEGACY_TRAINING_KEYS)
-        if legacy:
+        if set(values) & (set(LEGACY_BI_ENCODER_KEYS) | LEGACY_TRAINING_KEYS):  # flat, before typed configs
             values = _migrate_flat(values)
         _check_keys(cls, values, where)
         return cls(**values)
@@ -323,10 +321,9 @@ def _migrate_flat(values: dict[str, Any]) -> dict[str, Any]:
     """Flat ``BiEncoderModule`` hyperparameters (before typed configs) -> :class:`BiEncoderConfig` keys."""
     values = {key: value for key, value in values.items()
               if key not in LEGACY_TRAINING_KEYS and not key.startswith("_")}
-    parts = {name: dict(values.pop(name) or {}) if values.get(name) is not None else None
-             for name in ("vision", "text", "audio", "clip")}
-    parts["vision"] = parts["vision"] or {}
-    parts["text"] = parts["text"] or {}
+    parts = {name: values.pop(name, None) for name in ("vision", "text", "audio", "clip")}
+    parts = {name: dict(part) if part is not None else None for name, part in parts.items()}
+    parts["vision"], parts["text"] = parts["vision"] or {}, parts["text"] or {}
     for key, (part, name) in LEGACY_BI_ENCODER_KEYS.items():
         value = values.pop(key, None)
         if value is None or (part == "audio" and parts["audio"] is None):
@@ -385,10 +382,7 @@ class RerankerConfig:
         """From a ``RerankerModule``'s hyperparameters: ``reranker`` (typed configs), or the older
         ``fusion`` dict with flat ``rerank_k`` / ``stage1_weight``."""
         if hparams.get("reranker") is not None:
-            found = hparams["reranker"]
-            if isinstance(found, cls):
-                return found
-            return _build(cls, found, f"{where}: hyper_parameters['reranker']")
+            return _build(cls, hparams["reranker"], f"{where}: hyper_parameters['reranker']")
         values = dict(hparams.get("fusion") or {})
         for key in ("rerank_k", "stage1_weight"):
             if hparams.get(key) is not None:
@@ -396,24 +390,25 @@ class RerankerConfig:
         return _build(cls, values, f"{where}: hyper_parameters['fusion']")
 
 
+#: what the data must agree on with a bi-encoder: :class:`BiEncoderConfig` properties.
+DATA_SETTINGS = ("image_size", "tokenizer", "max_length", "audio_seconds")
+
+
 def data_settings(bi_encoder: Any) -> dict[str, Any]:
-    """``image_size``, ``tokenizer``, ``max_length`` and ``audio_seconds`` of a bi-encoder config
-    given as a config, a mapping or a parsed Namespace, read without validating the rest (a
-    command-line link computes them before the config is built; the build reports bad values)."""
-    values = _plain(bi_encoder) or {}
-    vision, text = values.get("vision") or {}, values.get("text") or {}
-    clip, audio = values.get("clip"), values.get("audio")
-    return {"image_size": vision.get("image_size", VisionConfig.image_size),
-            "tokenizer": (clip.get("model_name", ClipConfig.model_name) if clip
-                          else text.get("model_name", TextConfig.model_name)),
-            "max_length": text.get("max_length", TextConfig.max_length),
-            "audio_seconds": audio.get("seconds") if audio else None}
+    """:data:`DATA_SETTINGS` of a bi-encoder config given as a config, a mapping or a parsed
+    Namespace. A command-line link computes them before the config is built: an invalid config
+    gives None here, and building it reports the bad value."""
+    try:
+        config = coerce(BiEncoderConfig, bi_encoder, "model.bi_encoder")
+    except (ConfigError, TypeError):
+        return dict.fromkeys(DATA_SETTINGS)
+    return {name: getattr(config, name) for name in DATA_SETTINGS}
 
 
 def coerce(cls, value: Any, where: str):
     """``value`` as a ``cls`` config: the dataclass itself, a mapping, a Namespace or None (defaults)."""
     if value is None:
         return cls()
-    if cls is BiEncoderConfig and not isinstance(value, BiEncoderConfig):
-        return BiEncoderConfig.from_dict(_plain(value), where)
+    if cls is BiEncoderConfig:
+        return BiEncoderConfig.from_dict(value, where)
     return _build(cls, value, where)

@@ -105,7 +105,7 @@ def _refuse_untyped_resume(config) -> None:
         return
     from mmai.checkpoint import read_checkpoint
 
-    hparams = read_checkpoint(ckpt_path, "--ckpt_path").get("hyper_parameters") or {}
+    hparams = read_checkpoint(ckpt_path, "--ckpt_path", mmap=True).get("hyper_parameters") or {}
     if hparams and "bi_encoder" not in hparams:
         raise ValueError(f"--ckpt_path {ckpt_path!r} was written before the typed model configs (flat "
                          "hyperparameters): its run cannot be resumed with today's flags. Start a new run from "
@@ -157,7 +157,7 @@ def _data_from_bi_encoder(config) -> None:
     if path is None:
         raise ValueError("mmai rerank: set --model.bi_encoder_ckpt to a checkpoint of `mmai fit` "
                          "(e.g. runs/<run>/checkpoints/last.ckpt)")
-    hparams = read_checkpoint(path, "model.bi_encoder_ckpt")["hyper_parameters"]
+    hparams = read_checkpoint(path, "model.bi_encoder_ckpt", mmap=True)["hyper_parameters"]
     bi_encoder = bi_encoder_config(hparams, f"model.bi_encoder_ckpt {path!r}")
     config.data.image_size = bi_encoder.image_size
     config.data.tokenizer = bi_encoder.tokenizer

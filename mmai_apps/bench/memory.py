@@ -79,10 +79,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------- inputs
 def write_tiny_reranker(path: Path, seed: int = 0) -> Path:
     """A tiny random re-ranker checkpoint in Lightning's layout, written without Lightning."""
-    from mmai.checkpoint import build_bi_encoder, build_reranker
+    from mmai.bi_encoder import BiEncoder
+    from mmai.checkpoint import build_reranker
 
     torch.manual_seed(seed)
-    bi_encoder = build_bi_encoder(TINY_BI_ENCODER, pretrained=False)
+    bi_encoder = BiEncoder.from_config(TINY_BI_ENCODER, pretrained=False)
     reranker = build_reranker(TINY_RERANKER, bi_encoder)
     state = {f"bi_encoder.{key}": value for key, value in bi_encoder.state_dict().items()}
     state.update({f"reranker.{key}": value for key, value in reranker.state_dict().items()})
