@@ -99,6 +99,19 @@ def _data(argv: list[str]) -> int:
     return 0
 
 
+def user_message(error: BaseException) -> str:
+    """The message of a user error. For an optional config (``X | None``, e.g.
+    ``model.bi_encoder.audio``) jsonargparse reports why each union member failed and then dumps
+    the value; the only useful reason is X's own, so that reason alone is the message."""
+    message = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
+    if message.startswith("Does not validate against any of the Union subtypes"):
+        reasons = [line[4:] for line in message.splitlines()
+                   if line.startswith("  - ") and line[4:] != "Expected a <class 'NoneType'>"]
+        if len(reasons) == 1:
+            return reasons[0]
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("MMAI_DEBUG", "") not in ("", "0")
@@ -115,9 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _dispatch(argv[0], argv[1:])
         except USER_ERRORS as error:
-            message = error.args[0] if isinstance(error, KeyError) and error.args else error
-            print(f"mmai {argv[0]}: error: {message}\n(run with --debug or MMAI_DEBUG=1 for the traceback)",
-                  file=sys.stderr)
+            print(f"mmai {argv[0]}: error: {user_message(error)}\n(run with --debug or MMAI_DEBUG=1 for the "
+                  "traceback)", file=sys.stderr)
             return 2
     return _dispatch(argv[0], argv[1:])
 

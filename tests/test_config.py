@@ -139,3 +139,16 @@ def test_a_bad_model_value_on_the_command_line_is_one_clear_line(synth_shards, t
     err = capsys.readouterr().err
     assert "mmai fit: error: model.bi_encoder.vision.locked applies to tower: cnn only" in err
     assert "Namespace(" not in err
+
+
+def test_an_optional_tower_missing_a_required_value_is_one_clear_line(synth_shards, tmp_path, capsys):
+    """``audio: AudioConfig | None``: jsonargparse lists both union members and dumps the value;
+    the app says only the audio config's own reason."""
+    from fit_helpers import tiny_args
+    from mmai_apps.cli import main
+
+    assert main(["fit", *tiny_args(synth_shards, tmp_path / "runs"), "--model.bi_encoder.audio.pretrained",
+                 "false"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmai fit: error: model.bi_encoder.audio is set but model.bi_encoder.audio.seconds is not")
+    assert "Union" not in err and "Namespace(" not in err and "NoneType" not in err
