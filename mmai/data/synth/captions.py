@@ -16,6 +16,10 @@ import numpy as np
 from mmai.data.synth.species import Attributes
 
 COLOUR_ATTRIBUTES = ("bill_colour", "crown_colour", "wing_colour", "belly_colour")
+#: Every attribute a caption can state, in the order of :func:`visible_attributes` (and of the
+#: bits of a caption's attribute mask, :func:`mmai.consistency.attribute_mask`).
+CAPTION_ATTRIBUTES = ("bill_shape", "bill_length", "bill_colour", "crown_colour", "wing_colour",
+                      "belly_colour", "tail_length", "wing_bars", "eye_ring")
 #: Attributes that a hidden part takes out of the captions.
 PART_ATTRIBUTES = {
     "bill": ("bill_shape", "bill_length", "bill_colour"),
@@ -142,8 +146,7 @@ def _sentence(phrases: list[str], rng) -> str:
 def visible_attributes(hidden_parts: set[str], grayscale: bool, condition: str = "clear") -> list[str]:
     """The attribute names a caption of this picture may mention (possibly only one: a distant
     bird in grayscale shows its tail length and nothing else)."""
-    names = ["bill_shape", "bill_length", "bill_colour", "crown_colour", "wing_colour",
-             "belly_colour", "tail_length", "wing_bars", "eye_ring"]
+    names = list(CAPTION_ATTRIBUTES)
     hidden = {name for part in hidden_parts for name in PART_ATTRIBUTES[part]} | set(CONDITION_HIDDEN[condition])
     if grayscale:
         hidden |= set(COLOUR_ATTRIBUTES)
@@ -153,7 +156,17 @@ def visible_attributes(hidden_parts: set[str], grayscale: bool, condition: str =
 def image_captions(attributes: Attributes, rng: np.random.Generator, count: int = 10,
                    hidden_parts: set[str] | None = None, grayscale: bool = False,
                    condition: str = "clear") -> list[str]:
-    """``count`` distinct-where-possible lower-case captions of one picture.
+    """``count`` distinct-where-possible lower-case captions of one picture (the texts of
+    :func:`named_captions`)."""
+    return [caption for caption, _ in named_captions(attributes, rng, count, hidden_parts, grayscale, condition)]
+
+
+def named_captions(attributes: Attributes, rng: np.random.Generator, count: int = 10,
+                   hidden_parts: set[str] | None = None, grayscale: bool = False,
+                   condition: str = "clear") -> list[tuple[str, tuple[str, ...]]]:
+    """``count`` distinct-where-possible lower-case captions of one picture, each with the names
+    of the attributes it states (in :data:`CAPTION_ATTRIBUTES` order): what the caption says of
+    the bird, written beside the captions in ``mmai_extras/caption_attributes.jsonl``.
 
     Args:
         attributes: the species' attributes.
@@ -167,15 +180,15 @@ def image_captions(attributes: Attributes, rng: np.random.Generator, count: int 
         raise ValueError(f"image_captions: condition={condition!r}; expected one of {sorted(CONDITION_HIDDEN)}")
     visible = visible_attributes(hidden_parts or set(), grayscale, condition)
     colourless = condition in COLOURLESS
-    captions: list[str] = []
+    captions: list[tuple[str, tuple[str, ...]]] = []
     if not visible:  # everything hidden (not drawn by the generator, but keep the contract)
-        return ["a bird mostly hidden behind leaves."] * count
+        return [("a bird mostly hidden behind leaves.", ())] * count
     for attempt in range(count * 4):
         if len(captions) == count:
             break
         k = int(rng.integers(min(2, len(visible)), min(5, len(visible)) + 1))
         chosen = [visible[i] for i in sorted(rng.choice(len(visible), size=k, replace=False))]
         caption = _sentence(_phrases(attributes, chosen, rng, colourless), rng)
-        if caption not in captions or attempt >= count * 3:
-            captions.append(caption)
+        if all(caption != text for text, _ in captions) or attempt >= count * 3:
+            captions.append((caption, tuple(chosen)))
     return captions

@@ -60,9 +60,9 @@ Attributes: `bill_shape` (straight, curved, hooked, conical), `bill_length` (sho
 `bill_colour`, `crown_colour`, `wing_colour`, `belly_colour` (colour names), `tail_length`
 (short, long), `wing_bars` and `eye_ring` (true/false).
 
-Families (adjacent class ids): a founder with random attributes, 1-3 one-attribute variants
-(the founder with one attribute changed; bill attributes most often) and, with probability
-{SWAP_PROBABILITY}, a swap variant: the founder with the values of two of `bill_colour`,
+Families (adjacent class ids): a founder with random attributes, `variants` (default 1-3)
+one-attribute variants (the founder with one attribute changed; bill attributes most often) and,
+with probability `swap_share` (default {SWAP_PROBABILITY}), a swap variant: the founder with the values of two of `bill_colour`,
 `crown_colour`, `wing_colour`, `belly_colour` exchanged ("orange bill, grey belly" becomes "grey
 bill, orange belly"), the pair chosen uniformly among those where the two values differ and each
 is a possible value of the other attribute. A swap pair has the same bag of attribute words and
@@ -121,6 +121,16 @@ what it shows:
 
 Part and bird boxes are exact for every condition (they give the bird's extent, also where leaves
 cover it).
+
+## caption_attributes.jsonl
+What each caption states, which real CUB does not record: one JSON object per line, one line per
+image, in image-id order, `{{"image_id", "attributes"}}`, where `attributes[j]` lists the attribute
+names (of those above) that line `j` of the image's caption file states; the values are the
+species' own (`species_attributes.json`), since a caption only says what the photo shows. From it,
+a caption is *consistent* with a species when that species has every attribute the caption
+states: the relevance of MMAI's consistent Recall@K, the labels its training treats as true
+negatives (a caption and a species it contradicts), and the perfect attribute reader's ceiling
+(docs/ARCHITECTURE.md, "Evaluation protocol").
 
 ## synth_args.json
 The arguments and format version of the run; written last, so its presence means the data set

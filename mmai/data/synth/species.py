@@ -53,6 +53,9 @@ COLOUR_ATTRIBUTES = ("bill_colour", "crown_colour", "wing_colour", "belly_colour
 #: have swap pairs in val and in test and several in all.
 SWAP_PROBABILITY = 0.75
 
+#: How many one-attribute variants a family draws (uniform, inclusive): 1-3 by default.
+VARIANTS = (1, 3)
+
 #: Species kinds (:attr:`Species.kind`).
 KINDS = ("founder", "one-attribute", "swap")
 
@@ -171,11 +174,13 @@ class _Member:
     swapped: tuple[str, str] | None = None
 
 
-def _attribute_families(classes: int, rng: np.random.Generator) -> list[_Member]:
+def _attribute_families(classes: int, rng: np.random.Generator, swap_share: float = SWAP_PROBABILITY,
+                        variant_range: tuple[int, int] = VARIANTS) -> list[_Member]:
     """``classes`` distinct attribute tuples in families of 1-5 members.
 
-    A family is its founder, up to three one-attribute variants (duplicates dropped) and, with
-    probability :data:`SWAP_PROBABILITY`, a swap variant of a valid pair (:func:`valid_swaps`)
+    A family is its founder, ``variant_range[0]``-``variant_range[1]`` one-attribute variants (default 1-3;
+    duplicates dropped) and, with probability ``swap_share`` (default :data:`SWAP_PROBABILITY`), a
+    swap variant of a valid pair (:func:`valid_swaps`)
     chosen uniformly; such a family draws its founder among those that have a valid pair (86 %
     of all attribute tuples do). Candidates that would form a swap pair
     with an existing species (other than a swap variant with its own founder) are dropped, so
@@ -196,13 +201,13 @@ def _attribute_families(classes: int, rng: np.random.Generator) -> list[_Member]
 
     family = 0
     while len(chosen) < classes:
-        wants_swap = bool(rng.random() < SWAP_PROBABILITY)
+        wants_swap = bool(rng.random() < swap_share)
         founder = random_attributes(rng)
         while founder in seen or founder in swap_of or (wants_swap and not valid_swaps(founder)):
             founder = random_attributes(rng)
         admit(founder)
         variants = []
-        for _ in range(int(rng.integers(1, 4))):  # 1-3 variants
+        for _ in range(int(rng.integers(variant_range[0], variant_range[1] + 1))):
             variant = _variant(founder, rng)
             if variant not in seen and variant not in swap_of:
                 admit(variant)
@@ -247,12 +252,17 @@ def species_name(attributes: Attributes, taken: set[str], rng: np.random.Generat
     return next(name for name in candidates if name not in taken)
 
 
-def build_species(classes: int, seed: int = 0) -> list[Species]:
+def build_species(classes: int, seed: int = 0, swap_share: float = SWAP_PROBABILITY,
+                  variants: tuple[int, int] = VARIANTS) -> list[Species]:
     """The ``classes`` species of a synthetic CUB, deterministic in ``seed``.
 
     Args:
         classes: number of species (class ids 1..classes).
         seed: random seed (default 0).
+        swap_share: chance that a family gets a swap variant (default :data:`SWAP_PROBABILITY`);
+            1.0 with few variants gives many swap pairs (binding cases) per split.
+        variants: ``(low, high)`` one-attribute variants per family (default :data:`VARIANTS`);
+            ``(0, 1)`` makes small families, so a split of a given size holds more of them.
 
     Returns:
         Species in class-id order; families have adjacent ids (founder first, then its swap
@@ -262,7 +272,11 @@ def build_species(classes: int, seed: int = 0) -> list[Species]:
         factor of ~5.
     """
     rng = np.random.default_rng([seed, 0x5BEC1E5])
-    members = _attribute_families(classes, rng)
+    if not 0.0 <= swap_share <= 1.0:
+        raise ValueError(f"build_species: swap_share={swap_share}; need a probability in [0, 1]")
+    if not 0 <= variants[0] <= variants[1] <= 3:
+        raise ValueError(f"build_species: variants={tuple(variants)}; need 0 <= low <= high <= 3")
+    members = _attribute_families(classes, rng, swap_share, tuple(variants))
     pitch_rank = rng.permutation(classes)
     taken: set[str] = set()
     species = []

@@ -21,18 +21,21 @@ import soundfile
 from tqdm import tqdm
 
 from mmai import __version__
-from mmai.data.synth.captions import image_captions
+from mmai.data.synth.captions import named_captions
 from mmai.data.synth.diary import build_diary
 from mmai.data.synth.draw import draw_bird, random_look
 from mmai.data.synth.layout import (CAPTIONS_DIR, CUB_DIR, EXTRAS_DIR, PlannedImage, class_splits, plan_images,
                                     write_boxes, write_class_lists, write_cub_tables)
 from mmai.data.synth.readme import cub_readme, extras_readme
 from mmai.data.synth.song import SAMPLE_RATE, render_song
-from mmai.data.synth.species import ATTRIBUTES, Species, build_species, one_attribute_partners, swap_partners
+from mmai.data.synth.species import (ATTRIBUTES, SWAP_PROBABILITY, VARIANTS, Species, build_species,
+                                     one_attribute_partners, swap_partners)
 
-#: 2: swap variants and their fields in species_attributes.json, family-wise class splits,
-#: sightings and photo conditions in episodes.jsonl (1: MMAI before these).
-FORMAT_VERSION = 2
+#: 3: caption_attributes.jsonl (what each caption states) and the family shape options
+#: (``swap_share``, ``variants``); 2: swap variants and their fields in species_attributes.json,
+#: family-wise class splits, sightings and photo conditions in episodes.jsonl (1: MMAI before these).
+FORMAT_VERSION = 3
+CAPTION_ATTRIBUTES_FILE = "caption_attributes.jsonl"
 JPEG_QUALITY = 90
 #: Image ids with ``image_id % GRAYSCALE_EVERY == GRAYSCALE_OFFSET`` are grayscale (~1 %, as in
 #: real CUB); a fixed rule, so even a 5-image data set has one.
@@ -134,8 +137,9 @@ def _init_worker(out: Path, species: list[Species], shots: dict[int, tuple[int, 
                    captions_per_image=captions_per_image, image_size=image_size, seed=seed, audio=audio)
 
 
-def _render(planned: PlannedImage) -> tuple[int, tuple, dict]:
-    """Draw, caption and sing one image; returns (image_id, bird box, part boxes)."""
+def _render(planned: PlannedImage) -> tuple[int, tuple, dict, list]:
+    """Draw, caption and sing one image; returns (image_id, bird box, part boxes, the attribute
+    names each caption states)."""
     state = _WORKER
     species = state["species"][planned.class_id]
     grayscale = is_grayscale(planned.image_id)
@@ -145,15 +149,15 @@ def _render(planned: PlannedImage) -> tuple[int, tuple, dict]:
     drawing = draw_bird(species.attributes, np.random.default_rng(seed + [_DRAW]), state["image_size"], grayscale,
                         condition, look)
     drawing.image.save(state["out"] / CUB_DIR / "images" / f"{planned.relpath}.jpg", quality=JPEG_QUALITY)
-    captions = image_captions(species.attributes, np.random.default_rng(seed + [_CAPTIONS]),
-                              state["captions_per_image"], drawing.hidden_parts, grayscale, condition)
+    named = named_captions(species.attributes, np.random.default_rng(seed + [_CAPTIONS]),
+                           state["captions_per_image"], drawing.hidden_parts, grayscale, condition)
     text = state["out"] / CAPTIONS_DIR / "text_c10" / f"{planned.relpath}.txt"
-    text.write_text("".join(f"{caption}\n" for caption in captions), encoding="utf-8")
+    text.write_text("".join(f"{caption}\n" for caption, _ in named), encoding="utf-8")
     if state["audio"]:
         clip = render_song(species.song, np.random.default_rng(seed + [_SONG]))
         soundfile.write(state["out"] / EXTRAS_DIR / "audio" / f"{planned.relpath}.wav", clip, SAMPLE_RATE,
                         subtype="PCM_16", format="WAV")
-    return planned.image_id, drawing.bird_box, drawing.part_boxes
+    return planned.image_id, drawing.bird_box, drawing.part_boxes, [list(names) for _, names in named]
 
 
 def _render_all(planned: list[PlannedImage], init_args: tuple, workers: int, progress: bool):
@@ -163,14 +167,14 @@ def _render_all(planned: list[PlannedImage], init_args: tuple, workers: int, pro
     if workers <= 1:
         _init_worker(*init_args)
         for item in planned:
-            image_id, box, parts = _render(item)
-            results[image_id] = (box, parts)
+            image_id, box, parts, stated = _render(item)
+            results[image_id] = (box, parts, stated)
             bar.update()
     else:
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         with multiprocessing.get_context(method).Pool(workers, _init_worker, init_args) as pool:
-            for image_id, box, parts in pool.imap_unordered(_render, planned, chunksize=16):
-                results[image_id] = (box, parts)
+            for image_id, box, parts, stated in pool.imap_unordered(_render, planned, chunksize=16):
+                results[image_id] = (box, parts, stated)
                 bar.update()
     bar.close()
     return results
@@ -200,7 +204,8 @@ def _make_folders(out: Path, species: list[Species], audio: bool) -> None:
 
 def synthesize(out: Path, classes: int = 200, images: int = 11788, captions_per_image: int = 10,
                image_size: int = 128, seed: int = 0, audio: bool = True, workers: int | None = None,
-               progress: bool = True) -> SynthSummary:
+               progress: bool = True, swap_share: float = SWAP_PROBABILITY,
+               variants: tuple[int, int] = VARIANTS) -> SynthSummary:
     """Write a synthetic CUB-200-2011 with captions, songs and a diary under ``out``.
 
     Args:
@@ -214,6 +219,10 @@ def synthesize(out: Path, classes: int = 200, images: int = 11788, captions_per_
         audio: also write one song WAV per image (default True).
         workers: processes for the per-image work (default None: ``os.cpu_count()``).
         progress: show a tqdm progress bar (default True).
+        swap_share: chance that a family gets a swap variant (default 0.75; 1.0 for many binding
+            cases, see :func:`~mmai.data.synth.species.build_species`).
+        variants: ``(low, high)`` one-attribute variants per family (default ``(1, 3)``; ``(0, 1)``
+            gives small families, so each split holds more of them and more swap pairs).
 
     Returns:
         A :class:`SynthSummary`. If ``out`` already holds a complete data set made with the same
@@ -226,11 +235,12 @@ def synthesize(out: Path, classes: int = 200, images: int = 11788, captions_per_
     _check_arguments(classes, images, captions_per_image, image_size, seed)
     out = Path(out).expanduser()
     record = {"format_version": FORMAT_VERSION, "classes": classes, "images": images,
-              "captions_per_image": captions_per_image, "image_size": image_size, "seed": seed, "audio": audio}
+              "captions_per_image": captions_per_image, "image_size": image_size, "seed": seed, "audio": audio,
+              "swap_share": float(swap_share), "variants": [int(v) for v in variants]}
     existing = _existing(out, record, started)
     if existing is not None:
         return existing
-    species = build_species(classes, seed)
+    species = build_species(classes, seed, swap_share, tuple(variants))
     planned = plan_images(species, images, seed)
     write_cub_tables(out, species, planned)
     write_class_lists(out, class_splits(species, seed))
@@ -240,8 +250,11 @@ def synthesize(out: Path, classes: int = 200, images: int = 11788, captions_per_
     workers = max(1, min(workers or os.cpu_count() or 1, len(planned)))
     init_args = (out, species, shots, captions_per_image, image_size, seed, audio)
     results = _render_all(planned, init_args, workers, progress)
-    write_boxes(out, {i: box for i, (box, _) in results.items()}, {i: parts for i, (_, parts) in results.items()})
+    write_boxes(out, {i: box for i, (box, _, _) in results.items()}, {i: parts for i, (_, parts, _) in results.items()})
     extras = out / EXTRAS_DIR
+    (extras / CAPTION_ATTRIBUTES_FILE).write_text(
+        "".join(json.dumps({"image_id": i, "attributes": results[i][2]}) + "\n" for i in sorted(results)),
+        encoding="utf-8")
     (extras / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in diary.entries), encoding="utf-8")
     (extras / "species_attributes.json").write_text(json.dumps(_species_json(species, diary.homes), indent=1) + "\n",
                                                     encoding="utf-8")
