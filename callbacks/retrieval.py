@@ -59,7 +59,9 @@ from mmai.memory.gar import GraphAugmentedRetriever
 from mmai.memory.graph import EpisodicGraph
 from mmai.memory.index import VectorIndex
 from mmai.metrics import evaluate_rankings
-from mmai.probes import binding_probe, burst_probe, burst_recovery, pair_outcomes, per_caption
+from mmai.consistency import (SpeciesTable, caption_masks, chance_consistent, consistent_hits, load_caption_table,
+                              reader_ceiling)
+from mmai.probes import binding_probe, burst_probe, burst_recovery, direct_outcomes, pair_outcomes, per_caption
 from mmai.two_stage import stage1_topk
 
 PER_QUERY_FILE = "per_query.npz"
@@ -99,6 +101,7 @@ class RetrievalEvalCallback(L.Callback):
         self.rerank_k, self.stage1_weight = int(rerank_k), float(stage1_weight)
         self.per_query = per_query
         self.species: list[dict] = []  # the shard manifest's species annotations (binding probe)
+        self.caption_table: dict[int, list[int]] | None = None  # what each caption states (mmai.consistency)
         self.outcomes: dict[str, np.ndarray] = {}  # the last evaluation's per-query outcomes
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -112,6 +115,10 @@ class RetrievalEvalCallback(L.Callback):
             self.species = list(trainer.datamodule.manifest.get("species") or [])
         except (AttributeError, OSError, ValueError):
             self.species = []
+        try:
+            self.caption_table = load_caption_table(trainer.datamodule.shard_dir)
+        except AttributeError:  # a datamodule without shards: class relevance only
+            self.caption_table = None
 
     def check_gallery(self, images: int) -> None:
         """Raise a ValueError saying what to change when ``images`` cannot rank ``max(ks)`` deep."""
@@ -126,11 +133,12 @@ class RetrievalEvalCallback(L.Callback):
             return
         data = pl_module.eval_set()  # a collective: every rank calls it
         two_stage = getattr(pl_module, "two_stage", None)
+        pair_logits = getattr(pl_module, "pair_logits", None)
         metrics = None
         if trainer.is_global_zero:
             try:
                 self.check_gallery(len(data.image_embeddings))
-                metrics = self.evaluate(data, two_stage)
+                metrics = self.evaluate(data, two_stage, pair_logits)
                 if self.per_query and self.outcomes:
                     _save_outcomes(Path(trainer.default_root_dir) / PER_QUERY_FILE, self.outcomes)
             except Exception as error:  # noqa: BLE001 - reported below, after the weights are safe
@@ -146,13 +154,16 @@ class RetrievalEvalCallback(L.Callback):
             record(int(metrics["two_stage/k"]), self.stage1_weight, epoch=trainer.current_epoch,
                    step=trainer.global_step)
 
-    def evaluate(self, data: EvalSet, two_stage: Callable | None = None) -> dict[str, float]:
+    def evaluate(self, data: EvalSet, two_stage: Callable | None = None,
+                 pair_logits: Callable | None = None) -> dict[str, float]:
         """Stage 1 → (stage 2 if ``two_stage`` is given) → GAR and its control, on one gathered set.
 
         Args:
             data: the gathered evaluation set.
             two_stage: the module's ``two_stage(data, k=, mode=, stage1_weight=, length=)`` returning
                 a :class:`~mmai.two_stage.TwoStageResult`, or None (no re-ranker).
+            pair_logits: the module's ``pair_logits(data, text_rows, image_rows) -> (P,)`` match
+                logits of given (caption, image) rows, for the direct binding probe (None: no re-ranker).
         """
         images = data.image_embeddings.numpy()
         positions = np.arange(len(images))
@@ -179,19 +190,24 @@ class RetrievalEvalCallback(L.Callback):
                 metrics["gar/latency_ms"] = 1000 * (time.perf_counter() - start) / len(hits)
             recall = evaluate_rankings(*labels, t2i=ranked, ks=self.ks)
             metrics.update({f"{stage}/{key}": value for key, value in recall.items()})
-        self.outcomes = self._outcomes(data, rankings, metrics)
+        self.outcomes = self._outcomes(data, rankings, metrics, pair_logits)
         return metrics
 
-    def _outcomes(self, data: EvalSet, rankings: dict[str, np.ndarray], metrics: dict) -> dict[str, np.ndarray]:
+    def _outcomes(self, data: EvalSet, rankings: dict[str, np.ndarray], metrics: dict,
+                  pair_logits: Callable | None = None) -> dict[str, np.ndarray]:
         """Per-query outcomes of every stage (saved for paired intervals) and the probes' metrics."""
         text_classes = data.text_class_ids.numpy()
         classes = data.class_ids.numpy()
         outcomes: dict[str, np.ndarray] = {"query/text_image_ids": data.text_image_ids.numpy(),
-                                           "query/image_ids": data.image_ids.numpy()}
+                                           "query/image_ids": data.image_ids.numpy(),
+                                           "query/species": text_classes.astype(np.int64)}  # R@K's units
         for stage, ranked in rankings.items():
             hit = (classes[np.maximum(ranked, 0)] == text_classes[:, None]) & (ranked >= 0)  # (Nt, k)
             outcomes[f"{stage}/t2i/class/hit@1"] = hit[:, 0].astype(np.float64)
             outcomes[f"{stage}/t2i/class/hit@10"] = hit[:, :10].any(axis=1).astype(np.float64)
+            outcomes[f"{stage}/t2i/class/p@10"] = hit[:, :10].mean(axis=1)
+            metrics[f"{stage}/t2i/class/P@10"] = float(outcomes[f"{stage}/t2i/class/p@10"].mean())
+        self._consistency(data, rankings, metrics, outcomes)
         probe = binding_probe(data.captions, data.text_image_ids.numpy(), data.image_ids.numpy(), classes,
                               {"species": self.species})
         if len(probe):
@@ -201,13 +217,29 @@ class RetrievalEvalCallback(L.Callback):
                 return (text[text_rows] * image[image_rows]).sum(-1).numpy()
 
             metrics["probe/binding/pairs"] = float(len(probe))
-            for stage, ranked in rankings.items():
+            for stage, ranked in rankings.items():  # list positions: moves only where both are in the list
                 wins = pair_outcomes(ranked, probe, cosine)
                 captions, per_query = per_caption(wins, probe.text_rows)
                 metrics[f"probe/binding/{stage}"] = float(wins.mean())
                 outcomes[f"{stage}/probe/binding"] = per_query
             metrics["probe/binding/captions"] = float(len(captions))
             outcomes["query/binding_text_rows"] = captions
+            _, units = per_caption(probe.units.astype(np.float64), probe.text_rows)  # one swap pair per caption
+            outcomes["query/binding_units"] = units.astype(np.int64)
+            metrics["probe/binding/units"] = float(len(np.unique(probe.units)))
+            # the direct probe: every (caption, own image, confuser) triple scored by each stage's own scorer
+            true_cos, confuser_cos = cosine(probe.text_rows, probe.true_rows), cosine(probe.text_rows, probe.confuser_rows)
+            scored = {"stage1": (true_cos, confuser_cos)}
+            if pair_logits is not None:
+                true_logit = np.asarray(pair_logits(data, probe.text_rows, probe.true_rows))
+                confuser_logit = np.asarray(pair_logits(data, probe.text_rows, probe.confuser_rows))
+                scored["rerank"] = (true_logit, confuser_logit)
+                scored["two_stage"] = (true_logit + self.stage1_weight * true_cos,
+                                       confuser_logit + self.stage1_weight * confuser_cos)
+            for name, (true_score, confuser_score) in scored.items():
+                wins = direct_outcomes(true_score, confuser_score)
+                metrics[f"probe/binding_direct/{name}"] = float(wins.mean())
+                outcomes[f"{name}/probe/binding_direct"] = per_caption(wins, probe.text_rows)[1]
         if len(data.conditions) == len(classes) and data.sighting_ids.numel() == len(classes):
             bursts = burst_probe(data.text_image_ids.numpy(), data.image_ids.numpy(), data.sighting_ids.numpy(),
                                  data.conditions)
@@ -219,6 +251,29 @@ class RetrievalEvalCallback(L.Callback):
                     metrics[f"probe/burst/{stage}/R@10"] = float(recovered.mean())
                     outcomes[f"{stage}/probe/burst@10"] = recovered
         return outcomes
+
+    def _consistency(self, data: EvalSet, rankings: dict[str, np.ndarray], metrics: dict,
+                     outcomes: dict[str, np.ndarray]) -> None:
+        """Consistent t2i R@1/R@10 (a hit is any image of a species the caption is true of) and the
+        perfect attribute reader's class R@1/R@10, where the shards record what each caption states."""
+        table = SpeciesTable.from_species(self.species)
+        masks = caption_masks(data.text_image_ids.numpy(), self.caption_table)
+        if table is None or not (masks >= 0).any():
+            return  # real CUB: class relevance only
+        classes, text_classes = data.class_ids.numpy(), data.text_class_ids.numpy()
+        consistent = table.consistent(masks, text_classes, np.unique(classes))  # (Nt, C)
+        metrics["consistency/identifying"] = float((consistent.sum(axis=1) == 1).mean())
+        metrics["consistency/species_per_caption"] = float(consistent.sum(axis=1).mean())
+        for k, value in reader_ceiling(consistent, text_classes, classes, (1, 10)).items():
+            metrics[f"ceiling/t2i/class/R@{k}"] = value
+        for k, value in chance_consistent(consistent, classes, (1, 10)).items():
+            metrics[f"chance/t2i/consistent/R@{k}"] = value
+        for stage, ranked in rankings.items():
+            hit = consistent_hits(ranked, consistent, classes)
+            outcomes[f"{stage}/t2i/consistent/hit@1"] = hit[:, 0].astype(np.float64)
+            outcomes[f"{stage}/t2i/consistent/hit@10"] = hit[:, :10].any(axis=1).astype(np.float64)
+            metrics[f"{stage}/t2i/consistent/R@1"] = float(hit[:, 0].mean())
+            metrics[f"{stage}/t2i/consistent/R@10"] = float(hit[:, :10].any(axis=1).mean())
 
     def _two_stage(self, data: EvalSet, two_stage: Callable, k: int, metrics: dict) -> tuple[np.ndarray, np.ndarray]:
         """Log two-stage (combined and match-only) Recall@K; return the combined t2i list for GAR."""
@@ -263,16 +318,18 @@ def load_outcomes(path: Path) -> dict[str, np.ndarray]:
     order = np.argsort(text_ids, kind="stable")
     position = np.empty_like(order)
     position[order] = np.arange(order.shape[0])
-    probes = {"query/binding_text_rows": "/probe/binding", "query/burst_text_rows": "/probe/burst@10"}
-    for rows_key, suffix in probes.items():
+    probes = {"query/binding_text_rows": ("/probe/binding", "/probe/binding_direct", "query/binding_units"),
+              "query/burst_text_rows": ("/probe/burst@10",)}
+    for rows_key, suffixes in probes.items():
         if rows_key in outcomes:
             renumbered = position[outcomes[rows_key]]
             sort = np.argsort(renumbered, kind="stable")
             outcomes[rows_key] = renumbered[sort]
-            for key in [k for k in outcomes if k.endswith(suffix)]:
+            for key in [k for k in outcomes if k.endswith(suffixes)]:
                 outcomes[key] = outcomes[key][sort]
     for key, value in list(outcomes.items()):
-        if key == "query/text_image_ids" or (key.endswith(("hit@1", "hit@10")) and value.shape == text_ids.shape):
+        if key in ("query/text_image_ids", "query/species") or (
+                key.endswith(("hit@1", "hit@10", "p@10")) and value.shape == text_ids.shape):
             outcomes[key] = value[order]
     return outcomes
 

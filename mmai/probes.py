@@ -19,7 +19,12 @@ probe measures the fraction of those hard photos that the ranking places in its 
 memories that are hard to find by content but easy to find through their neighbours.
 
 Both work on gallery positions: ``rankings`` is ``(Nt, R)`` positions, best first (``-1`` pads),
-as :func:`mmai.two_stage.evaluate_two_stage` and GAR return them.
+as :func:`mmai.two_stage.evaluate_two_stage` and GAR return them. A list-position probe can only
+see what a stage re-orders: a re-ranker that re-scores the top 8 changes a pair only when both
+images are in those 8 (a few % of pairs). The **direct** binding probe (:func:`direct_outcomes`)
+therefore scores every triple with each stage's own scorer (stage-1 cosine, the re-ranker's match
+logit, the two-stage score), as ARO does; both are reported, labelled. The triples of one swap
+pair are not independent samples: intervals resample swap pairs (:attr:`BindingProbe.units`).
 """
 
 from __future__ import annotations
@@ -45,12 +50,15 @@ class BindingProbe:
         true_rows: ``(P,)`` gallery position of each caption's own image.
         confuser_rows: ``(P,)`` gallery position of one image of the swap partner species.
         words: ``(P,)`` the swapped colour word the caption names (the first one, for panels).
+        units: ``(P,)`` the swap pair of each triple, ``min(class) * 100000 + max(class)`` of the
+            two species: the independent unit of the probe's intervals.
     """
 
     text_rows: np.ndarray
     true_rows: np.ndarray
     confuser_rows: np.ndarray
     words: list[str]
+    units: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return int(self.text_rows.shape[0])
@@ -89,7 +97,7 @@ def binding_probe(captions: Sequence[str], text_image_ids, image_ids, class_ids,
     by_class = {int(entry["class_id"]): entry for entry in species.get("species", [])}
     position = {int(image_id): row for row, image_id in enumerate(image_ids)}
     gallery_of = {int(c): np.flatnonzero(class_ids == c) for c in np.unique(class_ids)}
-    rows: list[tuple[int, int, int, str]] = []
+    rows: list[tuple[int, int, int, str, int]] = []
     patterns: dict[str, re.Pattern] = {}
     for text_row, (caption, image_id) in enumerate(zip(captions, text_image_ids)):
         true_row = position.get(int(image_id))
@@ -103,12 +111,24 @@ def binding_probe(captions: Sequence[str], text_image_ids, image_ids, class_ids,
             words = probe_words(entry["attributes"], by_class[int(partner_id)]["attributes"])
             named = [word for word in words if patterns.setdefault(word, _colour_pattern(word)).search(caption.lower())]
             if named:
-                rows += [(text_row, true_row, int(confuser), named[0]) for confuser in confusers]
+                own = int(class_ids[true_row])
+                unit = min(own, int(partner_id)) * 100000 + max(own, int(partner_id))
+                rows += [(text_row, true_row, int(confuser), named[0], unit) for confuser in confusers]
     if not rows:
         empty = np.zeros(0, dtype=np.int64)
-        return BindingProbe(empty, empty.copy(), empty.copy(), [])
-    text_rows, true_rows, confuser_rows, words = zip(*rows)
-    return BindingProbe(np.array(text_rows), np.array(true_rows), np.array(confuser_rows), list(words))
+        return BindingProbe(empty, empty.copy(), empty.copy(), [], empty.copy())
+    text_rows, true_rows, confuser_rows, words, units = zip(*rows)
+    return BindingProbe(np.array(text_rows), np.array(true_rows), np.array(confuser_rows), list(words),
+                        np.array(units, dtype=np.int64))
+
+
+def direct_outcomes(true_scores, confuser_scores) -> np.ndarray:
+    """``(P,)`` the direct probe: 1 where a scorer gives the caption's own image a higher score than
+    the confuser, 0 where lower, 0.5 on a tie (scores of the probe's triples, any scale)."""
+    true_scores, confuser_scores = np.asarray(true_scores, np.float64), np.asarray(confuser_scores, np.float64)
+    if true_scores.shape != confuser_scores.shape:
+        raise ValueError(f"direct_outcomes: {true_scores.shape} true and {confuser_scores.shape} confuser scores")
+    return np.where(true_scores > confuser_scores, 1.0, np.where(true_scores < confuser_scores, 0.0, 0.5))
 
 
 def _positions(rankings: np.ndarray, query_rows: np.ndarray, items: np.ndarray) -> np.ndarray:

@@ -44,6 +44,7 @@ class PairedDifference:
     queries: int
     seeds: int
     resamples: int
+    units: int | None = None  # independent units resampled (e.g. swap pairs, species); None: queries
 
     @property
     def verdict(self) -> str:
@@ -73,8 +74,13 @@ def _as_matrix(values, name: str) -> np.ndarray:
 
 
 def paired_bootstrap(a, b, resamples: int = 2000, confidence: float = 0.95, seed: int = 0,
-                     chunk: int = 250) -> PairedDifference:
+                     chunk: int = 250, units=None) -> PairedDifference:
     """The paired bootstrap interval of ``mean(b) - mean(a)``.
+
+    With ``units`` the bootstrap resamples *units* instead of queries (a cluster bootstrap,
+    Field & Welsh, 2007): queries of one unit are not independent samples (the 700 probe captions
+    of two swap pairs are about two samples; the captions of one species share its attributes), so
+    one resample draws ``U`` units with replacement and takes the mean over all their queries.
 
     Args:
         a, b: ``(seeds, queries)`` per-query outcomes of two rows (or ``(queries,)`` for one
@@ -83,6 +89,9 @@ def paired_bootstrap(a, b, resamples: int = 2000, confidence: float = 0.95, seed
         confidence: interval level (default 0.95): the percentile interval.
         seed: seed of the resampling (default 0), so a table is reproducible.
         chunk: resamples drawn per vectorised step (memory: ``chunk x queries`` indices).
+        units: ``(queries,)`` the independent unit of each query (any hashable labels, e.g. the
+            swap pair's class ids as one integer, or the caption's species); default None: every
+            query is its own unit.
 
     Returns:
         :class:`PairedDifference`.
@@ -98,16 +107,26 @@ def paired_bootstrap(a, b, resamples: int = 2000, confidence: float = 0.95, seed
         raise ValueError(f"paired_bootstrap: confidence must be in (0, 1), got {confidence}")
     differences = (b - a).mean(axis=0)  # (Q,): pooled over seeds, query by query
     queries = differences.shape[0]
+    if units is None:
+        sums, counts = differences, np.ones(queries)
+    else:
+        labels = np.asarray(units)
+        if labels.shape != (queries,):
+            raise ValueError(f"paired_bootstrap: units must give one unit per query ({queries}), got shape "
+                             f"{labels.shape}")
+        _, inverse = np.unique(labels, return_inverse=True)
+        sums, counts = np.bincount(inverse, weights=differences), np.bincount(inverse).astype(np.float64)
+    draws = sums.shape[0]
     rng = np.random.default_rng(seed)
     means = np.empty(resamples)
     for start in range(0, resamples, chunk):
         count = min(chunk, resamples - start)
-        indices = rng.integers(0, queries, size=(count, queries))  # the same queries for both rows, every seed
-        means[start:start + count] = differences[indices].mean(axis=1)
+        indices = rng.integers(0, draws, size=(count, draws))  # the same units for both rows, every seed
+        means[start:start + count] = sums[indices].sum(axis=1) / counts[indices].sum(axis=1)
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return PairedDifference(float(differences.mean()), float(low), float(high), confidence, queries, a.shape[0],
-                            resamples)
+                            resamples, None if units is None else int(draws))
 
 
 def mean_std(values) -> tuple[float, float]:
