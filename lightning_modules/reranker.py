@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from lightning_glue.eval_set import EvalSet, EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
 from lightning_glue.feature_cache import split_features, tower_fingerprints
 from mmai.bi_encoder import BiEncoder
+from mmai.consistency import SpeciesTable, caption_masks, load_caption_table
 from mmai.checkpoint import VALIDATED_WITH, bi_encoder_config, build_reranker, is_reranker_checkpoint, read_checkpoint
 from mmai.config import BiEncoderConfig, RerankerConfig, coerce
 from mmai.fusion import match_loss
@@ -83,6 +84,12 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
             and an orange belly"), as a non-match: NegCLIP's composition-aware negatives
             (Yuksekgonul et al., ICLR 2023), the only negatives that teach which part has which
             colour (default False; needs ``negatives="split"``, their token states are cached once).
+        true_negatives: draw a caption's negative images, and an image's negative captions, only
+            among pairs where the caption *contradicts* the image's species (it states an attribute
+            the species does not have; :mod:`mmai.consistency`), so that a species the caption is
+            also true of is never trained as a non-match (default False; needs ``negatives="split"``
+            and shards that record what each caption states, the synthetic CUB's; without them the
+            run falls back to class labels and says so).
     """
 
     def __init__(self, bi_encoder_ckpt: str | None = None, bi_encoder: BiEncoderConfig | None = None,
@@ -90,10 +97,14 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
                  lr: float = 1e-4, lr_towers: float = 1e-5, weight_decay: float = 0.02, warmup_steps: int = 100,
                  num_negatives: int = 1, negative_temperature: float = 0.07, same_class_weight: float = 1.0,
                  batch_size: int = 64, eval_ks: tuple[int, ...] = (1, 5, 10), feature_cache: bool = True,
-                 feature_cache_dir: str | None = None, negatives: str = "batch", swap_negatives: bool = False):
+                 feature_cache_dir: str | None = None, negatives: str = "batch", swap_negatives: bool = False,
+                 true_negatives: bool = False):
         super().__init__()
         if negatives not in ("batch", "split"):
             raise ValueError(f"RerankerModule: negatives must be 'batch' or 'split', got {negatives!r}")
+        if true_negatives and negatives != "split":
+            raise ValueError("RerankerModule: true_negatives needs negatives='split' (the labels of the cached "
+                             "training split)")
         if swap_negatives and negatives != "split":
             raise ValueError("RerankerModule: swap_negatives needs negatives='split' (their token states live in "
                              "the cached training split)")
@@ -119,7 +130,7 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
             "num_negatives": num_negatives, "negative_temperature": negative_temperature,
             "same_class_weight": same_class_weight, "batch_size": batch_size, "eval_ks": tuple(eval_ks),
             "feature_cache": feature_cache, "feature_cache_dir": feature_cache_dir, "negatives": negatives,
-            "swap_negatives": swap_negatives})
+            "swap_negatives": swap_negatives, "true_negatives": true_negatives})
         self.bi_encoder = BiEncoder.from_config(self.bi_encoder_config, pretrained=False)
         if checkpoint is not None:
             self.bi_encoder.load_checkpoint_state(checkpoint["state_dict"], prefix="model.")
@@ -135,6 +146,7 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
         self._collector = EvalSetCollector()
         self._features: dict[str, SplitFeatures] = {}
         self._bank: tuple[torch.Tensor, ...] | None = None  # train-split embeddings, ids, classes (split negatives)
+        self._species: SpeciesTable | None = None  # true_negatives: which species each caption contradicts
         self._val_match: list[torch.Tensor] = []
         #: the re-rank settings of the last two-stage validation (see :meth:`record_validation`).
         self.validated_with: dict[str, Any] | None = None
@@ -178,7 +190,24 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
             self._features[split] = split_features(self, self.bi_encoder, datamodule, split, fingerprints,
                                                    self.hparams.feature_cache_dir, stage2=True, swapped=swapped)
         if "train" in self._features:
+            if self.hparams.true_negatives:
+                self._attach_caption_masks(datamodule, self._features["train"])
             datamodule.use_train_features(self._features["train"])
+
+    def _attach_caption_masks(self, datamodule, train: SplitFeatures) -> None:
+        """What each training caption states (``caption_mask``, one per cached caption row, served
+        with every batch), and the species table that says which species it contradicts."""
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        table = load_caption_table(getattr(datamodule, "shard_dir", None))
+        species = SpeciesTable.from_species(datamodule.manifest.get("species") or [])
+        masks = caption_masks(train.text_image_ids.numpy(), table)
+        if table is None or species is None or not (masks >= 0).all():
+            rank_zero_warn("model.true_negatives: these shards do not record what each caption states (real CUB "
+                           "does not); negatives fall back to class labels (same_class_weight)")
+            return
+        train.extras["caption_mask"] = torch.from_numpy(masks)
+        self._species = species
 
     # ---------------------------------------------------------------- encoding
     def _encode(self, batch: dict) -> tuple[torch.Tensor, ...]:
@@ -269,12 +298,18 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
         owner, image_ids, class_ids = batch["caption_owner"], batch["image_id"], batch["class_id"]
         options = dict(num_negatives=hp.num_negatives, temperature=hp.negative_temperature,
                        same_class_weight=hp.same_class_weight)
+        allowed_images = allowed_captions = None
+        if self._species is not None and "caption_mask" in batch:  # true negatives: pairs that contradict
+            allowed_images = ~self._species.consistent_torch(batch["caption_mask"], class_ids[owner], train_classes)
+            bank_masks = train.extras["caption_mask"]
+            allowed_captions = ~self._species.consistent_torch(bank_masks, caption_classes.cpu(), class_ids.cpu()).T
+            options["same_class_weight"] = 1.0  # a caption never contradicts its own species
         negative_images = sample_hard_negatives(
             text_embeddings @ image_bank.T, image_ids[owner], train_ids, query_class_ids=class_ids[owner],
-            candidate_class_ids=train_classes, **options)  # (Bt, n) train rows
+            candidate_class_ids=train_classes, allowed=allowed_images, **options)  # (Bt, n) train rows
         negative_captions = sample_hard_negatives(
             image_embeddings @ text_bank.T, image_ids, caption_ids, query_class_ids=class_ids,
-            candidate_class_ids=caption_classes, **options)  # (B, n) train caption rows
+            candidate_class_ids=caption_classes, allowed=allowed_captions, **options)  # (B, n) train caption rows
         mask = batch["attention_mask"]
         n = hp.num_negatives
         captions = torch.arange(tokens.shape[0], device=device).repeat_interleave(n)
@@ -362,6 +397,22 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
     def _with_cache(self, batch: dict, split: str) -> dict:
         features = self._features.get(split)
         return {**batch, **features.lookup(batch)} if features is not None else batch
+
+    @torch.no_grad()
+    def pair_logits(self, data: EvalSet, text_rows, image_rows, batch_size: int = 256):
+        """Match logits ``(P,)`` (numpy) of caption rows ``text_rows`` with gallery rows
+        ``image_rows`` of one gathered evaluation set (cached patches and token states): the
+        re-ranker's own score of given pairs, for the direct binding probe."""
+        extras = data.extras
+        text_rows, image_rows = torch.as_tensor(text_rows).long(), torch.as_tensor(image_rows).long()
+        logits = []
+        for start in range(0, text_rows.shape[0], batch_size):
+            t, i = text_rows[start:start + batch_size], image_rows[start:start + batch_size]
+            output = self.reranker(extras["text_tokens"][t].to(self.device).float(),
+                                   extras["attention_mask"][t].to(self.device),
+                                   extras["image_patches"][i].to(self.device).float())
+            logits.append(output.logits.float().cpu())
+        return torch.cat(logits).numpy() if logits else torch.zeros(0).numpy()
 
     @torch.no_grad()
     def two_stage(self, data: EvalSet, k: int | None = None, mode: str = "combined",

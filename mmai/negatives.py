@@ -64,6 +64,7 @@ def sample_hard_negatives(
     candidate_class_ids: torch.Tensor | None = None,
     same_class_weight: float = 1.0,
     generator: torch.Generator | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw hard negatives for each query with probability ``softmax(similarity / temperature)``.
 
@@ -84,6 +85,9 @@ def sample_hard_negatives(
         same_class_weight: multiplies the probability of same-class candidates (default 1.0 =
             plain ALBEF; 0.0 never draws another image/caption of the query's species).
         generator: makes the draw reproducible (default None: the global RNG).
+        allowed: ``(Q, C)`` bool, the candidates that may be drawn at all (default None: every one):
+            the *true* negatives, e.g. the species a caption contradicts
+            (:meth:`mmai.consistency.SpeciesTable.consistent`, negated).
 
     Returns:
         ``(Q, num_negatives)`` long candidate indices, most probable draw first; ``-1`` where a
@@ -95,6 +99,11 @@ def sample_hard_negatives(
                          f"same_class_weight >= 0; got {num_negatives}, {temperature}, {same_class_weight}.")
     logits = similarity.detach().float() / temperature  # (Q, C)
     eligible = query_image_ids[:, None] != candidate_image_ids[None, :]  # (Q, C)
+    if allowed is not None:
+        if allowed.shape != eligible.shape:
+            raise ValueError(f"sample_hard_negatives: allowed has shape {tuple(allowed.shape)}, the similarity "
+                             f"{tuple(eligible.shape)}")
+        eligible &= allowed.to(eligible.device)
     if same_class_weight != 1.0:
         if query_class_ids is None:
             raise ValueError("sample_hard_negatives: same_class_weight != 1 needs query_class_ids and "
