@@ -90,13 +90,39 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
             expect_eval_mode_modules()
         datamodule = getattr(self.trainer, "datamodule", None)
         if not (self.hparams.feature_cache and self.model.cacheable and hasattr(datamodule, "use_train_features")):
+            if self.model.true_negatives and stage == "fit":
+                from lightning.pytorch.utilities import rank_zero_warn
+
+                rank_zero_warn("model.bi_encoder.true_negatives reads what each caption states from the feature "
+                               "cache's rows; without the cache (locked towers, model.feature_cache) the loss keeps "
+                               "class labels")
             return
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
         fingerprints = tower_fingerprints(self.model) if splits else None
         for split in splits:
             self._features[split] = self._split_features(datamodule, split, fingerprints)
         if "train" in self._features:
-            datamodule.use_train_features(self._features["train"].stage1())
+            train = self._features["train"].stage1()
+            if self.model.true_negatives:
+                self._attach_caption_masks(datamodule, train)
+            datamodule.use_train_features(train)
+
+    def _attach_caption_masks(self, datamodule, train: SplitFeatures) -> None:
+        """What each cached training caption states (``caption_mask``, served with every batch) and
+        the species table, so the loss leaves out keys the caption is also true of."""
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        from mmai.consistency import SpeciesTable, caption_masks, load_caption_table
+
+        table = load_caption_table(getattr(datamodule, "shard_dir", None))
+        species = SpeciesTable.from_species(datamodule.manifest.get("species") or [])
+        masks = caption_masks(train.text_image_ids.numpy(), table)
+        if table is None or species is None or not (masks >= 0).all():
+            rank_zero_warn("model.bi_encoder.true_negatives: these shards do not record what each caption states "
+                           "(real CUB does not); the loss keeps class labels")
+            return
+        train.extras["caption_mask"] = torch.from_numpy(masks)
+        self.model.consistency = species
 
     def _split_features(self, datamodule, split: str, fingerprints: tuple[str, str]) -> SplitFeatures:
         return split_features(self, self.model, datamodule, split, fingerprints, self.hparams.feature_cache_dir,

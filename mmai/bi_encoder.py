@@ -87,6 +87,7 @@ class _Side:
     image_ids: torch.Tensor  # (n,)
     class_ids: torch.Tensor  # (n,)
     present: torch.Tensor  # (n,) bool
+    masks: torch.Tensor | None = None  # (n,) what each caption states (mmai.consistency); text only
 
 
 def first_caption_index(caption_owner: torch.Tensor, num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,6 +155,9 @@ class BiEncoder(nn.Module):
         momentum: float = BiEncoderConfig.momentum,
         hard_negative_beta: float = BiEncoderConfig.hard_negative_beta,
         class_positives: bool = BiEncoderConfig.class_positives,
+        hard_negatives: str = BiEncoderConfig.hard_negatives,
+        hcl_tau_plus: float = BiEncoderConfig.hcl_tau_plus,
+        true_negatives: bool = BiEncoderConfig.true_negatives,
         distill_alpha: float = BiEncoderConfig.distill_alpha,
         temperature_init: float = BiEncoderConfig.temperature_init,
         temperature_min: float = BiEncoderConfig.temperature_min,
@@ -170,6 +174,10 @@ class BiEncoder(nn.Module):
             raise ValueError(f"distill_alpha must be in [0, 1], got {distill_alpha}.")
         self.embed_dim, self.momentum = embed_dim, momentum
         self.hard_negative_beta, self.class_positives = hard_negative_beta, class_positives
+        self.hard_negatives, self.hcl_tau_plus, self.true_negatives = hard_negatives, hcl_tau_plus, true_negatives
+        #: which species each caption is true of (:class:`mmai.consistency.SpeciesTable`), set by
+        #: the training module from the shards when ``true_negatives``; None: class labels only.
+        self.consistency = None
         self.distill_alpha, self.audio_loss_weight = distill_alpha, audio_loss_weight
         self.temperature_min, self.temperature_max = temperature_min, temperature_max
         self.projection_input_norm = projection_input_norm
@@ -360,7 +368,8 @@ class BiEncoder(nn.Module):
         real = torch.ones_like(image_ids, dtype=torch.bool) if is_pad is None else ~is_pad.to(torch.bool)  # (B,)
         sides = {
             "image": _Side("image", embeddings["image"], keys["image"], image_ids, class_ids, real),
-            "text": _Side("text", embeddings["text"], keys["text"], image_ids[owner], class_ids[owner], real[owner]),
+            "text": _Side("text", embeddings["text"], keys["text"], image_ids[owner], class_ids[owner], real[owner],
+                          batch.get("caption_mask")),
         }
         if embeddings["audio"] is not None:
             has_audio = batch.get("has_audio", real).to(torch.bool) & real  # (B,)
@@ -422,8 +431,24 @@ class BiEncoder(nn.Module):
         soft_targets = None
         if self.distill_alpha > 0.0:
             soft_targets = momentum_soft_targets(query.keys[rows], all_keys, self.temperature, valid)
+        pair_valid = valid
+        if self.true_negatives and self.consistency is not None:  # a key the caption is true of is no negative
+            pair_valid = valid[None, :] & ~(self._also_true(query, key, key_class_ids) & ~positive)
         return info_nce(query.embeddings[rows], all_keys, positive[rows], self.temperature,
-                        self.hard_negative_beta, valid, soft_targets, self.distill_alpha)
+                        self.hard_negative_beta, pair_valid if pair_valid is valid else pair_valid[rows],
+                        soft_targets, self.distill_alpha, self.hard_negatives, self.hcl_tau_plus)
+
+    def _also_true(self, query: _Side, key: _Side, key_class_ids: torch.Tensor) -> torch.Tensor:
+        """``(m, n + Q)`` bool: the caption of the pair (the query's, or the batch key's) is true of
+        the other side's species. Queue keys of captions carry no statement: False there."""
+        table, n = self.consistency, key.class_ids.shape[0]
+        found = torch.zeros(query.class_ids.shape[0], key_class_ids.shape[0], dtype=torch.bool,
+                            device=key_class_ids.device)
+        if query.masks is not None:  # captions against images (or audio): every key has a class
+            found |= table.consistent_torch(query.masks, query.class_ids, key_class_ids)
+        elif key.masks is not None:  # images against captions: the batch's captions only
+            found[:, :n] = table.consistent_torch(key.masks, key.class_ids, query.class_ids).T
+        return found
 
     @torch.no_grad()
     def enqueue(self, output: BiEncoderOutput) -> None:

@@ -233,7 +233,17 @@ class BiEncoderConfig:
             0: in-batch momentum keys only).
         momentum: EMA coefficient of the key encoders (default 0.995).
         hard_negative_beta: hard-negative concentration beta (default 0.0: plain InfoNCE).
+        hard_negatives: how ``hard_negative_beta`` weights negatives: ``"cosine"`` (default,
+            weights ``exp(beta * s)``) or ``"hcl"`` (Robinson et al., ICLR 2021: weights
+            ``exp(beta * s / tau)``, on the scale of the logits, with the false-negative correction
+            of ``hcl_tau_plus``).
+        hcl_tau_plus: HCL's class prior tau+: the expected share of false negatives among the
+            negatives, subtracted from their weighted sum (default 0.0: no correction; ``"hcl"`` only).
         class_positives: same-class keys are positives too (default False).
+        true_negatives: keys of another species that the query caption is also true of (it states
+            nothing the species lacks; :mod:`mmai.consistency`) are left out of the loss, neither
+            positives nor negatives (default False; needs the feature cache and shards that record
+            what each caption states; otherwise class labels, and the run says so).
         distill_alpha: ALBEF momentum-distillation weight (default 0.0: off).
         temperature_init: initial learnable temperature (default 0.07), clamped to
             [``temperature_min``, ``temperature_max``] (default 0.001, 0.5).
@@ -250,7 +260,10 @@ class BiEncoderConfig:
     queue_size: int = 4096
     momentum: float = 0.995
     hard_negative_beta: float = 0.0
+    hard_negatives: str = "cosine"
+    hcl_tau_plus: float = 0.0
     class_positives: bool = False
+    true_negatives: bool = False
     distill_alpha: float = 0.0
     temperature_init: float = 0.07
     temperature_min: float = 0.001
@@ -269,6 +282,10 @@ class BiEncoderConfig:
             raise ConfigError(f"model.bi_encoder.embed_dim must be positive, got {self.embed_dim}")
         if self.queue_size < 0:
             raise ConfigError(f"model.bi_encoder.queue_size must be >= 0 (0: no queue), got {self.queue_size}")
+        if self.hard_negatives not in ("cosine", "hcl"):
+            raise ConfigError(f"model.bi_encoder.hard_negatives must be 'cosine' or 'hcl', got {self.hard_negatives!r}")
+        if not 0.0 <= self.hcl_tau_plus < 1.0:
+            raise ConfigError(f"model.bi_encoder.hcl_tau_plus must be in [0, 1), got {self.hcl_tau_plus}")
 
     # ------------------------------------------------------------ what the data must agree on
     @property

@@ -18,6 +18,8 @@ invalid (empty queue) slots excluded from everything.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -107,6 +109,8 @@ def info_nce(
     valid_mask: torch.Tensor | None = None,
     soft_targets: torch.Tensor | None = None,
     alpha: float = 0.0,
+    hard_negatives: str = "cosine",
+    tau_plus: float = 0.0,
 ) -> torch.Tensor:
     r"""Multi-positive InfoNCE with hard-negative weights and optional momentum distillation.
 
@@ -136,6 +140,11 @@ def info_nce(
         valid_mask: ``(M,)`` or ``(N, M)`` bool, False for empty queue slots (default all valid).
         soft_targets: ``(N, M)`` distributions from :func:`momentum_soft_targets` (default None).
         alpha: weight of ``soft_targets`` (default 0.0 = hard targets only).
+        hard_negatives: ``"cosine"`` (default): the weights above, ``exp(beta * s)``; ``"hcl"``:
+            Robinson et al.'s hard-negative contrastive loss (ICLR 2021), weights
+            ``exp(beta * s / tau)`` on the logits' own scale, each positive scored against the
+            weighted negatives alone, with the false-negative correction (see :func:`hcl_loss`).
+        tau_plus: HCL's class prior (default 0.0: no correction).
 
     Returns:
         Scalar loss.
@@ -152,6 +161,13 @@ def info_nce(
             rows = torch.nonzero(positives_per_row[:, 0] == 0).flatten().tolist()
             raise ValueError(f"info_nce: queries {rows[:10]} have no valid positive key; drop them before the loss.")
         logits = similarity / temperature  # (N, M)
+        if hard_negatives == "hcl":
+            if alpha > 0.0:
+                raise ValueError("info_nce: hard_negatives='hcl' does not take momentum distillation (alpha > 0)")
+            return hcl_loss(logits, positive, valid & ~positive, hard_negative_beta, tau_plus,
+                            float(torch.as_tensor(temperature).detach()))
+        if hard_negatives != "cosine":
+            raise ValueError(f"info_nce: hard_negatives must be 'cosine' or 'hcl', got {hard_negatives!r}")
         if hard_negative_beta != 0.0:
             logits = logits + hard_negative_log_weights(similarity.detach(), valid & ~positive, hard_negative_beta)
         log_prob = logits.masked_fill(~valid, float("-inf")).log_softmax(dim=1).masked_fill(~valid, 0.0)  # (N, M)
@@ -162,3 +178,46 @@ def info_nce(
             targets = alpha * soft_targets.float() + (1.0 - alpha) * targets
         return -(targets * log_prob).sum(dim=1).mean()
 
+
+
+def hcl_loss(logits: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, beta: float, tau_plus: float,
+             temperature: float) -> torch.Tensor:
+    r"""Hard-negative contrastive loss (Robinson et al., ICLR 2021), multi-positive form.
+
+    With :math:`\ell = s / \tau` and the negatives' importance weights
+    :math:`w_{ij} = e^{\beta \ell_{ij}} / \overline{e^{\beta \ell_i}}` (mean 1 over the row's
+    :math:`N_i` negatives, detached), the weighted negative mass is
+    :math:`g_i = \frac{1}{N_i}\sum_{k \in N_i} w_{ik} e^{\ell_{ik}}` and, with the class prior
+    :math:`\tau^+` (the expected share of false negatives among them), its debiased estimate
+    :math:`\hat g_i = \max\big(\frac{g_i - \tau^+ \overline{e^{\ell^+_i}}}{1 - \tau^+}, e^{-1/\tau}\big)`.
+    Each positive :math:`j` is scored against the negatives alone:
+    :math:`L = -\frac{1}{N}\sum_i \frac{1}{|P_i|}\sum_{j \in P_i} \log \frac{e^{\ell_{ij}}}{e^{\ell_{ij}} + N_i \hat g_i}`.
+    With ``beta=0`` and ``tau_plus=0`` this is InfoNCE in which the other positives of a row are
+    not in each other's denominators. Computed in log space (``s / tau`` reaches 1,000 at the
+    temperature's floor).
+
+    Args:
+        logits: ``(N, M)`` similarities divided by the temperature.
+        positive, negative: ``(N, M)`` bool; every row needs a positive (a row without negatives
+            gets the floor mass).
+        beta: the concentration :math:`\beta \ge 0` on the logits' scale.
+        tau_plus: the class prior in [0, 1).
+        temperature: :math:`\tau`, for the floor :math:`e^{-1/\tau}`.
+    """
+    if not 0.0 <= tau_plus < 1.0:
+        raise ValueError(f"hcl_loss: tau_plus must be in [0, 1), got {tau_plus}")
+    minus_inf = float("-inf")
+    count = negative.sum(dim=1).clamp(min=1).to(logits.dtype)  # (N,)
+    log_weights = hard_negative_log_weights(logits.detach(), negative, beta)  # (N, M), mean weight 1
+    log_mass = torch.logsumexp((logits + log_weights).masked_fill(~negative, minus_inf), dim=1) - count.log()  # log g
+    floor = torch.full_like(log_mass, -1.0 / temperature)
+    if tau_plus > 0.0:
+        positives = positive.sum(dim=1).clamp(min=1).to(logits.dtype)
+        log_positive = torch.logsumexp(logits.masked_fill(~positive, minus_inf), dim=1) - positives.log()
+        gap = (math.log(tau_plus) + log_positive) - log_mass  # log(tau+ * mean e^l+ / g)
+        corrected = log_mass + torch.log1p(-torch.exp(gap.clamp(max=-1e-6))) - math.log(1.0 - tau_plus)
+        log_mass = torch.where(gap < 0, torch.maximum(corrected, floor), floor)
+    log_mass = torch.where(negative.any(dim=1), torch.maximum(log_mass, floor), floor)
+    log_denominator = torch.logaddexp(logits, (count.log() + log_mass)[:, None])  # (N, M)
+    log_prob = (logits - log_denominator).masked_fill(~positive, 0.0)
+    return -(log_prob.sum(dim=1) / positive.sum(dim=1).clamp(min=1)).mean()
