@@ -54,22 +54,35 @@ LATENCY_COLUMNS = ["stage1_ms", "rerank_ms", "gar_ms", "total_ms"]
 #: The collapse guard of each row's stage-1 model (``val/stage1/diversity/...``): distinct top-1
 #: images over the val captions as a fraction of the gallery, and mean pairwise cosines.
 DIVERSITY_COLUMNS = ["distinct_top1", "text_mean_cosine", "image_mean_cosine"]
-#: The probes of each row's stage (:mod:`mmai.probes`): binding accuracy, hard burst photos in the top 10.
-PROBE_COLUMNS = ["probe/binding", "probe/burst@10"]
+#: Recall under consistent relevance (any species the caption is true of, :mod:`mmai.consistency`)
+#: and class precision in the top 10, from ``val/{stage}/...`` like the recall columns.
+EXTRA_COLUMNS = ["t2i/consistent/R@1", "t2i/consistent/R@10", "t2i/class/P@10"]
+#: The probes of each row's stage (:mod:`mmai.probes`): binding scored directly by the stage's own
+#: scorer, binding read from list positions, hard burst photos in the top 10.
+PROBE_COLUMNS = ["probe/binding_direct", "probe/binding", "probe/burst@10"]
+#: Which scorer the direct binding probe uses for each logged stage (GAR scores no pairs).
+DIRECT_SCORER = {"stage1": "stage1", "two_stage": "two_stage"}
 MISSING = "—"
 #: The table's columns: (key, header); recall from ``val/{stage}/...``, probes from ``val/probe/...``.
-SUMMARY_COLUMNS = [("t2i/class/R@1", "t2i class R@1"), ("t2i/class/R@10", "t2i class R@10"),
-                   ("i2t/class/R@1", "i2t class R@1"), ("t2i/instance/R@10", "t2i inst R@10"),
-                   ("probe/binding", "binding probe"), ("probe/burst@10", "hard bursts in top 10")]
-#: Paired comparisons: (row, against row, per-query outcome, what it measures).
+SUMMARY_COLUMNS = [("t2i/class/R@1", "t2i class R@1"), ("t2i/consistent/R@1", "t2i consistent R@1"),
+                   ("t2i/class/R@10", "t2i class R@10"), ("t2i/class/P@10", "t2i class P@10"),
+                   ("i2t/class/R@1", "i2t class R@1"),
+                   ("probe/binding_direct", "binding, direct"), ("probe/binding", "binding, list positions"),
+                   ("probe/burst@10", "hard bursts in top 10")]
+#: Paired comparisons: (row, against row, per-query outcome, what it measures). Intervals resample
+#: independent units: species for recall and bursts, swap pairs for binding.
 COMPARISONS = [
     (2, 1, "t2i/class/hit@1", "t2i class R@1"),
+    (2, 1, "t2i/consistent/hit@1", "t2i consistent R@1"),
+    (3, 2, "t2i/consistent/hit@1", "t2i consistent R@1"),
     (3, 2, "t2i/class/hit@1", "t2i class R@1"),
-    (3, 2, "probe/binding", "binding probe"),
+    (3, 2, "probe/binding_direct", "binding, direct"),
+    (3, 2, "probe/binding", "binding, list positions"),
+    (4, 3, "probe/burst@10", "hard bursts in top 10"),
+    (4, 5, "probe/burst@10", "hard bursts in top 10"),
+    (4, 3, "t2i/class/p@10", "t2i class P@10"),
     (4, 3, "t2i/class/hit@10", "t2i class R@10"),
     (4, 5, "t2i/class/hit@10", "t2i class R@10"),
-    (4, 5, "probe/burst@10", "hard bursts in top 10"),
-    (4, 3, "probe/burst@10", "hard bursts in top 10"),
 ]
 
 
@@ -338,16 +351,18 @@ def table_rows(runs: dict[str, RunSpec]) -> list[dict[str, Any]]:
         run = runs[spec.run]
         row: dict[str, Any] = {"row": spec.number, "feature set": spec.label, "status": run.status}
         if not run.metrics:
-            rows.append({**row, **{c: None for c in [*RECALL_COLUMNS, *LATENCY_COLUMNS, *DIVERSITY_COLUMNS,
-                                                     *PROBE_COLUMNS]}, "run_dir": ""})
+            rows.append({**row, **{c: None for c in [*RECALL_COLUMNS, *EXTRA_COLUMNS, *LATENCY_COLUMNS,
+                                                     *DIVERSITY_COLUMNS, *PROBE_COLUMNS]}, "run_dir": ""})
             continue
         m = run.metrics
-        for column in RECALL_COLUMNS:
+        for column in [*RECALL_COLUMNS, *EXTRA_COLUMNS]:
             skip = spec.t2i_only and column.startswith("i2t")
             row[column] = None if skip else m.get(f"val/{spec.stage}/{column}")
         row.update(_latency(spec, m))
         row.update({column: m.get(f"val/stage1/diversity/{column}") for column in DIVERSITY_COLUMNS})
         row["probe/binding"] = m.get(f"val/probe/binding/{spec.stage}")
+        scorer = DIRECT_SCORER.get(spec.stage)
+        row["probe/binding_direct"] = m.get(f"val/probe/binding_direct/{scorer}") if scorer else None
         row["probe/burst@10"] = m.get(f"val/probe/burst/{spec.stage}/R@10")
         row["run_dir"] = str(run.run_dir)
         rows.append(row)
@@ -415,7 +430,7 @@ def summarize(rows_by_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, A
         per_seed = [rows_by_seed[seed][index] for seed in seeds]
         row = {"row": first["row"], "feature set": first["feature set"],
                "status": ", ".join(sorted({r["status"] for r in per_seed}))}
-        for column in [*RECALL_COLUMNS, *PROBE_COLUMNS, *LATENCY_COLUMNS, *DIVERSITY_COLUMNS]:
+        for column in [*RECALL_COLUMNS, *EXTRA_COLUMNS, *PROBE_COLUMNS, *LATENCY_COLUMNS, *DIVERSITY_COLUMNS]:
             values = [r[column] for r in per_seed if r.get(column) is not None]
             row[column] = (*mean_std(values), len(values)) if values else None
         summary.append(row)
@@ -448,26 +463,45 @@ def compare(runs_by_seed: dict[int, dict[str, RunSpec]]) -> list[dict[str, Any]]
                 if key not in loaded:
                     loaded[key] = _outcomes(runs[spec.run]) if runs[spec.run].metrics else {}
                 values = loaded[key].get(f"{spec.stage}/{metric}")
-                queries = loaded[key].get("query/binding_text_rows" if metric == "probe/binding" else
-                                          "query/burst_text_rows" if metric.startswith("probe/burst") else
-                                          "query/text_image_ids")
-                sides.append((values, queries))
-            (a, qa), (b, qb) = sides
+                queries, units = _queries_and_units(loaded[key], metric)
+                sides.append((values, queries, units))
+            (a, qa, _), (b, qb, units) = sides
             if a is None or b is None:
                 problem = "not measured (a run has no per-query outcomes for it)"
                 break
             if qa is None or qb is None or not np.array_equal(qa, qb):
                 problem = "the two runs scored different queries: not paired"
                 break
-            pairs.append((a, b))
+            pairs.append((a, b, units))
         if problem is None and pairs:
-            result = paired_bootstrap(np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs]))
+            units = pairs[0][2]
+            result = paired_bootstrap(np.stack([a for a, _, _ in pairs]), np.stack([b for _, b, _ in pairs]),
+                                      units=units)
             entry.update(difference=result.difference, low=result.low, high=result.high, verdict=result.verdict,
-                         queries=result.queries, seeds=result.seeds)
+                         queries=result.queries, seeds=result.seeds, units=result.units,
+                         unit=_unit_name(metric) if units is not None else "queries")
         else:
-            entry.update(difference=None, low=None, high=None, verdict=problem or "not measured", queries=0, seeds=0)
+            entry.update(difference=None, low=None, high=None, verdict=problem or "not measured", queries=0, seeds=0,
+                         units=None, unit="")
         results.append(entry)
     return results
+
+
+def _unit_name(metric: str) -> str:
+    return "swap pairs" if metric.startswith("probe/binding") else "species"
+
+
+def _queries_and_units(outcomes: dict[str, Any], metric: str) -> tuple[Any, Any]:
+    """The query rows an outcome is over (to check that two runs pair) and each query's
+    independent unit: the swap pair for binding, the caption's species otherwise (None when the
+    run predates units: then queries are resampled)."""
+    species = outcomes.get("query/species")
+    if metric.startswith("probe/binding"):
+        return outcomes.get("query/binding_text_rows"), outcomes.get("query/binding_units")
+    if metric.startswith("probe/burst"):
+        rows = outcomes.get("query/burst_text_rows")
+        return rows, None if species is None or rows is None else species[rows]
+    return outcomes.get("query/text_image_ids"), species
 
 
 def _cell(value, std: bool = True) -> str:
@@ -481,30 +515,44 @@ def _difference(entry: dict[str, Any] | None) -> str:
     if entry is None:
         return ""
     if entry["difference"] is None:
-        return entry["verdict"]
-    return (f"{100 * entry['difference']:+.1f} [{100 * entry['low']:+.1f}, {100 * entry['high']:+.1f}] "
-            f"{entry['verdict']}")
+        return f"{entry['metric']}: {entry['verdict']}"
+    return (f"{entry['metric']} {100 * entry['difference']:+.1f} [{100 * entry['low']:+.1f}, "
+            f"{100 * entry['high']:+.1f}] {entry['verdict']}")
 
 
-#: The comparison shown in each row's "vs row above" cell: (row, against, outcome).
-HEADLINE = {2: (2, 1, "t2i/class/hit@1"), 3: (3, 2, "probe/binding"), 4: (4, 3, "t2i/class/hit@10"),
-            5: (4, 5, "t2i/class/hit@10")}
+#: The comparison shown in each row's "vs row above" cell: (row, against, outcome); the cell names
+#: its metric and adds every other comparison of that row that is a loss, so none is hidden.
+HEADLINE = {2: (2, 1, "t2i/class/hit@1"), 3: (3, 2, "probe/binding_direct"), 4: (4, 3, "probe/burst@10"),
+            5: (4, 5, "probe/burst@10")}
+
+
+def _headline(row: int, comparisons: list[dict[str, Any]]) -> str:
+    key = HEADLINE.get(row)
+    if key is None:
+        return ""
+    by_key = {(c["row"], c["against"], c["outcome"]): c for c in comparisons}
+    cell = _difference(by_key.get(key))
+    losses = [c for c in comparisons if (c["row"], c["against"]) == key[:2] and c["outcome"] != key[2]
+              and c.get("verdict") == "loss"]
+    if row == 5:  # the control row shows row 4 against it; its own losses are row 4's
+        losses = [c for c in comparisons if (c["row"], c["against"]) == (4, 5) and c["outcome"] != key[2]
+                  and c.get("verdict") == "loss"]
+    return "; ".join([cell] + [f"loss: {_difference(c)}" for c in losses])
 
 
 def format_markdown(rows: list[dict[str, Any]], facts: dict[str, Any], comparisons: list[dict[str, Any]] = (),
-                    chance: dict[str, float] | None = None) -> str:
+                    chance: dict[str, float] | None = None, ceiling: dict[str, float] | None = None) -> str:
     """The table in percent (mean ± std over the seeds; ``—`` where a cell does not apply or was
     not run), each row's paired difference to the row above, the chance row and the protocol."""
-    by_key = {(c["row"], c["against"], c["outcome"]): c for c in comparisons}
-    head = ["#", "feature set", *(header for _, header in SUMMARY_COLUMNS), "vs row above (95% CI)",
-            "distinct top-1", "total ms", "run"]
+    head = ["#", "feature set", *(header for _, header in SUMMARY_COLUMNS),
+            "vs row above (95% CI; row 5: row 4 vs this control)", "distinct top-1", "total ms", "run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         if row["status"].startswith("not run"):
             cells = [MISSING] * (len(SUMMARY_COLUMNS) + 3)
         else:
             cells = [_cell(row.get(key)) for key, _ in SUMMARY_COLUMNS]
-            cells.append(_difference(by_key.get(HEADLINE.get(row["row"], ()))))
+            cells.append(_headline(row["row"], comparisons))
             cells.append(_cell(row.get("distinct_top1"), std=False))
             total = row.get("total_ms")
             cells.append(MISSING if total is None else f"{total[0]:.3f}")
@@ -512,29 +560,42 @@ def format_markdown(rows: list[dict[str, Any]], facts: dict[str, Any], compariso
     if chance:
         cells = [f"{100 * chance[key]:.1f}" if key in chance else MISSING for key, _ in SUMMARY_COLUMNS]
         lines.append("| – | chance (random ranking) | " + " | ".join(cells) + " |  |  |  |  |")
+    if ceiling:
+        cells = [f"{100 * ceiling[key]:.1f}" if key in ceiling else MISSING for key, _ in SUMMARY_COLUMNS]
+        lines.append("| – | perfect attribute reader (ceiling) | " + " | ".join(cells) + " |  |  |  |  |")
     labels = {spec.number: spec.label for spec in ROWS}
-    differences = ["| row | against | metric | difference (pp) | 95% interval (pp) | verdict | queries x seeds |",
-                   "|---|---|---|---|---|---|---|"]
+    differences = ["| row | against | metric | difference (pp) | 95% interval (pp) | verdict | queries x seeds "
+                   "| units resampled |", "|---|---|---|---|---|---|---|---|"]
     for c in comparisons:
         interval = (f"[{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]" if c["low"] is not None else MISSING)
         difference = f"{100 * c['difference']:+.1f}" if c["difference"] is not None else MISSING
+        units = f"{c['units']} {c['unit']}" if c.get("units") else (c.get("unit") or MISSING)
         differences.append(f"| {c['row']} {labels[c['row']]} | {c['against']} {labels[c['against']]} | {c['metric']} "
-                           f"| {difference} | {interval} | {c['verdict']} | {c['queries']} x {c['seeds']} |")
+                           f"| {difference} | {interval} | {c['verdict']} | {c['queries']} x {c['seeds']} | {units} |")
     notes = [
         f"Ablation — in %, mean ± std over seeds {facts['seeds']}, split {facts['split']}: gallery "
         f"{facts['gallery_images']} images and {facts['gallery_captions']} captions ({facts['gallery_classes']} "
         f"classes); data {facts['data']}.",
         "", *lines, "",
-        "Paired differences (row minus the row it is compared with), 95% bootstrap interval over the val queries, "
-        "paired across the two rows and pooled over the seeds; \"gain\" only when the interval excludes 0:",
+        "Paired differences (row minus the row it is compared with), 95% bootstrap interval paired across the two "
+        "rows and pooled over the seeds, resampling independent units (the caption's species for recall and "
+        "bursts, the swap pair for binding; the last column says how many); \"gain\" only when the interval "
+        "excludes 0:",
         "", *differences, "",
         "Protocol:",
         "- relevance: *instance* = the caption's own image (i2t: the image's own captions); *class* = any "
-        "image (caption) of the same species. Recall@K over the whole gallery; the list length is fixed.",
-        "- binding probe: over captions that name a colour swapped between two species of the gallery (a swap pair), "
-        "the fraction of (caption, image of the swapped species) pairs whose own image ranks higher; 50% is a "
-        "bag of words. Hard bursts in top 10: for captions of clear photos in a burst that also has hard photos "
-        "(low light, blur, distance, occlusion), the fraction of those hard photos in the top 10.",
+        "image (caption) of the same species; *consistent* = any image of a species that has every attribute the "
+        "caption states (mmai_extras/caption_attributes.jsonl; synthetic data only). Recall@K over the whole "
+        "gallery; the list length is fixed. Class P@10: the share of the top 10 of the caption's species. The "
+        "perfect attribute reader ranks the images of every consistent species first, in random order: the "
+        "class recall that reading the caption exactly allows.",
+        "- binding: over captions that name a colour swapped between two species of the gallery (a swap pair), "
+        "(caption, its own image, an image of the partner) triples; *direct* = the fraction where the row's own "
+        "scorer (stage-1 cosine; the two-stage score) gives the own image the higher score; *list positions* = "
+        "where the own image ranks higher in the row's list (a re-ranker of the top K can change it only when both "
+        "are in the top K). 50% is a bag of words. Hard bursts in top 10: for captions of clear photos in a burst "
+        "that also has hard photos (low light, blur, distance, occlusion), the fraction of those hard photos in "
+        "the top 10.",
         f"- stage 1: exact cosine over the gallery (FAISS top K={facts['candidates_K']} feeds stage 2 and GAR); "
         f"re-rank: the top {facts['rerank_k']} re-scored, final = match logit + {facts['stage1_weight']} x cosine; "
         f"GAR: weight {facts['gar_alpha']}, damping {facts['gar_damping']}, temporal window "
@@ -551,16 +612,32 @@ def format_markdown(rows: list[dict[str, Any]], facts: dict[str, Any], compariso
     return "\n".join(notes) + "\n"
 
 
-def chance_row(shards: Path) -> dict[str, float]:
-    """The table's metrics under a random ranking of this val gallery."""
+def chance_row(shards: Path, metrics: dict[str, float] | None = None) -> dict[str, float]:
+    """The table's metrics under a random ranking of this val gallery (consistent recall from a
+    run's logged ``val/chance/...``, which depends on what the captions state)."""
     from mmai.data.shards import read_manifest
     from mmai.metrics import chance_levels
 
     manifest = read_manifest(shards)
     chance = chance_levels(manifest)
-    chance["probe/binding"] = 0.5
-    chance["probe/burst@10"] = min(1.0, 10 / max(1, manifest["splits"]["val"]["images"]))
+    val = manifest["splits"]["val"]
+    chance["t2i/class/P@10"] = 1.0 / max(1, len(val["classes"]))
+    chance["probe/binding"] = chance["probe/binding_direct"] = 0.5
+    chance["probe/burst@10"] = min(1.0, 10 / max(1, val["images"]))
+    for key, value in (metrics or {}).items():
+        if key.startswith("val/chance/"):
+            chance[key[len("val/chance/"):]] = value
     return chance
+
+
+def ceiling_row(metrics: dict[str, float] | None) -> dict[str, float]:
+    """The perfect attribute reader's row (``val/ceiling/...``: it knows exactly what each caption
+    states; consistent recall is 100% for it by definition); empty without caption records."""
+    found = {key[len("val/ceiling/"):]: value for key, value in (metrics or {}).items()
+             if key.startswith("val/ceiling/")}
+    if found:
+        found["t2i/consistent/R@1"] = found["t2i/consistent/R@10"] = 1.0
+    return found
 
 
 def write_csv(rows_by_seed: dict[int, list[dict[str, Any]]], facts: dict[str, Any], path: Path,
@@ -568,7 +645,8 @@ def write_csv(rows_by_seed: dict[int, list[dict[str, Any]]], facts: dict[str, An
     """Every per-seed value as CSV (one line per row and seed: recall and probes as fractions,
     latency in ms, empty where not applicable), the protocol in every line; the paired
     differences go to ``ablation_differences.csv`` beside it."""
-    columns = ["row", "feature set", "seed", *RECALL_COLUMNS, *PROBE_COLUMNS, *LATENCY_COLUMNS, *DIVERSITY_COLUMNS,
+    columns = ["row", "feature set", "seed", *RECALL_COLUMNS, *EXTRA_COLUMNS, *PROBE_COLUMNS, *LATENCY_COLUMNS,
+               *DIVERSITY_COLUMNS,
                "status", "run_dir", *facts]
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
@@ -593,7 +671,8 @@ def log_wandb_table(rows_by_seed: dict[int, list[dict[str, Any]]], facts: dict[s
     from lightning_glue.tracking import wandb_credentials_available
 
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_available() else "offline")
-    columns = ["row", "feature set", "seed", *RECALL_COLUMNS, *PROBE_COLUMNS, *LATENCY_COLUMNS, *DIVERSITY_COLUMNS,
+    columns = ["row", "feature set", "seed", *RECALL_COLUMNS, *EXTRA_COLUMNS, *PROBE_COLUMNS, *LATENCY_COLUMNS,
+               *DIVERSITY_COLUMNS,
                "status"]
     run = wandb.init(project="mmai", job_type="ablation", name="ablation", dir=str(out), config=facts,
                      mode="offline" if mode in {"offline", "dryrun"} else mode)
@@ -685,7 +764,8 @@ def run_ablation(settings: dict[str, Any], out: Path, shard_dir: Path | None = N
     comparisons = compare(runs_by_seed)
     facts = protocol(settings, runs_by_seed[seeds[0]], shards, data, time.perf_counter() - start)
     facts["seeds"] = " ".join(str(seed) for seed in seeds)
-    markdown = format_markdown(rows, facts, comparisons, chance_row(shards))
+    measured = next((run.metrics for run in runs_by_seed[seeds[0]].values() if run.metrics), {})
+    markdown = format_markdown(rows, facts, comparisons, chance_row(shards, measured), ceiling_row(measured))
     (out / "ablation.md").write_text(markdown)
     write_csv(rows_by_seed, facts, out / "ablation.csv", comparisons)
     print("\n" + markdown)

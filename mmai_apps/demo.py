@@ -195,8 +195,13 @@ def _binding_panels(memory, synth: Path, entries: list[dict], folder: Path) -> N
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mmai demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("data/demo"))
-    parser.add_argument("--classes", type=int, default=40, help="synthetic species (CUB has 200)")
+    parser.add_argument("--classes", type=int, default=240,
+                        help="synthetic species (CUB has 200); the demo's 240 in families of 2-3 give val and test "
+                             "24-25 swap pairs each, the binding probe's independent units")
     parser.add_argument("--images", type=int, default=1200, help="synthetic images (CUB has 11,788)")
+    parser.add_argument("--swap-share", type=float, default=1.0, help="chance that a family has a swap pair")
+    parser.add_argument("--variants", type=int, nargs=2, default=[0, 1], metavar=("LOW", "HIGH"),
+                        help="one-attribute variants per family (default 0 1: small families, many of them)")
     parser.add_argument("--epochs", type=int, default=60,
                         help="bi-encoder epochs (each of the two rows; LiT profile: ~4 cached steps an epoch)")
     parser.add_argument("--rerank-epochs", type=int, default=12,
@@ -215,7 +220,8 @@ def main(argv: list[str]) -> int:
     workdir = args.workdir.resolve()
     synth, shards = workdir / "synth", workdir / "shards"
     print(f"[1/6] synthetic CUB ({args.classes} species, {args.images} images) in {synth}")
-    synthesize(synth, classes=args.classes, images=args.images, audio=False)
+    synthesize(synth, classes=args.classes, images=args.images, audio=False, swap_share=args.swap_share,
+               variants=tuple(args.variants))
     if not (shards / "manifest.json").exists():
         print(f"      writing WebDataset shards to {shards}")
         # about 3/4 of the images are training images: keep at least 8 training shards for the workers
