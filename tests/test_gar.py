@@ -248,3 +248,18 @@ def test_walk_without_semantic_edges_ignores_them_on_a_graph_that_has_them(outin
     assert activation[13] == pytest.approx(0.0, abs=1e-12) and activation[11] > 0.1
     lookalike = result.explanations[0][result.ids[0].tolist().index(13)]
     assert lookalike.summary == "no graph path to a hit"
+
+
+def test_personal_memory_search_options_build_the_same_burst_retriever(burst_graph):
+    from types import SimpleNamespace
+
+    from mmai.memory.search import Searcher, SearchOptions
+
+    searcher = Searcher(store=None, sync=SimpleNamespace(graph=lambda: burst_graph), records=None, models=None)
+    burst = searcher._retriever(SearchOptions(gar=True))
+    assert (burst.num_seeds, burst.seed_normalisation, burst.semantic_edges, burst.burst_hits) == (5, "rank", False, 3)
+    assert searcher._retriever(SearchOptions(gar=True)) is burst  # cached while the options stay
+    legacy = searcher._retriever(SearchOptions(gar=True, gar_mode="legacy", gar_seeds=2, semantic_edges=True))
+    assert legacy is not burst and (legacy.num_seeds, legacy.burst_hits, legacy.semantic_edges) == (2, 0, True)
+    with pytest.raises(ValueError, match="gar_mode must be one of"):
+        SearchOptions(gar_mode="nope")
