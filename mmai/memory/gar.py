@@ -214,7 +214,8 @@ class GraphAugmentedRetriever:
             raise ValueError(f"GAR: need 0 <= gar_weight <= 1 and 0 <= damping < 1, got gar_weight={gar_weight}, "
                              f"damping={damping}")
         if seed_normalisation not in SEED_NORMALISATIONS:
-            raise ValueError(f"GAR: seed_normalisation must be 'minmax', 'softmax' or 'rank', got {seed_normalisation!r}")
+            raise ValueError(f"GAR: seed_normalisation must be 'minmax', 'softmax' or 'rank', "
+                             f"got {seed_normalisation!r}")
         if num_seeds is not None and num_seeds < 1:
             raise ValueError(f"GAR: num_seeds must be >= 1 or None, got {num_seeds}")
         if burst_hits < 0 or burst_window_s < 0 or (max_burst_mates is not None and max_burst_mates < 0):
