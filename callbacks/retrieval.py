@@ -55,7 +55,7 @@ import numpy as np
 import torch.nn.functional as F
 
 from lightning_glue.eval_set import EvalSet, save_failed_epoch_weights
-from mmai.memory.gar import GraphAugmentedRetriever
+from mmai.memory.gar import GAR_MODES, GraphAugmentedRetriever
 from mmai.memory.graph import EpisodicGraph
 from mmai.memory.index import VectorIndex
 from mmai.metrics import evaluate_rankings
@@ -76,6 +76,12 @@ class RetrievalEvalCallback(L.Callback):
         index_kind: ``hnsw`` (default) or ``flat`` (exact).
         gar_alpha: weight of the retrieval score against graph activation (default 0.5).
         gar_damping: personalised PageRank damping (default 0.5).
+        gar_mode: GAR's settings, a :data:`~mmai.memory.gar.GAR_MODES` name (default ``"burst"``:
+            reciprocal-rank scores, the top 5 hits seed, temporal walk, the top 3 hits' burst-mates
+            placed right after them; ``"legacy"``: GAR before issue 19).
+        gar_seeds: hits that seed the walk (default ``None``: the mode's; 0: every hit).
+        semantic_edges: build the graph with semantic edges (default ``None``: the mode's, off for
+            ``"burst"``, on for ``"legacy"``).
         temporal_window_s: temporal edge window (default 3600 s).
         semantic_threshold: cosine of a semantic edge (default 0.85).
         max_semantic_degree: semantic neighbours per memory (default 10).
@@ -88,14 +94,20 @@ class RetrievalEvalCallback(L.Callback):
     def __init__(self, candidates: int = 100, ks: tuple[int, ...] = (1, 5, 10), index_kind: str = "hnsw",
                  gar_alpha: float = 0.5, gar_damping: float = 0.5, temporal_window_s: float = 3600.0,
                  semantic_threshold: float = 0.85, max_semantic_degree: int = 10, control_seed: int = 0,
-                 rerank_k: int = 16, stage1_weight: float = 1.0, per_query: bool = True):
+                 rerank_k: int = 16, stage1_weight: float = 1.0, per_query: bool = True, gar_mode: str = "burst",
+                 gar_seeds: int | None = None, semantic_edges: bool | None = None):
         super().__init__()
         if max(ks) > candidates:
             raise ValueError(f"RetrievalEvalCallback: ks={ks} asks beyond candidates={candidates}")
         self.candidates, self.ks, self.index_kind = candidates, tuple(ks), index_kind
         self.gar_alpha, self.gar_damping, self.control_seed = gar_alpha, gar_damping, control_seed
+        if gar_mode not in GAR_MODES:
+            raise ValueError(f"RetrievalEvalCallback: gar_mode must be one of {sorted(GAR_MODES)}, got {gar_mode!r}")
+        self.gar_mode, self.gar_seeds = gar_mode, gar_seeds
+        if semantic_edges is None:
+            semantic_edges = GAR_MODES[gar_mode].get("semantic_edges", True)
         self.graph_options = {"temporal_window_s": temporal_window_s, "semantic_threshold": semantic_threshold,
-                              "max_semantic_degree": max_semantic_degree}
+                              "max_semantic_degree": max_semantic_degree, "semantic_edges": bool(semantic_edges)}
         if rerank_k < 1:
             raise ValueError(f"RetrievalEvalCallback: rerank_k must be >= 1, got {rerank_k}")
         self.rerank_k, self.stage1_weight = int(rerank_k), float(stage1_weight)
@@ -182,7 +194,9 @@ class RetrievalEvalCallback(L.Callback):
                               progress=False, **self.graph_options)
         metrics.update({f"graph/{name}": float(value) for name, value in graph.stats().items() if name != "edges"})
         for stage, stage_graph in (("gar", graph), ("gar_control", graph.shuffled_control(self.control_seed))):
-            retriever = GraphAugmentedRetriever(stage_graph, gar_weight=self.gar_alpha, damping=self.gar_damping)
+            retriever = GraphAugmentedRetriever.from_mode(
+                stage_graph, self.gar_mode, gar_weight=self.gar_alpha, damping=self.gar_damping,
+                num_seeds=self.gar_seeds, semantic_edges=self.graph_options["semantic_edges"])
             start = time.perf_counter()
             ranked = retriever.rerank(hits, scores, k=k).ids  # (Nt, k) positions
             rankings[stage] = np.asarray(ranked)

@@ -143,3 +143,123 @@ def test_bad_hits_are_clear_errors(outing_graph):
         retriever.rerank([[-1, -1]], [[0.0, 0.0]])
     with pytest.raises(ValueError, match="differ in shape"):
         retriever.rerank([[10, 11]], [[0.9]])
+
+
+# ---------------------------------------------------------------------- issue 19: one scale, few seeds, bursts
+from mmai.memory.gar import GAR_MODES, normalise_scores  # noqa: E402
+
+
+def test_rank_normalisation_is_reciprocal_rank_fusion_over_valid_hits():
+    scores = np.array([[5.0, 4.9, 0.3, 0.2], [0.9, 0.0, 0.8, 0.7]])
+    valid = np.array([[True, True, True, True], [True, False, True, True]])
+    weights = normalise_scores(scores, valid, "rank", rrf_k=60)
+    np.testing.assert_allclose(weights[0], [1.0, 61 / 62, 61 / 63, 61 / 64])
+    np.testing.assert_allclose(weights[1], [1.0, 0.0, 61 / 62, 61 / 63])  # padding takes no rank
+
+
+@pytest.fixture
+def scale_graph() -> EpisodicGraph:
+    """Hits 20-23 days apart; 24, not a hit, was taken 5 minutes after the top hit 20."""
+    timestamps = np.array([0.0, 2 * DAY, 4 * DAY, 6 * DAY, 300.0])
+    return EpisodicGraph(np.arange(20, 25), np.eye(5, 8), timestamps, num_schemas=2, progress=False)
+
+
+# a two-stage list: the top 2 carry match logit + cosine, the tail cosine alone
+MIXED_IDS, MIXED_SCORES, COSINES = np.array([[20, 21, 22, 23]]), np.array([[5.0, 4.9, 0.35, 0.30]]), \
+    np.array([[0.40, 0.38, 0.35, 0.30]])
+
+
+def test_min_max_over_mixed_scales_drops_a_strong_tail_hit_that_one_scale_keeps(scale_graph):
+    old = GraphAugmentedRetriever(scale_graph).rerank(MIXED_IDS, MIXED_SCORES, k=3)
+    assert 24 in old.ids[0] and 22 not in old.ids[0]  # hit 22's retrieval term is 0.01: activation alone wins
+    for one_scale in (GraphAugmentedRetriever(scale_graph).rerank(MIXED_IDS, MIXED_SCORES, k=3, seed_scores=COSINES),
+                      GraphAugmentedRetriever(scale_graph, seed_normalisation="rank").rerank(MIXED_IDS, MIXED_SCORES,
+                                                                                              k=3)):
+        assert one_scale.ids[0].tolist() == [20, 21, 22]
+    with pytest.raises(ValueError, match="seed_scores"):
+        GraphAugmentedRetriever(scale_graph).rerank(MIXED_IDS, MIXED_SCORES, seed_scores=COSINES[:, :2])
+
+
+@pytest.fixture
+def burst_graph() -> EpisodicGraph:
+    """A sighting: clear photo 1 and hard photos 2, 3 (30 s, 60 s later); 5 is the same outing
+    10 minutes later (a temporal edge, not the burst); 4 is another day; 10-16 are other hits."""
+    ids = np.array([1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15, 16])
+    timestamps = np.array([0.0, 30.0, 60.0, 3 * DAY, 600.0, *(DAY * np.arange(5, 12))])
+    return EpisodicGraph(ids, np.eye(12, 16), timestamps, num_schemas=2, progress=False)
+
+
+BURST_HITS, BURST_SCORES = np.array([[1, 10, 11, 12, 13, 14, 15, 16]]), np.linspace(0.9, 0.5, 8)[None]
+
+
+def test_burst_rule_places_the_top_hits_unscored_burst_mates_right_after_it(burst_graph):
+    assert burst_graph.edge_types(1, 5) == ("temporal",) and burst_graph.graph.degree(4) == 0
+    plain = GraphAugmentedRetriever.from_mode(burst_graph, burst_hits=0).rerank(BURST_HITS, BURST_SCORES, k=4)
+    assert not {2, 3} & set(plain.ids[0].tolist())  # without the rule the hard photos stay out
+    result = GraphAugmentedRetriever.from_mode(burst_graph).rerank(BURST_HITS, BURST_SCORES, k=4, explain=True)
+    assert result.ids[0].tolist() == [1, 2, 3, 10]  # 2 and 3 had no stage-1 score
+    assert 4 not in result.ids[0] and 5 not in result.ids[0]  # not linked / linked but not the burst
+    assert result.burst_of[0].tolist() == [-1, 1, 1, -1]
+    assert result.retrieval[0, 1] == 0.0 and np.all(np.diff(result.scores[0]) <= 0)
+    top, mate, _, _ = result.explanations[0]
+    assert top.burst_of is None and mate.burst_of == 1 and mate.hit_rank is None
+    assert mate.contributions[0].reason == "same outing" and mate.summary.startswith("same outing (hit 1)")
+
+
+def test_burst_rule_caps_the_mates_and_needs_a_top_hit_as_anchor(burst_graph):
+    capped = GraphAugmentedRetriever.from_mode(burst_graph, max_burst_mates=1).rerank(BURST_HITS, BURST_SCORES, k=4)
+    assert capped.ids[0].tolist() == [1, 2, 10, 11]
+    late = np.array([[10, 11, 12, 13, 1, 14, 15, 16]])  # the sighting's clear photo is the 5th hit
+    result = GraphAugmentedRetriever.from_mode(burst_graph).rerank(late, BURST_SCORES, k=4)
+    assert not {2, 3} & set(result.ids[0].tolist())
+    wide = GraphAugmentedRetriever.from_mode(burst_graph, burst_window_s=600).rerank(BURST_HITS, BURST_SCORES, k=5)
+    assert wide.ids[0].tolist()[:4] == [1, 2, 3, 5]
+
+
+def test_modes_and_their_overrides(burst_graph):
+    assert GAR_MODES["burst"] == {"num_seeds": 5, "seed_normalisation": "rank", "semantic_edges": False,
+                                  "burst_hits": 3}
+    burst = GraphAugmentedRetriever.from_mode(burst_graph, num_seeds=None, gar_weight=0.7)
+    assert (burst.num_seeds, burst.seed_normalisation, burst.semantic_edges, burst.burst_hits, burst.gar_weight) == \
+        (5, "rank", False, 3, 0.7)
+    assert GraphAugmentedRetriever.from_mode(burst_graph, num_seeds=0).num_seeds is None  # 0: all hits
+    legacy = GraphAugmentedRetriever.from_mode(burst_graph, "legacy")
+    assert (legacy.num_seeds, legacy.seed_normalisation, legacy.semantic_edges, legacy.burst_hits) == \
+        (None, "minmax", True, 0)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        GraphAugmentedRetriever.from_mode(burst_graph, "hipporag")
+
+
+def test_semantic_off_graph_has_no_semantic_edges_and_its_control_neither():
+    embeddings = np.eye(6, 8)
+    embeddings[3] = 0.95 * embeddings[2] + 0.3 * np.eye(8)[6]  # 13 ~ 12, as in outing_graph
+    timestamps = np.array([0.0, 600.0, 3 * DAY, 6 * DAY, 9 * DAY, 12 * DAY])
+    graph = EpisodicGraph(np.arange(10, 16), embeddings, timestamps, num_schemas=2, semantic_edges=False,
+                          progress=False)
+    assert graph.stats()["semantic_edges"] == 0 and graph.stats()["temporal_edges"] == 1
+    assert graph.edge_types(12, 13) == () and graph.edge_types(10, 11) == ("temporal",)
+    assert graph.shuffled_control(0).stats()["semantic_edges"] == 0
+
+
+def test_walk_without_semantic_edges_ignores_them_on_a_graph_that_has_them(outing_graph):
+    walk = GraphAugmentedRetriever(outing_graph, semantic_edges=False)
+    result = walk.rerank(HITS, SCORES, k=6, explain=True)
+    activation = dict(zip(result.ids[0].tolist(), result.activation[0]))
+    assert activation[13] == pytest.approx(0.0, abs=1e-12) and activation[11] > 0.1
+    lookalike = result.explanations[0][result.ids[0].tolist().index(13)]
+    assert lookalike.summary == "no graph path to a hit"
+
+
+def test_personal_memory_search_options_build_the_same_burst_retriever(burst_graph):
+    from types import SimpleNamespace
+
+    from mmai.memory.search import Searcher, SearchOptions
+
+    searcher = Searcher(store=None, sync=SimpleNamespace(graph=lambda: burst_graph), records=None, models=None)
+    burst = searcher._retriever(SearchOptions(gar=True))
+    assert (burst.num_seeds, burst.seed_normalisation, burst.semantic_edges, burst.burst_hits) == (5, "rank", False, 3)
+    assert searcher._retriever(SearchOptions(gar=True)) is burst  # cached while the options stay
+    legacy = searcher._retriever(SearchOptions(gar=True, gar_mode="legacy", gar_seeds=2, semantic_edges=True))
+    assert legacy is not burst and (legacy.num_seeds, legacy.burst_hits, legacy.semantic_edges) == (2, 0, True)
+    with pytest.raises(ValueError, match="gar_mode must be one of"):
+        SearchOptions(gar_mode="nope")

@@ -32,9 +32,44 @@ def test_gar_with_alpha_one_reproduces_exact_stage1_recall():
 
 
 def test_gallery_without_times_builds_a_semantic_only_graph():
-    metrics = RetrievalEvalCallback(candidates=10, index_kind="flat").evaluate(_eval_set(times=False))
+    # semantic_edges=True: the default "burst" mode builds no semantic edges (issue 19), so ask for them
+    metrics = RetrievalEvalCallback(candidates=10, index_kind="flat", semantic_edges=True).evaluate(
+        _eval_set(times=False))
     assert metrics["graph/temporal_edges"] == 0 and metrics["graph/episodes"] == 40
     assert 0.0 <= metrics["gar/t2i/instance/R@10"] <= 1.0 and metrics["gar/latency_ms"] > 0
+
+
+def test_default_gar_is_the_burst_mode_on_a_temporal_only_graph_and_legacy_stays_available():
+    data = _eval_set()
+    burst = RetrievalEvalCallback(candidates=20, index_kind="flat")
+    assert burst.gar_mode == "burst" and burst.graph_options["semantic_edges"] is False
+    metrics = burst.evaluate(data)
+    assert metrics["graph/semantic_edges"] == 0 and metrics["graph/temporal_edges"] > 0
+    legacy = RetrievalEvalCallback(candidates=20, index_kind="flat", gar_mode="legacy", gar_seeds=0)
+    assert legacy.graph_options["semantic_edges"] is True
+    assert 0.0 <= legacy.evaluate(data)["gar/t2i/instance/R@10"] <= 1.0
+    with pytest.raises(ValueError, match="gar_mode must be one of"):
+        RetrievalEvalCallback(gar_mode="hipporag")
+
+
+def test_burst_rule_brings_a_hard_photo_of_the_captions_sighting_into_the_top_10():
+    """Image 0 (clear) and 1 (hard, 30 s later) are one sighting; 1 has the worst cosine to 0's caption."""
+    import dataclasses
+
+    data = _eval_set(num_images=40, captions_per_image=1)
+    times = torch.arange(40, dtype=torch.float64) * 5 * 3600  # no other two images within an hour
+    times[1] = 30.0
+    images = data.image_embeddings.clone()
+    texts = data.text_embeddings.clone()
+    texts[0] = images[0]
+    images[1] = -images[0]
+    data = dataclasses.replace(data, image_embeddings=images, text_embeddings=texts, timestamps=times,
+                               sighting_ids=torch.tensor([0, 0, *range(1, 39)]),
+                               conditions=["clear", "blur", *["clear"] * 38])
+    metrics = RetrievalEvalCallback(candidates=20, index_kind="flat", per_query=False).evaluate(data)
+    assert metrics["probe/burst/queries"] == 1
+    assert metrics["probe/burst/stage1/R@10"] == 0.0 and metrics["probe/burst/gar/R@10"] == 1.0
+    assert metrics["probe/burst/gar_control/R@10"] == 0.0
 
 
 # ---------------------------------------------------------------------- small val galleries in `mmai fit`

@@ -50,6 +50,8 @@ class GraphConfig:
     Attributes:
         temporal_window_s: link memories at most this many seconds apart [3600].
         same_place_only: temporal links only between memories at the same place [False].
+        semantic_edges: build semantic edges at all [True]; ``False`` gives a temporal-only graph
+            (no nearest-neighbour search), the ablation that leaves bursts to the temporal edges.
         semantic_threshold: link memories with cosine >= this [0.85].
         max_semantic_degree: semantic neighbours each memory may choose [10].
         semantic_index: ``"flat"`` (exact) or ``"hnsw"`` (approximate) search for them ["flat"].
@@ -61,6 +63,7 @@ class GraphConfig:
 
     temporal_window_s: float = 3600.0
     same_place_only: bool = False
+    semantic_edges: bool = True
     semantic_threshold: float = 0.85
     max_semantic_degree: int = 10
     semantic_index: str = "flat"
@@ -118,12 +121,17 @@ class EpisodicGraph:
         self.importance = np.zeros(count) if importance is None else self._column(importance, count, "importance")
         self.access_counts = np.zeros(count, dtype=np.int64)  # (N,)
         self._order = np.argsort(self.ids, kind="stable")  # for id -> position lookups
-        self._csr: sparse.csr_matrix | None = None
+        self._csr: dict[str, sparse.csr_matrix] = {}
         reuse = _reuse or {}
-        self._semantic = reuse.get("semantic") or semantic_pairs(
-            self.embeddings, self.config.semantic_threshold, self.config.max_semantic_degree,
-            index_kind=self.config.semantic_index, index=index, ids=self.ids, progress=progress,
-        )
+        if "semantic" in reuse:
+            self._semantic = reuse["semantic"]
+        elif self.config.semantic_edges:
+            self._semantic = semantic_pairs(
+                self.embeddings, self.config.semantic_threshold, self.config.max_semantic_degree,
+                index_kind=self.config.semantic_index, index=index, ids=self.ids, progress=progress,
+            )
+        else:
+            self._semantic = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0))
         self._build_levels(reuse)
         self.graph = self._build_graph()
         self.hierarchy = self._build_hierarchy()
@@ -243,15 +251,25 @@ class EpisodicGraph:
         slots = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
         return np.where(sorted_ids[slots] == ids, self._order[slots], -1)
 
-    def to_csr(self, *, refresh: bool = False) -> sparse.csr_matrix:
+    def to_csr(self, *, weight: str = "weight", refresh: bool = False) -> sparse.csr_matrix:
         """Weighted adjacency ``(N, N)`` (symmetric, float64) with rows/columns in :attr:`ids` order.
 
-        Computed from :attr:`graph` once and cached; pass ``refresh=True`` after editing the graph.
+        ``weight`` is the edge attribute used: ``"weight"`` (both kinds, default),
+        ``"temporal_weight"`` or ``"semantic_weight"`` (one kind alone; edges of the other kind
+        only are dropped). Computed from :attr:`graph` once per attribute and cached; pass
+        ``refresh=True`` after editing the graph.
         """
-        if self._csr is None or refresh:
-            adjacency = nx.to_scipy_sparse_array(self.graph, nodelist=self.ids.tolist(), weight="weight", dtype=float)
-            self._csr = sparse.csr_matrix(adjacency)
-        return self._csr
+        if weight not in ("weight", "temporal_weight", "semantic_weight"):
+            raise ValueError(f"EpisodicGraph.to_csr: weight must be 'weight', 'temporal_weight' or "
+                             f"'semantic_weight', got {weight!r}")
+        if refresh:
+            self._csr.clear()
+        if weight not in self._csr:
+            adjacency = sparse.csr_matrix(
+                nx.to_scipy_sparse_array(self.graph, nodelist=self.ids.tolist(), weight=weight, dtype=float))
+            adjacency.eliminate_zeros()
+            self._csr[weight] = adjacency
+        return self._csr[weight]
 
     def edge_types(self, first_id: int, second_id: int) -> tuple[str, ...]:
         """The ``types`` of the edge between two memories, ``()`` when they are not linked."""

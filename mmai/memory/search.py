@@ -15,8 +15,9 @@
    ``stage1_weight`` default to the values the re-ranker was validated with
    (:attr:`~mmai.checkpoint.Stage2Model.settings_source` says where they come from).
 4. **GAR** (``options.gar``). The hits seed a personalised PageRank over the episodic graph
-   (:class:`~mmai.memory.gar.GraphAugmentedRetriever`, ``gar_weight`` and ``damping``); the
-   results obey the filters again and carry an explanation and their related memories.
+   (:class:`~mmai.memory.gar.GraphAugmentedRetriever`, ``gar_mode``, ``gar_weight``, ``damping``;
+   by default the ``"burst"`` mode, whose top hits' burst-mates follow them, explained as "same
+   outing"); the results obey the filters again and carry an explanation and their related memories.
 5. **Explain** (``options.explain_dir``). A saliency panel per image hit.
 """
 
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from mmai.memory.filters import Filters
-from mmai.memory.gar import GraphAugmentedRetriever
+from mmai.memory.gar import GAR_MODES, GraphAugmentedRetriever
 from mmai.memory.graph import EDGE_REASONS
 from mmai.memory.index_sync import IndexSync, int_id
 from mmai.memory.models import MemoryModels
@@ -58,6 +59,12 @@ class SearchOptions:
             ``related`` memories.
         gar_weight: GAR's weight of the retrieval score against graph activation (default 0.5).
         damping: personalised PageRank damping: the walk's probability of following an edge (0.5).
+        gar_mode: GAR's settings, a :data:`~mmai.memory.gar.GAR_MODES` name (default ``"burst"``:
+            reciprocal-rank scores, the top 5 hits seed, temporal walk, and the top 3 hits'
+            burst-mates — photos within 120 s — placed right after them; ``"legacy"``: before issue 19).
+        gar_seeds: hits that seed the walk (default ``None``: the mode's; 0: every hit).
+        semantic_edges: the walk follows the graph's semantic edges too (default ``None``: the
+            mode's, off for ``"burst"``); the graph itself is built by the memory's ``GraphConfig``.
         related_k: related memories per hit with ``gar`` (default 5).
         explain_dir: write a saliency panel per image hit here (needs a re-ranker checkpoint).
         recency_weight: add ``recency_weight * 0.5 ** (age / half-life)`` (default 0: off).
@@ -73,6 +80,9 @@ class SearchOptions:
     gar: bool = False
     gar_weight: float = 0.5
     damping: float = 0.5
+    gar_mode: str = "burst"
+    gar_seeds: int | None = None
+    semantic_edges: bool | None = None
     related_k: int = 5
     explain_dir: str | os.PathLike | None = None
     recency_weight: float = 0.0
@@ -85,6 +95,8 @@ class SearchOptions:
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise ValueError(f"search: {name} must be >= 1, got {value}")
+        if self.gar_mode not in GAR_MODES:
+            raise ValueError(f"search: gar_mode must be one of {sorted(GAR_MODES)}, got {self.gar_mode!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +141,7 @@ class Searcher:
     def __init__(self, store: MemoryStore, sync: IndexSync, records: Records, models: MemoryModels) -> None:
         self.store, self.sync, self.records, self.models = store, sync, records, models
         self._gar: GraphAugmentedRetriever | None = None
+        self._gar_settings: tuple | None = None  # the options self._gar was built with
 
     # ------------------------------------------------------------------ the search
     def search(self, query: str, k: int = 10, filters: Filters | None = None,
@@ -275,10 +288,12 @@ class Searcher:
 
     def _retriever(self, options: SearchOptions) -> GraphAugmentedRetriever:
         graph = self.sync.graph()
-        gar = self._gar
-        if gar is None or gar.graph is not graph or (gar.gar_weight, gar.damping) != (options.gar_weight,
-                                                                                       options.damping):
-            self._gar = GraphAugmentedRetriever(graph, gar_weight=options.gar_weight, damping=options.damping)
+        settings = (options.gar_mode, options.gar_weight, options.damping, options.gar_seeds, options.semantic_edges)
+        if self._gar is None or self._gar.graph is not graph or self._gar_settings != settings:
+            self._gar = GraphAugmentedRetriever.from_mode(
+                graph, options.gar_mode, gar_weight=options.gar_weight, damping=options.damping,
+                num_seeds=options.gar_seeds, semantic_edges=options.semantic_edges)
+            self._gar_settings = settings
         return self._gar
 
     def _gar_rerank(self, hits: list[SearchHit], query_vector: np.ndarray, k: int, where: dict | None,
