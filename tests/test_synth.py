@@ -180,7 +180,7 @@ def test_second_call_reuses_and_foreign_contents_raise(tiny, tmp_path):
     (old / "mmai_extras" / "synth_args.json").write_text(json.dumps({**marker, "format_version": 1,
                                                                      "mmai_version": "0.1.0"}))
     with pytest.raises(ValueError, match=r"format version 1 there \(made by MMAI 0\.1\.0, an older format\) "
-                                         r"vs 2 .*delete .* or pick another directory"):
+                                         r"vs 3 .*delete .* or pick another directory"):
         synthesize(old, workers=1, progress=False, **TINY)
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not empty.*pick an empty directory"):
