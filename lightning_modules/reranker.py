@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -90,6 +91,11 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
             also true of is never trained as a non-match (default False; needs ``negatives="split"``
             and shards that record what each caption states, the synthetic CUB's; without them the
             run falls back to class labels and says so).
+        twin_negatives: also pair every training caption that states one of the two colours
+            exchanged in its own photo's counterfactual twin (``mmai data synth --twins``: the same
+            photo with two part colours swapped) with that twin, as a non-match: the one negative
+            that only binding colour to part can tell apart (default False; needs
+            ``negatives="split"`` and data with twins; TripletCLIP's hard image negatives).
     """
 
     def __init__(self, bi_encoder_ckpt: str | None = None, bi_encoder: BiEncoderConfig | None = None,
@@ -98,10 +104,12 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
                  num_negatives: int = 1, negative_temperature: float = 0.07, same_class_weight: float = 1.0,
                  batch_size: int = 64, eval_ks: tuple[int, ...] = (1, 5, 10), feature_cache: bool = True,
                  feature_cache_dir: str | None = None, negatives: str = "batch", swap_negatives: bool = False,
-                 true_negatives: bool = False):
+                 true_negatives: bool = False, twin_negatives: bool = False):
         super().__init__()
         if negatives not in ("batch", "split"):
             raise ValueError(f"RerankerModule: negatives must be 'batch' or 'split', got {negatives!r}")
+        if twin_negatives and negatives != "split":
+            raise ValueError("RerankerModule: twin_negatives needs negatives='split' (the cached training split)")
         if true_negatives and negatives != "split":
             raise ValueError("RerankerModule: true_negatives needs negatives='split' (the labels of the cached "
                              "training split)")
@@ -130,7 +138,7 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
             "num_negatives": num_negatives, "negative_temperature": negative_temperature,
             "same_class_weight": same_class_weight, "batch_size": batch_size, "eval_ks": tuple(eval_ks),
             "feature_cache": feature_cache, "feature_cache_dir": feature_cache_dir, "negatives": negatives,
-            "swap_negatives": swap_negatives, "true_negatives": true_negatives})
+            "swap_negatives": swap_negatives, "true_negatives": true_negatives, "twin_negatives": twin_negatives})
         self.bi_encoder = BiEncoder.from_config(self.bi_encoder_config, pretrained=False)
         if checkpoint is not None:
             self.bi_encoder.load_checkpoint_state(checkpoint["state_dict"], prefix="model.")
@@ -147,6 +155,7 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
         self._features: dict[str, SplitFeatures] = {}
         self._bank: tuple[torch.Tensor, ...] | None = None  # train-split embeddings, ids, classes (split negatives)
         self._species: SpeciesTable | None = None  # true_negatives: which species each caption contradicts
+        self._twins = None  # twin_negatives: the training photos' counterfactual twins (TwinBank)
         self._val_match: list[torch.Tensor] = []
         #: the re-rank settings of the last two-stage validation (see :meth:`record_validation`).
         self.validated_with: dict[str, Any] | None = None
@@ -190,9 +199,28 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
             self._features[split] = split_features(self, self.bi_encoder, datamodule, split, fingerprints,
                                                    self.hparams.feature_cache_dir, stage2=True, swapped=swapped)
         if "train" in self._features:
-            if self.hparams.true_negatives:
+            if self.hparams.true_negatives or self.hparams.twin_negatives:
                 self._attach_caption_masks(datamodule, self._features["train"])
+            if self.hparams.twin_negatives:
+                self._load_twins(datamodule)
             datamodule.use_train_features(self._features["train"])
+
+    def _load_twins(self, datamodule) -> None:
+        """The twins' patch tokens (computed once through the locked vision tower, cached)."""
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        from mmai.feature_cache import twin_bank
+
+        table = datamodule.manifest.get("twins")
+        if not table or not Path(table).is_file() or "caption_mask" not in self._features["train"].extras:
+            rank_zero_warn(f"model.twin_negatives: no twins to train with ({table or 'the shards list none'}; "
+                           "synthesise with --twins and write the shards again); training without them")
+            return
+        data = datamodule.hparams
+        folder = Path(self.hparams.feature_cache_dir) if self.hparams.feature_cache_dir else \
+            Path(datamodule.shard_dir) / "feature_cache"
+        self._twins = twin_bank(self.bi_encoder.vision, Path(table), data.image_size, data.mean, data.std, folder,
+                                device=self.trainer.strategy.root_device, progress=self.trainer.is_global_zero)
 
     def _attach_caption_masks(self, datamodule, train: SplitFeatures) -> None:
         """What each training caption states (``caption_mask``, one per cached caption row, served
@@ -299,7 +327,7 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
         options = dict(num_negatives=hp.num_negatives, temperature=hp.negative_temperature,
                        same_class_weight=hp.same_class_weight)
         allowed_images = allowed_captions = None
-        if self._species is not None and "caption_mask" in batch:  # true negatives: pairs that contradict
+        if hp.true_negatives and self._species is not None and "caption_mask" in batch:  # pairs that contradict
             allowed_images = ~self._species.consistent_torch(batch["caption_mask"], class_ids[owner], train_classes)
             bank_masks = train.extras["caption_mask"]
             allowed_captions = ~self._species.consistent_torch(bank_masks, caption_classes.cpu(), class_ids.cpu()).T
@@ -331,6 +359,15 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
             masks = torch.cat([masks, batch["swapped_mask"][has_swap].to(masks.dtype)])
             image = torch.cat([image, patches[owner][has_swap]])
             kinds.append(torch.full((int(has_swap.sum()),), NEGATIVE_CAPTION, device=device))
+        if self._twins is not None and "caption_mask" in batch:  # the caption vs its own photo's twin
+            twins = self._twins
+            rows = twins.rows_of(image_ids[owner])  # (Bt,)
+            stated = batch["caption_mask"].to(device)
+            use = (rows >= 0) & (stated >= 0) & ((stated & twins.swapped_bits.to(device)[rows.clamp(min=0)]) != 0)
+            text = torch.cat([text, tokens[use]])
+            masks = torch.cat([masks, mask[use]])
+            image = torch.cat([image, twins.patches[rows[use].cpu()].to(device).float()])
+            kinds.append(torch.full((int(use.sum()),), NEGATIVE_IMAGE, device=device))
         kind = torch.cat(kinds)
         rows = torch.arange(kind.shape[0], device=device)
         return text, masks, image, MatchBatch(rows, rows, (kind == POSITIVE).float(), kind)

@@ -268,3 +268,90 @@ class CachedTrainBatches(IterableDataset):
                    "image_id": self.features.image_ids[rows], "class_id": self.features.class_ids[rows],
                    "caption_owner": torch.arange(rows.shape[0]),
                    "is_pad": torch.zeros(rows.shape[0], dtype=torch.bool)}
+
+
+# ------------------------------------------------------------------------ counterfactual twins
+@dataclasses.dataclass
+class TwinBank:
+    """Stage-2 patch tokens of the training photos' counterfactual twins
+    (:func:`mmai.data.synth.writer.render_twin`: two part colours exchanged, nothing else).
+
+    Attributes:
+        image_ids: ``(T,)`` long, the photo each twin is of.
+        swapped_bits: ``(T,)`` long, the attribute mask (:func:`mmai.consistency.attribute_mask`) of
+            the two exchanged colour attributes: a caption stating any of them contradicts the twin.
+        patches: ``(T, N, Dp)`` float16 patch tokens of the locked vision tower.
+    """
+
+    image_ids: torch.Tensor
+    swapped_bits: torch.Tensor
+    patches: torch.Tensor
+
+    def rows_of(self, image_ids: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` twin row of each image id, -1 for photos without a twin."""
+        order = torch.argsort(self.image_ids)
+        sorted_ids = self.image_ids[order]
+        at = torch.searchsorted(sorted_ids, image_ids.cpu()).clamp(max=max(len(sorted_ids) - 1, 0))
+        found = (sorted_ids[at] == image_ids.cpu()) if len(sorted_ids) else torch.zeros_like(image_ids, dtype=torch.bool)
+        return torch.where(found, order[at], torch.full_like(at, -1)).to(image_ids.device)
+
+
+def read_twin_table(path: Path) -> list[dict]:
+    """The records of ``mmai_extras/twins.jsonl`` (``image_id``, ``file`` relative to it, ``swapped``)."""
+    path = Path(path)
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                entry = json.loads(line)
+                records.append({"image_id": int(entry["image_id"]), "file": str(entry["file"]),
+                                "swapped": [str(name) for name in entry["swapped"]]})
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+                raise ValueError(f"{path}:{number}: not a twin record ({error}); synthesise the data again") from error
+    return records
+
+
+@torch.no_grad()
+def twin_bank(vision: nn.Module, table: Path, image_size: int, mean, std, cache_dir: Path,
+              device: torch.device | str = "cpu", batch_size: int = 64, progress: bool = True) -> TwinBank:
+    """The twins' patch tokens through the locked ``vision`` tower (evaluation transform, as the
+    stage-2 cache), cached in ``cache_dir`` under a key of the tower's weights, the preprocessing
+    and the table's bytes; a file that does not load or match is recomputed."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from mmai.consistency import attribute_mask
+    from mmai.data.pipeline import image_transform, normalize_images
+    from mmai.io import atomic_write
+
+    table = Path(table)
+    key = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, "vision": module_fingerprint(vision),
+                                     "image_size": int(image_size), "mean": [float(m) for m in mean],
+                                     "std": [float(s) for s in std],
+                                     "table": hashlib.sha256(table.read_bytes()).hexdigest()}).encode()).hexdigest()
+    path = Path(cache_dir) / f"twins-stage2-{key[:20]}.pt"
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload["key"] == key and _checksum(payload["tensors"]) == payload["checksum"]:
+            return TwinBank(**payload["tensors"])
+    except Exception:  # noqa: BLE001 - missing or unreadable: recompute
+        pass
+    records = read_twin_table(table)
+    transform = image_transform(image_size, train=False)
+    vision = vision.to(device).eval()
+    patches = []
+    for start in tqdm(range(0, len(records), batch_size), desc="caching twin photos (stage 2)", unit="batch",
+                      disable=not progress):
+        pixels = []
+        for record in records[start:start + batch_size]:
+            with Image.open(table.parent / record["file"]) as image:
+                pixels.append(transform(image.convert("RGB")))
+        images = normalize_images(torch.stack(pixels).to(device), mean, std)
+        patches.append(vision(images).tokens.half().cpu())
+    tensors = {"image_ids": torch.tensor([r["image_id"] for r in records], dtype=torch.long),
+               "swapped_bits": torch.tensor([attribute_mask(r["swapped"]) for r in records], dtype=torch.long),
+               "patches": torch.cat(patches) if patches else torch.zeros(0, 0, 0, dtype=torch.float16)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"key": key, "checksum": _checksum(tensors), "tensors": tensors}
+    atomic_write(path, lambda handle: torch.save(payload, handle))
+    return TwinBank(**tensors)

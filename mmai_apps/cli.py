@@ -63,6 +63,9 @@ def _data_parser() -> argparse.ArgumentParser:
     synth.add_argument("--variants", type=int, nargs=2, default=[1, 3], metavar=("LOW", "HIGH"),
                        help="one-attribute variants per family (default 1 3; 0 1 makes small families, so each "
                             "split holds more swap pairs)")
+    synth.add_argument("--twins", action="store_true",
+                       help="also render each training photo's counterfactual twin (two part colours exchanged): "
+                            "the re-ranker's binding negatives (model.twin_negatives)")
     shards = sub.add_parser("shards", help="write WebDataset shards of CUB (real or synthetic)")
     shards.add_argument("--cub-root", type=Path, required=True, help="CUB_200_2011/ or its parent")
     shards.add_argument("--captions-root", type=Path, default=None, help="cvpr2016_cub/ (default: beside the CUB root)")
@@ -88,7 +91,7 @@ def _data(argv: list[str]) -> int:
         summary = synthesize(args.out, classes=args.classes, images=args.images,
                              captions_per_image=args.captions_per_image, image_size=args.image_size,
                              seed=args.seed, audio=not args.no_audio, workers=args.workers,
-                             swap_share=args.swap_share, variants=tuple(args.variants))
+                             swap_share=args.swap_share, variants=tuple(args.variants), twins=args.twins)
         print(f"synthetic CUB at {args.out}: {summary}")
     else:
         from mmai.data.shards import write_shards

@@ -30,16 +30,40 @@ from mmai_apps.resources import data_root
 REPO = data_root()  # the installed package's folder: configs/ and sweeps/ are package data
 
 
-#: (query, search options, the attributes the query names: what every hit should have).
+#: (query, search options, the attributes the query names: what every hit should have). A fourth,
+#: binding query is made from the data's first val swap pair (:func:`binding_query`).
 DEMO_QUERIES = (
     ("a bird with a long orange beak and grey wings", {},
      {"bill_length": "long", "bill_colour": "orange", "wing_colour": "grey"}),
     ("a small bird with a yellow crown and white wing bars", {"year": None, "place": None},  # filled in
      {"crown_colour": "yellow", "wing_bars": True}),
     ("a bird with a hooked bill and a long tail", {"gar": True}, {"bill_shape": "hooked", "tail_length": "long"}),
-    # a binding query: the val split holds its swap pair (white crown + red belly vs red crown + white belly)
-    ("a bird with a white crown and a red belly", {}, {"crown_colour": "white", "belly_colour": "red"}),
 )
+#: The part noun a binding query uses for each colour attribute.
+PART_WORDS = {"bill_colour": "bill", "crown_colour": "crown", "wing_colour": "wings", "belly_colour": "belly"}
+
+
+def first_val_swap_pair(synth: Path, entries: list[dict]) -> tuple[dict, dict] | None:
+    """The first swap pair (lower class id first) of the val split, or None."""
+    val = set((synth / "cvpr2016_cub" / "valclasses.txt").read_text().split())
+    return next(((a, b) for a in entries for b in entries if a["class_dir"] in val and b["class_id"] in
+                 a.get("swap_partners", []) and a["class_id"] < b["class_id"]), None)
+
+
+def binding_query(pair: tuple[dict, dict]) -> tuple[str, dict]:
+    """The query true of the pair's first species that, as a bag of words, also fits its swap
+    partner ("a white crown and a red belly" vs "a red crown and a white belly"), and the
+    attributes it names."""
+    from mmai.probes import COLOUR_ATTRIBUTES
+
+    first, second = pair
+    swapped = [name for name in COLOUR_ATTRIBUTES if first["attributes"][name] != second["attributes"][name]]
+    phrases = []
+    for name in swapped:
+        colour = first["attributes"][name]
+        article = "" if PART_WORDS[name].endswith("s") else ("an " if colour[0] in "aeiou" else "a ")
+        phrases.append(f"{article}{colour} {PART_WORDS[name]}")
+    return "a bird with " + " and ".join(phrases), {name: first["attributes"][name] for name in swapped}
 
 
 def _settings(args) -> dict:
@@ -116,12 +140,17 @@ def _memory_demo(synth: Path, checkpoint: Path, root: Path, panels: Path) -> Non
     print("  store: " + ", ".join(f"{key} {value}" for key, value in stats.items() if not isinstance(value, dict)))
     entries = _species_entries(synth)
     species = {int(entry["class_id"]): entry["attributes"] for entry in entries}
-    print(f"[6/6] {len(DEMO_QUERIES)} example queries (top 3, re-ranked by the fusion model; panels of the hits). "
+    pair = first_val_swap_pair(synth, entries)
+    queries = list(DEMO_QUERIES)
+    if pair is not None:  # a binding query: its swap partner holds the same colour words on other parts
+        text, named = binding_query(pair)
+        queries.append((text, {}, named))
+    print(f"[6/6] {len(queries)} example queries (top 3, re-ranked by the fusion model; panels of the hits). "
           "✓: the hit's species has every attribute the query names (species_attributes.json); ✗: what differs")
     hits = memory.search(DEMO_QUERIES[0][0], k=1)
     place, year = hits[0].metadata.get("place"), hits[0].metadata.get("year")
     total = good = 0
-    for number, (query, options, named) in enumerate(DEMO_QUERIES, 1):
+    for number, (query, options, named) in enumerate(queries, 1):
         options = dict(options)
         if "place" in options:
             options.update(place=place, year=year)
@@ -136,7 +165,7 @@ def _memory_demo(synth: Path, checkpoint: Path, root: Path, panels: Path) -> Non
         good += _print_hits(hits, gar, named, species)
         total += len(hits)
     print(f"\n  {good} of {total} hits have every attribute their query names")
-    _binding_panels(memory, synth, entries, panels / "binding")
+    _binding_panels(memory, synth, pair, panels / "binding")
     memory.close()
 
 
@@ -148,26 +177,21 @@ def _species_entries(synth: Path) -> list[dict]:
     return json.loads(path.read_text()).get("species", []) if path.is_file() else []
 
 
-def _binding_panels(memory, synth: Path, entries: list[dict], folder: Path) -> None:
-    """For the first val swap pair: one caption naming a swapped colour, its saliency on a photo
-    of each species of the pair (the probe's question, made visible)."""
+def _binding_panels(memory, synth: Path, pair: tuple[dict, dict] | None, folder: Path) -> None:
+    """For the first val swap pair: the binding query, its saliency on a photo of each species of
+    the pair (the probe's question, made visible)."""
     import json
 
     from PIL import Image
 
-    from mmai.probes import COLOUR_ATTRIBUTES, probe_words
+    from mmai.probes import probe_words
 
     stage2 = memory.stage2
-    val = set((synth / "cvpr2016_cub" / "valclasses.txt").read_text().split())
-    pair = next(((a, b) for a in entries for b in entries if a["class_dir"] in val and b["class_id"] in
-                 a.get("swap_partners", []) and a["class_id"] < b["class_id"]), None)
     if stage2 is None or pair is None:
         return
     first, second = pair
     words = probe_words(first["attributes"], second["attributes"])
-    swapped = [name for name in COLOUR_ATTRIBUTES if first["attributes"][name] != second["attributes"][name]]
-    parts = {"bill_colour": "bill", "crown_colour": "crown", "wing_colour": "wings", "belly_colour": "belly"}
-    query = "a bird with " + " and ".join(f"a {first['attributes'][name]} {parts[name]}" for name in swapped)
+    query = binding_query(pair)[0]
     conditions = {}
     diary = synth / "mmai_extras" / "episodes.jsonl"
     for line in diary.read_text().splitlines() if diary.is_file() else []:
@@ -202,6 +226,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--swap-share", type=float, default=1.0, help="chance that a family has a swap pair")
     parser.add_argument("--variants", type=int, nargs=2, default=[0, 1], metavar=("LOW", "HIGH"),
                         help="one-attribute variants per family (default 0 1: small families, many of them)")
+    parser.add_argument("--no-twins", dest="twins", action="store_false",
+                        help="no counterfactual twins of the training photos (the re-ranker's binding negatives)")
     parser.add_argument("--epochs", type=int, default=60,
                         help="bi-encoder epochs (each of the two rows; LiT profile: ~4 cached steps an epoch)")
     parser.add_argument("--rerank-epochs", type=int, default=12,
@@ -221,7 +247,7 @@ def main(argv: list[str]) -> int:
     synth, shards = workdir / "synth", workdir / "shards"
     print(f"[1/6] synthetic CUB ({args.classes} species, {args.images} images) in {synth}")
     synthesize(synth, classes=args.classes, images=args.images, audio=False, swap_share=args.swap_share,
-               variants=tuple(args.variants))
+               variants=tuple(args.variants), twins=args.twins)
     if not (shards / "manifest.json").exists():
         print(f"      writing WebDataset shards to {shards}")
         # about 3/4 of the images are training images: keep at least 8 training shards for the workers

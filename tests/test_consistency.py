@@ -153,3 +153,43 @@ def test_unit_bootstrap_widens_the_interval_of_one_dominant_unit():
     same = paired_bootstrap(a, b, resamples=500, units=np.arange(101))
     plain = paired_bootstrap(a, b, resamples=500)
     assert (same.low, same.high) == (plain.low, plain.high)
+
+
+# ------------------------------------------------------------------------ counterfactual twins
+def test_twin_changes_pixels_only_at_the_swapped_parts():
+    from mmai.data.synth.draw import draw_bird, random_look
+    from mmai.data.synth.writer import render_twin
+
+    attributes = Attributes("hooked", "long", "orange", "blue", "brown", "yellow", "long", False, False)
+    for image_id in range(5):
+        look = random_look(np.random.default_rng([0, 77 + image_id, 1]))
+        photo = draw_bird(attributes, np.random.default_rng([0, image_id, 0]), 128, False, "clear", look)
+        twin = render_twin(attributes, ("bill_colour", "crown_colour"), image_id, 0, 128, False, "clear", look)
+        before, after = np.asarray(photo.image, np.int16), np.asarray(twin.image, np.int16)
+        difference = np.abs(before - after).max(axis=2)
+        # the exposure jitter pivots on the image's mean, which the recolouring moves a little: away
+        # from the swapped parts a pixel may move by one grey level, never more
+        changed = difference > 1
+        assert changed.any() and twin.part_boxes == photo.part_boxes  # same pose and framing
+        allowed = np.zeros_like(changed)
+        for part in ("bill", "head"):  # the crown lies on the head; the bill is its own part
+            x, y, w, h = photo.part_boxes[part]
+            allowed[max(0, int(y) - 2):int(y + h) + 3, max(0, int(x) - 2):int(x + w) + 3] = True
+        assert not (changed & ~allowed).any(), f"image {image_id}: pixels changed outside the bill and head"
+        assert difference[allowed].max() > 40  # the parts themselves change colour
+        # the twin is the swapped species: orange crown, blue bill (the colours moved, not added)
+        x, y, w, h = photo.part_boxes["bill"]
+        bill = after[int(y):int(y + h) + 1, int(x):int(x + w) + 1].reshape(-1, 3)
+        assert (bill[:, 2] > bill[:, 0]).any()  # some blue in the twin's bill
+
+
+def test_twins_are_written_for_training_photos_only(tmp_path):
+    from mmai.data.synth import synthesize
+
+    synthesize(tmp_path / "s", classes=8, images=32, image_size=48, audio=False, workers=1, progress=False,
+               twins=True)
+    extras = tmp_path / "s" / "mmai_extras"
+    records = [json.loads(line) for line in (extras / "twins.jsonl").read_text().splitlines()]
+    train = set((tmp_path / "s" / "cvpr2016_cub" / "trainclasses.txt").read_text().split())
+    assert records and all(record["file"].split("/")[1] in train for record in records)
+    assert all((extras / record["file"]).is_file() and len(record["swapped"]) == 2 for record in records)

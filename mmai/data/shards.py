@@ -242,6 +242,8 @@ def _write_all(index, extras, assignments, out: Path, split: str, samples_per_sh
     manifest["species"] = _species_annotations(extras)
     # what each caption states (synthetic CUB only): consistency labels, mmai.consistency
     manifest["caption_attributes"] = TABLE_FILE if write_caption_table(index.extras_root, out) else None
+    twins = None if index.extras_root is None else Path(index.extras_root) / "twins.jsonl"
+    manifest["twins"] = str(twins.resolve()) if twins is not None and twins.is_file() else None  # training negatives
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return manifest
 

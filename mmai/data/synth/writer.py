@@ -29,20 +29,22 @@ from mmai.data.synth.layout import (CAPTIONS_DIR, CUB_DIR, EXTRAS_DIR, PlannedIm
 from mmai.data.synth.readme import cub_readme, extras_readme
 from mmai.data.synth.song import SAMPLE_RATE, render_song
 from mmai.data.synth.species import (ATTRIBUTES, SWAP_PROBABILITY, VARIANTS, Species, build_species,
-                                     one_attribute_partners, swap_partners)
+                                     one_attribute_partners, swap_partners, swapped, valid_swaps)
 
 #: 3: caption_attributes.jsonl (what each caption states) and the family shape options
 #: (``swap_share``, ``variants``); 2: swap variants and their fields in species_attributes.json,
 #: family-wise class splits, sightings and photo conditions in episodes.jsonl (1: MMAI before these).
 FORMAT_VERSION = 3
 CAPTION_ATTRIBUTES_FILE = "caption_attributes.jsonl"
+#: Counterfactual twins of the training photos (``twins=True``): the table and the image folder.
+TWINS_FILE, TWINS_DIR = "twins.jsonl", "twins"
 JPEG_QUALITY = 90
 #: Image ids with ``image_id % GRAYSCALE_EVERY == GRAYSCALE_OFFSET`` are grayscale (~1 %, as in
 #: real CUB); a fixed rule, so even a 5-image data set has one.
 GRAYSCALE_EVERY = 97
 GRAYSCALE_OFFSET = 5
 MARKER = "synth_args.json"
-_DRAW, _CAPTIONS, _SONG = 0, 1, 2  # per-image random streams
+_DRAW, _CAPTIONS, _SONG, _TWIN = 0, 1, 2, 3  # per-image random streams
 _LOOK = 0x51647  # per-sighting stream (third seed word; never one of the per-image streams)
 
 
@@ -132,14 +134,45 @@ _WORKER: dict = {}
 
 
 def _init_worker(out: Path, species: list[Species], shots: dict[int, tuple[int, str]], captions_per_image: int,
-                 image_size: int, seed: int, audio: bool) -> None:
+                 image_size: int, seed: int, audio: bool, twin_classes: frozenset = frozenset()) -> None:
     _WORKER.update(out=out, species={s.class_id: s for s in species}, shots=shots,
-                   captions_per_image=captions_per_image, image_size=image_size, seed=seed, audio=audio)
+                   captions_per_image=captions_per_image, image_size=image_size, seed=seed, audio=audio,
+                   twin_classes=twin_classes, pairs=_twin_pairs(species))
 
 
-def _render(planned: PlannedImage) -> tuple[int, tuple, dict, list]:
-    """Draw, caption and sing one image; returns (image_id, bird box, part boxes, the attribute
-    names each caption states)."""
+def _twin_pairs(species: list[Species]) -> dict[int, tuple[str, str]]:
+    """class id -> the colour pair its twins exchange: a swap pair's own pair (so the twin of a
+    founder's photo looks like its swap partner), else none (:func:`twin_pair` draws one)."""
+    pairs = {s.class_id: s.swapped for s in species if s.swapped}
+    for s in species:
+        if s.kind == "swap" and s.variant_of is not None:
+            pairs.setdefault(s.variant_of, s.swapped)
+    return pairs
+
+
+def twin_pair(species: Species, own_pair: tuple[str, str] | None, rng: np.random.Generator) -> tuple[str, str] | None:
+    """The two colour attributes a photo's counterfactual twin exchanges: the species' swap pair
+    when it has one, else a valid pair drawn by ``rng`` (None when no pair is valid)."""
+    if own_pair is not None:
+        return tuple(own_pair)
+    pairs = valid_swaps(species.attributes)
+    return pairs[int(rng.integers(len(pairs)))] if pairs else None
+
+
+def render_twin(attributes, pair: tuple[str, str], image_id: int, seed: int, image_size: int, grayscale: bool,
+                condition: str, look):
+    """The photo of ``image_id`` drawn again with the colours of ``pair`` exchanged: the same
+    random streams, so pose, framing, background, perch, light and condition are identical and
+    only the pixels of the parts painted with those two colours change (TripletCLIP's
+    counterfactual image, made exact by the renderer; elsewhere a pixel can move by one grey level,
+    since the exposure jitter pivots on the image's mean)."""
+    return draw_bird(swapped(attributes, pair), np.random.default_rng([seed, image_id, _DRAW]), image_size,
+                     grayscale, condition, look)
+
+
+def _render(planned: PlannedImage) -> tuple[int, tuple, dict, list, tuple | None]:
+    """Draw, caption and sing one image (and its twin, for a training class when asked); returns
+    (image_id, bird box, part boxes, the attribute names each caption states, the twin's pair)."""
     state = _WORKER
     species = state["species"][planned.class_id]
     grayscale = is_grayscale(planned.image_id)
@@ -157,7 +190,15 @@ def _render(planned: PlannedImage) -> tuple[int, tuple, dict, list]:
         clip = render_song(species.song, np.random.default_rng(seed + [_SONG]))
         soundfile.write(state["out"] / EXTRAS_DIR / "audio" / f"{planned.relpath}.wav", clip, SAMPLE_RATE,
                         subtype="PCM_16", format="WAV")
-    return planned.image_id, drawing.bird_box, drawing.part_boxes, [list(names) for _, names in named]
+    pair = None
+    if planned.class_id in state["twin_classes"] and not grayscale and condition != "low_light":  # colours visible
+        pair = twin_pair(species, state["pairs"].get(planned.class_id),
+                         np.random.default_rng(seed + [_TWIN]))
+        if pair is not None:
+            twin = render_twin(species.attributes, pair, planned.image_id, state["seed"], state["image_size"],
+                               grayscale, condition, look)
+            twin.image.save(state["out"] / EXTRAS_DIR / TWINS_DIR / f"{planned.relpath}.jpg", quality=JPEG_QUALITY)
+    return planned.image_id, drawing.bird_box, drawing.part_boxes, [list(names) for _, names in named], pair
 
 
 def _render_all(planned: list[PlannedImage], init_args: tuple, workers: int, progress: bool):
@@ -167,14 +208,14 @@ def _render_all(planned: list[PlannedImage], init_args: tuple, workers: int, pro
     if workers <= 1:
         _init_worker(*init_args)
         for item in planned:
-            image_id, box, parts, stated = _render(item)
-            results[image_id] = (box, parts, stated)
+            image_id, box, parts, stated, pair = _render(item)
+            results[image_id] = (box, parts, stated, pair)
             bar.update()
     else:
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         with multiprocessing.get_context(method).Pool(workers, _init_worker, init_args) as pool:
-            for image_id, box, parts, stated in pool.imap_unordered(_render, planned, chunksize=16):
-                results[image_id] = (box, parts, stated)
+            for image_id, box, parts, stated, pair in pool.imap_unordered(_render, planned, chunksize=16):
+                results[image_id] = (box, parts, stated, pair)
                 bar.update()
     bar.close()
     return results
@@ -194,10 +235,12 @@ def _species_json(species: list[Species], homes: dict[int, list[str]]) -> dict:
     }
 
 
-def _make_folders(out: Path, species: list[Species], audio: bool) -> None:
+def _make_folders(out: Path, species: list[Species], audio: bool, twin_classes: frozenset = frozenset()) -> None:
     for s in species:
         (out / CUB_DIR / "images" / s.class_dir).mkdir(parents=True, exist_ok=True)
         (out / CAPTIONS_DIR / "text_c10" / s.class_dir).mkdir(parents=True, exist_ok=True)
+        if s.class_id in twin_classes:
+            (out / EXTRAS_DIR / TWINS_DIR / s.class_dir).mkdir(parents=True, exist_ok=True)
         if audio:
             (out / EXTRAS_DIR / "audio" / s.class_dir).mkdir(parents=True, exist_ok=True)
 
@@ -205,7 +248,7 @@ def _make_folders(out: Path, species: list[Species], audio: bool) -> None:
 def synthesize(out: Path, classes: int = 200, images: int = 11788, captions_per_image: int = 10,
                image_size: int = 128, seed: int = 0, audio: bool = True, workers: int | None = None,
                progress: bool = True, swap_share: float = SWAP_PROBABILITY,
-               variants: tuple[int, int] = VARIANTS) -> SynthSummary:
+               variants: tuple[int, int] = VARIANTS, twins: bool = False) -> SynthSummary:
     """Write a synthetic CUB-200-2011 with captions, songs and a diary under ``out``.
 
     Args:
@@ -223,6 +266,9 @@ def synthesize(out: Path, classes: int = 200, images: int = 11788, captions_per_
             cases, see :func:`~mmai.data.synth.species.build_species`).
         variants: ``(low, high)`` one-attribute variants per family (default ``(1, 3)``; ``(0, 1)``
             gives small families, so each split holds more of them and more swap pairs).
+        twins: also render each training-split photo's counterfactual twin (two part colours
+            exchanged, everything else identical; :func:`render_twin`) into ``mmai_extras/twins/``
+            with ``twins.jsonl``: image negatives that only binding can tell apart (default False).
 
     Returns:
         A :class:`SynthSummary`. If ``out`` already holds a complete data set made with the same
@@ -236,25 +282,33 @@ def synthesize(out: Path, classes: int = 200, images: int = 11788, captions_per_
     out = Path(out).expanduser()
     record = {"format_version": FORMAT_VERSION, "classes": classes, "images": images,
               "captions_per_image": captions_per_image, "image_size": image_size, "seed": seed, "audio": audio,
-              "swap_share": float(swap_share), "variants": [int(v) for v in variants]}
+              "swap_share": float(swap_share), "variants": [int(v) for v in variants], "twins": bool(twins)}
     existing = _existing(out, record, started)
     if existing is not None:
         return existing
     species = build_species(classes, seed, swap_share, tuple(variants))
     planned = plan_images(species, images, seed)
     write_cub_tables(out, species, planned)
-    write_class_lists(out, class_splits(species, seed))
-    _make_folders(out, species, audio)
+    splits = class_splits(species, seed)
+    write_class_lists(out, splits)
+    train = set(splits["train"])
+    twin_classes = frozenset(s.class_id for s in species if twins and s.class_dir in train)
+    _make_folders(out, species, audio, twin_classes)
     diary = build_diary(species, {p.image_id: p.class_id for p in planned}, seed)
     shots = {e["image_id"]: (e["sighting_id"], e["condition"]) for e in diary.entries}
     workers = max(1, min(workers or os.cpu_count() or 1, len(planned)))
-    init_args = (out, species, shots, captions_per_image, image_size, seed, audio)
+    init_args = (out, species, shots, captions_per_image, image_size, seed, audio, twin_classes)
     results = _render_all(planned, init_args, workers, progress)
-    write_boxes(out, {i: box for i, (box, _, _) in results.items()}, {i: parts for i, (_, parts, _) in results.items()})
+    write_boxes(out, {i: r[0] for i, r in results.items()}, {i: r[1] for i, r in results.items()})
     extras = out / EXTRAS_DIR
     (extras / CAPTION_ATTRIBUTES_FILE).write_text(
         "".join(json.dumps({"image_id": i, "attributes": results[i][2]}) + "\n" for i in sorted(results)),
         encoding="utf-8")
+    if twins:
+        relpaths = {p.image_id: p.relpath for p in planned}
+        (extras / TWINS_FILE).write_text("".join(
+            json.dumps({"image_id": i, "file": f"{TWINS_DIR}/{relpaths[i]}.jpg", "swapped": list(results[i][3])}) + "\n"
+            for i in sorted(results) if results[i][3] is not None), encoding="utf-8")
     (extras / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in diary.entries), encoding="utf-8")
     (extras / "species_attributes.json").write_text(json.dumps(_species_json(species, diary.homes), indent=1) + "\n",
                                                     encoding="utf-8")
