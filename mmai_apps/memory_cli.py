@@ -166,8 +166,8 @@ def run_ingest(args: argparse.Namespace) -> int:
     if not args.paths and args.from_synthetic is None:
         raise ValueError("ingest: give files or folders, or --from-synthetic DIR")
     if args.checkpoint is None and args.chroma_host is None and not has_store(args.root):
-        raise ValueError(f"ingest: {args.root} holds no memory store yet: pass --checkpoint CKPT (a bi-encoder or "
-                         "re-ranker .ckpt) to create one there")
+        raise ValueError(f"ingest: no checkpoint yet: pass checkpoint=... (--checkpoint PATH) "
+                         f"to create a memory store in {args.root} (a bi-encoder or re-ranker .ckpt)")
     with _open(args) as memory, _stop_on_signals(memory):
         paths, overrides = list(args.paths), {}
         if args.from_synthetic is not None:
@@ -327,7 +327,8 @@ def run_consolidate(args: argparse.Namespace) -> int:
             groups = memory.maintenance.duplicate_groups(args.threshold)
             merged = sum(len(group) - 1 for group in groups)
             print(f"would merge {merged} near-duplicate memories into {len(groups)} (cosine >= {args.threshold}); "
-                  "each keeps every source's time, place and media and can be undone from the journal\n"
+                  "only memories of one place and modality merge; the keeper lists every source's path, time and "
+                  "media copy (copies are kept) and the merged records stay in the journal\n"
                   "add --yes to merge them")
             return 0
         merged = memory.consolidate(args.threshold)

@@ -160,13 +160,15 @@ class Maintenance:
         """See :meth:`PersonalMemory.rebuild`; ``embed(modality, content)`` embeds a memory again
         where no saved embedding is left (``None``: none can be)."""
         with self.write_lock():
-            recovered = restore(self.store, self.journal, self.media_dir, self.sync.root, embed, int_id)
+            local = self.store.is_local  # a server's memories come from many machines' journals
+            recovered = restore(self.store, self.journal, self.media_dir, self.sync.root, embed, int_id) if local \
+                else {"restored": 0, "re_embedded": 0, "unrestorable": []}
             state = self.journal.replay()
-            finished = sorted(set(self.sync.chroma_ids()) & state.forgotten - state.ids)
+            finished = sorted(set(self.sync.chroma_ids()) & state.forgotten - state.ids) if local else []
             if finished:  # forgotten in the journal, then killed before Chroma was changed
                 self.store.delete(ids=finished)
                 self.journal.changed()
-            recorded = self._record_unjournaled(state)
+            recorded = self._record_unjournaled(state) if local else 0
             count = self.store.count()
             if count:
                 self.sync.rebuild()
@@ -257,6 +259,8 @@ class Maintenance:
         return problems
 
     def _check_journal(self, records) -> list[str]:
+        if not self.store.is_local:  # a Chroma server's memories come from many machines' journals
+            return []
         state = self.journal.replay()
         known = {int_id(i): i for i in [*records.ids, *state.ids, *state.forgotten]}
         saved = {known.get(number, str(number)) for number in saved_embeddings(self.sync.root, int_id)}
