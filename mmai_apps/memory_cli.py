@@ -8,13 +8,17 @@ store, the FAISS index and the episodic graph stay consistent)::
     mmai memory search "white bird with an orange beak" --year 2023 --place Mumbai --rerank --gar --explain panels/
     mmai memory related 3fa9c2e1
     mmai memory forget --place Berlin --yes
-    mmai memory stats | check | rebuild | consolidate --threshold 0.97
+    mmai memory stats          # and likewise: check, rebuild, consolidate --threshold 0.97 [--yes]
 
 Every subcommand takes ``--root`` (default ``runs/memory``), ``--checkpoint`` (remembered in
 ``ROOT/config.json`` after the first use), ``--chroma-host/--chroma-port`` (a Chroma server
 instead of ``ROOT/chroma``) and ``--gpu-index`` (faiss-gpu). Exit status: 0 done, 1 ``check``
 found problems, 2 a usage or input error (the message says what to fix), 3 another process kept
-the store's write lock past ``--lock-timeout``. Only ``ingest`` creates a store: the other
+the store's write lock past ``--lock-timeout``, 4 an OS or database error (e.g. disk full: the
+line names the path and what was confirmed before it), 130/143 an ingest stopped by
+SIGINT/SIGTERM after its summary. The journal and the media copies are the store of record:
+``check`` compares them with Chroma and the index, ``rebuild`` restores a lost or damaged Chroma
+database from them (a damaged one is moved aside, kept). Only ``ingest`` creates a store: the other
 commands refuse a ``--root`` that holds none (a mistyped root is an error, not an empty memory).
 """
 
@@ -109,11 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in (("stats", "counts by modality, year and place"),
                        ("check", "verify Chroma, FAISS and graph agree (exit 1 on problems)"),
-                       ("rebuild", "rebuild FAISS index and graph from Chroma, drop orphan media")):
+                       ("rebuild", "restore Chroma from the journal, rebuild FAISS index and graph, drop orphan media")):
         _common(sub.add_parser(name, help=text))
     consolidate = sub.add_parser("consolidate", help="merge near-duplicates, keeping all sources")
     _common(consolidate)
     consolidate.add_argument("--threshold", type=float, default=0.97, help="cosine (default 0.97)")
+    consolidate.add_argument("--yes", action="store_true", help="really merge (otherwise: say what would merge)")
     return parser
 
 
@@ -122,10 +127,20 @@ def _open(args: argparse.Namespace):
 
     memory = PersonalMemory(args.root, args.checkpoint, chroma_host=args.chroma_host, chroma_port=args.chroma_port,
                             use_gpu_index=args.gpu_index, progress=not args.quiet,
-                            create=args.command == "ingest", lock_timeout=args.lock_timeout)
+                            create=args.command == "ingest", lock_timeout=args.lock_timeout,
+                            repair=args.command == "rebuild")
+    if memory.moved_aside is not None:
+        print(f"note: the damaged Chroma database was moved aside to {memory.moved_aside} (kept); "
+              "restoring the memories from the journal", file=sys.stderr)
     if memory.repaired.startswith("rebuilt"):
         print(f"note: {memory.root}: FAISS index {memory.repaired}", file=sys.stderr)
     return memory
+
+
+def printable(text: Any) -> str:
+    """``text`` safe for a terminal: control characters (ESC, BEL, ...) written as escapes, as ``stats``'s
+    JSON does, so user text cannot clear the screen or retitle the terminal."""
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in str(text))
 
 
 def _when(timestamp: float | None) -> str:
@@ -139,16 +154,21 @@ def _describe(metadata: dict[str, Any], document: str | None = None) -> str:
     if metadata.get("modality") == "text" and document:
         what = repr(document[:60] + ("..." if len(document) > 60 else ""))
     when, place = _when(metadata.get("timestamp")), metadata.get("place") or "-"
-    return f"{metadata.get('modality', '?'):5s} {when}  {place}  {what}"
+    return printable(f"{metadata.get('modality', '?'):5s} {when}  {place}  {what}")
 
 
 def run_ingest(args: argparse.Namespace) -> int:
     """``mmai memory ingest``: files/folders (and/or the synthetic diary) -> memories, with a summary."""
     from mmai.memory.ingest import synthetic_collection
 
+    from mmai.memory.personal import has_store
+
     if not args.paths and args.from_synthetic is None:
         raise ValueError("ingest: give files or folders, or --from-synthetic DIR")
-    with _open(args) as memory:
+    if args.checkpoint is None and args.chroma_host is None and not has_store(args.root):
+        raise ValueError(f"ingest: no checkpoint yet: pass checkpoint=... (--checkpoint PATH) "
+                         f"to create a memory store in {args.root} (a bi-encoder or re-ranker .ckpt)")
+    with _open(args) as memory, _stop_on_signals(memory):
         paths, overrides = list(args.paths), {}
         if args.from_synthetic is not None:
             audio = bool(getattr(memory.encoder, "has_audio", False))
@@ -158,9 +178,53 @@ def run_ingest(args: argparse.Namespace) -> int:
                 print("note: songs skipped: checkpoint has no audio tower (train with model.bi_encoder.audio)", file=sys.stderr)
         report = memory.ingest(paths, args.meta, progress=not args.quiet, require_time=args.require_time,
                                batch_size=args.batch_size, overrides=overrides, follow_links=args.follow_links)
-        print(report.summary())
+        print(printable_lines(report.summary()))
         print(f"{memory.store.count()} memories in {memory.root}")
+        if report.stopped:
+            signal_name = memory.ingester.stop_requested
+            if signal_name is None:
+                print(f"mmai memory ingest: error: {printable(report.stopped)}", file=sys.stderr)
+                return 4
+            return 130 if signal_name == "SIGINT" else 143
     return 0
+
+
+def printable_lines(text: str) -> str:
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
+class _stop_on_signals:
+    """While ingesting, SIGTERM/SIGINT stop after the current batch (the summary of what was
+    confirmed is printed); a second signal stops at once."""
+
+    def __init__(self, memory) -> None:
+        self.memory, self.previous = memory, {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for number in (signal.SIGTERM, signal.SIGINT):
+            self.previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number, frame) -> None:
+        import signal
+
+        name = signal.Signals(number).name
+        if self.memory.ingester.stop_requested:
+            raise KeyboardInterrupt(name)
+        self.memory.ingester.stop_requested = name
+        print(f"mmai memory ingest: {name}: stopping after the current batch (again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
 
 def _hit_json(hit) -> dict[str, Any]:
@@ -189,18 +253,18 @@ def run_search(args: argparse.Namespace) -> int:
                 print(json.dumps(_hit_json(hit)))
             return 0
         if not hits:
-            print("no memories match" + (" (stored places: " + ", ".join(memory.known_places()) + ")"
+            print("no memories match" + (" (stored places: " + printable(", ".join(memory.known_places())) + ")"
                                          if args.place else ""))
         for hit in hits:
             logit = "" if hit.match_logit is None else f" logit {hit.match_logit:+.3f}"
             print(f"{hit.rank + 1:2d}. {hit.score:+.3f}{logit}  {hit.id[:12]}  {_describe(hit.metadata, hit.document)}")
             if hit.explanation:
-                print(f"      why: {hit.explanation}")
+                print(f"      why: {printable(hit.explanation)}")
             for other in hit.related:
                 print(f"      related {other.id[:12]} ({other.reason}, {other.weight:.2f}): "
                       f"{_describe(other.metadata)}")
             if hit.panel_path:
-                print(f"      saliency: {hit.panel_path}")
+                print(f"      saliency: {printable(hit.panel_path)}")
     return 0
 
 
@@ -235,7 +299,14 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    with _open(args) as memory:
+    from mmai.memory.store import StoreDamagedError
+
+    try:
+        memory = _open(args)
+    except StoreDamagedError as error:
+        print(f"problem: {error}\n1 problem(s)")
+        return 1
+    with memory:
         problems = memory.check()
         print(f"{memory.store.count()} memories; index {memory.repaired} on open")
         for problem in problems:
@@ -252,6 +323,14 @@ def run_rebuild(args: argparse.Namespace) -> int:
 
 def run_consolidate(args: argparse.Namespace) -> int:
     with _open(args) as memory:
+        if not args.yes:
+            groups = memory.maintenance.duplicate_groups(args.threshold)
+            merged = sum(len(group) - 1 for group in groups)
+            print(f"would merge {merged} near-duplicate memories into {len(groups)} (cosine >= {args.threshold}); "
+                  "only memories of one place and modality merge; the keeper lists every source's path, time and "
+                  "media copy (copies are kept) and the merged records stay in the journal\n"
+                  "add --yes to merge them")
+            return 0
         merged = memory.consolidate(args.threshold)
         print(f"merged {merged} near-duplicate memories (cosine >= {args.threshold}); {memory.store.count()} remain")
     return 0
@@ -273,8 +352,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     except (ValueError, FileNotFoundError, KeyError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"mmai memory {args.command}: error: {message}", file=sys.stderr)
+        print(f"mmai memory {args.command}: error: {printable(message)}", file=sys.stderr)
         return 2
+    except OSError as error:  # disk full, permissions, I/O: one line naming the path
+        import errno
+
+        what = "disk full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or type(error).__name__)
+        print(f"mmai memory {args.command}: error: {what} at {error.filename or args.root} ({error}); nothing "
+              "stored was lost: fix it and run the command again", file=sys.stderr)
+        return 4
+    except Exception as error:  # noqa: BLE001 - a database error is one line, not chromadb's traceback
+        import sqlite3
+
+        if not (isinstance(error, sqlite3.Error) or type(error).__module__.startswith("chromadb")):
+            raise
+        text = str(error).splitlines()[0][:200] if str(error) else ""
+        print(f"mmai memory {args.command}: error: the Chroma database under {args.root} failed "
+              f"({type(error).__name__}: {text}); run `mmai memory check --root {args.root}`, and `mmai memory "
+              "rebuild` to restore it from the journal", file=sys.stderr)
+        return 4
 
 
 if __name__ == "__main__":

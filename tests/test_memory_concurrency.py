@@ -190,5 +190,8 @@ def test_a_write_that_did_not_announce_itself_is_seen_after_chromas_error(tmp_pa
     assert raw.returncode == 0, raw.stderr
     hits = memory.search("a photo", k=10)
     assert len(hits) == 6 and {hit.id for hit in hits} >= {"%x" % (0xabc0 + i) + "0" * 28 for i in range(3)}
+    problems = memory.check()  # written past the journal: not recoverable until recorded
+    assert len(problems) == 1 and "3 memories in Chroma have no line in ingest.journal.jsonl" in problems[0]
+    assert memory.rebuild()["journal_records_added"] == 3
     assert memory.check() == []
     memory.close()

@@ -413,7 +413,8 @@ def test_index_is_repaired_from_chroma_when_missing_stale_or_damaged(tmp_path, s
     assert again.repaired == "rebuilt from Chroma (index.npz missing)" and len(again.index) == 6 and again.check() == []
     orphan = tmp_path / "memory" / "media" / "deadbeef.png"
     orphan.write_bytes(b"left by a kill")
-    assert again.rebuild() == {"memories": 6, "orphans_removed": 1, "media_restored": 0} and not orphan.exists()
+    assert again.rebuild().items() >= {"memories": 6, "orphans_removed": 1, "media_restored": 0}.items()
+    assert not orphan.exists()
 
 
 def test_a_different_model_is_refused_for_an_existing_memory(tmp_path, checkpoints):

@@ -71,6 +71,11 @@ class IndexSync:
         return self.root / "index.npz"
 
     @property
+    def previous_path(self) -> Path:
+        """A saved index replaced by one over fewer memories (its embeddings may restore them)."""
+        return self.root / "index.previous.npz"
+
+    @property
     def manifest_path(self) -> Path:
         return self.root / "index.manifest.json"
 
@@ -142,6 +147,9 @@ class IndexSync:
             self.index = None
             return "empty"
         if index is None or index.dim != self.store.dim or not np.isin(index.ids, wanted).all():
+            if index is not None and self.index_path.is_file():
+                # it holds embeddings Chroma lacks: kept for `mmai memory rebuild` to restore them from
+                atomic_write(self.previous_path, lambda file: file.write(self.index_path.read_bytes()))
             self.rebuild()
             why = "it did not match Chroma" if index is not None else self.problem
             return "rebuilt from Chroma" + (f" ({why})" if why else "")

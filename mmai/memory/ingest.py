@@ -164,6 +164,9 @@ def _walk(folder: Path, roots: list[Path], follow_links: bool, skipped: list[tup
         current = pending.pop()
         for child in sorted(current.iterdir(), reverse=True):
             if child.name.startswith("."):
+                if child.is_dir() and not child.is_symlink():
+                    skipped.append((child.absolute(), f"{child}: a hidden folder (its name starts with '.') was not "
+                                                      "walked; name it on the command line to ingest it"))
                 continue
             if child.is_symlink():
                 target = child.resolve()
@@ -402,6 +405,12 @@ def _degrees(dms: Any, reference: Any) -> float:
     return round(-value if reference.strip().upper() in ("S", "W") else value, 7)
 
 
+#: a JPEG is decoded in draft mode at no less than this many pixels a side (the towers take 224-336)
+DECODE_SIDE = 1024
+#: other formats (PNG, WebP, ...) decode in full: above this many pixels they are refused, size named
+MAX_DECODE_PIXELS = 40_000_000
+
+
 def read_image(path: Path, data: bytes):
     """Decode an image (checked, EXIF-rotated, RGB) and its EXIF time/GPS.
 
@@ -414,9 +423,20 @@ def read_image(path: Path, data: bytes):
         with Image.open(io.BytesIO(data)) as probe:
             probe.verify()  # structure check (truncated/corrupt files)
         image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if image.format == "JPEG":  # decode at 1/2..1/8 scale, no smaller than DECODE_SIDE: cheap for any size
+            image.draft("RGB", (DECODE_SIDE, DECODE_SIDE))
+        elif width * height > MAX_DECODE_PIXELS:
+            raise IngestError(
+                f"{path}: image is {width}x{height} ({width * height / 1e6:.0f} megapixels); a {image.format or 'non-JPEG'} "
+                f"that large takes {width * height * 3 / 2**30:.1f} GiB or more to decode, above the "
+                f"{MAX_DECODE_PIXELS / 1e6:.0f}-megapixel budget (the model sees it at a few hundred pixels): "
+                f"downscale it (e.g. to {DECODE_SIDE * 4} px on its long side) or save it as JPEG, then ingest it again")
         image.load()  # full decode
         fields, source = _exif_fields(image)
         image = ImageOps.exif_transpose(image).convert("RGB")
+    except IngestError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise IngestError(f"{path}: corrupt or unreadable image ({type(error).__name__}: {error}); "
                           "re-export or remove it") from None

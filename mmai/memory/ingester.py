@@ -60,6 +60,7 @@ class IngestReport:
     rejected: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
     skipped: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    stopped: str | None = None
 
     def summary(self) -> str:
         """``"added 12, duplicates 3, rejected 1 in 4.2 s"`` and one line per rejection."""
@@ -67,7 +68,28 @@ class IngestReport:
                  f"in {self.seconds:.1f} s"]
         lines += [f"  rejected: {reason}" for _, reason in self.rejected]  # reasons name their file
         lines += [f"  skipped: {reason}" for _, reason in self.skipped]
+        if self.stopped:
+            lines.append(f"  stopped: {self.stopped}")
         return "\n".join(lines)
+
+
+def _write_failure(error: Exception, first: Path, confirmed: int) -> str | None:
+    """One line for a batch that could not be written (disk full, I/O, database), or ``None`` when
+    ``error`` is not such a failure (then it propagates)."""
+    import errno
+    import sqlite3
+
+    kept = (f"the {confirmed} memories confirmed before it are stored; nothing else was written (run the same "
+            "ingest again once fixed: confirmed files are skipped as duplicates)")
+    if isinstance(error, OSError):
+        what = "disk full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or type(error).__name__)
+        where = error.filename or f"the batch starting at {first}"
+        return f"{what} writing {where} ({error.strerror or error}); {kept}"
+    text = str(error)
+    if isinstance(error, sqlite3.Error) or type(error).__module__.startswith("chromadb"):
+        what = "disk full" if "full" in text or "No space" in text else "database write failed"
+        return f"{what} writing the Chroma database ({type(error).__name__}: {text.splitlines()[0][:160] if text else ''}); {kept}"
+    return None
 
 
 def clean_record(metadata: dict[str, Any], where: str) -> dict[str, Any]:
@@ -96,6 +118,7 @@ class Ingester:
                  write_lock: Callable[[], ContextManager]) -> None:
         self.store, self.sync, self.journal, self.models = store, sync, journal, models
         self.media_dir, self.write_lock = Path(media_dir), write_lock
+        self.stop_requested: str | None = None  # set (e.g. by a SIGTERM handler): stop after the batch
 
     def ingest(self, paths: Sequence[str | os.PathLike], meta: str | os.PathLike | None, progress: bool, *,
                require_time: bool = False, batch_size: int = 16, overrides: dict[str, dict[str, Any]] | None = None,
@@ -130,19 +153,52 @@ class Ingester:
         if files:
             self.models.encoder  # noqa: B018 - load the model first: no model is a usage error, not a file's
         with self.write_lock():
+            self._refuse_if_chroma_lost()
             bar = tqdm(total=len(files), desc="ingest", unit="file", disable=not progress)
             seen: dict[str, Path] = {}
             for start in range(0, len(files), max(1, batch_size)):
                 batch = files[start:start + batch_size]
-                self._ingest_batch(batch, table, require_time, overrides or {}, report, seen)
+                try:
+                    self._ingest_batch(batch, table, require_time, overrides or {}, report, seen)
+                except Exception as error:  # noqa: BLE001 - an OS/database write error ends the run, reported
+                    report.stopped = _write_failure(error, batch[0][0], len(report.added))
+                    if report.stopped is None:
+                        raise
+                    break
                 bar.update(len(batch))
                 bar.set_postfix(added=len(report.added), dup=len(report.duplicates), rejected=len(report.rejected))
+                if self.stop_requested and start + batch_size < len(files):
+                    report.stopped = (f"{self.stop_requested} after {len(report.added)} confirmed memories; "
+                                      f"{len(files) - start - len(batch)} files not read (run the same ingest again "
+                                      "to add them: confirmed ones are skipped as duplicates)")
+                    break
             bar.close()
             if report.added:
-                self.sync.finish()
-                self.models.record_dim(self.sync.index.dim)
+                try:
+                    self.sync.finish()
+                    self.models.record_dim(self.sync.index.dim)
+                except OSError as error:  # the index is derived: the next open rebuilds it from Chroma
+                    report.stopped = (report.stopped or "") + (
+                        f"{'; ' if report.stopped else ''}could not save the FAISS index "
+                        f"({error.strerror or error}: {error.filename}); the next command rebuilds it from Chroma")
         report.seconds = time.perf_counter() - started
         return report
+
+    def _refuse_if_chroma_lost(self) -> None:
+        """Refuse to write over a store whose Chroma lacks journaled memories: the new index would
+        replace the saved embeddings that ``rebuild`` restores them with."""
+        if not self.store.is_local:
+            return
+        state = self.journal.replay()
+        if not state.records:
+            return
+        stored = set(self.store.collection.get(ids=sorted(state.records), include=[])["ids"])
+        lost = [memory_id for memory_id in state.records if memory_id not in stored]
+        if lost:
+            root = self.journal.root
+            raise ValueError(f"{root}: {len(lost)} confirmed memories of {self.journal.journal_path.name} are missing "
+                             f"from Chroma (e.g. {lost[0]}; its database was lost or replaced); run `mmai memory "
+                             f"rebuild --root {root}` first to restore them, then ingest again")
 
     @staticmethod
     def _expand(paths: Sequence[str | os.PathLike], report: IngestReport,
@@ -185,7 +241,10 @@ class Ingester:
         for path, _ in batch:
             try:
                 modality_of(path)
-                ids[path] = content_id(path.read_bytes())
+                data = path.read_bytes()
+                if not data:
+                    continue  # rejected as empty when read: not a duplicate of another empty file
+                ids[path] = content_id(data)
             except (IngestError, OSError):
                 continue  # reported when read properly
         stored = set(self.store.collection.get(ids=sorted(set(ids.values())), include=[])["ids"]) if ids else set()
@@ -217,6 +276,7 @@ class Ingester:
                 metadatas.append({**metadata, "sources": json.dumps(sources)})
         if ids:
             self.store.collection.update(ids=ids, metadatas=metadatas)
+            self.journal.updated(ids, metadatas)
             self.journal.changed()
 
     def _read(self, path: Path, given: str, table, require_time: bool, override) -> MemoryFile:
@@ -283,8 +343,9 @@ class Ingester:
             metadatas.append(clean_record(metadata, f"memory {memory_file.path}"))
         ids = [memory_file.id for memory_file in files]
         vectors = as_unit_vectors(vectors, dim=self.store.dim, name=f"embeddings of {files[0].path} ...")  # (n, E)
-        self.store.collection.upsert(ids=ids, embeddings=vectors, metadatas=metadatas,
-                                     documents=[f.document for f in files])
-        self.journal.confirm(ids, [str(f.path) for f in files])
+        documents = [f.document for f in files]
+        self.store.collection.upsert(ids=ids, embeddings=vectors, metadatas=metadatas, documents=documents)
+        self.journal.confirm(ids, [str(f.path) for f in files],
+                             [{"metadata": m, "document": d} for m, d in zip(metadatas, documents)])
         self.journal.changed()
         self.sync.add(ids, vectors)

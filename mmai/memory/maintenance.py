@@ -5,10 +5,14 @@
 * **consolidate** merges near-duplicates (cosine >= a threshold, FAISS range search): each group
   keeps its earliest memory, whose ``sources`` list every member's; the keeper is written before
   the others are deleted, so an interrupted run loses no source.
-* **rebuild** rebuilds the FAISS index and graph from Chroma, removes orphan media copies (left
-  by a kill mid-ingest) and copies missing ones again from originals that still have their bytes.
-* **check** verifies that Chroma, FAISS and the graph agree, the saved index matches, and every
-  media copy exists; **stats** counts memories by modality, year and place.
+* **rebuild** first restores into Chroma every memory the journal confirmed and Chroma lacks
+  (:mod:`mmai.memory.recovery`: a lost or damaged database comes back from the journal, the
+  media copies and the saved embeddings), then rebuilds the FAISS index and graph from Chroma,
+  removes orphan media copies (left by a kill mid-ingest; never a copy a confirmed journal
+  record names, and none at all while Chroma is empty) and copies missing ones again from
+  originals that still have their bytes.
+* **check** verifies that journal, Chroma, FAISS, the graph and the media agree, the saved index
+  matches, and every media copy exists; **stats** counts memories by modality, year and place.
 
 Writers hold the store's write lock.
 """
@@ -16,18 +20,21 @@ Writers hold the store's write lock.
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from mmai.memory.files import atomic_copy
+from mmai.memory.files import atomic_copy, atomic_write
 from mmai.memory.filters import Filters
 from mmai.memory.index_sync import IndexSync, ids_digest, int_id
 from mmai.memory.ingest import content_id
 from mmai.memory.journal import Journal
 from mmai.memory.records import Records, decode_metadata
+from mmai.memory.recovery import differences, protected_media, restore, saved_embeddings
 from mmai.memory.store import MemoryStore
 
 __all__ = ["Maintenance"]
@@ -56,15 +63,17 @@ class Maintenance:
         with self.write_lock():
             return self.remove(self.records.matching_ids(ids, filters))
 
-    def remove(self, targets: list[str]) -> int:
-        """Remove memories from Chroma, their media copies, the index and the graph."""
+    def remove(self, targets: list[str], *, keep_media: bool = False, why: str = "forget") -> int:
+        """Remove memories from Chroma, their media copies (unless ``keep_media``: a merge's keeper
+        names them in its sources), the index and the graph."""
         if not targets:
             return 0
-        records = self.store.get(targets, include_embeddings=False)
+        records = self.store.get(targets, include_embeddings=False, missing="skip")
+        self.journal.forgotten(targets, why)  # first: a kill after it still forgets them (rebuild finishes it)
         self.store.delete(ids=targets)
         self.journal.changed()
         for metadata in records.metadatas:
-            if metadata.get("media_file"):
+            if metadata.get("media_file") and not keep_media:
                 (self.media_dir / metadata["media_file"]).unlink(missing_ok=True)
         self.sync.remove(targets)
         return len(targets)
@@ -80,7 +89,13 @@ class Maintenance:
             removed: list[str] = []
             for group in self._duplicate_groups(threshold, same_modality):
                 removed += self._merge(group)
-            return self.remove(removed)
+            return self.remove(removed, keep_media=True, why="merged")
+
+    def duplicate_groups(self, threshold: float = 0.97, same_modality: bool = True) -> list[list[str]]:
+        """The groups :meth:`consolidate` would merge (nothing is changed): consolidate's dry run."""
+        if not 0 < threshold <= 1:
+            raise ValueError(f"consolidate: threshold must be in (0, 1], got {threshold}")
+        return [] if self.sync.index is None else self._duplicate_groups(threshold, same_modality)
 
     def _duplicate_groups(self, threshold: float, same_modality: bool) -> list[list[str]]:
         index = self.sync.index
@@ -95,17 +110,22 @@ class Maintenance:
             return node
 
         modality = self._modalities() if same_modality else {}
+        place = self._places()  # only one place's memories merge: the keeper's place stays every source's
         for start in tqdm(range(0, len(numbers), 1024), desc="consolidate", disable=not self.progress):
             results = index.range_search(vectors[start:start + 1024], threshold)
             for row, (_, found) in enumerate(results):
                 me = int(numbers[start + row])
                 for other in found.tolist():
-                    if other != me and modality.get(me) == modality.get(other):
+                    if other != me and modality.get(me) == modality.get(other) and place.get(me) == place.get(other):
                         parent[find(other)] = find(me)
         groups: dict[int, list[str]] = {}
         for number in numbers.tolist():
             groups.setdefault(find(number), []).append(self.sync.str_ids[number])
         return [group for group in groups.values() if len(group) > 1]
+
+    def _places(self) -> dict[int, str]:
+        return {int_id(i): m.get("place", "") for ids, page in self.records.metadata_pages()
+                for i, m in zip(ids, page)}
 
     def _modalities(self) -> dict[int, str]:
         return {int_id(i): m.get("modality", "") for ids, page in self.records.metadata_pages()
@@ -120,6 +140,8 @@ class Maintenance:
         sources, seen = [], set()
         for i in order:
             for source in decode_metadata(records.metadatas[i], records.ids[i])["sources"]:
+                if records.metadatas[i].get("media_file") and source.get("id") == records.ids[i]:
+                    source.setdefault("media_file", records.metadatas[i]["media_file"])  # kept, not deleted
                 key = (source.get("id"), source.get("path"))
                 if key not in seen:
                     seen.add(key)
@@ -129,29 +151,83 @@ class Maintenance:
         if importance:
             metadata["importance"] = float(max(importance))
         self.store.collection.update(ids=[records.ids[keeper]], metadatas=[metadata])
+        self.journal.updated([records.ids[keeper]], [metadata])
         self.journal.changed()
         return [records.ids[i] for i in order[1:]]
 
     # ------------------------------------------------------------------ rebuild
-    def rebuild(self) -> dict[str, Any]:
-        """See :meth:`PersonalMemory.rebuild`."""
+    def rebuild(self, embed=None, moved_aside: Path | None = None) -> dict[str, Any]:
+        """See :meth:`PersonalMemory.rebuild`; ``embed(modality, content)`` embeds a memory again
+        where no saved embedding is left (``None``: none can be)."""
         with self.write_lock():
-            self.sync.rebuild()
-            orphans = self._orphan_media()
-            for path in orphans:
-                path.unlink(missing_ok=True)
+            local = self.store.is_local  # a server's memories come from many machines' journals
+            recovered = restore(self.store, self.journal, self.media_dir, self.sync.root, embed, int_id) if local \
+                else {"restored": 0, "re_embedded": 0, "unrestorable": []}
+            state = self.journal.replay()
+            finished = sorted(set(self.sync.chroma_ids()) & state.forgotten - state.ids) if local else []
+            if finished:  # forgotten in the journal, then killed before Chroma was changed
+                self.store.delete(ids=finished)
+                self.journal.changed()
+            recorded = self._record_unjournaled(state) if local else 0
+            count = self.store.count()
+            if count:
+                self.sync.rebuild()
+            else:
+                self.sync.sync()
+            metadatas = [m for _, page in self.records.metadata_pages() for m in page]
+            orphans: list[Path] = []
+            if count:  # never with an empty Chroma: every copy would look like an orphan
+                names = protected_media(state, metadatas)
+                orphans = [path for name, path in self._media_files().items()
+                           if name not in names and path.stem not in names]
+                for path in orphans:
+                    path.unlink(missing_ok=True)
             restored = self._restore_media()
             if self.sync.index is not None:
                 self.sync.graph()
-            return {"memories": self.store.count(), "orphans_removed": len(orphans), "media_restored": restored}
+            report = {"memories": count, "restored_from_journal": recovered["restored"],
+                      "re_embedded": recovered["re_embedded"], "orphans_removed": len(orphans),
+                      "media_restored": restored, "journal_records_added": recorded,
+                      "forgets_finished": len(finished), "journal_rewritten": self._rewrite_torn_journal(state)}
+            if moved_aside is not None:
+                report["damaged_chroma_kept_at"] = str(moved_aside)
+            if recovered["unrestorable"]:
+                report["unrestorable"] = recovered["unrestorable"]
+            return report
+
+    def _record_unjournaled(self, state) -> int:
+        """Journal the records of Chroma memories the journal holds no record of (older journals)."""
+        ids, paths, records = [], [], []
+        for page_ids, page in self.records.metadata_pages():
+            missing = [i for i in page_ids if i not in state.records]
+            if not missing:
+                continue
+            found = self.store.get(missing, include_embeddings=False, missing="skip")
+            for memory_id, metadata, document in zip(found.ids, found.metadatas, found.documents):
+                ids.append(memory_id)
+                paths.append(str(metadata.get("source_path", "")))
+                records.append({"metadata": metadata, "document": document})
+        if ids:
+            self.journal.confirm(ids, paths, records)
+        return len(ids)
+
+    def _rewrite_torn_journal(self, state) -> bool:
+        """A journal with unparseable lines: kept beside, replaced by one line per stored memory."""
+        if not state.bad_lines:
+            return False
+        path = self.journal.journal_path
+        kept = path.with_name(f"{path.name}.torn-{int(time.time())}")
+        found = self.store.all_embeddings(progress=False)
+        lines = b"".join((json.dumps({"time": time.time(), "confirmed": [i], "paths": [str(m.get("source_path", ""))],
+                                      "records": [{"metadata": m, "document": d}]}) + "\n").encode()
+                         for i, m, d in zip(found.ids, found.metadatas, found.documents))
+        os.link(path, kept)  # the old journal stays, under its new name
+        atomic_write(path, lambda file: file.write(lines))
+        return True
 
     def _media_files(self) -> dict[str, Path]:
         return {path.name: path for path in self.media_dir.iterdir()
                 if path.is_file() and not path.name.startswith(".")}
-
-    def _orphan_media(self) -> list[Path]:
-        referenced = {m["media_file"] for _, page in self.records.metadata_pages() for m in page if "media_file" in m}
-        return [path for name, path in self._media_files().items() if name not in referenced]
 
     @staticmethod
     def _restorable(memory_id: str, metadata: dict[str, Any]) -> bool:
@@ -177,9 +253,19 @@ class Maintenance:
     def check(self, tolerance: float = 1e-4) -> list[str]:
         """See :meth:`PersonalMemory.check`."""
         records = self.store.all_embeddings(progress=self.progress)
-        problems = self._check_index(records, tolerance) + self._check_saved(records.ids)
+        problems = self._check_journal(records)
+        problems += self._check_index(records, tolerance) + self._check_saved(records.ids)
         problems += self._check_graph(records, tolerance) + self._check_metadata(records)
         return problems
+
+    def _check_journal(self, records) -> list[str]:
+        if not self.store.is_local:  # a Chroma server's memories come from many machines' journals
+            return []
+        state = self.journal.replay()
+        known = {int_id(i): i for i in [*records.ids, *state.ids, *state.forgotten]}
+        saved = {known.get(number, str(number)) for number in saved_embeddings(self.sync.root, int_id)}
+        return differences(state, records.ids, records.metadatas, self._media_files(), saved,
+                           self.journal.journal_path)
 
     def _check_index(self, records, tolerance: float) -> list[str]:
         index = self.sync.index

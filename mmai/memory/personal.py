@@ -47,19 +47,22 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
 from mmai.memory.filters import Filters
 from mmai.memory.graph import EpisodicGraph, GraphConfig
 from mmai.memory.index_sync import HNSW_FROM, IndexSync, int_id
 from mmai.memory.ingester import IngestReport, Ingester
-from mmai.memory.journal import Journal, StoreBusyError
+from mmai.memory.journal import DamagedGenerationError, Journal, StoreBusyError
 from mmai.memory.maintenance import Maintenance
 from mmai.memory.models import MemoryModels
 from mmai.memory.records import Records, Related, SearchHit, decode_metadata
 from mmai.memory.search import RerankSettings, SearchOptions, Searcher
-from mmai.memory.store import MemoryStore
+from mmai.memory.recovery import move_aside
+from mmai.memory.store import MemoryStore, StoreDamagedError
 
-__all__ = ["HNSW_FROM", "Filters", "IngestReport", "NoStoreError", "PersonalMemory", "Related", "RerankSettings",
-           "SearchHit", "SearchOptions", "StoreBusyError", "decode_metadata", "has_store", "int_id"]
+__all__ = ["HNSW_FROM", "DamagedGenerationError", "Filters", "IngestReport", "NoStoreError", "PersonalMemory", "Related", "RerankSettings",
+           "SearchHit", "SearchOptions", "StoreBusyError", "StoreDamagedError", "decode_metadata", "has_store", "int_id"]
 
 
 class NoStoreError(FileNotFoundError):
@@ -115,13 +118,18 @@ class PersonalMemory:
             empty store). Ignored with ``chroma_host`` (the memories are on the server).
         lock_timeout: seconds a writer waits for another process's write lock before raising
             :class:`StoreBusyError` (default ``None``: wait as long as it takes; ``0``: refuse at once).
+        repair: open for :meth:`rebuild` (``mmai memory rebuild``): a damaged Chroma database is
+            moved aside (kept, see :attr:`moved_aside`) and a fresh one opened for the memories to
+            be restored into; a damaged ``.generation`` is written anew. Without it both are errors
+            (:class:`~mmai.memory.store.StoreDamagedError`, :class:`DamagedGenerationError`)
+            saying to run ``mmai memory rebuild``.
     """
 
     def __init__(self, root: str | os.PathLike, checkpoint: str | os.PathLike | None = None, *,
                  chroma_host: str | None = None, chroma_port: int = 8000, use_gpu_index: bool = False,
                  index_kind: str = "auto", encoder: Any = None, stage2: Any = None,
                  graph_config: GraphConfig | None = None, collection: str = "memories", progress: bool = True,
-                 create: bool = True, lock_timeout: float | None = None) -> None:
+                 create: bool = True, lock_timeout: float | None = None, repair: bool = False) -> None:
         if index_kind not in ("auto", "flat", "hnsw"):
             raise ValueError(f"PersonalMemory: index_kind must be 'auto', 'flat' or 'hnsw', got {index_kind!r}")
         self.root = Path(root).expanduser()
@@ -138,8 +146,19 @@ class PersonalMemory:
         self.media_dir.mkdir(exist_ok=True)
         self.progress = progress
         self._mutex = threading.RLock()
-        self.store = MemoryStore(self.root / "chroma", collection, host=chroma_host, port=chroma_port)
-        self.journal = Journal(self.root, lock_timeout, self._mutex, on_lock=lambda: self._retrying(self._fresh))
+        self.moved_aside: Path | None = None
+        try:
+            self.store = MemoryStore(self.root / "chroma", collection, host=chroma_host, port=chroma_port)
+        except StoreDamagedError as error:
+            if not repair:
+                raise
+            from chromadb.api.shared_system_client import SharedSystemClient
+
+            SharedSystemClient.clear_system_cache()  # forget the damaged database's cached system
+            self.moved_aside = move_aside(error.folder)
+            self.store = MemoryStore(self.root / "chroma", collection, host=chroma_host, port=chroma_port)
+        self.journal = Journal(self.root, lock_timeout, self._mutex, on_lock=lambda: self._retrying(self._fresh),
+                               repair=repair)
         self.checkpoint = self.models.resolve(checkpoint, self.store.count())
         self.sync = IndexSync(self.root, self.store, use_gpu=use_gpu_index, index_kind=index_kind,
                               graph_config=graph_config or GraphConfig(), progress=progress,
@@ -290,7 +309,10 @@ class PersonalMemory:
         """The file to display or play for an image/audio memory (stored copy, else the original);
         ``None`` for notes and for memories whose file is nowhere to be found."""
         memory_id = self.sync.resolve_id(memory_id)
-        return self.records.metadata_of([memory_id])[memory_id]["media_path"]
+        found = self.records.metadata_of([memory_id])
+        if memory_id not in found:  # forgotten by another process meanwhile
+            raise KeyError(f"memory {memory_id} is not stored (forgotten meanwhile?)")
+        return found[memory_id]["media_path"]
 
     @_sees_other_writers
     def get(self, memory_id: str) -> SearchHit:
@@ -322,10 +344,20 @@ class PersonalMemory:
         return self.maintenance.consolidate(threshold, same_modality)
 
     def rebuild(self) -> dict[str, Any]:
-        """Rebuild the FAISS index and the graph from Chroma, remove orphan media copies and copy
-        missing ones again from unchanged originals; returns ``{"memories", "orphans_removed",
-        "media_restored"}``."""
-        return self.maintenance.rebuild()
+        """Restore into Chroma every confirmed memory of the journal it lacks (saved embedding, or
+        embedded again from its media copy with the store's checkpoint), rebuild the FAISS index
+        and the graph from Chroma, remove orphan media copies (never one a confirmed record names,
+        none while Chroma is empty) and copy missing ones again from unchanged originals; returns
+        ``{"memories", "restored_from_journal", "re_embedded", "orphans_removed", "media_restored",
+        ...}``."""
+        can_embed = self.models.loaded_encoder or self.checkpoint is not None
+        return self.maintenance.rebuild(self._embed_one if can_embed else None, self.moved_aside)
+
+    def _embed_one(self, modality: str, content: Any):
+        """One memory's embedding with the store's checkpoint (as at ingest)."""
+        method = {"image": "embed_images", "text": "embed_texts", "audio": "embed_audio"}[modality]
+        vectors = getattr(self.models.encoder, method)([content])
+        return np.asarray(vectors.detach().cpu().numpy() if hasattr(vectors, "detach") else vectors, np.float32)[0]
 
     @_sees_other_writers
     def check(self, *, tolerance: float = 1e-4) -> list[str]:

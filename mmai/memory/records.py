@@ -138,7 +138,8 @@ class Records:
                          document=document)
 
     def metadata_of(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        records = self.store.get(ids, include_embeddings=False)
+        """Decoded metadata of the stored ones among ``ids`` (one forgotten meanwhile is left out)."""
+        records = self.store.get(ids, include_embeddings=False, missing="skip")
         return {memory_id: self.decoded(memory_id, metadata) for memory_id, metadata in zip(records.ids,
                                                                                           records.metadatas)}
 

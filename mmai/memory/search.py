@@ -198,8 +198,10 @@ class Searcher:
             scores, numbers = index.search(query_vector[None], min(list_length, len(index)))  # (1, n)
             keep = numbers[0] >= 0
             ids = [self.sync.str_ids[int(n)] for n in numbers[0][keep]]
-            records = self.store.get(ids, include_embeddings=False)
-            rows = zip(ids, scores[0][keep].tolist(), records.metadatas, records.documents)
+            score_of = dict(zip(ids, scores[0][keep].tolist()))
+            # a memory forgotten by another process since the index was read is skipped
+            records = self.store.get(ids, include_embeddings=False, missing="skip")
+            rows = zip(records.ids, [score_of[i] for i in records.ids], records.metadatas, records.documents)
         else:
             found = self.store.query(query_vector, min(list_length, self.store.count()), where=where)
             rows = zip(found.ids[0], found.scores[0].tolist(), found.metadatas[0], found.documents[0])
@@ -284,7 +286,7 @@ class Searcher:
         ids = [self.sync.str_ids[int(number)] for number, _ in edges]
         metadata = self.records.metadata_of(ids) if ids else {}
         return [Related(other, float(data["weight"]), " and ".join(EDGE_REASONS[t] for t in data["types"]),
-                        metadata[other]) for other, (_, data) in zip(ids, edges)]
+                        metadata[other]) for other, (_, data) in zip(ids, edges) if other in metadata]
 
     def _retriever(self, options: SearchOptions) -> GraphAugmentedRetriever:
         graph = self.sync.graph()
@@ -308,7 +310,9 @@ class Searcher:
         ids = [self.sync.str_ids[int(n)] for n in result.ids[0]]
         allowed = set(ids) if where is None else set(self.store.collection.get(ids=ids, where=where, include=[])["ids"])
         chosen = [(i, memory_id) for i, memory_id in enumerate(ids) if memory_id in allowed][: int(k)]
-        records = self.store.get([memory_id for _, memory_id in chosen])
+        records = self.store.get([memory_id for _, memory_id in chosen], missing="skip")  # a concurrent forget
+        stored = set(records.ids)
+        chosen = [(i, memory_id) for i, memory_id in chosen if memory_id in stored]
         stage1 = (records.embeddings @ query_vector).tolist() if chosen else []  # (n,)
         by_id = {hit.id: hit for hit in hits}
         out = []
@@ -332,7 +336,7 @@ class Searcher:
         ids = list(related)[:related_k]
         metadata = self.records.metadata_of(ids) if ids else {}
         return ("; ".join(parts) or "no graph path to a hit",
-                [Related(i, related[i][0], related[i][1], metadata[i]) for i in ids])
+                [Related(i, related[i][0], related[i][1], metadata[i]) for i in ids if i in metadata])
 
     def _explain(self, query: str, hits: list[SearchHit], folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,20 @@ from tqdm.auto import tqdm
 from mmai.memory.filters import METADATA_FIELDS, MODALITIES, build_where, check_where, clean_metadata
 from mmai.memory.vectors import as_unit_vectors
 
-__all__ = ["METADATA_FIELDS", "MODALITIES", "MemoryStore", "StoreHits", "StoreRecords", "build_where"]
+__all__ = ["METADATA_FIELDS", "MODALITIES", "MemoryStore", "StoreDamagedError", "StoreHits", "StoreRecords",
+           "build_where"]
+
+
+class StoreDamagedError(ValueError):
+    """The embedded Chroma database does not open or read (truncated, overwritten, not SQLite).
+
+    Attributes:
+        folder: the ``chroma/`` folder.
+    """
+
+    def __init__(self, message: str, folder: Path) -> None:
+        super().__init__(message)
+        self.folder = folder
 
 DEFAULT_COLLECTION = "memories"
 
@@ -113,10 +126,26 @@ class MemoryStore:
             self.location = f"{'https' if ssl else 'http'}://{host}:{port}"
         elif path is not None:
             Path(path).mkdir(parents=True, exist_ok=True)
-            self.client = chromadb.PersistentClient(path=str(path), settings=settings)
             self.location = str(path)
+            try:
+                self.client = chromadb.PersistentClient(path=str(path), settings=settings)
+                self._open_collection(collection)
+                self.collection.count()  # a damaged file may open and fail on the first read
+            except Exception as error:  # noqa: BLE001 - chromadb/sqlite raise many kinds; all mean "unreadable"
+                if isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
+                    raise
+                database = Path(path) / "chroma.sqlite3"
+                raise StoreDamagedError(
+                    f"the Chroma database {database} cannot be read ({type(error).__name__}: "
+                    f"{str(error).splitlines()[0][:160] if str(error) else 'no detail'}); run `mmai memory rebuild "
+                    f"--root {Path(path).parent}` to restore the memories from the journal, media copies and saved "
+                    "embeddings (the damaged database is moved aside and kept, not overwritten)", Path(path)) from None
+            return
         else:
             raise ValueError("MemoryStore needs a folder (path=...) or a Chroma server (host=...)")
+        self._open_collection(collection)
+
+    def _open_collection(self, collection: str) -> None:
         self.collection = self.client.get_or_create_collection(
             name=collection, embedding_function=None, metadata={"hnsw:space": "cosine"}
         )
@@ -163,13 +192,21 @@ class MemoryStore:
         peek = self.collection.get(limit=1, include=["embeddings"])
         return None if not peek["ids"] else int(len(peek["embeddings"][0]))
 
-    def get(self, ids: Iterable[Any], *, include_embeddings: bool = True, page_size: int = 5000) -> StoreRecords:
+    def get(self, ids: Iterable[Any], *, include_embeddings: bool = True, page_size: int = 5000,
+            missing: str = "raise") -> StoreRecords:
         """Records for ``ids``, in that order, read in pages of ``page_size`` ids (SQLite limits the
         variables of one query, so a single call with 100,000 ids would fail).
 
+        Args:
+            missing: ``"raise"`` (default) or ``"skip"``: leave out ids that are not stored (a
+                reader racing another process's forget: the memory went between the index hit
+                and this read).
+
         Raises:
-            KeyError: an id is not stored (the first missing one is named).
+            KeyError: with ``missing="raise"``, an id is not stored (the first missing one is named).
         """
+        if missing not in ("raise", "skip"):
+            raise ValueError(f"MemoryStore.get: missing must be 'raise' or 'skip', got {missing!r}")
         wanted = [str(i) for i in ids]
         include = ["metadatas", "documents"] + (["embeddings"] if include_embeddings else [])
         if not wanted:
@@ -182,10 +219,10 @@ class MemoryStore:
                 values = page.get(key)
                 found[key].extend(list(values) if values is not None else [None] * len(page["ids"]))
         position = {memory_id: i for i, memory_id in enumerate(found["ids"])}
-        missing = [memory_id for memory_id in wanted if memory_id not in position]
-        if missing:
-            raise KeyError(f"MemoryStore.get: {len(missing)} id(s) not stored, e.g. {missing[0]!r}")
-        order = [position[memory_id] for memory_id in wanted]
+        absent = [memory_id for memory_id in wanted if memory_id not in position]
+        if absent and missing == "raise":
+            raise KeyError(f"MemoryStore.get: {len(absent)} id(s) not stored, e.g. {absent[0]!r}")
+        order = [position[memory_id] for memory_id in wanted if memory_id in position]
         return self._records(found, order, include_embeddings)
 
     def all_embeddings(self, *, batch_size: int | None = None, progress: bool = True) -> StoreRecords:
