@@ -96,6 +96,10 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
             photo with two part colours swapped) with that twin, as a non-match: the one negative
             that only binding colour to part can tell apart (default False; needs
             ``negatives="split"`` and data with twins; TripletCLIP's hard image negatives).
+        grounding_weight: weight of the attention supervision from part boxes
+            (:func:`mmai.grounding.grounding_loss`: each token that names a part, or the colour of
+            one, should attend inside that part's box in its own image) added to the match loss
+            (default 0.0: off; needs the stage-2 cache, the agreement head and shards with part boxes).
     """
 
     def __init__(self, bi_encoder_ckpt: str | None = None, bi_encoder: BiEncoderConfig | None = None,
@@ -104,10 +108,13 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
                  num_negatives: int = 1, negative_temperature: float = 0.07, same_class_weight: float = 1.0,
                  batch_size: int = 64, eval_ks: tuple[int, ...] = (1, 5, 10), feature_cache: bool = True,
                  feature_cache_dir: str | None = None, negatives: str = "batch", swap_negatives: bool = False,
-                 true_negatives: bool = False, twin_negatives: bool = False):
+                 true_negatives: bool = False, twin_negatives: bool = False, grounding_weight: float = 0.0):
         super().__init__()
         if negatives not in ("batch", "split"):
             raise ValueError(f"RerankerModule: negatives must be 'batch' or 'split', got {negatives!r}")
+        if grounding_weight > 0 and coerce(RerankerConfig, reranker, "model.reranker").head != "agreement":
+            raise ValueError("RerankerModule: grounding_weight supervises the agreement head's attention; set "
+                             "model.reranker.head agreement (or grounding_weight 0)")
         if twin_negatives and negatives != "split":
             raise ValueError("RerankerModule: twin_negatives needs negatives='split' (the cached training split)")
         if true_negatives and negatives != "split":
@@ -138,7 +145,8 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
             "num_negatives": num_negatives, "negative_temperature": negative_temperature,
             "same_class_weight": same_class_weight, "batch_size": batch_size, "eval_ks": tuple(eval_ks),
             "feature_cache": feature_cache, "feature_cache_dir": feature_cache_dir, "negatives": negatives,
-            "swap_negatives": swap_negatives, "true_negatives": true_negatives, "twin_negatives": twin_negatives})
+            "swap_negatives": swap_negatives, "true_negatives": true_negatives, "twin_negatives": twin_negatives,
+            "grounding_weight": grounding_weight})
         self.bi_encoder = BiEncoder.from_config(self.bi_encoder_config, pretrained=False)
         if checkpoint is not None:
             self.bi_encoder.load_checkpoint_state(checkpoint["state_dict"], prefix="model.")
@@ -203,7 +211,20 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
                 self._attach_caption_masks(datamodule, self._features["train"])
             if self.hparams.twin_negatives:
                 self._load_twins(datamodule)
+            if self.hparams.grounding_weight > 0:
+                self._attach_grounding(datamodule, self._features["train"])
             datamodule.use_train_features(self._features["train"])
+
+    def _attach_grounding(self, datamodule, train: SplitFeatures) -> None:
+        """Which part each training caption's tokens name and where each training photo's parts are
+        on the patch grid (served with every batch as ``token_parts`` and ``part_patches``)."""
+        from mmai.grounding import split_grounding_targets
+
+        data = datamodule.hparams
+        parts, masks = split_grounding_targets(
+            datamodule.shard_dir, "train", train.text_image_ids, train.image_ids, datamodule._collator().tokenizer,
+            int(data.max_length), int(data.image_size), int(train.extras["image_patches"].shape[1]))
+        train.extras["token_parts"], train.extras["part_patches"] = parts, masks
 
     def _load_twins(self, datamodule) -> None:
         """The twins' patch tokens (computed once through the locked vision tower, cached)."""
@@ -279,8 +300,12 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
                 pairs = type(pairs)(pairs.text_index[valid], pairs.image_index[valid], pairs.labels[valid],
                                     pairs.kind[valid])
             text, mask, image = pairs.gather(tokens, batch["attention_mask"], patches)
-        logits = self.reranker(text, mask, image).logits  # (P,)
+        text, mask = _trim_padding(text, mask)  # padding never changes a logit; it costs up to half the step
+        output = self.reranker(text, mask, image)
+        logits = output.logits  # (P,)
         loss = match_loss(logits, pairs.labels)
+        if stage == "train" and hp.grounding_weight > 0 and "token_parts" in batch:
+            loss = loss + hp.grounding_weight * self._grounding(output, batch, text.shape[1])
         if contrastive is not None:
             self.bi_encoder.enqueue(contrastive)  # after the loss, as in BiEncoderModule
             self.log("train/itc_loss", contrastive.loss, batch_size=int(batch["image_id"].shape[0]))
@@ -305,6 +330,19 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
                                 image_extras={"image_patches": patches.to(torch.float16)},
                                 text_extras=self._padded_tokens(tokens, batch["attention_mask"]))
         return total
+
+    def _grounding(self, output, batch: dict, length: int) -> torch.Tensor:
+        """The grounding loss of the batch's positive pairs (the first rows of the split pairs: each
+        caption with its own image), logged as ``train/grounding_loss``."""
+        from mmai.grounding import grounding_loss
+
+        owner = batch["caption_owner"]
+        rows = owner.shape[0]
+        weights = output.cross_attentions[-1][:rows, 0]  # (Bt, L, N): the agreement attention
+        parts = batch["token_parts"][:, :length].long().to(weights.device)
+        loss = grounding_loss(weights, parts, batch["part_patches"][owner].to(weights.device))
+        self.log("train/grounding_loss", loss, batch_size=int(batch["image_id"].shape[0]))
+        return loss
 
     @torch.no_grad()
     def _split_pairs(self, batch: dict, text_embeddings: torch.Tensor, image_embeddings: torch.Tensor,
@@ -445,8 +483,8 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
         logits = []
         for start in range(0, text_rows.shape[0], batch_size):
             t, i = text_rows[start:start + batch_size], image_rows[start:start + batch_size]
-            output = self.reranker(extras["text_tokens"][t].to(self.device).float(),
-                                   extras["attention_mask"][t].to(self.device),
+            tokens, mask = _trim_padding(extras["text_tokens"][t], extras["attention_mask"][t])
+            output = self.reranker(tokens.to(self.device).float(), mask.to(self.device),
                                    extras["image_patches"][i].to(self.device).float())
             logits.append(output.logits.float().cpu())
         return torch.cat(logits).numpy() if logits else torch.zeros(0).numpy()
@@ -464,3 +502,10 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
             stage1_weight=float(self.config.stage1_weight if stage1_weight is None else stage1_weight),
             ks=self.hparams.eval_ks, directions=directions, length=length, progress=False, also_modes=also_modes)
 
+
+
+def _trim_padding(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token states and mask cut to the longest real caption of the batch: padded positions are
+    masked everywhere in the re-ranker, so the logits are unchanged."""
+    length = max(int(mask.sum(dim=-1).max()), 1) if mask.numel() else mask.shape[-1]
+    return tokens[..., :length, :], mask[..., :length]

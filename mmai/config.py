@@ -365,6 +365,12 @@ class RerankerConfig:
         head: ``"cls"`` (ALBEF's match head on the [CLS] state, default) or ``"agreement"``
             (word-region agreement, SCAN / FILIP-style).
         agreement_temperature: softmax temperature of the agreement head (default 0.1).
+        agreement_attention: where each word of the agreement head looks: ``"cosine"`` (default:
+            the patches it matches best, so a colour word finds that colour anywhere) or
+            ``"keyed"`` (its own query/key projections, apart from the match: a word can learn
+            *where* its part is and the match then checks *what* is there, which binding needs).
+        patch_positions: add each patch's 2-D position (fixed sine-cosine code, learned projection)
+            to the agreement head's attention keys (default False; CNN patch tokens carry none).
         rerank_k: stage-1 candidates re-scored per query (default 16), used where nothing else is
             given: a checkpoint records the ``rerank_k`` its validation used, and that wins.
         stage1_weight: lambda of ``match_logit + lambda * stage1_similarity`` (default 1.0), the same way.
@@ -377,12 +383,17 @@ class RerankerConfig:
     mlp_ratio: float = 4.0
     head: str = "cls"
     agreement_temperature: float = 0.1
+    agreement_attention: str = "cosine"
+    patch_positions: bool = False
     rerank_k: int = 16
     stage1_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.head not in ("cls", "agreement"):
             raise ConfigError(f"model.reranker.head must be 'cls' or 'agreement', got {self.head!r}")
+        if self.agreement_attention not in ("cosine", "keyed"):
+            raise ConfigError(f"model.reranker.agreement_attention must be 'cosine' or 'keyed', got "
+                              f"{self.agreement_attention!r}")
         if self.rerank_k <= 0:
             raise ConfigError(f"model.reranker.rerank_k must be positive, got {self.rerank_k}")
 

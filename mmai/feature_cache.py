@@ -44,7 +44,7 @@ from mmai.io import atomic_write
 FORMAT_VERSION = 2  # 2: optional stage-2 fields; checksum over the sorted field names
 TENSOR_FIELDS = ("image_ids", "class_ids", "image_features", "text_image_ids", "text_features")
 #: Stage-2 fields (optional): per image row / per caption row.
-IMAGE_EXTRAS = ("image_patches",)
+IMAGE_EXTRAS = ("image_patches", "part_patches")  # part_patches: grounding targets, attached at run time, never saved
 TEXT_EXTRAS = ("text_tokens", "attention_mask", "swapped_tokens", "swapped_mask")
 
 

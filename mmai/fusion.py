@@ -188,6 +188,22 @@ class FusionLayer(nn.Module):
 FUSION_HEADS = ("cls", "agreement")
 
 
+#: Width of the fixed 2-D sine-cosine code of a patch's position (:func:`grid_positions`).
+POSITION_DIM = 32
+
+
+def grid_positions(count: int, dim: int = POSITION_DIM) -> torch.Tensor:
+    """``(count, dim)`` sine-cosine codes of the patches of a square grid, row by row (the order a
+    flattened CNN feature map has): ``dim / 4`` frequencies each of sin and cos of row and column."""
+    side = int(round(math.sqrt(count)))
+    if side * side != count or dim % 4:
+        raise ValueError(f"grid_positions: {count} patches are not a square grid, or dim={dim} is not a multiple of 4")
+    rows, columns = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    frequencies = torch.exp(torch.arange(dim // 4) * (-math.log(100.0) / (dim // 4)))
+    codes = [fn(axis.flatten()[:, None].float() * frequencies) for axis in (rows, columns) for fn in (torch.sin, torch.cos)]
+    return torch.cat(codes, dim=1)
+
+
 class FusionReranker(nn.Module):
     """Cross-attention fusion of caption tokens with image patches and a match head.
 
@@ -204,6 +220,10 @@ class FusionReranker(nn.Module):
             ([CLS] logit + scaled word-region agreement, see the module docstring).
         agreement_temperature: softmax temperature of the agreement attention over patches
             (default 0.1: close to each word's best-matching patches).
+        agreement_attention: ``"cosine"`` (default: a word attends to the patches it matches) or
+            ``"keyed"`` (query/key projections of their own: where to look, apart from what matches).
+        patch_positions: add the patches' 2-D sine-cosine positions (square grid, learned
+            projection) to the agreement attention's keys (default False).
 
     Attributes:
         text_proj, patch_proj: ``Linear`` input projections to ``hidden_dim``.
@@ -223,6 +243,8 @@ class FusionReranker(nn.Module):
         mlp_ratio: float = RerankerConfig.mlp_ratio,
         head: str = RerankerConfig.head,
         agreement_temperature: float = RerankerConfig.agreement_temperature,
+        agreement_attention: str = RerankerConfig.agreement_attention,
+        patch_positions: bool = RerankerConfig.patch_positions,
     ) -> None:
         super().__init__()
         if head not in FUSION_HEADS:
@@ -246,6 +268,21 @@ class FusionReranker(nn.Module):
             self.region_proj = nn.Linear(vision_width, hidden_dim)  # patch -> shared space
             self.word_gate = nn.Linear(hidden_dim, 1)
             self.agreement_scale = nn.Parameter(torch.tensor(10.0))
+            if agreement_attention == "keyed":
+                self.attention_query = nn.Linear(hidden_dim, hidden_dim)
+                self.attention_key = nn.Linear(vision_width, hidden_dim)
+            if patch_positions:
+                self.position_proj = nn.Linear(POSITION_DIM, hidden_dim)
+        if agreement_attention not in ("cosine", "keyed"):
+            raise ValueError(f"FusionReranker: agreement_attention must be 'cosine' or 'keyed', got "
+                             f"{agreement_attention!r}.")
+        if (agreement_attention == "keyed" or patch_positions) and head != "agreement":
+            raise ValueError("FusionReranker: agreement_attention='keyed' and patch_positions belong to the "
+                             "agreement head (head='agreement').")
+        if patch_positions and agreement_attention != "keyed":
+            raise ValueError("FusionReranker: patch_positions are added to the keyed attention's keys; set "
+                             "agreement_attention='keyed' too.")
+        self.agreement_attention, self.patch_positions = agreement_attention, bool(patch_positions)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -297,9 +334,17 @@ class FusionReranker(nn.Module):
                    patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gated mean word-region cosine ``(*B,)`` and its attention ``(*B, 1, L, N)``."""
         words = F.normalize(self.word_proj(fused), dim=-1)  # (*B, L, H)
-        regions = F.normalize(self.region_proj(self.region_norm(patches)), dim=-1)  # (*B', N, H)
+        normed = self.region_norm(patches)  # (*B', N, Dv)
+        regions = F.normalize(self.region_proj(normed), dim=-1)  # (*B', N, H)
         cosine = words @ regions.transpose(-1, -2)  # (*B, L, N)
-        weights = (cosine / self.agreement_temperature).softmax(dim=-1).unsqueeze(-3)  # (*B, 1, L, N)
+        if self.agreement_attention == "keyed":  # where to look, learned apart from what matches
+            keys = self.attention_key(normed)  # (*B', N, H)
+            if self.patch_positions:
+                keys = keys + self.position_proj(grid_positions(patches.shape[-2], POSITION_DIM).to(keys))
+            scores = self.attention_query(fused) @ keys.transpose(-1, -2) / math.sqrt(self.hidden_dim)
+            weights = scores.softmax(dim=-1).unsqueeze(-3)  # (*B, 1, L, N)
+        else:
+            weights = (cosine / self.agreement_temperature).softmax(dim=-1).unsqueeze(-3)  # (*B, 1, L, N)
         agreement = (weights.squeeze(-3) * cosine).sum(dim=-1)  # (*B, L): each word's match in the image
         mask = attention_mask.to(agreement.dtype).clone()
         mask[..., 0] = 0  # [CLS] has its own head

@@ -17,6 +17,7 @@ crown/head/cap/eye -> head; wing/wings/wing bars -> wing; tail -> tail.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Sequence
 
@@ -189,3 +190,105 @@ def chance_level(boxes: Any, image_size: int | tuple[int, int]) -> float:
     x0, y0 = boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height)
     x1, y1 = (boxes[:, 0] + boxes[:, 2]).clamp(0, width), (boxes[:, 1] + boxes[:, 3]).clamp(0, height)
     return ((x1 - x0) * (y1 - y0) / (width * height)).mean().item()
+
+
+# ----------------------------------------------------------------- grounding supervision
+#: Words a caption uses for colours (the synthetic vocabulary; real CUB's captions use these too).
+COLOUR_TOKENS = frozenset({"black", "orange", "yellow", "grey", "gray", "red", "blue", "brown", "white", "green",
+                           "buff", "tan", "cream"})
+_LINKS = frozenset({"that", "is", "are", "and", "colored", "coloured"})
+
+
+def token_parts(tokens: Sequence[str]) -> list[int]:
+    """The part (index into :data:`PARTS`) each word-piece token of a caption names, -1 for none.
+
+    A part noun names its part ("beak" -> bill); a colour word names the part of the noun it
+    describes: the next part noun within three tokens ("an orange beak", "orange and grey wings"),
+    or else the part noun it follows as a predicate within four tokens ("wings that are grey").
+    Word pieces after the first (``##...``) and special tokens name nothing.
+    """
+    words = [token.lower() for token in tokens]
+    parts = [PARTS.index(PART_WORDS[word]) if word in PART_WORDS else -1 for word in words]
+    out = list(parts)
+    for index, word in enumerate(words):
+        if word not in COLOUR_TOKENS:
+            continue
+        ahead = [parts[j] for j in range(index + 1, min(index + 4, len(words))) if parts[j] >= 0]
+        behind = [parts[j] for j in range(index - 1, max(index - 5, -1), -1)
+                  if parts[j] >= 0 and all(words[k] in _LINKS for k in range(j + 1, index))]
+        out[index] = ahead[0] if ahead else (behind[0] if behind else -1)
+    return out
+
+
+def part_patch_masks(boxes: Any, original_size: int | tuple[int, int], image_size: int, patches: int) -> torch.Tensor:
+    """``(len(PARTS), patches)`` bool: which cells of the square patch grid (row by row, the CNN's
+    stride-16 map flattened) overlap each part's box once the image is resized and centre-cropped
+    to ``image_size``; a missing (NaN) box selects nothing."""
+    side = int(round(math.sqrt(patches)))
+    boxes = rescale_boxes(boxes, original_size, image_size)  # (P, 4) in input pixels
+    cell = image_size / side
+    edges = torch.arange(side, dtype=torch.float32) * cell  # cell starts
+    x0, y0 = boxes[:, 0:1], boxes[:, 1:2]
+    x1, y1 = x0 + boxes[:, 2:3], y0 + boxes[:, 3:4]
+    columns = (edges[None, :] < x1) & (edges[None, :] + cell > x0)  # (P, side)
+    rows = (edges[None, :] < y1) & (edges[None, :] + cell > y0)  # (P, side)
+    masks = rows[:, :, None] & columns[:, None, :]  # (P, side, side)
+    valid = torch.isfinite(boxes).all(dim=1) & (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
+    return (masks.reshape(len(boxes), -1) & valid[:, None])
+
+
+def grounding_loss(weights: torch.Tensor, parts: torch.Tensor, part_masks: torch.Tensor) -> torch.Tensor:
+    """Attention supervision from part boxes: for every token that names a part, minus the log
+    of the attention mass it puts inside that part's box, averaged over such tokens (0 when none).
+
+    Args:
+        weights: ``(P, L, N)`` each token's attention over the patches (rows sum to 1).
+        parts: ``(P, L)`` long, :func:`token_parts` per token (-1: names no part).
+        part_masks: ``(P, len(PARTS), N)`` bool, :func:`part_patch_masks` of each pair's image.
+    """
+    named = parts >= 0
+    if not bool(named.any()):
+        return weights.sum() * 0.0
+    boxes = torch.gather(part_masks, 1, parts.clamp(min=0)[..., None].expand(-1, -1, part_masks.shape[-1]))
+    inside = (weights * boxes.to(weights.dtype)).sum(dim=-1)  # (P, L)
+    has_box = boxes.any(dim=-1) & named
+    if not bool(has_box.any()):
+        return weights.sum() * 0.0
+    return -(inside[has_box].clamp_min(1e-6)).log().mean()
+
+
+def split_grounding_targets(shard_dir, split: str, text_image_ids: torch.Tensor, image_ids: torch.Tensor, tokenizer,
+                            max_length: int, image_size: int, patches: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grounding targets of a cached split: ``(token_parts (Nt, max_length) int8, part_patches
+    (Ni, len(PARTS), patches) bool)`` in the cache's row order (captions of an image in their file
+    order), from the shards' captions and part boxes (``parts``: the synthetic data's
+    ``part_boxes.txt``; real CUB's ``parts/part_locs.txt`` would give points, not boxes, and is not
+    read here: images without boxes get empty masks, so they add nothing to the loss)."""
+    import io
+    import json
+
+    from PIL import Image
+
+    from mmai.data.pipeline import shard_samples
+    from mmai.data.shards import shard_urls
+
+    captions: dict[int, list[str]] = {}
+    boxes: dict[int, tuple[dict, tuple[int, int]]] = {}
+    for sample in shard_samples(shard_urls(shard_dir, split)):
+        meta = json.loads(sample["json"])
+        image_id = int(meta["image_id"])
+        captions[image_id] = list(meta["captions"])
+        with Image.open(io.BytesIO(sample["jpg"])) as image:
+            boxes[image_id] = (meta.get("parts") or {}, image.size)
+    seen: dict[int, int] = {}
+    texts = []
+    for image_id in text_image_ids.tolist():
+        j = seen.get(image_id, 0)
+        seen[image_id] = j + 1
+        texts.append(captions[image_id][j])
+    encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length)
+    parts = torch.tensor([token_parts(tokenizer.convert_ids_to_tokens(ids)) for ids in encoded["input_ids"]],
+                         dtype=torch.int8)
+    masks = torch.stack([part_patch_masks(part_boxes_tensor(boxes[int(i)][0]), boxes[int(i)][1], image_size, patches)
+                         for i in image_ids.tolist()])
+    return parts, masks

@@ -230,7 +230,7 @@ def main(argv: list[str]) -> int:
                         help="no counterfactual twins of the training photos (the re-ranker's binding negatives)")
     parser.add_argument("--epochs", type=int, default=60,
                         help="bi-encoder epochs (each of the two rows; LiT profile: ~4 cached steps an epoch)")
-    parser.add_argument("--rerank-epochs", type=int, default=12,
+    parser.add_argument("--rerank-epochs", type=int, default=100,
                         help="re-ranker epochs (LiT profile: 18 cached steps an epoch)")
     parser.add_argument("--rerank-k", type=int, default=8, help="candidates the re-ranker re-scores per query")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
