@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tqdm import tqdm
 
 from lightning_glue.eval_set import gather_rows
@@ -133,3 +133,21 @@ def split_features(module: L.LightningModule, model, datamodule, split: str, fin
         features.save(path, key)
     module.trainer.strategy.barrier("feature_cache")
     return features
+
+
+def attach_caption_masks(datamodule, train: SplitFeatures, option: str):
+    """What each cached training caption states (``caption_mask`` in ``train.extras``, one per
+    caption row, so every cached batch carries it) and the species table that says which species
+    a caption is true of (:mod:`mmai.consistency`); None, with a warning naming ``option``, where
+    the shards record no statements (real CUB): the caller then keeps class labels."""
+    from mmai.consistency import SpeciesTable, caption_masks, load_caption_table
+
+    table = load_caption_table(getattr(datamodule, "shard_dir", None))
+    species = SpeciesTable.from_species(datamodule.manifest.get("species") or [])
+    masks = caption_masks(train.text_image_ids.numpy(), table)
+    if table is None or species is None or not (masks >= 0).all():
+        rank_zero_warn(f"{option}: these shards do not record what each caption states (real CUB does not); "
+                       "training keeps class labels")
+        return None
+    train.extras["caption_mask"] = torch.from_numpy(masks)
+    return species

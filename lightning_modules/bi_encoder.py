@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from lightning_glue.eval_set import EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
-from lightning_glue.feature_cache import split_features, tower_fingerprints
+from lightning_glue.feature_cache import attach_caption_masks, split_features, tower_fingerprints
 from mmai.bi_encoder import BiEncoder
 from mmai.checkpoint import read_checkpoint
 from mmai.config import BiEncoderConfig, coerce
@@ -104,25 +104,8 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
         if "train" in self._features:
             train = self._features["train"].stage1()
             if self.model.true_negatives:
-                self._attach_caption_masks(datamodule, train)
+                self.model.consistency = attach_caption_masks(datamodule, train, "model.bi_encoder.true_negatives")
             datamodule.use_train_features(train)
-
-    def _attach_caption_masks(self, datamodule, train: SplitFeatures) -> None:
-        """What each cached training caption states (``caption_mask``, served with every batch) and
-        the species table, so the loss leaves out keys the caption is also true of."""
-        from lightning.pytorch.utilities import rank_zero_warn
-
-        from mmai.consistency import SpeciesTable, caption_masks, load_caption_table
-
-        table = load_caption_table(getattr(datamodule, "shard_dir", None))
-        species = SpeciesTable.from_species(datamodule.manifest.get("species") or [])
-        masks = caption_masks(train.text_image_ids.numpy(), table)
-        if table is None or species is None or not (masks >= 0).all():
-            rank_zero_warn("model.bi_encoder.true_negatives: these shards do not record what each caption states "
-                           "(real CUB does not); the loss keeps class labels")
-            return
-        train.extras["caption_mask"] = torch.from_numpy(masks)
-        self.model.consistency = species
 
     def _split_features(self, datamodule, split: str, fingerprints: tuple[str, str]) -> SplitFeatures:
         return split_features(self, self.model, datamodule, split, fingerprints, self.hparams.feature_cache_dir,

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from lightning_glue.eval_set import EvalSet, EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
-from lightning_glue.feature_cache import split_features, tower_fingerprints
+from lightning_glue.feature_cache import attach_caption_masks, split_features, tower_fingerprints
 from mmai.bi_encoder import BiEncoder
-from mmai.consistency import SpeciesTable, caption_masks, load_caption_table
+from mmai.consistency import SpeciesTable
 from mmai.checkpoint import VALIDATED_WITH, bi_encoder_config, build_reranker, is_reranker_checkpoint, read_checkpoint
 from mmai.config import BiEncoderConfig, RerankerConfig, coerce
 from mmai.fusion import match_loss
@@ -208,7 +208,7 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
                                                    self.hparams.feature_cache_dir, stage2=True, swapped=swapped)
         if "train" in self._features:
             if self.hparams.true_negatives or self.hparams.twin_negatives:
-                self._attach_caption_masks(datamodule, self._features["train"])
+                self._species = attach_caption_masks(datamodule, self._features["train"], "model.true_negatives")
             if self.hparams.twin_negatives:
                 self._load_twins(datamodule)
             if self.hparams.grounding_weight > 0:
@@ -242,21 +242,6 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
             Path(datamodule.shard_dir) / "feature_cache"
         self._twins = twin_bank(self.bi_encoder.vision, Path(table), data.image_size, data.mean, data.std, folder,
                                 device=self.trainer.strategy.root_device, progress=self.trainer.is_global_zero)
-
-    def _attach_caption_masks(self, datamodule, train: SplitFeatures) -> None:
-        """What each training caption states (``caption_mask``, one per cached caption row, served
-        with every batch), and the species table that says which species it contradicts."""
-        from lightning.pytorch.utilities import rank_zero_warn
-
-        table = load_caption_table(getattr(datamodule, "shard_dir", None))
-        species = SpeciesTable.from_species(datamodule.manifest.get("species") or [])
-        masks = caption_masks(train.text_image_ids.numpy(), table)
-        if table is None or species is None or not (masks >= 0).all():
-            rank_zero_warn("model.true_negatives: these shards do not record what each caption states (real CUB "
-                           "does not); negatives fall back to class labels (same_class_weight)")
-            return
-        train.extras["caption_mask"] = torch.from_numpy(masks)
-        self._species = species
 
     # ---------------------------------------------------------------- encoding
     def _encode(self, batch: dict) -> tuple[torch.Tensor, ...]:

@@ -72,3 +72,23 @@ def test_trimming_padding_leaves_the_logits_unchanged():
     short_text, short_mask = _trim_padding(text, mask)
     assert short_text.shape[1] == 3
     assert torch.allclose(model(text, mask, patches).logits, model(short_text, short_mask, patches).logits, atol=1e-6)
+
+
+def test_hcl_reduces_to_infonce_and_weights_hard_negatives_on_the_logit_scale():
+    from mmai.losses import hcl_loss, info_nce
+
+    torch.manual_seed(0)
+    query = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    keys = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    positive = torch.zeros(4, 6, dtype=torch.bool)
+    positive[torch.arange(4), torch.arange(4)] = True
+    plain = info_nce(query, keys, positive, 0.1)
+    assert hcl_loss(query @ keys.T / 0.1, positive, ~positive, 0.0, 0.0, 0.1).item() == pytest.approx(plain.item(), rel=1e-5)
+    # beta > 0 up-weights the most similar negatives: the loss grows
+    assert hcl_loss(query @ keys.T / 0.1, positive, ~positive, 1.0, 0.0, 0.1) > plain
+    # the false-negative correction subtracts tau+ times the positive's mass from the negatives'
+    # (then rescales by 1 / (1 - tau+)): with positives that match well, the loss falls
+    matched = torch.cat([query, keys[4:]])
+    assert (hcl_loss(query @ matched.T / 0.1, positive, ~positive, 0.0, 0.1, 0.1)
+            < hcl_loss(query @ matched.T / 0.1, positive, ~positive, 0.0, 0.0, 0.1))
+    assert info_nce(query, keys, positive, 0.1, 0.5, hard_negatives="hcl", tau_plus=0.0).item() > 0
