@@ -764,7 +764,8 @@ def run_ablation(settings: dict[str, Any], out: Path, shard_dir: Path | None = N
     comparisons = compare(runs_by_seed)
     facts = protocol(settings, runs_by_seed[seeds[0]], shards, data, time.perf_counter() - start)
     facts["seeds"] = " ".join(str(seed) for seed in seeds)
-    measured = next((run.metrics for run in runs_by_seed[seeds[0]].values() if run.metrics), {})
+    measured = {key: value for run in runs_by_seed[seeds[0]].values() for key, value in run.metrics.items()
+                if key.startswith(("val/chance/", "val/ceiling/"))}  # the data's, the same in every run
     markdown = format_markdown(rows, facts, comparisons, chance_row(shards, measured), ceiling_row(measured))
     (out / "ablation.md").write_text(markdown)
     write_csv(rows_by_seed, facts, out / "ablation.csv", comparisons)

@@ -147,13 +147,12 @@ def _memory_demo(synth: Path, checkpoint: Path, root: Path, panels: Path) -> Non
         queries.append((text, {}, named))
     print(f"[6/6] {len(queries)} example queries (top 3, re-ranked by the fusion model; panels of the hits). "
           "✓: the hit's species has every attribute the query names (species_attributes.json); ✗: what differs")
-    hits = memory.search(DEMO_QUERIES[0][0], k=1)
-    place, year = hits[0].metadata.get("place"), hits[0].metadata.get("year")
     total = good = 0
     for number, (query, options, named) in enumerate(queries, 1):
         options = dict(options)
-        if "place" in options:
-            options.update(place=place, year=year)
+        if "place" in options:  # narrow to the year and place of the query's own best unfiltered hit
+            best = memory.search(query, k=1)[0].metadata
+            options.update(place=best.get("place"), year=best.get("year"))
         filters = ", ".join(f"{key} {value}" for key, value in options.items() if key in ("year", "place"))
         gar = options.pop("gar", False)
         print(f'\n  query {number}: "{query}"' + (f"  [filters: {filters}]" if filters else "")
