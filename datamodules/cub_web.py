@@ -47,14 +47,18 @@ class CUBWebDataModule(L.LightningDataModule):
         resampled: draw training shards with replacement (needed with fewer shards than ranks × workers).
         seed: shard-order seed (default 0).
         mean, std: image normalisation of the vision tower (default ImageNet's).
+        predict_split: the split ``mmai predict`` embeds (``train``, ``val`` or ``test``; default test).
     """
 
     def __init__(self, shard_dir: str = "data/shards", batch_size: int = 64, num_workers: int = 2,
                  image_size: int = 224, tokenizer: str = "sentence-transformers/all-MiniLM-L6-v2",
                  max_length: int = 64, audio_seconds: float | None = None, shuffle_buffer: int = 1000,
                  resampled: bool = False, seed: int = 0, eval_batch_size: int | None = None,
-                 mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD):
+                 mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD,
+                 predict_split: str = "test"):
         super().__init__()
+        if predict_split not in ("train", "val", "test"):
+            raise ValueError(f"data.predict_split {predict_split!r}: use train, val or test")
         self.save_hyperparameters()
         self.shard_dir = Path(shard_dir)
         self.corrupt = CorruptCounter()
@@ -135,4 +139,5 @@ class CUBWebDataModule(L.LightningDataModule):
         return self.eval_dataloader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("test")
+        """Every sample of ``data.predict_split`` once, all captions per image (what ``mmai predict`` embeds)."""
+        return self.eval_dataloader(self.hparams.predict_split)

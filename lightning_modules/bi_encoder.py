@@ -177,6 +177,43 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch)
 
+    # -------------------------------------------------------------- prediction
+    def on_predict_epoch_start(self) -> None:
+        self._predictions = EvalSetCollector()
+
+    def predict_step(self, batch: dict, batch_idx: int) -> None:
+        """``mmai predict``: embed a batch of ``data.predict_split``; the split's embeddings are written
+        at the end of the epoch (:meth:`on_predict_epoch_end`), not returned."""
+        image_embeddings, text_embeddings = self.model.embed_batch(batch)
+        self._predictions.add(batch, image_embeddings, text_embeddings)
+
+    def on_predict_epoch_end(self) -> None:
+        """Write ``{run_dir}/embeddings-{split}.pt`` (``-rank{r}`` per rank under DDP): image and caption
+        embeddings (L2-normalised) with their image, class and caption ids, and print where."""
+        from pathlib import Path
+
+        datamodule = getattr(self.trainer, "datamodule", None)
+        split = getattr(getattr(datamodule, "hparams", None), "predict_split", "test")
+        parts = self._predictions._parts
+        if not parts:
+            raise ValueError(f"mmai predict: split {split!r} has no images (set --data.predict_split to a split "
+                             "with images)")
+        keys = ("image_embeddings", "image_ids", "class_ids", "text_embeddings", "text_image_ids", "text_class_ids")
+        saved = {key: torch.cat(parts[key]).cpu() for key in keys}
+        for key in ("image_embeddings", "text_embeddings"):  # unit length: cosine = dot product
+            saved[key] = torch.nn.functional.normalize(saved[key], dim=-1)
+        saved.update(captions=list(parts["captions"]), places=list(parts["places"]), split=split,
+                     normalised=True)
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        path = Path(self.trainer.default_root_dir) / (f"embeddings-{split}.pt" if world == 1
+                                                      else f"embeddings-{split}-rank{rank}.pt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(saved, path)
+        print(f"{split}: {len(saved['image_ids'])} image and {len(saved['text_image_ids'])} caption embeddings "
+              f"written to {path} (torch.load(path): image_embeddings, image_ids, text_embeddings, "
+              "text_image_ids, captions, ...)")
+        self._predictions = EvalSetCollector()
+
     # ------------------------------------------------------------ checkpoints
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Fail with the offending shapes (e.g. another embed_dim) before Lightning's own error."""

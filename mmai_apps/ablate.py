@@ -328,9 +328,30 @@ def run_or_reuse(spec: RunSpec) -> RunSpec:
 
 
 def _complete(spec: RunSpec) -> bool:
+    """Whether ``spec``'s run directory holds a finished run whose files read back. A metrics file or
+    ``per_query.npz`` that does not (truncated, garbage) makes it unfinished: the directory is moved
+    aside (kept, named) so that the run is trained again from scratch, not resumed from a checkpoint
+    that has nothing left to train, and one line says which file and why."""
+    import zipfile
+
+    from callbacks.retrieval import PER_QUERY_FILE, load_outcomes
+
     if not spec.metrics_path.is_file():
         return False
-    summary = json.loads(spec.metrics_path.read_text())
+    path = spec.metrics_path
+    try:
+        summary = json.loads(path.read_text())
+        if not isinstance(summary, dict):
+            raise ValueError(f"a JSON {type(summary).__name__}, not the metrics object")
+        path = spec.run_dir / PER_QUERY_FILE
+        if path.is_file():
+            load_outcomes(path)
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as error:  # JSONDecodeError is a ValueError
+        aside = spec.run_dir.with_name(f"{spec.run_dir.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        spec.run_dir.rename(aside)
+        print(f"ablate: {path} does not read back ({type(error).__name__}: {error}): the run counts as "
+              f"unfinished and is retrained from scratch (its old files moved to {aside})", flush=True)
+        return False
     if spec.command == "validate":
         return bool(summary.get("validations"))
     return bool(summary.get("finished")) and bool(summary.get("validations")) and spec.last_checkpoint.is_file()
@@ -438,10 +459,18 @@ def summarize(rows_by_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, A
 
 
 def _outcomes(run: RunSpec) -> dict[str, Any]:
+    import zipfile
+
     from callbacks.retrieval import PER_QUERY_FILE, load_outcomes
 
     path = run.run_dir / PER_QUERY_FILE
-    return load_outcomes(path) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return load_outcomes(path)
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path} does not read back ({type(error).__name__}: {error}): delete it, or its run "
+                         f"folder {run.run_dir} to retrain the run, and run mmai ablate again") from error
 
 
 def compare(runs_by_seed: dict[int, dict[str, RunSpec]]) -> list[dict[str, Any]]:

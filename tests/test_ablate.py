@@ -256,3 +256,55 @@ def test_ablate_quick_writes_every_row_and_column_and_reuses_its_runs(synth_shar
                             for d in measured)
     assert all(d["verdict"] in ("gain", "loss", "no measurable gain") for d in measured)
     assert "± " in (out / "ablation.md").read_text()
+
+
+# ------------------------------------------------------------------------- damaged finished runs
+def _finished_fit_run(tmp_path) -> RunSpec:
+    spec = RunSpec(name="queue_hn", command="fit", argv=[], run_dir=tmp_path / "runs" / "queue_hn-0")
+    spec.last_checkpoint.parent.mkdir(parents=True)
+    spec.last_checkpoint.write_bytes(b"weights")
+    spec.metrics_path.write_text(json.dumps({"finished": True, "validations": [{"val/x": 1.0}], "final": {}}))
+    np.savez(spec.run_dir / "per_query.npz", **{"query/text_image_ids": np.arange(4)})
+    return spec
+
+
+@pytest.mark.parametrize("damaged", ["per_query.npz", "ablation_metrics.json"])
+def test_a_damaged_file_of_a_finished_run_makes_it_unfinished_and_names_the_file(tmp_path, capsys, damaged):
+    from mmai_apps.ablate import _complete, _outcomes
+
+    spec = _finished_fit_run(tmp_path)
+    assert _complete(spec)
+    path = spec.run_dir / damaged
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # a truncated copy
+    assert not _complete(spec)
+    printed = capsys.readouterr().out
+    assert printed.count("\n") == 1 and str(path) in printed and "retrain" in printed
+    # retrained from scratch: the finished run's checkpoint must not be resumed (nothing left to train)
+    assert not spec.last_checkpoint.exists() and not path.exists()
+    assert list(tmp_path.glob("runs/queue_hn-0.damaged*/checkpoints/last.ckpt"))
+    assert _outcomes(spec) == {}
+
+
+def test_outcomes_of_a_damaged_per_query_file_name_the_file(tmp_path):
+    from mmai_apps.ablate import _outcomes
+
+    spec = _finished_fit_run(tmp_path)
+    path = spec.run_dir / "per_query.npz"
+    path.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(ValueError, match="per_query.npz"):
+        _outcomes(spec)
+
+
+def test_a_damaged_evaluation_is_run_again(synth_shards, tmp_path, capsys):
+    """A real (tiny) zero-shot evaluation run; its metrics file truncated, it is evaluated again."""
+    from fit_helpers import BASE, TINY_MODEL
+    from mmai_apps.ablate import run_or_reuse
+
+    argv = [*BASE, *TINY_MODEL, "--data.shard_dir", str(synth_shards), "--trainer.logger", "false"]
+    spec = run_or_reuse(RunSpec(name="clip", command="validate", argv=argv, run_dir=tmp_path / "runs" / "clip-0"))
+    assert spec.status == "evaluated" and spec.metrics
+    spec.metrics_path.write_text('{"finished": false, "validations": [{"val/')
+    capsys.readouterr()
+    again = run_or_reuse(RunSpec(name="clip", command="validate", argv=argv, run_dir=tmp_path / "runs" / "clip-0"))
+    assert again.status == "evaluated" and again.metrics
+    assert str(spec.metrics_path) in capsys.readouterr().out
