@@ -320,3 +320,39 @@ def test_sigterm_during_ingest_prints_what_was_confirmed(tmp_path, checkpoint):
     confirmed = sum(len(json.loads(line)["confirmed"]) for line in journal.read_text().splitlines())
     assert process.returncode == 143, err[-2000:]
     assert f"added {confirmed}," in out and "stopped: SIGTERM" in out and "Traceback" not in err, out + err
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL at one instant: nothing after it runs, no handler sees it."""
+
+
+def test_a_batch_killed_between_chroma_and_its_journal_line_is_confirmed_by_the_next_ingest(tmp_path, checkpoint,
+                                                                                            monkeypatch):
+    photos = _photos(tmp_path / "photos", 6)
+    root = tmp_path / "memory"
+    memory = PersonalMemory(root, checkpoint, progress=False)
+    journal, confirm = memory.ingester.journal, memory.ingester.journal.confirm
+    calls = []
+
+    def killed_on_second_batch(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise _Killed
+        return confirm(*args, **kwargs)
+
+    monkeypatch.setattr(journal, "confirm", killed_on_second_batch)
+    with pytest.raises(_Killed):
+        memory.ingest([photos], batch_size=2)
+    monkeypatch.undo()
+    unconfirmed = calls[1]
+    memory.close()
+
+    memory = PersonalMemory(root, checkpoint, progress=False)
+    assert set(unconfirmed) <= set(memory._chroma_ids())  # in Chroma, with no journal line
+    problems = memory.check()
+    assert len(problems) == 1 and "2 memories in Chroma have no line in" in problems[0], problems
+    report = memory.ingest([photos], batch_size=2)
+    assert len(report.added) == 2 and len(report.duplicates) == 4 and not report.rejected
+    assert memory.check() == []
+    assert set(unconfirmed) <= memory.journal.replay().ids  # recoverable from the journal now
+    memory.close()

@@ -154,6 +154,7 @@ class Ingester:
             self.models.encoder  # noqa: B018 - load the model first: no model is a usage error, not a file's
         with self.write_lock():
             self._refuse_if_chroma_lost()
+            self._confirm_killed_batch()
             bar = tqdm(total=len(files), desc="ingest", unit="file", disable=not progress)
             seen: dict[str, Path] = {}
             for start in range(0, len(files), max(1, batch_size)):
@@ -199,6 +200,25 @@ class Ingester:
             raise ValueError(f"{root}: {len(lost)} confirmed memories of {self.journal.journal_path.name} are missing "
                              f"from Chroma (e.g. {lost[0]}; its database was lost or replaced); run `mmai memory "
                              f"rebuild --root {root}` first to restore them, then ingest again")
+
+    def _confirm_killed_batch(self) -> int:
+        """Journal the memories a killed ingest wrote to Chroma but never confirmed (a kill between
+        the Chroma write and the journal line leaves at most one batch so); returns how many.
+
+        Under the write lock mmai writes Chroma only so, and its record is complete (one upsert,
+        after the media copy). A memory written into Chroma by other code is journaled here too,
+        which makes it restorable like the rest (``check`` names such memories until then)."""
+        if not self.store.is_local:
+            return 0
+        state = self.journal.replay()
+        unconfirmed = sorted(set(self.sync.chroma_ids()) - state.ids - state.forgotten)
+        if not unconfirmed:
+            return 0
+        found = self.store.get(unconfirmed, include_embeddings=False, missing="skip")
+        self.journal.confirm(list(found.ids), [str(m.get("source_path", "")) for m in found.metadatas],
+                             [{"metadata": m, "document": d} for m, d in zip(found.metadatas, found.documents)])
+        self.journal.changed()
+        return len(found.ids)
 
     @staticmethod
     def _expand(paths: Sequence[str | os.PathLike], report: IngestReport,
