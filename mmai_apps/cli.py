@@ -6,7 +6,7 @@ start without loading Lightning, Gradio or the models.
 
 Expected user errors (a bad path, a bad value, a damaged input file: ``ValueError``,
 ``FileNotFoundError``, ``KeyError`` and their kin) of ``data``, ``fit``/``validate``/``test``/
-``predict`` and ``rerank`` print their message alone and exit 2; ``--debug`` (anywhere on the
+``predict``, ``rerank``, ``saliency``, ``sweep`` and ``ablate`` print their message alone and exit 2; ``--debug`` (anywhere on the
 command line) or ``MMAI_DEBUG=1`` shows the traceback instead.
 
 A relative ``configs/...`` or ``sweeps/...`` path that is not in the working directory is read
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in {"-h", "--help"}:
         print(USAGE)
         return 0
-    if argv[0] in APP_COMMANDS | {"rerank", "data"} and not debug:
+    if argv[0] in APP_COMMANDS | {"rerank", "data", "saliency", "sweep", "ablate"} and not debug:
         try:
             return _dispatch(argv[0], argv[1:])
         except USER_ERRORS as error:

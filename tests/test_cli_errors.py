@@ -68,3 +68,29 @@ def test_a_standard_split_with_an_empty_val_split_warns_and_inspect_says_so(synt
     assert main(["data", "inspect", "--shards", str(out), "--split", "val", "--num-workers", "0"]) == 2
     err = capsys.readouterr().err
     assert "split 'val'" in err and "0 images" in err and "IndexError" not in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------- saliency and sweep
+@pytest.mark.parametrize("checkpoint", ["missing", "garbage"])
+def test_saliency_with_a_bad_checkpoint_is_one_line(tmp_path, capsys, checkpoint):
+    from PIL import Image
+
+    image = tmp_path / "bird.png"
+    Image.new("RGB", (32, 32), "orange").save(image)
+    ckpt = tmp_path / "reranker.ckpt"
+    if checkpoint == "garbage":
+        ckpt.write_bytes(b"not a checkpoint\n" * 20)
+    assert main(["saliency", "--checkpoint", str(ckpt), "--image", str(image), "--query", "a bird"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmai saliency: error: ") and str(ckpt) in err and "Traceback" not in err
+
+
+def test_sweep_run_of_a_missing_or_unreadable_sweep_file_is_one_line(tmp_path, capsys):
+    assert main(["sweep", "run", str(tmp_path / "nope.yaml"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmai sweep: error: ") and "nope.yaml" in err and "Traceback" not in err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("method: [grid\nparameters: {\n")
+    assert main(["sweep", "run", str(broken), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmai sweep: error: ") and str(broken) in err and "Traceback" not in err
