@@ -292,6 +292,13 @@ class RetrievalEvalCallback(L.Callback):
     def _two_stage(self, data: EvalSet, two_stage: Callable, k: int, metrics: dict) -> tuple[np.ndarray, np.ndarray]:
         """Log two-stage (combined and match-only) Recall@K; return the combined t2i list for GAR."""
         rerank_k = min(self.rerank_k, k)
+        if rerank_k < self.rerank_k and not getattr(self, "_warned_rerank_k", False):
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            self._warned_rerank_k = True
+            rank_zero_warn(f"retrieval.rerank_k {self.rerank_k} is more than the {k} candidates stage 1 returns "
+                           f"(retrieval.candidates {self.candidates}, gallery {len(data.image_ids)} images): the "
+                           f"re-ranker re-scores {rerank_k}; set --retrieval.rerank_k {rerank_k} or less to silence this")
         result = two_stage(data, k=rerank_k, mode="combined", stage1_weight=self.stage1_weight, length=k,
                            also_modes=("match",))
         metrics.update({f"two_stage/{key}": value for key, value in result.metrics.items()})

@@ -101,7 +101,11 @@ def load_sweep(path: Path | str) -> Sweep:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sweep file {path} does not exist (the sweeps are in sweeps/*.yaml)")
-    config = yaml.safe_load(path.read_text())
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"sweep file {path} is not valid YAML ({' '.join(str(error).split())}): fix the file "
+                         "(see sweeps/*.yaml)") from error
     validate_sweep(config, source=str(path))
     metric = config.get("metric") or {}
     return Sweep(path=path, method=config["method"], metric_name=metric.get("name", ""),

@@ -6,7 +6,7 @@ start without loading Lightning, Gradio or the models.
 
 Expected user errors (a bad path, a bad value, a damaged input file: ``ValueError``,
 ``FileNotFoundError``, ``KeyError`` and their kin) of ``data``, ``fit``/``validate``/``test``/
-``predict`` and ``rerank`` print their message alone and exit 2; ``--debug`` (anywhere on the
+``predict``, ``rerank``, ``saliency``, ``sweep`` and ``ablate`` print their message alone and exit 2; ``--debug`` (anywhere on the
 command line) or ``MMAI_DEBUG=1`` shows the traceback instead.
 
 A relative ``configs/...`` or ``sweeps/...`` path that is not in the working directory is read
@@ -96,12 +96,27 @@ def _data(argv: list[str]) -> int:
     else:
         from mmai.data.shards import write_shards
 
-        manifest = write_shards(args.cub_root, args.out, split=args.split, captions_root=args.captions_root,
-                                samples_per_shard=args.samples_per_shard, skip_bad=args.skip_bad,
-                                seed=args.seed)
+        try:
+            manifest = write_shards(args.cub_root, args.out, split=args.split, captions_root=args.captions_root,
+                                    samples_per_shard=args.samples_per_shard, skip_bad=args.skip_bad,
+                                    seed=args.seed)
+        except OSError as error:
+            if isinstance(error, USER_ERRORS):  # a missing CUB file etc.: the user-error path
+                raise
+            where = error.filename or f"the temporary folder beside {args.out}"
+            print(f"mmai data shards: error: {error.strerror or error} while writing {where}; {args.out} is "
+                  "unchanged: free space there (or choose another --out) and run again", file=sys.stderr)
+            return 1
         for name, info in manifest["splits"].items():
             print(f"{name:>5}: {info['images']:6d} images, {info['captions']:7d} captions, "
                   f"{len(info['classes']):3d} classes, {len(info['shards'])} shards")
+        for name, info in manifest["splits"].items():
+            if not info["images"]:
+                hint = (" (the standard split sends every 10th training image of a species to val: a species "
+                        "needs 10 or more training images)" if args.split == "standard" else "")
+                print(f"warning: split {name!r} has 0 images{hint}; training or evaluating on it will fail: use "
+                      f"more images (mmai data synth --images), or --split "
+                      f"{'zero-shot' if args.split == 'standard' else 'standard'}", file=sys.stderr)
         print(f"split {manifest['split']}; skipped {manifest['skipped']['count']} bad file(s); "
               f"manifest: {args.out / 'manifest.json'}")
     print(f"done in {time.perf_counter() - start:.1f} s")
@@ -133,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in {"-h", "--help"}:
         print(USAGE)
         return 0
-    if argv[0] in APP_COMMANDS | {"rerank", "data"} and not debug:
+    if argv[0] in APP_COMMANDS | {"rerank", "data", "saliency", "sweep", "ablate"} and not debug:
         try:
             return _dispatch(argv[0], argv[1:])
         except USER_ERRORS as error:

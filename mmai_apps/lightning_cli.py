@@ -38,6 +38,10 @@ def inspect_main(argv: list[str]) -> int:
     for name, info in manifest["splits"].items():
         print(f"  {name:>5}: {info['images']} images, {info['captions']} captions, "
               f"{len(info['classes'])} classes, {len(info['shards'])} shards")
+    if not int(manifest["splits"].get(args.split, {}).get("images", 0)):
+        raise ValueError(f"split {args.split!r} of {args.shards} has 0 images (nothing to inspect): pick another "
+                         "--split, or write the shards again from more images (mmai data synth --images) or with "
+                         "the other mmai data shards --split")
     loader = data.train_dataloader() if args.split == "train" else data.eval_dataloader(args.split)
     images = captions = batches = 0
     classes: Counter = Counter()

@@ -242,6 +242,51 @@ def overridden_parameters(sweep: Sweep, extra_args: list[str]) -> list[str]:
     return [name for name in sweep.parameters if name in named]
 
 
+def check_trial_flags(trials: Sequence[Trial], workdir: Path) -> tuple[list[str], int]:
+    """Parse each ``mmai fit|validate|test|predict`` / ``mmai rerank fit`` trial's arguments with
+    the command's own LightningCLI parser (nothing is built or run), from ``workdir`` as the run
+    would, so a misspelt flag or a bad value fails before any trial trains. Returns one line per
+    trial that does not parse, and how many trials were checked (other programs are not)."""
+    import contextlib
+    import io
+
+    from mmai_apps.cli import APP_COMMANDS, USER_ERRORS, user_message
+    from mmai_apps.lightning_cli import parse_config
+    from mmai_apps.resources import resolve_path_args
+    from mmai.sweep import render_args
+
+    problems, checked = [], 0
+    previous = Path.cwd()
+    try:
+        os.chdir(workdir)
+        for trial in trials:
+            argv = trial.argv[1:] if trial.argv[0] == "/usr/bin/env" else trial.argv
+            if Path(argv[0]).name != "mmai" or len(argv) < 2:
+                continue
+            if argv[1] in APP_COMMANDS:
+                args, rerank = argv[2:], False
+            elif argv[1:3] == ["rerank", "fit"]:
+                args, rerank = argv[3:], True
+            else:
+                continue
+            checked += 1
+            errors = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(errors):
+                    parse_config(resolve_path_args(args), rerank=rerank)
+            except SystemExit:  # jsonargparse printed usage and "error: ..." (kept: the error lines)
+                lines = [line.strip() for line in errors.getvalue().splitlines()]
+                reason = " ".join(line for line in lines[next((i for i, line in enumerate(lines)
+                                                               if line.startswith("error:")), len(lines)):] if line)
+                problems.append(f"trial {trial.index} ({shlex.join(render_args(trial.params))}): its flags do not parse: "
+                                f"{reason or 'see the parser output with --debug'}")
+            except USER_ERRORS as error:
+                problems.append(f"trial {trial.index} ({shlex.join(render_args(trial.params))}): {user_message(error)}")
+    finally:
+        os.chdir(previous)
+    return problems, checked
+
+
 # -------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -292,8 +337,15 @@ def main(argv: list[str]) -> int:
         if method == "bayes" and count > args.startup_trials:
             print(f"[sweep] dry run: trials after the first {args.startup_trials} are proposed from the results "
                   "of earlier ones, so they are shown as TPE draws them with no results (at random)", flush=True)
-        for trial in plan_trials(sweep, list(iter(search.ask, None)), Path(out).resolve(), extra):
+        trials = plan_trials(sweep, list(iter(search.ask, None)), Path(out).resolve(), extra)
+        for trial in trials:
             print(shlex.join(trial.argv))
+        problems, checked = check_trial_flags(trials, args.workdir or Path.cwd())
+        for problem in problems:
+            print(f"[sweep] dry run: {problem}", file=sys.stderr, flush=True)
+        if problems:
+            return 2
+        print(f"[sweep] dry run: the flags of {checked} trial(s) parse as their command takes them", flush=True)
         return 0
     trials = run_sweep(sweep, search, out, extra, workdir=args.workdir, in_process=args.in_process)
     header = {"method": method, "sampler": search.describe(), "trials": f"{len(trials)} "

@@ -189,3 +189,23 @@ def test_validation_scores_the_whole_manifest_with_workers_and_fails_when_cut_sh
     with pytest.raises(RuntimeError, match=r"val evaluation scored 4 images and \d+ captions, but the manifest"):
         cli_main(["validate", *tiny_args(shards, tmp_path / "runs2", "--trainer.limit_val_batches", "1",
                                         "--trainer.logger", "false")])
+
+
+def test_a_rerun_in_the_same_run_dir_replaces_last_ckpt_instead_of_writing_last_v1(shards, tmp_path):
+    """A killed run retrained from scratch in its run dir: one last.ckpt (the new one), no stale
+    last.ckpt beside a last-v1.ckpt that nothing reads (ablate and the docs read last.ckpt)."""
+    run_dir = tmp_path / "runs"
+    args = ["fit", *tiny_args(shards, run_dir, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1")]
+    cli_main(args)
+    first = (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    cli_main(args)
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert [n for n in names if n.startswith("last")] == ["last.ckpt"], names
+    assert not any("-v1" in n for n in names), names
+    assert (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns > first
+    import yaml  # the re-ranker's config names its checkpoints the same way
+
+    for config in ("configs/base.yaml", "configs/reranker.yaml"):
+        callbacks = yaml.safe_load((REPO / config).read_text())["trainer"]["callbacks"]
+        checkpoint = next(cb for cb in callbacks if cb["class_path"].endswith("ModelCheckpoint"))
+        assert checkpoint["init_args"]["enable_version_counter"] is False, config

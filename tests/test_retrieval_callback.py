@@ -146,3 +146,28 @@ def test_an_evaluation_error_at_epoch_end_saves_the_weights_first(tmp_path):
     assert len(saved) == 1 and str(saved[0]) in str(error.value)
     state = torch.load(saved[0], weights_only=False)
     assert state["global_step"] == 2 and "model.queue.image_queue" in state["state_dict"]
+
+
+def test_a_rerank_k_beyond_the_candidates_is_warned_about_once_with_both_numbers():
+    """--retrieval.rerank_k 64 on a 30-image gallery re-ranks 30: say so, once, not silently."""
+    import warnings
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def two_stage(data, k, **kwargs):  # the re-ranker's two_stage: here only what K it is given
+        seen.append(k)
+        raise Stop
+
+    callback = RetrievalEvalCallback(candidates=100, index_kind="flat", rerank_k=64)
+    data = _eval_set(num_images=30)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            with pytest.raises(Stop):
+                callback._two_stage(data, two_stage, 30, {})
+    assert seen == [30, 30]
+    messages = [str(w.message) for w in caught if "rerank_k" in str(w.message)]
+    assert len(messages) == 1 and "64" in messages[0] and "30" in messages[0]

@@ -556,3 +556,20 @@ def test_sweep_run_trains_two_tiny_rerankers_and_k_reaches_the_evaluation(shards
     assert all(0.0 <= float(row[metric]) <= 1.0 for row in rows)
     for row in rows:  # the drawn K is the K the callback re-ranked with
         assert float(row["val/two_stage/k"]) == float(row["retrieval.rerank_k"])
+
+
+def test_a_dry_run_parses_every_trials_flags_so_a_typo_fails_before_any_trial(tmp_path, monkeypatch, capsys):
+    from mmai_apps.cli import main
+
+    monkeypatch.chdir(REPO)
+    config = yaml.safe_load((REPO / "sweeps/bi_encoder_grid.yaml").read_text())
+    config["parameters"] = {"model.bi_encoder.hard_negative_beta": {"values": [0.0, 0.5]}}
+    good = _write_sweep(tmp_path, config)
+    assert main(["sweep", "run", str(good), "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    assert "flags of 2 trial(s) parse" in capsys.readouterr().out
+    config["parameters"] = {"model.bi_encoder.hard_negative_bta": {"values": [0.0, 0.5]}}
+    typo = _write_sweep(tmp_path, config, "typo.yaml")
+    assert main(["sweep", "run", str(typo), "--dry-run", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "trial 0" in err and "hard_negative_bta" in err and "usage:" not in err
+    assert not (tmp_path / "out").exists()

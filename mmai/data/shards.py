@@ -212,29 +212,31 @@ def _write_all(index, extras, assignments, out: Path, split: str, samples_per_sh
                       "samples_per_shard": samples_per_shard, "splits": {}}
     total = sum(len(images) for images in assignments.values())
     bar = tqdm(total=total, desc="writing shards", unit="img", disable=not progress)
-    caption_counts: list[tuple[str, int]] = []
-    for name in SPLITS:
-        sink = _ShardSink(out, name, samples_per_shard)
-        captions = 0
-        for image in random.Random(f"{seed}/{name}").sample(assignments[name], len(assignments[name])):
-            bar.update()
-            if str(index.image_path(image)) in missing or str(index.caption_path(image)) in missing:
-                continue
-            try:
-                sample = _sample(index, image, extras, name)
-            except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three on bad files
-                bad.append(BadFile(str(index.image_path(image)), f"{type(error).__name__}: {error}"))
-                continue
-            count = len(json.loads(sample["json"])["captions"])
-            captions += count
-            caption_counts.append((str(index.caption_path(image)), count))
-            sink.write(sample)
-        shards = sink.close()
-        manifest["splits"][name] = {
-            "images": sum(s["samples"] for s in shards), "captions": captions,
-            "classes": sorted({image.class_id for image in assignments[name]}), "shards": shards,
-        }
-    bar.close()
+    try:  # closed on an error too: the bar must not swallow the error's line
+        caption_counts: list[tuple[str, int]] = []
+        for name in SPLITS:
+            sink = _ShardSink(out, name, samples_per_shard)
+            captions = 0
+            for image in random.Random(f"{seed}/{name}").sample(assignments[name], len(assignments[name])):
+                bar.update()
+                if str(index.image_path(image)) in missing or str(index.caption_path(image)) in missing:
+                    continue
+                try:
+                    sample = _sample(index, image, extras, name)
+                except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three on bad files
+                    bad.append(BadFile(str(index.image_path(image)), f"{type(error).__name__}: {error}"))
+                    continue
+                count = len(json.loads(sample["json"])["captions"])
+                captions += count
+                caption_counts.append((str(index.caption_path(image)), count))
+                sink.write(sample)
+            shards = sink.close()
+            manifest["splits"][name] = {
+                "images": sum(s["samples"] for s in shards), "captions": captions,
+                "classes": sorted({image.class_id for image in assignments[name]}), "shards": shards,
+            }
+    finally:
+        bar.close()
     if bad and not skip_bad:
         raise _bad_files_error(bad)
     manifest["skipped"] = {"count": len(bad), "files": [dataclasses.asdict(b) for b in bad]}
