@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(consolidate)
     consolidate.add_argument("--threshold", type=float, default=0.97, help="cosine (default 0.97)")
     consolidate.add_argument("--yes", action="store_true", help="really merge (otherwise: say what would merge)")
+    consolidate.add_argument("--undo", action="store_true",
+                             help="undo the latest consolidate (the merged memories come back as they were)")
     return parser
 
 
@@ -323,12 +325,23 @@ def run_rebuild(args: argparse.Namespace) -> int:
 
 def run_consolidate(args: argparse.Namespace) -> int:
     with _open(args) as memory:
+        if args.undo:
+            try:
+                undone = memory.undo_consolidate()
+            except FileNotFoundError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 2
+            skipped = (f"; {undone['skipped_groups']} group(s) stay merged (their keeper was forgotten since)"
+                       if undone["skipped_groups"] else "")
+            print(f"undid the consolidate of {undone['groups']} group(s): {undone['restored']} memories are back"
+                  f"{skipped}; {memory.store.count()} memories (record kept as {undone['file']})")
+            return 0
         if not args.yes:
             groups = memory.maintenance.duplicate_groups(args.threshold)
             merged = sum(len(group) - 1 for group in groups)
             print(f"would merge {merged} near-duplicate memories into {len(groups)} (cosine >= {args.threshold}); "
                   "only memories of one place and modality merge; the keeper lists every source's path, time and "
-                  "media copy (copies are kept) and the merged records stay in the journal\n"
+                  "media copy (copies are kept); `consolidate --undo` brings the merged memories back\n"
                   "add --yes to merge them")
             return 0
         merged = memory.consolidate(args.threshold)

@@ -356,3 +356,31 @@ def test_a_batch_killed_between_chroma_and_its_journal_line_is_confirmed_by_the_
     assert memory.check() == []
     assert set(unconfirmed) <= memory.journal.replay().ids  # recoverable from the journal now
     memory.close()
+
+
+def test_consolidate_undo_brings_every_merged_memory_back_as_it_was(tmp_path, checkpoint, capsys):
+    root, _ = _store(tmp_path, checkpoint, count=6, capsys=capsys)
+    memory = PersonalMemory(root, progress=False)
+    before = memory.store.get(memory._chroma_ids(), include_embeddings=True)
+    memory.close()
+    code, out, _ = _cli(capsys, "consolidate", "--threshold", "0.01", "--yes", "--root", str(root), "--quiet")
+    assert code == 0 and "merged" in out
+    assert len(_search_ids(capsys, root)) < 7
+    # a forget after the merge wins over the undo: one place's group stays gone
+    assert _cli(capsys, "forget", "--place", "Berlin", "--yes", "--root", str(root), "--quiet")[0] == 0
+    code, out, err = _cli(capsys, "consolidate", "--undo", "--root", str(root), "--quiet")
+    assert code == 0 and "memories are back" in out and "stay merged" in out, out + err
+
+    memory = PersonalMemory(root, progress=False)
+    after = memory.store.get(memory._chroma_ids(), include_embeddings=True)
+    kept = {i: (m, d, e) for i, m, d, e in zip(before.ids, before.metadatas, before.documents, before.embeddings)
+            if m.get("place") != "Berlin"}
+    assert sorted(after.ids) == sorted(kept)  # every non-forgotten memory is back, Berlin's are not
+    for i, m, d, e in zip(after.ids, after.metadatas, after.documents, after.embeddings):
+        assert m == kept[i][0] and d == kept[i][1]  # own metadata (keepers' sources as before) and text
+        np.testing.assert_allclose(e, kept[i][2], atol=1e-6)
+    assert memory.check() == []
+    assert {h.id for h in memory.search("a bird", k=20)} == set(kept)
+    memory.close()
+    code, _, err = _cli(capsys, "consolidate", "--undo", "--root", str(root), "--quiet")
+    assert code == 2 and "no consolidate to undo" in err and "Traceback" not in err

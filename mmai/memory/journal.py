@@ -60,6 +60,7 @@ class JournalState:
     records: dict[str, dict] = dataclasses.field(default_factory=dict)
     bare: dict[str, str] = dataclasses.field(default_factory=dict)
     forgotten: set[str] = dataclasses.field(default_factory=set)
+    why: dict[str, str] = dataclasses.field(default_factory=dict)  # forgotten id -> its line's "why"
     bad_lines: list[int] = dataclasses.field(default_factory=list)
 
     @property
@@ -209,6 +210,7 @@ class Journal:
                 state.records.pop(memory_id, None)
                 state.bare.pop(memory_id, None)
                 state.forgotten.add(memory_id)
+                state.why[memory_id] = str(entry.get("why", "forget"))
 
     # ------------------------------------------------------------------ lock
     @contextmanager

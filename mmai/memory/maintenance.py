@@ -72,9 +72,13 @@ class Maintenance:
         self.journal.forgotten(targets, why)  # first: a kill after it still forgets them (rebuild finishes it)
         self.store.delete(ids=targets)
         self.journal.changed()
-        for metadata in records.metadatas:
-            if metadata.get("media_file") and not keep_media:
-                (self.media_dir / metadata["media_file"]).unlink(missing_ok=True)
+        for memory_id, metadata in zip(records.ids, records.metadatas):
+            if keep_media:
+                continue
+            names = {metadata.get("media_file")} | {source.get("media_file") for source in  # merged ones' copies too
+                                                    decode_metadata(metadata, memory_id)["sources"]}
+            for name in names - {None, ""}:
+                (self.media_dir / str(name)).unlink(missing_ok=True)
         self.sync.remove(targets)
         return len(targets)
 
@@ -86,10 +90,95 @@ class Maintenance:
         with self.write_lock():
             if self.sync.index is None:
                 return 0
+            groups = self._duplicate_groups(threshold, same_modality)
+            if not groups:
+                return 0
+            self._save_undo(groups)  # first: a kill mid-merge can still be undone
             removed: list[str] = []
-            for group in self._duplicate_groups(threshold, same_modality):
+            for group in groups:
                 removed += self._merge(group)
             return self.remove(removed, keep_media=True, why="merged")
+
+    # ------------------------------------------------------------------ undo a consolidate
+    @property
+    def undo_dir(self) -> Path:
+        return self.media_dir.parent / "consolidate-undo"
+
+    def _save_undo(self, groups: list[list[str]]) -> Path:
+        """Every member of ``groups`` as it is now (metadata, document, embedding), in one file."""
+        members = [i for group in groups for i in group]
+        found = self.store.get(members, include_embeddings=True)
+        entry = {"time": time.time(), "groups": groups,
+                 "records": {i: {"metadata": m, "document": d} for i, m, d in
+                             zip(found.ids, found.metadatas, found.documents)}}
+        self.undo_dir.mkdir(exist_ok=True)
+        stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        target = self.undo_dir / f"{stem}.npz"
+        atomic_write(target, lambda file: np.savez(file, ids=np.array(found.ids),
+                                                  embeddings=np.asarray(found.embeddings, np.float32),
+                                                  entry=np.array(json.dumps(entry))))
+        return target
+
+    def undo_files(self) -> list[Path]:
+        return sorted(self.undo_dir.glob("*.npz")) if self.undo_dir.is_dir() else []
+
+    def undo_consolidate(self) -> dict[str, Any]:
+        """Undo the latest consolidate: the merged memories come back with their own metadata,
+        text and embedding, and each keeper gets its metadata of before the merge. A group whose
+        keeper was forgotten since stays merged (forget wins), and so does a member forgotten since.
+
+        Returns ``{"restored", "groups", "skipped_groups", "file"}``.
+
+        Raises:
+            FileNotFoundError: no consolidate to undo.
+        """
+        with self.write_lock():
+            files = self.undo_files()
+            if not files:
+                raise FileNotFoundError(f"{self.undo_dir}: no consolidate to undo")
+            path = files[-1]
+            try:
+                with np.load(path, allow_pickle=False) as saved:
+                    ids, vectors = [str(i) for i in saved["ids"]], np.asarray(saved["embeddings"], np.float32)
+                    entry = json.loads(str(saved["entry"]))
+            except (OSError, ValueError, KeyError) as error:
+                raise ValueError(f"{path}: unreadable undo record ({error}); it is left as it is") from error
+            row = {memory_id: n for n, memory_id in enumerate(ids)}
+            state = self.journal.replay()
+            stored = set(self.sync.chroma_ids())
+            restore_ids, keepers, skipped = [], [], 0
+            for group in entry["groups"]:
+                keeper = next((i for i in group if i in stored), None)
+                if keeper is None:
+                    skipped += 1
+                    continue
+                keepers.append(keeper)
+                # a merged member is journaled forgotten "merged"; one forgotten later by the user stays gone
+                restore_ids += [i for i in group if i != keeper and i not in stored
+                                and self._forgotten_by_merge(i, state)]
+            if keepers:
+                metadatas = [entry["records"][i]["metadata"] for i in keepers]
+                self.store.collection.update(ids=keepers, metadatas=metadatas)
+                self.journal.updated(keepers, metadatas)
+            if restore_ids:
+                records = [entry["records"][i] for i in restore_ids]
+                vectors_back = vectors[[row[i] for i in restore_ids]]
+                self.store.collection.upsert(ids=restore_ids, embeddings=vectors_back,
+                                             metadatas=[r["metadata"] for r in records],
+                                             documents=[r["document"] for r in records])
+                self.journal.confirm(restore_ids, [str(r["metadata"].get("source_path", "")) for r in records],
+                                     records)
+                self.sync.add(restore_ids, vectors_back)
+            self.journal.changed()
+            self.sync.finish()
+            done = path.with_suffix(".undone")
+            os.replace(path, done)  # kept, renamed: a second --undo goes to the consolidate before
+            return {"restored": len(restore_ids), "groups": len(keepers), "skipped_groups": skipped,
+                    "file": str(done)}
+
+    def _forgotten_by_merge(self, memory_id: str, state) -> bool:
+        """Whether the journal's last word on ``memory_id`` is a merge (not a later forget)."""
+        return memory_id in state.forgotten and state.why.get(memory_id, "merged") == "merged"
 
     def duplicate_groups(self, threshold: float = 0.97, same_modality: bool = True) -> list[list[str]]:
         """The groups :meth:`consolidate` would merge (nothing is changed): consolidate's dry run."""

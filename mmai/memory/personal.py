@@ -343,6 +343,14 @@ class PersonalMemory:
         source; ``same_modality`` only merges memories of one modality. Returns how many were removed."""
         return self.maintenance.consolidate(threshold, same_modality)
 
+    def undo_consolidate(self) -> dict[str, Any]:
+        """Undo the latest :meth:`consolidate` (each one saves its groups' records and embeddings
+        under ``ROOT/consolidate-undo/`` first): the merged memories come back as they were, and
+        their keepers get their own metadata back; a group whose keeper was forgotten since, or a
+        member forgotten since, stays gone. Returns ``{"restored", "groups", "skipped_groups",
+        "file"}``; raises ``FileNotFoundError`` when there is nothing to undo."""
+        return self.maintenance.undo_consolidate()
+
     def rebuild(self) -> dict[str, Any]:
         """Restore into Chroma every confirmed memory of the journal it lacks (saved embedding, or
         embedded again from its media copy with the store's checkpoint), rebuild the FAISS index
