@@ -75,9 +75,14 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
         self._features: dict[str, SplitFeatures] = {}
         self._last_step_time: float | None = None
         if init_from is not None:
-            self.model.load_checkpoint_state(
-                read_checkpoint(init_from, "model.init_from", require_hyperparameters=False)["state_dict"],
-                prefix="model.")
+            state = read_checkpoint(init_from, "model.init_from", require_hyperparameters=False)["state_dict"]
+            self.model.load_checkpoint_state(state, prefix="model.")
+            from lightning.pytorch.utilities import rank_zero_info
+
+            loaded = [key for key in state if key.startswith("model.")]
+            rank_zero_info(f"model.init_from: loaded {len(loaded)} tensors "
+                           f"({sum(state[k].numel() for k in loaded if hasattr(state[k], 'numel')):,} values: weights, "
+                           f"queues, temperature) from {init_from}; optimizer, schedule and step start fresh")
         # transformers' from_pretrained returns modules in eval mode and Lightning keeps the modes
         # it finds: without this the pretrained text tower would train with dropout off.
         self.train()

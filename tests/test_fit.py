@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -86,13 +87,15 @@ def test_unknown_tower_is_a_clear_error(shards, tmp_path):
 
 
 @pytest.mark.slow
-def test_init_from_a_checkpoint_with_another_embed_dim_is_a_clear_error(shards, tmp_path):
+def test_init_from_a_checkpoint_with_another_embed_dim_is_a_clear_error(shards, tmp_path, caplog):
     cli_main(["fit", *tiny_args(shards, tmp_path / "a", "--trainer.max_steps", "1")])
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
     with pytest.raises(ValueError, match="trained with embed_dim=64.*embed_dim=32"):
         cli_main([*tiny_args(shards, tmp_path / "b", "--model.bi_encoder.embed_dim", "32"), "--model.init_from", str(ckpt)],
                  run=False)
-    cli = cli_main([*tiny_args(shards, tmp_path / "c"), "--model.init_from", str(ckpt)], run=False)
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        cli = cli_main([*tiny_args(shards, tmp_path / "c"), "--model.init_from", str(ckpt)], run=False)
+    assert any("model.init_from: loaded" in r.getMessage() and str(ckpt) in r.getMessage() for r in caplog.records)
     saved = torch.load(ckpt, weights_only=True)["state_dict"]
     assert torch.equal(cli.model.model.queue.image_queue, saved["model.queue.image_queue"])
     with pytest.raises(FileNotFoundError, match="init_from"):
