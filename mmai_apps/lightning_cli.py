@@ -45,12 +45,14 @@ def inspect_main(argv: list[str]) -> int:
     loader = data.train_dataloader() if args.split == "train" else data.eval_dataloader(args.split)
     images = captions = batches = 0
     classes: Counter = Counter()
+    distinct: set[int] = set()
     first = None
     start = time.perf_counter()
     for batch in loader:
         first = first or batch
         batches += 1
         images += int((~batch["is_pad"]).sum())
+        distinct.update(batch["image_id"][~batch["is_pad"]].tolist())
         captions += len(batch["captions"])
         classes.update(batch["class_id"].tolist())
         if args.batches and batches >= args.batches:
@@ -59,8 +61,12 @@ def inspect_main(argv: list[str]) -> int:
     if first is None:
         print("no batches: the split is empty or smaller than one batch")
         return 1
-    print(f"{args.split}: {batches} batches, {images} images, {captions} captions, {len(classes)} classes "
-          f"in {seconds:.1f} s ({images / seconds:,.0f} images/s, {args.num_workers} workers)")
+    total = int(manifest["splits"][args.split]["images"])
+    repeat = (" (the training stream fills whole batches for every worker: shards are resampled, so images repeat)"
+              if images > len(distinct) else "")
+    print(f"{args.split}: {batches} batches, {images} images streamed, {len(distinct)} distinct of the split's {total}"
+          f"{repeat}, {captions} captions, {len(classes)} classes in {seconds:.1f} s "
+          f"({images / seconds:,.0f} images/s, {args.num_workers} workers)")
     print("batch: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in first.items() if hasattr(v, "shape")))
     print(f"example caption (image {int(first['image_id'][0])}, class {int(first['class_id'][0])}): "
           f"{first['captions'][0]!r}")

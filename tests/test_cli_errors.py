@@ -94,3 +94,14 @@ def test_sweep_run_of_a_missing_or_unreadable_sweep_file_is_one_line(tmp_path, c
     assert main(["sweep", "run", str(broken), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mmai sweep: error: ") and str(broken) in err and "Traceback" not in err
+
+
+def test_inspect_counts_distinct_images_against_the_split(synth_shards, capsys):
+    """The training stream repeats images to fill every worker's batches: inspect says how many
+    distinct images it saw of the split's, not only how many it streamed."""
+    assert main(["data", "inspect", "--shards", str(synth_shards), "--split", "val", "--num-workers", "0",
+                 "--batch-size", "4", "--image-size", "32"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("val: "))
+    import json
+    total = json.loads((synth_shards / "manifest.json").read_text())["splits"]["val"]["images"]
+    assert f"{total} images streamed, {total} distinct of the split's {total}," in line, line
