@@ -42,6 +42,7 @@ import os
 import re
 import shutil
 import signal
+import time
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -644,7 +645,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (ValueError, FileNotFoundError):
                 pass  # a bi-encoder checkpoint: the page says why re-rank is off
             try:
-                launch(app, args.host, args.port, max_upload_mb=args.max_upload_mb)
+                # Gradio's own loop prints a share-link hint and "Keyboard interruption ..." on a stop:
+                # launched quietly without it, the one line below says where the dashboard is
+                launch(app, args.host, args.port, max_upload_mb=args.max_upload_mb, block=False, quiet=True)
+                print(f"mmai serve: the dashboard of {memory.root} is at {app.local_url} (Ctrl-C or SIGTERM stops it)",
+                      file=sys.stderr, flush=True)
+                while True:
+                    time.sleep(3600)
             finally:
                 app.close()
     except KeyboardInterrupt:

@@ -411,6 +411,9 @@ def test_mmai_serve_removes_its_temporary_folder_when_stopped(tmp_path, checkpoi
             server.kill()
             server.wait()
     assert list(cache.iterdir()) == []
+    printed = log.read_text()  # one line says where it serves; no share-link hint, no "Keyboard interruption"
+    assert f"is at http://127.0.0.1:{port}/" in printed and "public link" not in printed, printed
+    assert "Keyboard interruption" not in printed and "Traceback" not in printed, printed
 
 
 def test_user_text_is_escaped_in_the_dashboards_markdown(board):
