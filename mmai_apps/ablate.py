@@ -47,7 +47,7 @@ from mmai_apps.resources import data_root
 REPO = data_root()  # the installed package's folder: configs/ and sweeps/ are package data
 METRICS_FILE = "ablation_metrics.json"
 SETTING_KEYS = {"seed", "seeds", "out", "shard_dir", "synth", "bi_encoder", "reranker", "retrieval", "baseline", "clip",
-                "quick"}
+                "quick", "stage1_only"}
 RECALL_COLUMNS = [f"{direction}/{relevance}/R@{k}" for direction in ("t2i", "i2t")
                   for relevance in ("instance", "class") for k in (1, 5, 10)]
 LATENCY_COLUMNS = ["stage1_ms", "rerank_ms", "gar_ms", "total_ms"]
@@ -495,6 +495,11 @@ def compare(runs_by_seed: dict[int, dict[str, RunSpec]]) -> list[dict[str, Any]]
                 queries, units = _queries_and_units(loaded[key], metric)
                 sides.append((values, queries, units))
             (a, qa, _), (b, qb, units) = sides
+            skipped = [runs[specs[n].run].status for n in (against, row)
+                       if str(runs[specs[n].run].status).startswith("not run")]
+            if skipped:
+                problem = skipped[0]
+                break
             if a is None or b is None:
                 problem = "not measured (a run has no per-query outcomes for it)"
                 break
@@ -725,6 +730,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard-dir", type=Path, default=None,
                         help="shards to use (default: the config's shard_dir, else synthesise into OUT/data)")
     parser.add_argument("--no-wandb", action="store_true", help="skip the W&B table (markdown and CSV only)")
+    parser.add_argument("--stage1-only", action="store_true",
+                        help="train and compare rows 1-2 only (the bi-encoder settings), no re-ranker")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="train and evaluate every row once per seed (default: the config's `seeds`, else its "
                              "`seed`); the table shows mean ± std and paired 95%% intervals")
@@ -738,6 +745,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or settings.get("out") or "runs/ablation").resolve()
     if args.seeds:
         settings["seeds"] = list(args.seeds)
+    if args.stage1_only:
+        settings["stage1_only"] = True
     run_ablation(settings, out, args.shard_dir, wandb=not args.no_wandb)
     return 0
 
@@ -779,10 +788,12 @@ def run_ablation(settings: dict[str, Any], out: Path, shard_dir: Path | None = N
         for step, (name, rows_of) in enumerate(order, 1):
             spec = runs[name]
             where = f"[ablate] seed {seed} ({seeds.index(seed) + 1}/{len(seeds)}) {step}/{len(order)} {rows_of} ({name})"
-            if name == "clip" and reason is not None:
-                spec.status = reason
+            skip = reason if name == "clip" else (
+                "not run (stage1_only: rows 1-2 only)" if name == "rerank" and settings.get("stage1_only") else None)
+            if skip is not None:
+                spec.status = skip
                 if seed == seeds[0]:
-                    print(f"{where}: {reason}", flush=True)
+                    print(f"{where}: {skip}", flush=True)
                 continue
             print(f"{where}: {spec.run_dir}", flush=True)
             run_or_reuse(spec)

@@ -76,10 +76,38 @@ def inspect_main(argv: list[str]) -> int:
     return 0
 
 
+def _finish_wandb() -> None:
+    """End this process's W&B run once its command is done: the service writes the run's files (the
+    saliency panels, the summary) by then, not at some later point or at exit (an in-process
+    caller such as a test, a sweep trial or the demo then reads them complete)."""
+    import sys
+
+    wandb = sys.modules.get("wandb")  # only when a logger imported it
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
+class _FinishWandb:
+    """LightningCLI hooks ``after_<subcommand>``: finish the W&B run after a successful command (a
+    failing one keeps it for its caller: a sweep trial marks it failed)."""
+
+    def after_fit(self) -> None:
+        _finish_wandb()
+
+    def after_validate(self) -> None:
+        _finish_wandb()
+
+    def after_test(self) -> None:
+        _finish_wandb()
+
+    def after_predict(self) -> None:
+        _finish_wandb()
+
+
 def _make_cli_class():
     from lightning.pytorch.cli import LightningCLI
 
-    class _CLI(LightningCLI):
+    class _CLI(_FinishWandb, LightningCLI):
         """LightningCLI with MMAI's links: values the model and the data must agree on are set once."""
 
         def add_arguments_to_parser(self, parser) -> None:
@@ -138,7 +166,7 @@ def _data_field(name: str):
 def _make_rerank_cli_class():
     from lightning.pytorch.cli import LightningCLI
 
-    class _RerankCLI(LightningCLI):
+    class _RerankCLI(_FinishWandb, LightningCLI):
         """LightningCLI of the re-ranker stage: the data follow the bi-encoder checkpoint's input
         size, tokenizer and caption length, read from the checkpoint itself."""
 

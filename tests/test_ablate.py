@@ -257,6 +257,13 @@ def test_ablate_quick_writes_every_row_and_column_and_reuses_its_runs(synth_shar
     assert all(d["verdict"] in ("gain", "loss", "no measurable gain") for d in measured)
     assert "± " in (out / "ablation.md").read_text()
 
+    assert main([*args, "--no-wandb", "--stage1-only"]) == 0  # rows 1-2 only (reused); the re-ranker not run
+    printed = capsys.readouterr().out
+    assert printed.count(": reused") == 2 and "not run (stage1_only" in printed
+    only = _read_csv(out / "ablation.csv")
+    assert all(r["status"].startswith("not run (stage1_only") for r in only if int(r["row"]) >= 3)
+    assert all(r["status"] == "reused" or r["status"] == "trained" for r in only if int(r["row"]) in (1, 2))
+
 
 # ------------------------------------------------------------------------- damaged finished runs
 def _finished_fit_run(tmp_path) -> RunSpec:

@@ -108,16 +108,20 @@ def test_saliency_command_renders_a_panel_from_a_checkpoint(tmp_path, capsys):
     assert "match logit" in capsys.readouterr().out
 
 
-def test_saliency_command_names_a_missing_image_and_a_bi_encoder_checkpoint(tmp_path):
+def test_saliency_command_names_a_missing_image_and_a_bi_encoder_checkpoint(tmp_path, capsys):
     from mmai_apps.cli import main
 
     ckpt = make_reranker_ckpt(tmp_path)
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(SystemExit, match="does not exist"):  # argparse-style: the message alone, exit 1
         main(["saliency", "--checkpoint", str(ckpt), "--image", str(tmp_path / "nope.jpg"), "--query", "q"])
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    assert main(["saliency", "--checkpoint", str(tmp_path / "bi_encoder.ckpt"), "--image", str(tmp_path / "x.png"),
+                 "--query", "q"]) == 2  # one line, no traceback (--debug raises)
+    err = capsys.readouterr().err
+    assert "bi-encoder checkpoint without a re-ranker" in err and "Traceback" not in err
     with pytest.raises(ValueError, match="bi-encoder checkpoint without a re-ranker"):
-        main(["saliency", "--checkpoint", str(tmp_path / "bi_encoder.ckpt"), "--image", str(tmp_path / "x.png"),
-              "--query", "q"])
+        main(["--debug", "saliency", "--checkpoint", str(tmp_path / "bi_encoder.ckpt"), "--image",
+              str(tmp_path / "x.png"), "--query", "q"])
 
 
 def test_rerank_without_a_bi_encoder_checkpoint_says_what_to_pass(synth_shards, tmp_path):
