@@ -6,6 +6,8 @@ store, the FAISS index and the episodic graph stay consistent)::
     mmai memory ingest ~/Pictures/2023 notes/ --meta places.csv --checkpoint runs/reranker/last.ckpt
     mmai memory ingest --from-synthetic data/synth_cub --limit 500      # the diary as an example collection
     mmai memory search "white bird with an orange beak" --year 2023 --place Mumbai --rerank --gar --explain panels/
+    mmai memory search "a red bird at Powai Lake in spring 2023"      # time and place words become filters
+    mmai memory search "what did I see after the heron at the lake"   # what followed it in its outing
     mmai memory related 3fa9c2e1
     mmai memory forget --place Berlin --yes
     mmai memory stats          # and likewise: check, rebuild, consolidate --threshold 0.97 [--yes]
@@ -25,6 +27,7 @@ commands refuse a ``--root`` that holds none (a mistyped root is an error, not a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import sys
@@ -98,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--gar", action="store_true", help="graph-augmented re-ranking with explanations")
     search.add_argument("--explain", type=Path, default=None, metavar="DIR", help="save saliency panels here")
     search.add_argument("--recency-weight", type=float, default=0.0, help="weight of recency (default 0: off)")
+    search.add_argument("--no-parse", action="store_true",
+                        help="embed the query as typed: do not read its time and place words ('at Powai Lake in "
+                             "spring 2023', 'last December', 'near the lake') as filters")
+    search.add_argument("--now", default=None, metavar="TIME",
+                        help="reference time of relative words like 'yesterday' (ISO-8601, UTC; default: now)")
+    search.add_argument("--following", action="store_true",
+                        help="the query names an anchor memory: list what came after it in its outing "
+                             "(also: 'what did I see after the heron at the lake')")
+    search.add_argument("--burst-s", type=float, default=120.0, metavar="SECONDS",
+                        help="with --following: skip memories this close after the anchor (its burst, its "
+                             "recording; default 120, 0: none)")
     search.add_argument("--json", action="store_true", help="print the hits as JSON lines")
 
     related = sub.add_parser("related", help="memories linked to one in the episodic graph")
@@ -242,21 +256,41 @@ def run_search(args: argparse.Namespace) -> int:
     with _open(args) as memory:
         from mmai.memory.search import SearchOptions
 
+        now = None
+        if args.now is not None:
+            from mmai.memory.ingest import parse_time
+
+            now = parse_time(args.now, "--now")
+        parsed = memory.understand(args.query, _filters_of(args), now, parse=not args.no_parse)
         options = SearchOptions(rerank=args.rerank, rerank_k=args.rerank_k, stage1_weight=args.stage1_weight,
                                 gar=args.gar, gar_weight=args.gar_weight, damping=args.damping,
-                                explain_dir=args.explain, recency_weight=args.recency_weight)
-        hits = memory.search(args.query, args.k, _filters_of(args), options)
+                                explain_dir=args.explain, recency_weight=args.recency_weight,
+                                following=args.following or parsed.following, burst_s=args.burst_s)
+        hits = memory.search(parsed.text, args.k, parsed.applied, options)
         if args.rerank and memory.index is not None:  # which rerank_k and lambda, and where they came from
             used = memory.rerank_settings(options).describe({"rerank_k": "--rerank-k",
                                                              "stage1_weight": "--stage1-weight"})
             print(f"re-rank: {used}", file=sys.stderr if args.json else sys.stdout)
         if args.json:
+            print(json.dumps({"understood": parsed.summary()}, default=str), file=sys.stderr)
+        elif parsed.phrases or parsed.overridden or options.following:  # the words were read: say how
+            for line in parsed.lines():
+                print(printable(line))
+            if options.following:
+                anchor = hits[0].related[0] if hits else next(iter(memory.search(
+                    parsed.text, 1, parsed.applied, dataclasses.replace(options, following=False))), None)
+                if anchor is not None:
+                    print(f"after: {anchor.id[:12]}  {_describe(anchor.metadata)}")
+                    if not hits:
+                        print("nothing came after it in its outing")
+                        return 0
+        if args.json:
             for hit in hits:
-                print(json.dumps(_hit_json(hit)))
+                print(json.dumps({**_hit_json(hit), "filters": parsed.applied.active()}, default=str))
             return 0
         if not hits:
             print("no memories match" + (" (stored places: " + printable(", ".join(memory.known_places())) + ")"
-                                         if args.place else ""))
+                                         if parsed.applied.place is not None else ""))
         for hit in hits:
             logit = "" if hit.match_logit is None else f" logit {hit.match_logit:+.3f}"
             print(f"{hit.rank + 1:2d}. {hit.score:+.3f}{logit}  {hit.id[:12]}  {_describe(hit.metadata, hit.document)}")

@@ -4,7 +4,10 @@ The dashboard is a thin view of :class:`~mmai.memory.personal.PersonalMemory`:
 
 * **search** — a query box, filters (year, place, modality, after/before) and the re-rank
   (stage-2 fusion re-ranker) and GAR (graph-augmented retrieval) toggles; the results come back
-  as a gallery captioned with rank, score, place and date;
+  as a gallery captioned with rank, score, place and date; the query's time and place words
+  ("at Powai Lake in spring 2023", "last December") become filters, said in the status line
+  (the form's fields win; a box turns it off), and "what did I see after the heron" lists what
+  followed that memory in its outing;
 * **inspect** — selecting a result shows the saliency overlay of the query on that image (the
   re-ranker's cross-attention, :mod:`mmai.saliency`), its associated memories from the episodic
   graph with the reason ("same outing" / "similar content"), a player for audio memories and the
@@ -278,11 +281,16 @@ class Dashboard:
 
     # ---------------------------------------------------------------- search
     def search(self, query: str, year: Any = None, place: Any = None, modality: Any = "any", after: Any = None,
-               before: Any = None, rerank: bool = False, gar: bool = False, k: Any = None):
+               before: Any = None, rerank: bool = False, gar: bool = False, k: Any = None, parse: bool = True,
+               now: Any = None):
         """Run a search; returns ``(gallery items, hits, query, status markdown)``.
 
-        Problems (empty query, bad filter, no checkpoint) come back as the status line and an
-        empty gallery, never as an exception, so the page always says what happened.
+        With ``parse`` (the form's "Read time and place words" box) the query's time and place
+        words become filters (:meth:`PersonalMemory.understand`; the form's fields win) and the
+        status says which; "... after the heron" lists what followed the anchor. ``now`` is the
+        reference time of relative words (default the clock). Problems (empty query, bad filter,
+        no checkpoint) come back as the status line and an empty gallery, never as an exception,
+        so the page always says what happened.
         """
         query = (query or "").strip()
         if not query:
@@ -292,12 +300,32 @@ class Dashboard:
             if rerank and not self.has_reranker:
                 return [], [], query, (f"**Re-rank is unavailable:** {self.reranker_note} — switch re-rank off "
                                        "or serve a re-ranker checkpoint.")
-            options = dataclasses.replace(self.options, rerank=bool(rerank), gar=bool(gar))
-            hits = self.memory.search(query, int(k or self.k), filters, options)
+            parsed = self.memory.understand(query, filters, now, parse=bool(parse))
+            options = dataclasses.replace(self.options, rerank=bool(rerank), gar=bool(gar),
+                                          following=self.options.following or parsed.following)
+            hits = self.memory.search(parsed.text, int(k or self.k), parsed.applied, options)
         except (ValueError, KeyError) as error:
             return [], [], query, f"**Search failed:** {md_escape(error)}"
         gallery = [(self.thumbnail(hit), hit_caption(hit)) for hit in hits]
-        return gallery, hits, query, self._search_status(query, hits, filters, options)
+        return gallery, hits, query, self._search_status(query, hits, parsed.applied, options) + self._words_status(
+            parsed, hits)
+
+    @staticmethod
+    def _words_status(parsed: Any, hits: list) -> str:
+        """What the query's words were read as: the filters they set, what a form field replaced,
+        the text searched for, the anchor of an "after" query."""
+        lines = [f"*{md_escape(phrase.words)}* → {md_escape(phrase.meaning)}" for phrase in parsed.phrases]
+        lines += [md_escape(line) for line in parsed.overridden]
+        if not lines and not parsed.following:
+            return ""
+        text = f" Searched for *{md_escape(parsed.text)}*" if parsed.text != parsed.query.strip() else ""
+        anchor = ""
+        if parsed.following and hits and hits[0].related:
+            first = hits[0].related[0]
+            anchor = (f" Showing what came after the best match ({md_escape(first.id[:8])}, "
+                      f"{md_escape(format_time(first.metadata.get('timestamp')))}).")
+        return ("<br>Filters from your words: " + "; ".join(lines) + "." if lines else "") + text + (
+            "." if text else "") + anchor
 
     def rerank_settings(self) -> str:
         """Which ``rerank_k`` and ``stage1_weight`` re-ranking uses and where they come from."""
@@ -489,6 +517,7 @@ def build_app(memory: PersonalMemory, *, max_upload_mb: float = DEFAULT_MAX_UPLO
                                  elem_id="mmai-rerank")
             gar = gr.Checkbox(label="GAR (associated memories)", value=False, elem_id="mmai-gar")
             count = gr.Slider(1, 50, value=k, step=1, label="Results")
+            words = gr.Checkbox(label="Read time and place words", value=True, elem_id="mmai-parse")
         status = gr.Markdown(elem_id="mmai-status")
         hits, searched = gr.State([]), gr.State("")
         with gr.Row():
@@ -515,7 +544,7 @@ def build_app(memory: PersonalMemory, *, max_upload_mb: float = DEFAULT_MAX_UPLO
             add = gr.Button("Add to memory", elem_id="mmai-add")
             upload_report = gr.Markdown(elem_id="mmai-upload-report")
 
-        inputs = [query, year, place, modality, after, before, rerank, gar, count]
+        inputs = [query, year, place, modality, after, before, rerank, gar, count, words]
         outputs = [gallery, hits, searched, status]
         search.click(board.search, inputs, outputs)
         query.submit(board.search, inputs, outputs)

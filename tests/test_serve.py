@@ -21,8 +21,8 @@ from PIL import Image
 from mmai.data.synth import synthesize
 from mmai.memory.filters import Filters
 from mmai.memory.personal import PersonalMemory
-from mmai_apps.serve import (Dashboard, build_app, build_parser, check_upload, format_time, is_loopback, parse_filters,
-                        upload_meta)
+from mmai_apps.serve import (Dashboard, build_app, build_parser, check_upload, format_time, is_loopback, md_escape,
+                             parse_filters, upload_meta)
 from tiny_checkpoints import make_bi_encoder_ckpt, make_reranker_ckpt
 from tiny_configs import TINY_CLAP
 
@@ -262,6 +262,26 @@ def test_search_problems_are_reported_on_the_page_not_raised(board):
     assert gallery == [] and "Search failed" in status and "Year" in status
     gallery, _, _, status = board.search("a bird", place="Atlantis")
     assert gallery == [] and "No memory matches" in status and "place=Atlantis" in status
+
+
+def test_time_and_place_words_become_filters_the_status_names(board):
+    place = board.memory.known_places()[0]
+    _, everything, _, _ = board.search("a bird", modality="image", k=50)
+    year = everything[0].metadata["year"]
+    wanted = [h for h in everything if h.metadata["place"] == place and h.metadata["year"] == year]
+    query = f"a bird at {place.split(',')[0]} in {year}"
+    _, hits, _, status = board.search(query, modality="image", k=50)
+    assert {h.id for h in hits} == {h.id for h in wanted}
+    assert "Filters from your words" in status and f"place {md_escape(place)}" in status and "Searched for *a bird*" in status
+    _, unparsed, _, status = board.search(query, modality="image", k=50, parse=False)
+    assert len(unparsed) == len(everything) and "Filters from your words" not in status
+    _, overruled, _, status = board.search(query, year=str(year - 50), k=50)
+    assert overruled == [] and "time flags win" in status  # the form's year wins over the words
+    _, _, _, status = board.search("a bird on 2023-02-30")
+    assert "Search failed" in status and "is not a date" in status
+    _, later, _, status = board.search("what did I see after a bird", k=5)
+    assert "Searched for *a bird*" in status and ("Showing what came after the best match" in status or not later)
+    assert all("after the anchor" in hit.explanation for hit in later)
 
 
 # ---------------------------------------------------------------------- select

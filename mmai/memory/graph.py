@@ -343,6 +343,44 @@ class EpisodicGraph:
         order = np.argsort(-(self.embeddings[positions] @ query), kind="stable")
         return self.ids[positions[order]]
 
+    # ------------------------------------------------------------------ temporal order
+    def follows(self) -> nx.DiGraph:
+        """Directed "follows" links: each memory -> the next memory of its episode (one outing:
+        same place, gaps <= ``episode_gap_s``) in time order (ties by id), with ``gap_s``.
+
+        Built on first use from the episodes and timestamps (memories of unknown time are
+        episodes of their own, so they follow nothing) and cached.
+        """
+        if getattr(self, "_follows", None) is None:
+            order = np.lexsort((self.ids, self.timestamps, self.episode_of))  # (N,) episode, then time
+            same = self.episode_of[order][1:] == self.episode_of[order][:-1]  # (N-1,)
+            earlier, later = order[:-1][same], order[1:][same]
+            follows = nx.DiGraph()
+            follows.add_nodes_from(self.ids.tolist())
+            follows.add_edges_from(
+                (int(self.ids[a]), int(self.ids[b]), {"gap_s": float(self.timestamps[b] - self.timestamps[a])})
+                for a, b in zip(earlier.tolist(), later.tolist()))
+            self._follows = follows
+        return self._follows
+
+    def following(self, memory_id: int, skip_s: float = 0.0) -> list[tuple[int, float]]:
+        """The memories after ``memory_id`` in its outing, in time order, as ``(id, seconds after
+        it)``; those at most ``skip_s`` seconds after it (its own burst, the recording made with
+        it) are left out when ``skip_s > 0``. Raises KeyError for an unknown id."""
+        follows = self.follows()
+        node = int(memory_id)
+        if node not in follows:
+            raise KeyError(f"memory {node} is not in the graph")
+        found, gap = [], 0.0
+        while True:
+            nexts = list(follows.successors(node))
+            if not nexts:
+                return found
+            gap += follows[node][nexts[0]]["gap_s"]
+            node = nexts[0]
+            if skip_s <= 0 or gap > skip_s:
+                found.append((node, gap))
+
     # ------------------------------------------------------------------ control
     def shuffled_control(self, seed: int = 0) -> "EpisodicGraph":
         """The same memories with timestamps and places permuted across memories (GAR's control).

@@ -60,6 +60,7 @@ from mmai.memory.records import Records, Related, SearchHit, decode_metadata
 from mmai.memory.search import RerankSettings, SearchOptions, Searcher
 from mmai.memory.recovery import move_aside
 from mmai.memory.store import MemoryStore, StoreDamagedError
+from mmai.memory.words import ParsedQuery, understand
 
 __all__ = ["HNSW_FROM", "DamagedGenerationError", "Filters", "IngestReport", "NoStoreError", "PersonalMemory", "Related", "RerankSettings",
            "SearchHit", "SearchOptions", "StoreBusyError", "StoreDamagedError", "decode_metadata", "has_store", "int_id"]
@@ -268,6 +269,27 @@ class PersonalMemory:
             memory is empty or a place matches nothing).
         """
         return self.searcher.search(query, k, filters, options)
+
+    @_sees_other_writers
+    def understand(self, query: str, filters: Filters | None = None, now: Any = None, *,
+                   parse: bool = True) -> ParsedQuery:
+        """The time and place words of ``query`` read as filters (:mod:`mmai.memory.words`),
+        merged with ``filters`` (the flags win), with the text to embed::
+
+            parsed = memory.understand("a red bird at Powai Lake in spring 2023")
+            hits = memory.search(parsed.text, 10, parsed.applied, SearchOptions(following=parsed.following))
+
+        Args:
+            query: the sentence.
+            filters: the flags' filters (each given field wins over the words' for its kind:
+                time = year/after/before, place).
+            now: reference time of relative words ("last December"); default the clock.
+            parse: ``False`` reads no words (the query as typed, ``filters`` alone).
+
+        Raises:
+            ValueError: a date that does not exist or contradicting time words (one line).
+        """
+        return understand(query, self.records.known_places() if parse else (), filters, now, parse=parse)
 
     @_sees_other_writers
     def rerank_settings(self, options: SearchOptions | None = None) -> RerankSettings:

@@ -38,9 +38,22 @@ from mmai.memory.models import MemoryModels
 from mmai.memory.records import NoMatch, Records, Related, SearchHit
 from mmai.memory.store import MemoryStore
 
-__all__ = ["GIVEN", "RerankSettings", "SearchOptions", "Searcher"]
+__all__ = ["GIVEN", "MOMENT_S", "RerankSettings", "SearchOptions", "Searcher"]
 
 GIVEN = "given"  #: the source of a re-rank setting passed in :class:`SearchOptions`
+#: memories of another modality at most this many seconds apart at one place were recorded together
+#: (a photo and the song recorded with it); :meth:`Searcher.related` lists them first.
+MOMENT_S = 60.0
+MOMENT_REASON = "recorded together"
+
+
+def _duration(seconds: float) -> str:
+    """``"45 s"``, ``"12 min"``, ``"1.5 h"``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 @dataclasses.dataclass
@@ -71,6 +84,14 @@ class SearchOptions:
         recency_half_life_days: half-life of recency (default 30).
         importance_weight: add ``importance_weight * importance`` (default 0: off).
         now: reference time for recency, unix seconds (default: the clock).
+        following: the query describes an *anchor* memory ("the heron at the lake"): find it (the
+            best match under the filters, with the other options), then return the memories that
+            followed it in its outing, in time order (the graph's directed "follows" links). The
+            hits' explanation says how long after the anchor; their ``related[0]`` is the anchor.
+            Only the modality filter applies to the followers (time and place describe the anchor).
+        burst_s: with ``following``, leave out memories at most this many seconds after the anchor
+            (its own burst of photos, the recording made with it; default 120, GAR's burst window;
+            0: every later memory).
     """
 
     rerank: bool = False
@@ -89,6 +110,8 @@ class SearchOptions:
     recency_half_life_days: float = 30.0
     importance_weight: float = 0.0
     now: float | None = None
+    following: bool = False
+    burst_s: float = 120.0
 
     def __post_init__(self) -> None:
         for name in ("rerank_k", "list_length"):
@@ -153,6 +176,8 @@ class Searcher:
         k = int(k)
         if self.sync.index is None:
             return []
+        if options.following:
+            return self._following(query, k, filters, options)
         try:
             where = self.records.where(filters)
         except NoMatch:
@@ -277,16 +302,64 @@ class Searcher:
             hit.match_logit, hit.score = float(logits[position]), float(score)
             hits[slot] = hit
 
+    # ------------------------------------------------------------------ temporal order
+    def _following(self, query: str, k: int, filters: Filters | None, options: SearchOptions) -> list[SearchHit]:
+        """``options.following``: the anchor (best match), then what followed it in its outing."""
+        anchors = self.search(query, 1, filters, dataclasses.replace(options, following=False, explain_dir=None))
+        if not anchors:
+            return []
+        anchor = anchors[0]
+        later = self.sync.graph().following(int_id(anchor.id), skip_s=max(float(options.burst_s), 0.0))
+        ids = [self.sync.str_ids[int(number)] for number, _ in later]
+        gaps = {memory_id: gap for memory_id, (_, gap) in zip(ids, later)}
+        metadata = self.records.metadata_of(ids) if ids else {}
+        wanted = None if filters is None or filters.modality is None else (
+            {filters.modality} if isinstance(filters.modality, str) else set(filters.modality))
+        chosen = [i for i in ids if i in metadata and (wanted is None or metadata[i].get("modality") in wanted)][:k]
+        records = self.store.get(chosen, include_embeddings=False, missing="skip") if chosen else None
+        documents = dict(zip(records.ids, records.documents)) if records else {}
+        hits = []
+        for rank, memory_id in enumerate(chosen):
+            hit = SearchHit(memory_id, rank, anchor.score, anchor.stage1_score, metadata=metadata[memory_id],
+                            document=documents.get(memory_id))
+            hit.explanation = (f"{_duration(gaps[memory_id])} after the anchor {anchor.id[:8]} "
+                               f"(the best match for the query), same outing")
+            hit.related = [Related(anchor.id, anchor.score, "anchor (best match)", anchor.metadata)]
+            hits.append(hit)
+        return hits
+
     # ------------------------------------------------------------------ graph and GAR
     def related(self, memory_id: str, k: int = 10) -> list[Related]:
-        """See :meth:`PersonalMemory.related`."""
+        """See :meth:`PersonalMemory.related`: the strongest graph links, but first the memories
+        of another modality recorded at the same moment (at most :data:`MOMENT_S` apart, same place):
+        a photo's song, a song's photo."""
         memory_id = self.sync.resolve_id(memory_id)
         graph = self.sync.graph().graph
-        edges = sorted(graph[int_id(memory_id)].items(), key=lambda item: -item[1]["weight"])[: int(k)]
-        ids = [self.sync.str_ids[int(number)] for number, _ in edges]
-        metadata = self.records.metadata_of(ids) if ids else {}
-        return [Related(other, float(data["weight"]), " and ".join(EDGE_REASONS[t] for t in data["types"]),
-                        metadata[other]) for other, (_, data) in zip(ids, edges) if other in metadata]
+        number = int_id(memory_id)
+        place = graph.nodes[number].get("place")
+        neighbours = graph[number]
+        moment = sorted(((other, data) for other, data in neighbours.items()
+                         if "temporal" in data["types"] and data["time_gap_s"] <= MOMENT_S
+                         and graph.nodes[other].get("place") == place), key=lambda item: item[1]["time_gap_s"])
+        edges = sorted(neighbours.items(), key=lambda item: -item[1]["weight"])[: int(k)]
+        numbers = list(dict.fromkeys([other for other, _ in moment] + [other for other, _ in edges]))
+        ids = [self.sync.str_ids[int(other)] for other in numbers]
+        metadata = self.records.metadata_of(ids + [memory_id])
+        modality = metadata.get(memory_id, {}).get("modality")
+        together = [other for other, _ in moment
+                    if self.sync.str_ids[int(other)] in metadata
+                    and metadata[self.sync.str_ids[int(other)]].get("modality") != modality]
+        order = together + [other for other, _ in edges if other not in set(together)]
+        out = []
+        for other in order[: int(k)]:
+            other_id, data = self.sync.str_ids[int(other)], neighbours[other]
+            if other_id not in metadata:
+                continue
+            reasons = [EDGE_REASONS[t] for t in data["types"]]
+            if other in together:
+                reasons = [MOMENT_REASON] + [r for r in reasons if r != EDGE_REASONS["temporal"]]
+            out.append(Related(other_id, float(data["weight"]), " and ".join(reasons), metadata[other_id]))
+        return out
 
     def _retriever(self, options: SearchOptions) -> GraphAugmentedRetriever:
         graph = self.sync.graph()
