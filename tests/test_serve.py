@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -424,6 +425,9 @@ def test_mmai_serve_removes_its_temporary_folder_when_stopped(tmp_path, checkpoi
         wait_until_serving(f"http://127.0.0.1:{port}/", server, log)
         folders = [path.name for path in cache.iterdir()]
         assert folders and all(name.startswith(f"pid{server.pid}-") for name in folders), folders
+        deadline = time.time() + 60  # the URL line follows the server's start: a stop before it prints nothing
+        while "is at http" not in log.read_text() and time.time() < deadline:
+            time.sleep(0.1)
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=60) == 0, log.read_text()[-2000:]
     finally:
