@@ -45,9 +45,9 @@ import os
 import re
 import shutil
 import signal
-import time
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence

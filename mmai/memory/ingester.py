@@ -153,8 +153,10 @@ class Ingester:
         if files:
             self.models.encoder  # noqa: B018 - load the model first: no model is a usage error, not a file's
         with self.write_lock():
-            self._refuse_if_chroma_lost()
-            self._confirm_killed_batch()
+            if self.store.is_local:  # a Chroma server's memories come from many machines' journals
+                state = self.journal.replay()
+                self._refuse_if_chroma_lost(state)
+                self._confirm_killed_batch(state)
             bar = tqdm(total=len(files), desc="ingest", unit="file", disable=not progress)
             seen: dict[str, Path] = {}
             for start in range(0, len(files), max(1, batch_size)):
@@ -185,12 +187,9 @@ class Ingester:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _refuse_if_chroma_lost(self) -> None:
+    def _refuse_if_chroma_lost(self, state) -> None:
         """Refuse to write over a store whose Chroma lacks journaled memories: the new index would
         replace the saved embeddings that ``rebuild`` restores them with."""
-        if not self.store.is_local:
-            return
-        state = self.journal.replay()
         if not state.records:
             return
         stored = set(self.store.collection.get(ids=sorted(state.records), include=[])["ids"])
@@ -201,16 +200,13 @@ class Ingester:
                              f"from Chroma (e.g. {lost[0]}; its database was lost or replaced); run `mmai memory "
                              f"rebuild --root {root}` first to restore them, then ingest again")
 
-    def _confirm_killed_batch(self) -> int:
+    def _confirm_killed_batch(self, state) -> int:
         """Journal the memories a killed ingest wrote to Chroma but never confirmed (a kill between
         the Chroma write and the journal line leaves at most one batch so); returns how many.
 
         Under the write lock mmai writes Chroma only so, and its record is complete (one upsert,
         after the media copy). A memory written into Chroma by other code is journaled here too,
         which makes it restorable like the rest (``check`` names such memories until then)."""
-        if not self.store.is_local:
-            return 0
-        state = self.journal.replay()
         unconfirmed = sorted(set(self.sync.chroma_ids()) - state.ids - state.forgotten)
         if not unconfirmed:
             return 0

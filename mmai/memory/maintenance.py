@@ -72,9 +72,7 @@ class Maintenance:
         self.journal.forgotten(targets, why)  # first: a kill after it still forgets them (rebuild finishes it)
         self.store.delete(ids=targets)
         self.journal.changed()
-        for memory_id, metadata in zip(records.ids, records.metadatas):
-            if keep_media:
-                continue
+        for memory_id, metadata in ([] if keep_media else zip(records.ids, records.metadatas)):
             names = {metadata.get("media_file")} | {source.get("media_file") for source in  # merged ones' copies too
                                                     decode_metadata(metadata, memory_id)["sources"]}
             for name in names - {None, ""}:
@@ -178,7 +176,7 @@ class Maintenance:
 
     def _forgotten_by_merge(self, memory_id: str, state) -> bool:
         """Whether the journal's last word on ``memory_id`` is a merge (not a later forget)."""
-        return memory_id in state.forgotten and state.why.get(memory_id, "merged") == "merged"
+        return memory_id in state.forgotten and state.why.get(memory_id) == "merged"
 
     def duplicate_groups(self, threshold: float = 0.97, same_modality: bool = True) -> list[list[str]]:
         """The groups :meth:`consolidate` would merge (nothing is changed): consolidate's dry run."""
