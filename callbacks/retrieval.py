@@ -5,7 +5,8 @@ takes part in the gather) is indexed with FAISS, linked into the episodic graph 
 meaning), and the caption queries go through stage 1 → GAR; GAR is also run on a control graph
 whose times and places are shuffled, so a gain can be traced to real associations. Rank 0
 computes, broadcasts the numbers, and every rank logs the same values (no rank waits on a
-collective the others skip).
+collective the others skip; logged as global values, not all-reduced again:
+:func:`~lightning_glue.eval_set.log_global_values`).
 
 Logged (``val/`` prefix):
 
@@ -54,7 +55,7 @@ import lightning as L
 import numpy as np
 import torch.nn.functional as F
 
-from lightning_glue.eval_set import EvalSet, save_failed_epoch_weights
+from lightning_glue.eval_set import EvalSet, log_global_values, save_failed_epoch_weights
 from mmai.memory.gar import GAR_MODES, GraphAugmentedRetriever
 from mmai.memory.graph import EpisodicGraph
 from mmai.memory.index import VectorIndex
@@ -160,7 +161,7 @@ class RetrievalEvalCallback(L.Callback):
             path = save_failed_epoch_weights(trainer)
             raise RuntimeError(f"retrieval evaluation failed at the end of epoch {trainer.current_epoch} "
                                f"({metrics['__error__']}); this epoch's weights are saved in {path}")
-        pl_module.log_dict({f"val/{key}": value for key, value in metrics.items()})
+        log_global_values(pl_module, {f"val/{key}": value for key, value in metrics.items()})  # rank 0's
         record = getattr(pl_module, "record_validation", None)
         if record is not None and "two_stage/k" in metrics:  # every rank: the broadcast numbers
             record(int(metrics["two_stage/k"]), self.stage1_weight, epoch=trainer.current_epoch,

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from lightning_glue.eval_set import log_global_values
 from mmai.grounding import chance_level, named_parts, pointing_game, rescale_boxes, word_part
 
 
@@ -63,7 +64,7 @@ class SaliencyPanelCallback(L.Callback):
         metrics, panels = ({}, []) if not trainer.is_global_zero else self.evaluate(trainer, pl_module, data)
         metrics = trainer.strategy.broadcast(metrics, src=0)
         if metrics:
-            pl_module.log_dict({f"{self.split}/grounding/{key}": value for key, value in metrics.items()})
+            log_global_values(pl_module, {f"{self.split}/grounding/{key}": value for key, value in metrics.items()})
         if trainer.is_global_zero and panels:
             self._save_and_log(trainer, panels)
 

@@ -114,6 +114,19 @@ def _gather_objects(local: list, module: L.LightningModule) -> list:
     return [item for part in gathered for item in part]
 
 
+def log_global_values(module: L.LightningModule, values: dict[str, float]) -> None:
+    """Log epoch-level ``values`` that are already the same on every rank: rank 0's numbers after
+    ``strategy.broadcast``, or numbers every rank computed from the same all-gathered set.
+
+    Every rank calls this with the same values (so any rank's callbacks, e.g. a ModelCheckpoint
+    monitor, read them). ``sync_dist=True`` says the value is meant as the global one, which is
+    what Lightning's "use sync_dist=True when logging on epoch level in distributed setting"
+    warning asks; ``rank_zero_only=True`` makes that sync a no-op (Lightning skips the reduce of a
+    rank-zero value), so there is no all-reduce per key: averaging copies of one number would only
+    cost a collective each, and a sum reduction would multiply it by the world size."""
+    module.log_dict(values, sync_dist=True, rank_zero_only=True)
+
+
 def save_failed_epoch_weights(trainer: L.Trainer) -> Path:
     """Save a checkpoint of the current weights before an evaluation error ends the run (every
     rank takes part) and return its path: an evaluation failure never loses the epoch's training."""
@@ -184,18 +197,18 @@ class Stage1Evaluation:
         data = self.eval_set()
         metrics = evaluate_retrieval(data.image_embeddings, data.image_ids, data.class_ids, data.text_embeddings,
                                      data.text_image_ids, data.text_class_ids, ks=self.hparams.eval_ks)
-        self.log_dict({f"{split}/stage1/{key}": value for key, value in metrics.items()}, rank_zero_only=False)
+        # every rank holds the same gathered set, so every rank computes the same numbers
+        log_global_values(self, {f"{split}/stage1/{key}": value for key, value in metrics.items()})
         diversity = embedding_diversity(data.image_embeddings, data.text_embeddings)
-        self.log_dict({f"{split}/stage1/diversity/{key}": value for key, value in diversity.items()},
-                      rank_zero_only=False)
+        log_global_values(self, {f"{split}/stage1/diversity/{key}": value for key, value in diversity.items()})
         if diversity["collapsed"]:
             rank_zero_warn(
                 f"{split}: the bi-encoder looks COLLAPSED: {diversity['distinct_top1']:.1%} of the gallery is some "
                 f"caption's top-1 (distinct_top1), mean pairwise cosine text {diversity['text_mean_cosine']:.2f}, "
                 f"image {diversity['image_mean_cosine']:.2f}. Its Recall@K is near chance; check the learning "
                 "rate, temperature and towers (the locked LiT profile, configs/profiles/lit_cpu.yaml, avoids this).")
-        self.log(f"{split}/gallery_images", float(len(data.image_ids)))
-        self.log(f"{split}/queries_captions", float(len(data.text_image_ids)))
+        log_global_values(self, {f"{split}/gallery_images": float(len(data.image_ids)),
+                                 f"{split}/queries_captions": float(len(data.text_image_ids))})
 
     def on_validation_epoch_end(self) -> None:
         self._log_stage1("val")

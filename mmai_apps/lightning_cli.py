@@ -87,9 +87,16 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
-class _FinishWandb:
-    """LightningCLI hooks ``after_<subcommand>``: finish the W&B run after a successful command (a
-    failing one keeps it for its caller: a sweep trial marks it failed)."""
+class _AppHooks:
+    """LightningCLI hooks of the apps: Lightning's default model summary is swapped for
+    :class:`~callbacks.ParameterSummary` (no "Total FLOPs: 0"), and ``after_<subcommand>`` finishes
+    the W&B run after a successful command (a failing one keeps it for its caller: a sweep trial
+    marks it failed)."""
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        use_parameter_summary(trainer)
+        return trainer
 
     def after_fit(self) -> None:
         _finish_wandb()
@@ -104,10 +111,24 @@ class _FinishWandb:
         _finish_wandb()
 
 
+def use_parameter_summary(trainer) -> None:
+    """Replace the summary Lightning added (``enable_model_summary``, a plain ``ModelSummary`` or
+    ``RichModelSummary``) with :class:`~callbacks.ParameterSummary` of the same depth: Lightning's
+    prints FLOPs of 0 for modules it cannot run a forward on, which is all of MMAI's. A subclass
+    that a config names stays as it is."""
+    from lightning.pytorch.callbacks import ModelSummary, RichModelSummary
+
+    from callbacks import ParameterSummary
+
+    for position, callback in enumerate(trainer.callbacks):
+        if type(callback) in (ModelSummary, RichModelSummary):
+            trainer.callbacks[position] = ParameterSummary(callback._max_depth, **callback._summarize_kwargs)
+
+
 def _make_cli_class():
     from lightning.pytorch.cli import LightningCLI
 
-    class _CLI(_FinishWandb, LightningCLI):
+    class _CLI(_AppHooks, LightningCLI):
         """LightningCLI with MMAI's links: values the model and the data must agree on are set once."""
 
         def add_arguments_to_parser(self, parser) -> None:
@@ -166,7 +187,7 @@ def _data_field(name: str):
 def _make_rerank_cli_class():
     from lightning.pytorch.cli import LightningCLI
 
-    class _RerankCLI(_FinishWandb, LightningCLI):
+    class _RerankCLI(_AppHooks, LightningCLI):
         """LightningCLI of the re-ranker stage: the data follow the bi-encoder checkpoint's input
         size, tokenizer and caption length, read from the checkpoint itself."""
 
