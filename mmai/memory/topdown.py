@@ -244,3 +244,18 @@ def auroc(scores: Any, positives: Any) -> float:
 
     ranks = rankdata(scores)  # average ranks: ties count half
     return float((ranks[positives].sum() - count_pos * (count_pos + 1) / 2) / (count_pos * count_neg))
+
+
+def top_down_hits(searcher: Any, query_vector: np.ndarray, list_length: int,
+                  options: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 1 of a :class:`~mmai.memory.search.Searcher` by top-down search: ``(ids (n,), cosines
+    (n,))`` over the memory's episodic graph (built on first use, as GAR's). The index is cached
+    with the graph it came from (a change of the memory drops the graph, so the next search
+    rebuilds both); the result is left in ``searcher.last_top_down``."""
+    graph = searcher.sync.graph()
+    cached = searcher._top_down
+    if cached is None or cached[0] is not graph:
+        cached = searcher._top_down = (graph, TopDownIndex.from_graph(graph))
+    result = cached[1].search(query_vector, int(list_length), options.top_down_settings())
+    searcher.last_top_down = result
+    return result.ids, result.scores
