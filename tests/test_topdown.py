@@ -70,7 +70,7 @@ def test_memories_scored_on_a_hand_made_hierarchy():
     assert result.entropy < 0.01 and result.mass > 0.9
     assert set(result.ids.tolist()) <= set(ids[:4].tolist())  # the near-x memories win
     descend = TopDownSettings(mass=0.9, entropy_stop=0.0, temperature=0.05)  # always descend
-    result = index.search(query, k=10, settings=descend)
+    result = index.search(query, k=4, settings=descend)
     assert result.descended and (result.branches_kept, result.branches_scored) == (1, 2)
     assert result.memories_scored == 4 and sorted(result.ids.tolist()) == ids[:4].tolist()
     wide = TopDownSettings(mass=0.999, entropy_stop=2.0, temperature=10.0)  # flat softmax: keeps all 3 schemas
@@ -100,3 +100,12 @@ def test_auroc_counts_ties_half_and_needs_both_classes():
     assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
     assert auroc([1, 1, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.5)
     assert np.isnan(auroc([0.1, 0.2], [1, 1]))
+
+
+def test_a_search_keeps_branches_until_they_hold_k_memories():
+    index, _ = _hand_made()
+    query = np.array([1.0, 0.0, 0.0])
+    for stop, scored in ((2.0, 12), (0.0, 7)):  # schemas 0 (7) + 1 (5); branches of schema 0: 4 + 3
+        result = index.search(query, k=7 if stop == 0.0 else 10, settings=TopDownSettings(
+            mass=0.5, entropy_stop=stop, temperature=0.05))
+        assert result.memories_scored == scored and len(result.ids) == min(scored, 10)

@@ -8,13 +8,14 @@ For one query ``q`` (unit vector) and settings ``mass``, ``entropy_stop``, ``tem
 
 1. **Schemas.** ``p = softmax(cos(q, schema centroid) / temperature)`` over the populated
    schemas. The schemas are sorted by ``p`` and kept until their cumulative probability reaches
-   ``mass`` (at least one; ``mass >= 1`` keeps every schema). The normalised entropy
+   ``mass`` (at least one, and more until they hold ``k`` memories, so a search returns ``k``
+   results whenever the memory holds them; ``mass >= 1`` keeps every schema). The normalised entropy
    ``H = -sum p log p / log S`` (in [0, 1]; 0 for one schema) says how sure the choice is.
 2. **Stop or descend.** If ``H < entropy_stop`` the choice is sure: the descent stops and every
    memory of the kept schemas is scored. Otherwise the query descends one level: the *episode
    branches* of the kept schemas (the memories of one episode that belong to one kept schema,
    scored by their normalised mean embedding) get a softmax of their own, are kept up to
-   ``mass`` in the same way, and only their memories are scored.
+   ``mass`` in the same way (again at least ``k`` memories), and only their memories are scored.
 3. **Memories.** Exact cosines over the memories of the kept branches; the best ``k`` are returned
    with how many memories were scored.
 
@@ -119,13 +120,17 @@ def _normalised_entropy(probabilities: np.ndarray) -> float:
     return float(-(positive * np.log(positive)).sum() / np.log(len(probabilities)))
 
 
-def _keep(probabilities: np.ndarray, mass: float) -> tuple[np.ndarray, float]:
-    """Indices of the most probable entries up to cumulative ``mass`` (at least one) and their mass."""
+def _keep(probabilities: np.ndarray, mass: float, sizes: np.ndarray, minimum: int) -> tuple[np.ndarray, float]:
+    """Indices of the most probable entries up to cumulative ``mass`` (at least one), and more in
+    the same order until they hold at least ``minimum`` memories (``sizes``: memories per entry);
+    and their probability mass."""
     order = np.argsort(-probabilities, kind="stable")
     if mass >= 1:
         return order, 1.0
     cumulative = np.cumsum(probabilities[order])
     count = int(min(np.searchsorted(cumulative, mass) + 1, len(order)))
+    held = np.cumsum(sizes[order])
+    count = max(count, int(min(np.searchsorted(held, minimum) + 1, len(order))))
     return order[:count], float(cumulative[count - 1])
 
 
@@ -211,13 +216,14 @@ class TopDownIndex:
         vector = as_unit_vectors(query, dim=self.embeddings.shape[1], name="top-down query")[0]  # (D,)
         probabilities = _softmax(self.schema_centroids @ vector, settings.temperature)  # (S',)
         entropy = _normalised_entropy(probabilities)
-        kept, kept_mass = _keep(probabilities, settings.mass)
+        kept, kept_mass = _keep(probabilities, settings.mass, self.schema_end - self.schema_start, int(k))
         descended = entropy >= settings.entropy_stop and settings.mass < 1
         branches_kept = branches_scored = 0
         if descended:
             branches = np.concatenate([np.arange(self.schema_branch_start[s], self.schema_branch_end[s]) for s in kept])
             branch_probabilities = _softmax(self.branch_centroids[branches] @ vector, settings.temperature)
-            chosen, _ = _keep(branch_probabilities, settings.mass)
+            chosen, _ = _keep(branch_probabilities, settings.mass,
+                              self.branch_end[branches] - self.branch_start[branches], int(k))
             blocks = [(self.branch_start[b], self.branch_end[b]) for b in np.sort(branches[chosen])]
             branches_kept, branches_scored = len(chosen), len(branches)
         else:
@@ -259,3 +265,34 @@ def top_down_hits(searcher: Any, query_vector: np.ndarray, list_length: int,
     result = cached[1].search(query_vector, int(list_length), options.top_down_settings())
     searcher.last_top_down = result
     return result.ids, result.scores
+
+
+def top_down_rankings(index: TopDownIndex, queries: Any, k: int,
+                      settings: TopDownSettings | None = None) -> dict[str, np.ndarray | float]:
+    """Top-down search for a batch of queries, as the evaluation needs it.
+
+    Args:
+        index: the gallery's :class:`TopDownIndex`.
+        queries: ``(Q, D)`` query embeddings.
+        k: list length.
+        settings: :class:`TopDownSettings` (default its defaults).
+
+    Returns:
+        ``ranked`` ``(Q, k)`` int64 ids (``-1`` pads a list shorter than ``k``), ``fraction_scored``
+        ``(Q,)`` memories scored / gallery size, ``entropy`` ``(Q,)`` the schemas' normalised
+        entropy, ``descended`` ``(Q,)`` bool, and ``latency_ms`` per query (searches only).
+    """
+    import time
+
+    queries = as_unit_vectors(queries, dim=index.embeddings.shape[1], name="top-down queries")
+    ranked = np.full((len(queries), int(k)), -1, dtype=np.int64)
+    fraction, entropy, descended = (np.zeros(len(queries)) for _ in range(3))
+    start = time.perf_counter()
+    for row, query in enumerate(queries):
+        result = index.search(query, k, settings)
+        ranked[row, : len(result.ids)] = result.ids
+        fraction[row], entropy[row] = result.memories_scored / len(index), result.entropy
+        descended[row] = result.descended
+    latency = 1e3 * (time.perf_counter() - start) / max(len(queries), 1)
+    return {"ranked": ranked, "fraction_scored": fraction, "entropy": entropy, "descended": descended.astype(bool),
+            "latency_ms": latency}
