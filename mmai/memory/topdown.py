@@ -21,7 +21,7 @@ For one query ``q`` (unit vector) and settings ``mass``, ``entropy_stop``, ``tem
 
 With ``mass >= 1`` every branch is kept at every level, so the result is flat exact search
 (the exactness test). The memories are stored sorted by (schema, episode), so a kept branch is a
-contiguous block and scoring it reads no copy.
+contiguous block: a few kept schemas are scored in place, many small episode branches by one gather.
 
 Example:
     >>> index = TopDownIndex.from_graph(graph)                   # or TopDownIndex.build(...)
@@ -220,16 +220,25 @@ class TopDownIndex:
         descended = entropy >= settings.entropy_stop and settings.mass < 1
         branches_kept = branches_scored = 0
         if descended:
-            branches = np.concatenate([np.arange(self.schema_branch_start[s], self.schema_branch_end[s]) for s in kept])
+            first, last = self.schema_branch_start[kept], self.schema_branch_end[kept]
+            counts = last - first
+            branches = np.repeat(first - np.r_[0, np.cumsum(counts)[:-1]], counts) + np.arange(counts.sum())
             branch_probabilities = _softmax(self.branch_centroids[branches] @ vector, settings.temperature)
             chosen, _ = _keep(branch_probabilities, settings.mass,
                               self.branch_end[branches] - self.branch_start[branches], int(k))
-            blocks = [(self.branch_start[b], self.branch_end[b]) for b in np.sort(branches[chosen])]
+            picked = np.sort(branches[chosen])
+            starts, ends = self.branch_start[picked], self.branch_end[picked]
             branches_kept, branches_scored = len(chosen), len(branches)
         else:
-            blocks = [(self.schema_start[s], self.schema_end[s]) for s in np.sort(kept)]
-        scores = np.concatenate([self.embeddings[a:b] @ vector for a, b in blocks])  # (n,)
-        offsets = np.concatenate([np.arange(a, b) for a, b in blocks])  # (n,)
+            picked = np.sort(kept)
+            starts, ends = self.schema_start[picked], self.schema_end[picked]
+        if len(starts) <= 16:  # a few blocks: score the stored rows in place
+            scores = np.concatenate([self.embeddings[a:b] @ vector for a, b in zip(starts, ends)])  # (n,)
+            offsets = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)])  # (n,)
+        else:  # many small branches: one gather, one product
+            lengths = ends - starts
+            offsets = np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(lengths.sum())
+            scores = self.embeddings[offsets] @ vector
         top = min(int(k), len(scores))
         best = np.argpartition(-scores, top - 1)[:top] if top < len(scores) else np.arange(len(scores))
         best = best[np.lexsort((offsets[best], -scores[best]))]  # by score, ties by stored order
