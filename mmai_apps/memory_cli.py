@@ -8,6 +8,7 @@ store, the FAISS index and the episodic graph stay consistent)::
     mmai memory search "white bird with an orange beak" --year 2023 --place Mumbai --rerank --gar --explain panels/
     mmai memory search "a red bird at Powai Lake in spring 2023"      # time and place words become filters
     mmai memory search "what did I see after the heron at the lake"   # what followed it in its outing
+    mmai memory search "a white bird" --top-down                   # schemas first: scores part of the memory
     mmai memory related 3fa9c2e1
     mmai memory forget --place Berlin --yes
     mmai memory stats          # and likewise: check, rebuild, consolidate --threshold 0.97 [--yes]
