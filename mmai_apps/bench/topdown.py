@@ -117,8 +117,11 @@ def _flat(embeddings: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
 
 
 def evaluate(index, queries: np.ndarray, wanted: np.ndarray, species_of_row: np.ndarray, settings, k: int,
-             timed: bool = False) -> dict[str, np.ndarray]:
-    """Per-query outcomes of flat exact and top-down search (rows of ``index.embeddings``)."""
+             flat_lists: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-query outcomes of flat exact and top-down search (rows of ``index.embeddings``).
+
+    Without ``flat_lists`` flat search runs beside top-down, query by query, both timed; with
+    them (``(Q, k)`` flat rows computed once, for the validation grid) only top-down runs."""
     row_of_id = np.empty(len(index), dtype=np.int64)
     row_of_id[index.ids] = np.arange(len(index))
     out = {name: np.zeros(len(queries)) for name in (
@@ -126,7 +129,7 @@ def evaluate(index, queries: np.ndarray, wanted: np.ndarray, species_of_row: np.
         "td/instance/hit@10", "td/overlap@10", "td/fraction_scored", "entropy", "flat_ms", "td_ms", "descended")}
     for q, (query, species) in enumerate(zip(queries, wanted)):
         start = time.perf_counter()
-        flat = _flat(index.embeddings, query, k)
+        flat = _flat(index.embeddings, query, k) if flat_lists is None else flat_lists[q]
         middle = time.perf_counter()
         result = index.search(query, k, settings)
         end = time.perf_counter()
@@ -150,10 +153,11 @@ def choose(index, data: dict, species_of_row: np.ndarray, args: argparse.Namespa
     from mmai.memory.topdown import TopDownSettings
 
     queries, wanted = data["queries"](args.val_queries, stream=0)  # stream 0: validation
+    flat_lists = np.stack([_flat(index.embeddings, query, args.k) for query in queries])  # (Q, k), once
     candidates = []
     for mass, stop, temperature in itertools.product(args.masses, args.entropy_stops, args.temperatures):
         settings = TopDownSettings(mass=mass, entropy_stop=stop, temperature=temperature)
-        out = evaluate(index, queries, wanted, species_of_row, settings, args.k)
+        out = evaluate(index, queries, wanted, species_of_row, settings, args.k, flat_lists)
         drop = max(out["flat/class/hit@1"].mean() - out["td/class/hit@1"].mean(),
                    out["flat/class/hit@10"].mean() - out["td/class/hit@10"].mean(),
                    1.0 - out["td/instance/hit@10"].mean())
@@ -182,7 +186,7 @@ def run(args: argparse.Namespace) -> BenchResult:
             chosen_settings.append((picked, facts))
             queries, wanted = data["queries"](args.test_queries, stream=1)  # stream 1: test
             for name, settings in (("defaults", TopDownSettings()), ("val-chosen", picked)):
-                outcomes[name].append(evaluate(index, queries, wanted, species_of_row, settings, args.k, timed=True))
+                outcomes[name].append(evaluate(index, queries, wanted, species_of_row, settings, args.k))
             print(f"size {size:>7} seed {seed}: hierarchy {builds[-1]:.1f} s, {len(index.schemas)} schemas, "
                   f"{len(index.branch_start)} episode branches; val chose {picked}", flush=True)
         rows.append({"size": size, "row": "hierarchy build (k-means schemas + episodes, no edges)",
