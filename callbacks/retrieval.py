@@ -26,7 +26,7 @@ Logged (``val/`` prefix):
 * ``graph/{nodes,temporal_edges,semantic_edges,mean_degree,episodes,schemas}``.
 * With ``top_down=True``: ``top_down/t2i/{instance,class}/R@k``, stage 1 by the entropy-driven
   top-down descent over the graph's schemas and episodes (:mod:`mmai.memory.topdown`) instead of
-  every image; ``top_down/fraction_scored`` (mean share of the gallery it scored),
+  every image, ranked ``max(ks)`` deep; ``top_down/fraction_scored`` (mean share of the gallery it scored),
   ``top_down/descended`` (share of queries that went down to episodes), ``top_down/latency_ms``
   (per caption, no encoding) and ``top_down/entropy_auroc/stage1_miss@{1,10}``: the AUROC of the
   schemas' entropy as a predictor of an exact stage-1 class miss. Its per-query outcomes go to
@@ -313,7 +313,8 @@ class RetrievalEvalCallback(L.Callback):
         """The top-down row: its recall, share scored, latency and the entropy's AUROC for a stage-1 miss."""
         from mmai.memory.topdown import TopDownIndex, auroc, top_down_rankings
 
-        found = top_down_rankings(TopDownIndex.from_graph(graph), data.text_embeddings.numpy(), k, self.top_down)
+        depth = min(max(self.ks), k)  # its recall needs max(ks) deep; a longer list would make it score more
+        found = top_down_rankings(TopDownIndex.from_graph(graph), data.text_embeddings.numpy(), depth, self.top_down)
         ranked = found["ranked"]  # (Nt, k) gallery positions
         metrics.update({f"top_down/{key}": value
                         for key, value in evaluate_rankings(*labels, t2i=ranked, ks=self.ks).items()})
