@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--top-down-mass", type=float, default=None, metavar="P",
                         help="cumulative probability of the branches kept (default 0.99; 1: exact)")
     search.add_argument("--top-down-entropy-stop", type=float, default=None, metavar="H",
-                        help="stop at the schemas below this normalised entropy (default 0.5)")
+                        help="descend to episode branches only from this normalised entropy over schemas on "
+                             "(default 1.01: never, as chosen on validation; 0: always)")
     search.add_argument("--json", action="store_true", help="print the hits as JSON lines")
 
     related = sub.add_parser("related", help="memories linked to one in the episodic graph")
