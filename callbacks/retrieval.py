@@ -25,6 +25,13 @@ Logged (``val/`` prefix):
   the ``rerank_k`` and ``stage1_weight`` used (``record_validation``), so its checkpoints record
   them and ``mmai memory search --rerank`` re-ranks with the validated values.
 * ``graph/{nodes,temporal_edges,semantic_edges,mean_degree,episodes,schemas}``.
+* With ``top_down=True``: ``top_down/t2i/{instance,class}/R@k``, stage 1 by the entropy-driven
+  top-down descent over the graph's schemas and episodes (:mod:`mmai.memory.topdown`) instead of
+  every image, ranked ``max(ks)`` deep; ``top_down/fraction_scored`` (mean share of the gallery it scored),
+  ``top_down/descended`` (share of queries that went down to episodes), ``top_down/latency_ms``
+  (per caption, no encoding) and ``top_down/entropy_auroc/stage1_miss@{1,10}``: the AUROC of the
+  schemas' entropy as a predictor of an exact stage-1 class miss. Its per-query outcomes go to
+  ``per_query.npz`` as ``top_down/...`` beside ``stage1/...``, so ``mmai ablate`` pairs them.
 * ``probe/binding/{stage1,two_stage,gar,gar_control}`` (with ``probe/binding/pairs``, ``probe/binding/captions``):
   where the gallery holds swap pairs (the synthetic CUB's binding confusers, from the shard
   manifest's ``species``), the fraction of (caption naming a swapped colour, confuser image)
@@ -90,14 +97,24 @@ class RetrievalEvalCallback(L.Callback):
         rerank_k: candidates the re-ranker re-scores per query, when the module has one (default 16).
         stage1_weight: lambda of the two-stage score ``match_logit + lambda * cosine`` (default 1.0).
         per_query: write ``per_query.npz`` into the trainer's ``default_root_dir`` (default True).
+        top_down: also evaluate top-down stage 1 (default False).
+        top_down_mass, top_down_entropy_stop, top_down_temperature: its settings (default ``None``:
+            :class:`~mmai.memory.topdown.TopDownSettings`'s).
     """
 
     def __init__(self, candidates: int = 100, ks: tuple[int, ...] = (1, 5, 10), index_kind: str = "hnsw",
                  gar_alpha: float = 0.5, gar_damping: float = 0.5, temporal_window_s: float = 3600.0,
                  semantic_threshold: float = 0.85, max_semantic_degree: int = 10, control_seed: int = 0,
                  rerank_k: int = 16, stage1_weight: float = 1.0, per_query: bool = True, gar_mode: str = "burst",
-                 gar_seeds: int | None = None, semantic_edges: bool | None = None):
+                 gar_seeds: int | None = None, semantic_edges: bool | None = None, top_down: bool = False,
+                 top_down_mass: float | None = None, top_down_entropy_stop: float | None = None,
+                 top_down_temperature: float | None = None):
         super().__init__()
+        from mmai.memory.topdown import TopDownSettings
+
+        given = {"mass": top_down_mass, "entropy_stop": top_down_entropy_stop, "temperature": top_down_temperature}
+        self.top_down = TopDownSettings(**{key: value for key, value in given.items() if value is not None}) \
+            if top_down else None
         if max(ks) > candidates:
             raise ValueError(f"RetrievalEvalCallback: ks={ks} asks beyond candidates={candidates}")
         self.candidates, self.ks, self.index_kind = candidates, tuple(ks), index_kind
@@ -194,6 +211,8 @@ class RetrievalEvalCallback(L.Callback):
         graph = EpisodicGraph(positions, images, data.timestamps.numpy(), data.places, index=index,
                               progress=False, **self.graph_options)
         metrics.update({f"graph/{name}": float(value) for name, value in graph.stats().items() if name != "edges"})
+        if self.top_down is not None:
+            rankings["top_down"] = self._top_down(data, graph, exact.numpy(), k, labels, metrics)
         for stage, stage_graph in (("gar", graph), ("gar_control", graph.shuffled_control(self.control_seed))):
             retriever = GraphAugmentedRetriever.from_mode(
                 stage_graph, self.gar_mode, gar_weight=self.gar_alpha, damping=self.gar_damping,
@@ -289,6 +308,25 @@ class RetrievalEvalCallback(L.Callback):
             outcomes[f"{stage}/t2i/consistent/hit@10"] = hit[:, :10].any(axis=1).astype(np.float64)
             metrics[f"{stage}/t2i/consistent/R@1"] = float(hit[:, 0].mean())
             metrics[f"{stage}/t2i/consistent/R@10"] = float(hit[:, :10].any(axis=1).mean())
+
+    def _top_down(self, data: EvalSet, graph: EpisodicGraph, exact: np.ndarray, k: int, labels: tuple,
+                  metrics: dict) -> np.ndarray:
+        """The top-down row: its recall, share scored, latency and the entropy's AUROC for a stage-1 miss."""
+        from mmai.memory.topdown import TopDownIndex, auroc, top_down_rankings
+
+        depth = min(max(self.ks), k)  # its recall needs max(ks) deep; a longer list would make it score more
+        found = top_down_rankings(TopDownIndex.from_graph(graph), data.text_embeddings.numpy(), depth, self.top_down)
+        ranked = found["ranked"]  # (Nt, k) gallery positions
+        metrics.update({f"top_down/{key}": value
+                        for key, value in evaluate_rankings(*labels, t2i=ranked, ks=self.ks).items()})
+        metrics["top_down/fraction_scored"] = float(found["fraction_scored"].mean())
+        metrics["top_down/descended"] = float(found["descended"].mean())
+        metrics["top_down/latency_ms"] = float(found["latency_ms"])
+        classes, text_classes = data.class_ids.numpy(), data.text_class_ids.numpy()
+        hit = classes[exact] == text_classes[:, None]  # (Nt, k) exact stage 1
+        for at in (1, 10):
+            metrics[f"top_down/entropy_auroc/stage1_miss@{at}"] = auroc(found["entropy"], ~hit[:, :at].any(axis=1))
+        return ranked
 
     def _two_stage(self, data: EvalSet, two_stage: Callable, k: int, metrics: dict) -> tuple[np.ndarray, np.ndarray]:
         """Log two-stage (combined and match-only) Recall@K; return the combined t2i list for GAR."""

@@ -8,6 +8,7 @@ store, the FAISS index and the episodic graph stay consistent)::
     mmai memory search "white bird with an orange beak" --year 2023 --place Mumbai --rerank --gar --explain panels/
     mmai memory search "a red bird at Powai Lake in spring 2023"      # time and place words become filters
     mmai memory search "what did I see after the heron at the lake"   # what followed it in its outing
+    mmai memory search "a white bird" --top-down                   # schemas first: scores part of the memory
     mmai memory related 3fa9c2e1
     mmai memory forget --place Berlin --yes
     mmai memory stats          # and likewise: check, rebuild, consolidate --threshold 0.97 [--yes]
@@ -112,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--burst-s", type=float, default=120.0, metavar="SECONDS",
                         help="with --following: skip memories this close after the anchor (its burst, its "
                              "recording; default 120, 0: none)")
+    search.add_argument("--top-down", action="store_true",
+                        help="entropy-driven top-down stage 1: schema centroids first, memories only in the kept "
+                             "branches (prints how many it scored; not with filters)")
+    search.add_argument("--top-down-mass", type=float, default=None, metavar="P",
+                        help="cumulative probability of the branches kept (default 0.99; 1: exact)")
+    search.add_argument("--top-down-entropy-stop", type=float, default=None, metavar="H",
+                        help="descend to episode branches only from this normalised entropy over schemas on "
+                             "(default 1.01: never, as chosen on validation; 0: always)")
     search.add_argument("--json", action="store_true", help="print the hits as JSON lines")
 
     related = sub.add_parser("related", help="memories linked to one in the episodic graph")
@@ -265,8 +274,12 @@ def run_search(args: argparse.Namespace) -> int:
         options = SearchOptions(rerank=args.rerank, rerank_k=args.rerank_k, stage1_weight=args.stage1_weight,
                                 gar=args.gar, gar_weight=args.gar_weight, damping=args.damping,
                                 explain_dir=args.explain, recency_weight=args.recency_weight,
-                                following=args.following or parsed.following, burst_s=args.burst_s)
+                                following=args.following or parsed.following, burst_s=args.burst_s,
+                                top_down=args.top_down, top_down_mass=args.top_down_mass,
+                                top_down_entropy_stop=args.top_down_entropy_stop)
         hits = memory.search(parsed.text, args.k, parsed.applied, options)
+        if memory.searcher.last_top_down is not None:  # how much of the memory top-down scored
+            print(memory.searcher.last_top_down.describe(len(memory.index)), file=sys.stderr if args.json else sys.stdout)
         if args.rerank and memory.index is not None:  # which rerank_k and lambda, and where they came from
             used = memory.rerank_settings(options).describe({"rerank_k": "--rerank-k",
                                                              "stage1_weight": "--stage1-weight"})

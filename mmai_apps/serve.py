@@ -282,13 +282,15 @@ class Dashboard:
     # ---------------------------------------------------------------- search
     def search(self, query: str, year: Any = None, place: Any = None, modality: Any = "any", after: Any = None,
                before: Any = None, rerank: bool = False, gar: bool = False, k: Any = None, parse: bool = True,
-               now: Any = None):
+               now: Any = None, top_down: bool = False):
         """Run a search; returns ``(gallery items, hits, query, status markdown)``.
 
         With ``parse`` (the form's "Read time and place words" box) the query's time and place
         words become filters (:meth:`PersonalMemory.understand`; the form's fields win) and the
         status says which; "... after the heron" lists what followed the anchor. ``now`` is the
-        reference time of relative words (default the clock). Problems (empty query, bad filter,
+        reference time of relative words (default the clock). ``top_down`` (the form's "Top-down"
+        box) runs stage 1 as the entropy-driven top-down descent (:mod:`mmai.memory.topdown`) and
+        the status says how many memories it scored. Problems (empty query, bad filter,
         no checkpoint) come back as the status line and an empty gallery, never as an exception,
         so the page always says what happened.
         """
@@ -302,6 +304,7 @@ class Dashboard:
                                        "or serve a re-ranker checkpoint.")
             parsed = self.memory.understand(query, filters, now, parse=bool(parse))
             options = dataclasses.replace(self.options, rerank=bool(rerank), gar=bool(gar),
+                                          top_down=self.options.top_down or bool(top_down),
                                           following=self.options.following or parsed.following)
             hits = self.memory.search(parsed.text, int(k or self.k), parsed.applied, options)
         except (ValueError, KeyError) as error:
@@ -335,10 +338,16 @@ class Dashboard:
         active = ", ".join(f"{key}={md_escape(value if key not in ('after', 'before') else format_time(value))}"
                            for key, value in filters.active().items())
         query = md_escape(query)
-        stages = " + ".join(["stage 1"] + (["re-rank"] if options.rerank else []) + (["GAR"] if options.gar else []))
+        stages = " + ".join(["stage 1 (top-down)" if options.top_down else "stage 1"]
+                            + (["re-rank"] if options.rerank else []) + (["GAR"] if options.gar else []))
+        descent = self.memory.searcher.last_top_down if options.top_down else None
+        if descent is not None:
+            settings = f" {descent.describe(len(self.memory.index))}." + (  # numbers and our words only
+                f" Re-rank: {md_escape(self.rerank_settings())}." if options.rerank else "")
         if not hits:
             return f"No memory matches *{query}*" + (f" with {active}." if active else ".")
-        settings = f" Re-rank: {md_escape(self.rerank_settings())}." if options.rerank else ""
+        if descent is None:
+            settings = f" Re-rank: {md_escape(self.rerank_settings())}." if options.rerank else ""
         return (f"{len(hits)} memories for *{query}* ({stages}" + (f"; filters: {active}" if active else "")
                 + f"). Select one to see why it matched.{settings}")
 
@@ -518,6 +527,8 @@ def build_app(memory: PersonalMemory, *, max_upload_mb: float = DEFAULT_MAX_UPLO
             gar = gr.Checkbox(label="GAR (associated memories)", value=False, elem_id="mmai-gar")
             count = gr.Slider(1, 50, value=k, step=1, label="Results")
             words = gr.Checkbox(label="Read time and place words", value=True, elem_id="mmai-parse")
+            top_down = gr.Checkbox(label="Top-down (schemas first, fewer memories scored)", value=False,
+                                   elem_id="mmai-top-down")
         status = gr.Markdown(elem_id="mmai-status")
         hits, searched = gr.State([]), gr.State("")
         with gr.Row():
@@ -544,10 +555,15 @@ def build_app(memory: PersonalMemory, *, max_upload_mb: float = DEFAULT_MAX_UPLO
             add = gr.Button("Add to memory", elem_id="mmai-add")
             upload_report = gr.Markdown(elem_id="mmai-upload-report")
 
-        inputs = [query, year, place, modality, after, before, rerank, gar, count, words]
+        inputs = [query, year, place, modality, after, before, rerank, gar, count, words, top_down]
         outputs = [gallery, hits, searched, status]
-        search.click(board.search, inputs, outputs)
-        query.submit(board.search, inputs, outputs)
+
+        def on_search(text, year, place, modality, after, before, rerank, gar, count, words, top_down):
+            return board.search(text, year, place, modality, after, before, rerank, gar, count, words,
+                                top_down=top_down)
+
+        search.click(on_search, inputs, outputs)
+        query.submit(on_search, inputs, outputs)
 
         def on_select(chosen: gr.SelectData, current_hits: list, current_query: str):
             picture, why, facts, associated, recording, text = board.select(chosen.index, current_hits, current_query)

@@ -356,3 +356,37 @@ def test_search_rerank_uses_the_validated_k_and_lambda_unless_a_flag_overrides(t
             assert hit["score"] == pytest.approx(hit["match_logit"] + weight * hit["stage1_score"], abs=1e-6)
     assert main(["search", "a photo", "-k", "2", "--rerank", *root]) == 0
     assert capsys.readouterr().out.startswith("re-rank: rerank_k 7, stage1_weight 0.3 (from the checkpoint's")
+
+
+def test_search_top_down_scores_part_of_the_memory_and_is_exact_at_mass_one(tmp_path, checkpoint, capsys):
+    from mmai.memory.search import SearchOptions
+
+    root = ["--root", str(tmp_path / "memory"), "--quiet"]
+    assert main(["ingest", str(_photos(tmp_path / "photos", 40)), "--checkpoint", str(checkpoint), *root]) == 0
+    capsys.readouterr()
+    assert main(["search", "a bird", "-k", "5", "--json", *root]) == 0
+    flat = [h["id"] for h in _json_lines(capsys.readouterr().out)]
+    assert main(["search", "a bird", "-k", "5", "--json", "--top-down", "--top-down-mass", "1", *root]) == 0
+    out, err = capsys.readouterr()
+    assert [h["id"] for h in _json_lines(out)] == flat  # every branch kept: exact
+    assert "top-down: scored 40 of 40 memories (100.0%)" in err
+    assert main(["search", "a bird", "-k", "5", "--top-down", "--top-down-mass", "0.5",
+                 "--top-down-entropy-stop", "2", *root]) == 0
+    text = capsys.readouterr().out
+    scored = int(text.split("top-down: scored ")[1].split(" of ")[0])
+    assert 1 <= scored < 40 and "stopped at the schemas" in text and " 1. " in text
+    assert main(["search", "a bird", "--top-down", "--top-down-mass", "0", *root]) == 2
+    assert "top-down search: mass must be in (0, 1], got 0.0" in capsys.readouterr().err
+    assert main(["search", "a bird", "--top-down", "--year", "2020", *root]) == 2
+    assert "top-down search does not combine with filters" in capsys.readouterr().err
+
+    with PersonalMemory(tmp_path / "memory", progress=False) as memory:  # the library path
+        graph = memory.graph()
+        hits = memory.search("a bird", 40, options=SearchOptions(top_down=True, top_down_mass=0.5,
+                                                                 top_down_entropy_stop=2.0))
+        result = memory.searcher.last_top_down
+        kept = np.isin(graph.schema_of, graph.schema_of[graph.positions([int_id(h.id) for h in hits])])
+        assert len(hits) == result.memories_scored == int(kept.sum())  # the kept schemas' memories, ranked
+        assert [h.stage1_score for h in hits] == sorted((h.stage1_score for h in hits), reverse=True)
+        memory.search("a bird", 5)
+        assert memory.searcher.last_top_down is None  # a flat search leaves no top-down result

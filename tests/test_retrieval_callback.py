@@ -171,3 +171,20 @@ def test_a_rerank_k_beyond_the_candidates_is_warned_about_once_with_both_numbers
     assert seen == [30, 30]
     messages = [str(w.message) for w in caught if "rerank_k" in str(w.message)]
     assert len(messages) == 1 and "64" in messages[0] and "30" in messages[0]
+
+
+def test_the_top_down_row_is_exact_at_mass_one_and_scores_less_below_it():
+    data = _eval_set(num_images=120)
+    exact = evaluate_retrieval(data.image_embeddings, data.image_ids, data.class_ids, data.text_embeddings,
+                               data.text_image_ids, data.text_class_ids, directions=("t2i",))
+    metrics = RetrievalEvalCallback(candidates=20, index_kind="flat", top_down=True, top_down_mass=1.0).evaluate(data)
+    for key, value in exact.items():
+        assert metrics[f"top_down/{key}"] == value, key
+    assert metrics["top_down/fraction_scored"] == 1.0 and metrics["top_down/descended"] == 0.0
+    callback = RetrievalEvalCallback(candidates=20, index_kind="flat", top_down=True, top_down_mass=0.5,
+                                     top_down_entropy_stop=0.0)
+    metrics = callback.evaluate(data)
+    assert 0 < metrics["top_down/fraction_scored"] < 1 and metrics["top_down/descended"] == 1.0
+    assert 0 <= metrics["top_down/entropy_auroc/stage1_miss@1"] <= 1 and metrics["top_down/latency_ms"] > 0
+    assert callback.outcomes["top_down/t2i/class/hit@10"].shape == (360,)  # per query, paired with stage1's
+    assert "top_down/t2i/instance/R@1" not in RetrievalEvalCallback(candidates=20, index_kind="flat").evaluate(data)

@@ -458,3 +458,15 @@ def test_user_text_is_escaped_in_the_dashboards_markdown(board):
     assert "![x](" not in table and r"x\|y.jpg" in table
     _, _, _, status = board.search(beacon, place=beacon)
     assert "![x](" not in status
+
+
+def test_the_top_down_box_runs_the_descent_and_says_how_much_it_scored(board):
+    _, flat, _, _ = board.search("a bird", k=5, parse=False)
+    gallery, hits, _, status = board.search("a bird", k=5, parse=False, top_down=True)
+    assert "stage 1 (top-down)" in status and "top-down: scored " in status and len(gallery) == len(hits) >= 1
+    scored = int(status.split("top-down: scored ")[1].split(" of ")[0].replace(",", ""))
+    assert 1 <= scored <= len(board.memory.index)
+    assert {hit.id for hit in hits} <= {hit.id for hit in board.search("a bird", k=scored, parse=False)[1]}
+    assert "top-down" not in board.search("a bird", k=5, parse=False)[3]  # the box off: flat stage 1
+    _, none, _, status = board.search("a bird", year="2021", k=5, parse=False, top_down=True)
+    assert none == [] and "does not combine with filters" in status

@@ -92,6 +92,16 @@ class SearchOptions:
         burst_s: with ``following``, leave out memories at most this many seconds after the anchor
             (its own burst of photos, the recording made with it; default 120, GAR's burst window;
             0: every later memory).
+        top_down: stage 1 by entropy-driven top-down retrieval (:mod:`mmai.memory.topdown`) over the
+            episodic graph's schemas and episodes instead of scoring every memory: schema centroids
+            first, schemas kept up to ``top_down_mass``, episode branches only when the schemas'
+            entropy is at least ``top_down_entropy_stop``. :attr:`Searcher.last_top_down` says how
+            many memories it scored. Exact search when ``top_down_mass`` is 1. Not with filters.
+        top_down_mass: cumulative softmax probability kept per level (default ``None``:
+            :class:`~mmai.memory.topdown.TopDownSettings`'s, chosen on validation queries).
+        top_down_entropy_stop: normalised entropy below which the descent stops at the schemas
+            (default ``None``: as ``top_down_mass``).
+        top_down_temperature: softmax temperature over cosines (default ``None``: as ``top_down_mass``).
     """
 
     rerank: bool = False
@@ -112,6 +122,10 @@ class SearchOptions:
     now: float | None = None
     following: bool = False
     burst_s: float = 120.0
+    top_down: bool = False
+    top_down_mass: float | None = None
+    top_down_entropy_stop: float | None = None
+    top_down_temperature: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("rerank_k", "list_length"):
@@ -120,6 +134,15 @@ class SearchOptions:
                 raise ValueError(f"search: {name} must be >= 1, got {value}")
         if self.gar_mode not in GAR_MODES:
             raise ValueError(f"search: gar_mode must be one of {sorted(GAR_MODES)}, got {self.gar_mode!r}")
+        self.top_down_settings()  # a bad mass / entropy stop / temperature fails here, in one line
+
+    def top_down_settings(self):
+        """The :class:`~mmai.memory.topdown.TopDownSettings` of these options (defaults where ``None``)."""
+        from mmai.memory.topdown import TopDownSettings
+
+        given = {"mass": self.top_down_mass, "entropy_stop": self.top_down_entropy_stop,
+                 "temperature": self.top_down_temperature}
+        return TopDownSettings(**{key: float(value) for key, value in given.items() if value is not None})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +188,8 @@ class Searcher:
         self.store, self.sync, self.records, self.models = store, sync, records, models
         self._gar: GraphAugmentedRetriever | None = None
         self._gar_settings: tuple | None = None  # the options self._gar was built with
+        self._top_down = None  # (graph, TopDownIndex) of the last top-down search
+        self.last_top_down = None  # the TopDownResult of the last top-down search (None otherwise)
 
     # ------------------------------------------------------------------ the search
     def search(self, query: str, k: int = 10, filters: Filters | None = None,
@@ -182,6 +207,10 @@ class Searcher:
             where = self.records.where(filters)
         except NoMatch:
             return []
+        self.last_top_down = None
+        if options.top_down and where is not None:
+            raise ValueError(f"search: top-down search does not combine with filters ({filters.active()}); "
+                             "drop the filters (or, for words read as filters, --no-parse) or the top-down option")
         query_vector = self._embed_query(query)  # (E,)
         settings = self.rerank_settings(options) if options.rerank else None
         list_length = max(k, options.list_length or max(settings.rerank_k if settings else 0,
@@ -216,10 +245,19 @@ class Searcher:
         return np.asarray(vector.detach().cpu().numpy() if hasattr(vector, "detach") else vector, np.float32)[0]
 
     # ------------------------------------------------------------------ stage 1
-    def _candidates(self, query_vector: np.ndarray, list_length: int, where: dict | None) -> list[SearchHit]:
-        """Stage 1: FAISS without filters, Chroma's filtered search with them."""
+    def _candidates(self, query_vector: np.ndarray, list_length: int, where: dict | None,
+                    options: SearchOptions | None = None) -> list[SearchHit]:
+        """Stage 1: FAISS without filters, Chroma's filtered search with them (or top-down)."""
         index = self.sync.index
-        if where is None:
+        if options is not None and options.top_down:
+            from mmai.memory.topdown import top_down_hits
+
+            numbers, scores = top_down_hits(self, query_vector, list_length, options)
+            ids = [self.sync.str_ids[int(n)] for n in numbers]
+            score_of = dict(zip(ids, scores.tolist()))
+            records = self.store.get(ids, include_embeddings=False, missing="skip")
+            rows = zip(records.ids, [score_of[i] for i in records.ids], records.metadatas, records.documents)
+        elif where is None:
             scores, numbers = index.search(query_vector[None], min(list_length, len(index)))  # (1, n)
             keep = numbers[0] >= 0
             ids = [self.sync.str_ids[int(n)] for n in numbers[0][keep]]
@@ -241,7 +279,7 @@ class Searcher:
         total = self.store.count()
         recency_weight, importance_weight = options.recency_weight, options.importance_weight
         while True:
-            hits = self._candidates(query_vector, list_length, where)
+            hits = self._candidates(query_vector, list_length, where, options)
             if not (recency_weight or importance_weight):
                 return hits
             lowest = min((hit.stage1_score for hit in hits), default=0.0)
