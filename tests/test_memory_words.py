@@ -69,6 +69,17 @@ def test_time_and_place_words_become_the_filters_the_flags_set(query, text, filt
     assert not parsed.following
 
 
+def test_the_longest_place_phrase_wins_when_two_stored_places_match():
+    places = ["Powai, Mumbai", "Powai Lake, Mumbai", "Tiergarten, Berlin"]
+    for query in ("a bird at Powai Lake", "Powai Lake birds", "a bird at Powai Lke"):  # exact, bare, a typo
+        parsed = parse_words(query, places, NOW)
+        assert parsed.filters == Filters(place="Powai Lake, Mumbai"), query
+        assert "Lake" not in parsed.text and "Lke" not in parsed.text, query
+    parsed = parse_words("a bird at Powai Lake with a fish", places, NOW)  # a longer run is no typo of it
+    assert parsed.filters == Filters(place="Powai Lake, Mumbai") and parsed.text == "a bird with a fish"
+    assert parse_words("a bird at Powai in flight", places, NOW).filters == Filters(place="Powai, Mumbai")
+
+
 def test_relative_words_resolve_against_the_injected_reference_time():
     assert parse_words("last December", PLACES, dt.datetime(2024, 12, 20)).filters == \
         Filters(after="2023-12-01", before="2024-01-01")  # this December has not ended

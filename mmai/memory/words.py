@@ -311,22 +311,24 @@ def _aliases(known_places: Sequence[str]) -> dict[str, set[str]]:
 
 
 def _match_place(words: list[str], aliases: dict[str, set[str]]) -> tuple[int, set[str]] | None:
-    """The longest run of ``words`` (from the first) naming stored places: exact, else fuzzy."""
-    for fuzzy in (False, True):
-        for length in range(min(len(words), 6), 0, -1):
-            phrase = " ".join(words[:length]).casefold()
-            core = phrase[4:] if phrase.startswith("the ") else phrase
-            candidates = [phrase, core] if not fuzzy else [phrase]
-            for candidate in candidates:
-                if not fuzzy and candidate in aliases:
-                    return length, aliases[candidate]
-            if fuzzy and len(core.replace(" ", "")) >= FUZZY_LETTERS:
-                # cores against cores: a shared "the " must not make "the water" look like "the gate"
-                cores = {(alias[4:] if alias.startswith("the ") else alias): alias for alias in aliases
-                         if alias.startswith("the ") == (core != phrase) or not alias.startswith("the ")}
-                close = difflib.get_close_matches(core, list(cores), n=1, cutoff=FUZZY_RATIO)
-                if close:
-                    return length, aliases[cores[close[0]]]
+    """The longest run of ``words`` (from the first) naming stored places: at each length, from
+    the longest, an exact alias, else a close one with as many words (a typo), so the longer phrase
+    wins when two stored places match ("Powai Lke" is Powai Lake, not "Powai" and a stray word)."""
+    for length in range(min(len(words), 6), 0, -1):
+        phrase = " ".join(words[:length]).casefold()
+        core = phrase[4:] if phrase.startswith("the ") else phrase
+        for candidate in (phrase, core):
+            if candidate in aliases:
+                return length, aliases[candidate]
+        if len(core.replace(" ", "")) >= FUZZY_LETTERS:
+            # cores against cores: a shared "the " must not make "the water" look like "the gate";
+            # as many words: "powai lake with" is no typo of "powai lake"
+            cores = {(alias[4:] if alias.startswith("the ") else alias): alias for alias in aliases
+                     if alias.startswith("the ") == (core != phrase) or not alias.startswith("the ")}
+            cores = {key: alias for key, alias in cores.items() if key.count(" ") == core.count(" ")}
+            close = difflib.get_close_matches(core, list(cores), n=1, cutoff=FUZZY_RATIO)
+            if close:
+                return length, aliases[cores[close[0]]]
     return None
 
 
