@@ -27,7 +27,6 @@ commands refuse a ``--root`` that holds none (a mistyped root is an error, not a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import sys
@@ -277,8 +276,9 @@ def run_search(args: argparse.Namespace) -> int:
             for line in parsed.lines():
                 print(printable(line))
             if options.following:
-                anchor = hits[0].related[0] if hits else next(iter(memory.search(
-                    parsed.text, 1, parsed.applied, dataclasses.replace(options, following=False))), None)
+                from mmai.memory.words import after_anchor
+
+                anchor = after_anchor(memory, parsed.text, parsed.applied, options, hits)
                 if anchor is not None:
                     print(f"after: {anchor.id[:12]}  {_describe(anchor.metadata)}")
                     if not hits:

@@ -63,6 +63,7 @@ from mmai.memory.filters import Filters  # noqa: E402
 from mmai.memory.ingest import SUFFIXES, IngestError, parse_time, read_memory_file  # noqa: E402
 from mmai.memory.personal import PersonalMemory  # noqa: E402
 from mmai.memory.search import SearchOptions  # noqa: E402
+from mmai.memory.words import after_anchor  # noqa: E402
 from mmai.saliency import load_font, wrap_text  # noqa: E402
 
 DEFAULT_HOST = "127.0.0.1"
@@ -304,28 +305,31 @@ class Dashboard:
             options = dataclasses.replace(self.options, rerank=bool(rerank), gar=bool(gar),
                                           following=self.options.following or parsed.following)
             hits = self.memory.search(parsed.text, int(k or self.k), parsed.applied, options)
+            anchor = after_anchor(self.memory, parsed.text, parsed.applied, options, hits) if options.following \
+                else None
         except (ValueError, KeyError) as error:
             return [], [], query, f"**Search failed:** {md_escape(error)}"
         gallery = [(self.thumbnail(hit), hit_caption(hit)) for hit in hits]
         return gallery, hits, query, self._search_status(query, hits, parsed.applied, options) + self._words_status(
-            parsed, hits)
+            parsed, anchor, bool(hits))
 
     @staticmethod
-    def _words_status(parsed: Any, hits: list) -> str:
+    def _words_status(parsed: Any, anchor: Any = None, found: bool = True) -> str:
         """What the query's words were read as: the filters they set, what a form field replaced,
-        the text searched for, the anchor of an "after" query."""
+        the text searched for, the anchor of an "after" query (:func:`~mmai.memory.words.after_anchor`)
+        and, with nothing after it, that nothing came after it."""
         lines = [f"*{md_escape(phrase.words)}* → {md_escape(phrase.meaning)}" for phrase in parsed.phrases]
         lines += [md_escape(line) for line in parsed.overridden]
         if not lines and not parsed.following:
             return ""
         text = f" Searched for *{md_escape(parsed.text)}*" if parsed.text != parsed.query.strip() else ""
-        anchor = ""
-        if parsed.following and hits and hits[0].related:
-            first = hits[0].related[0]
-            anchor = (f" Showing what came after the best match ({md_escape(first.id[:8])}, "
-                      f"{md_escape(format_time(first.metadata.get('timestamp')))}).")
+        after = ""
+        if parsed.following and anchor is not None:
+            after = (f" Showing what came after the best match ({md_escape(anchor.id[:8])}, "
+                     f"{md_escape(format_time(anchor.metadata.get('timestamp')))})."
+                     + ("" if found else " Nothing came after it in its outing."))
         return ("<br>Filters from your words: " + "; ".join(lines) + "." if lines else "") + text + (
-            "." if text else "") + anchor
+            "." if text else "") + after
 
     def rerank_settings(self) -> str:
         """Which ``rerank_k`` and ``stage1_weight`` re-ranking uses and where they come from."""

@@ -251,6 +251,29 @@ def test_after_in_words_finds_the_anchor_then_its_followers_from_the_command_lin
     assert shown >= 2
 
 
+def test_naming_the_anchor_of_an_after_query_writes_no_saliency_panel(store, diary, capsys, tmp_path):
+    root = ["--root", str(store), "--quiet"]
+    days = sorted({(e["timestamp"][:10], e["place"]) for e in diary})
+    with PersonalMemory(store, progress=False) as memory:
+        for day, place in days:  # an outing whose best match has nothing after it: the anchor is looked up again
+            words = f"a bird with a red bill at {place.split(',')[0]} on {day}"
+            parsed = memory.understand(f"what did I see after {words}")
+            options = SearchOptions(following=True, burst_s=120)
+            if not memory.search(parsed.text, 5, parsed.applied, options):
+                break
+        else:
+            pytest.skip("every outing's anchor has a follower in this diary")
+        from mmai.memory.words import after_anchor
+
+        anchor = after_anchor(memory, parsed.text, parsed.applied, options, [])
+        assert anchor is not None and anchor.id == memory.search(parsed.text, 1, parsed.applied)[0].id
+    panels = tmp_path / "panels"
+    assert main(["search", f"what did I see after {words}", "--explain", str(panels), *root]) == 0
+    out = capsys.readouterr().out
+    assert f"after: {anchor.id[:12]}" in out and "nothing came after it in its outing" in out
+    assert not panels.exists() or not any(panels.iterdir())
+
+
 def _tone(path: Path, hz: float) -> Path:
     seconds = np.arange(24_000) / 48_000
     soundfile.write(path, (0.3 * np.sin(2 * np.pi * hz * seconds)).astype(np.float32), 48_000)

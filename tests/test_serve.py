@@ -281,7 +281,8 @@ def test_time_and_place_words_become_filters_the_status_names(board):
     _, _, _, status = board.search("a bird on 2023-02-30")
     assert "Search failed" in status and "is not a date" in status
     _, later, _, status = board.search("what did I see after a bird", k=5)
-    assert "Searched for *a bird*" in status and ("Showing what came after the best match" in status or not later)
+    assert "Searched for *a bird*" in status and "Showing what came after the best match" in status
+    assert ("Nothing came after it in its outing" in status) == (not later)
     assert all("after the anchor" in hit.explanation for hit in later)
 
 

@@ -44,7 +44,7 @@ from typing import Any, Sequence
 
 from mmai.memory.filters import Filters
 
-__all__ = ["ParsedQuery", "Phrase", "describe_filters", "merge", "parse_words", "understand"]
+__all__ = ["ParsedQuery", "Phrase", "after_anchor", "describe_filters", "merge", "parse_words", "understand"]
 
 MONTHS = {name.lower(): number for number, name in enumerate(calendar.month_name) if name}
 MONTHS.update({name.lower(): number for number, name in enumerate(calendar.month_abbr) if name})
@@ -497,3 +497,26 @@ def understand(query: str, known_places: Sequence[str] = (), flags: Filters | No
     parsed = parse_words(query, known_places, now)
     parsed.applied, parsed.overridden = merge(parsed, flags)
     return parsed
+
+
+def after_anchor(memory: Any, text: str, filters: Filters | None, options: Any, hits: Sequence[Any]) -> Any:
+    """The anchor of an "after" query, for saying which memory the hits followed.
+
+    The anchor is what ``following`` searched from: the first hit's first related memory (the
+    search puts the anchor there); with no hits, the best match for ``text`` within ``filters``,
+    searched again without ``following`` and without saliency panels (``explain_dir=None``: naming
+    the anchor must not write files). One function for the command line and the dashboard.
+
+    Args:
+        memory: a :class:`~mmai.memory.personal.PersonalMemory` (anything with its ``search``).
+        text, filters, options: the search's text, filters and :class:`~mmai.memory.search.SearchOptions`.
+        hits: what the ``following`` search returned.
+
+    Returns:
+        The anchor (a :class:`~mmai.memory.search.Related` or a ``SearchHit``: both have ``id``
+        and ``metadata``), or ``None`` when nothing matches the anchor's words.
+    """
+    if hits and hits[0].related:
+        return hits[0].related[0]
+    found = memory.search(text, 1, filters, dataclasses.replace(options, following=False, explain_dir=None))
+    return found[0] if found else None
