@@ -376,10 +376,12 @@ class Dashboard:
         return self.reranker is not None
 
     def select(self, index: int | None, hits: list, query: str):
-        """Show one result; returns ``(overlay, overlay note, details, related, audio, note text)``."""
+        """Show one result; returns ``(overlay, overlay note, details, related, audio, note text)``.
+        Selecting a result is opening it: its access is recorded (:meth:`PersonalMemory.open`'s log)."""
         if index is None or not hits or not 0 <= int(index) < len(hits):
             return None, "", "Select a result to see why it matched.", "", None, ""
         hit = hits[int(index)]
+        self.memory.access_log.record([hit.id], via="dashboard")  # selecting a result opens it (access count)
         modality = hit.metadata.get("modality")
         overlay, note = self.overlay(hit, query)
         audio = read_audio_file(hit.metadata.get("media_path")) if modality == "audio" else None

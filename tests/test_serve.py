@@ -292,7 +292,9 @@ def test_selecting_an_image_shows_the_saliency_panel_and_associated_memories(boa
     _, hits, query, status = board.search("a bird with a long orange bill", rerank=True, k=8)
     assert "re-rank" in status
     position = index_of(hits, "image")
+    before = board.memory.access(hits[position].id).count  # the search listed it: no access yet
     overlay, note, details, related, audio, text = board.select(position, hits, query)
+    assert board.memory.access(hits[position].id).count == before + 1  # selecting it opened it
     assert isinstance(overlay, Image.Image) and overlay.width > overlay.height  # original | heatmap | overlay
     assert "Saliency" in note and audio is None and text == ""
     assert "match logit" in details and hits[position].id in details

@@ -238,6 +238,28 @@ class AccessLog:
                 found.last = when if found.last is None else max(found.last, when)
         return stats
 
+    def prune(self, stored: set[str]) -> int:
+        """Rewrite the log without the lines of memories no longer ``stored`` (atomically);
+        returns how many lines went."""
+        from mmai.memory.files import atomic_write
+
+        try:
+            lines = self.path.read_bytes().splitlines(keepends=True)
+        except FileNotFoundError:
+            return 0
+        kept = []
+        for raw in lines:
+            try:
+                if str(json.loads(raw)["id"]) not in stored:
+                    continue
+            except (ValueError, TypeError, KeyError):
+                continue  # a torn line goes too
+            kept.append(raw if raw.endswith(b"\n") else raw + b"\n")
+        if len(kept) != len(lines):
+            data = b"".join(kept)
+            atomic_write(self.path, lambda file: file.write(data))
+        return len(lines) - len(kept)
+
     def usage(self, ids: Sequence[str], created: Sequence[float]) -> Usage:
         """The :class:`Usage` of ``ids`` (their creation times given), from the log."""
         stats = self.read()
