@@ -472,8 +472,10 @@ class PersonalMemory:
     @_sees_other_writers
     def stats(self) -> dict[str, Any]:
         """Counts by modality, year and place, sizes of the index and graph, and where things are."""
+        accesses = self.access_log.read()
         return {"root": str(self.root), "chroma": self.store.location, "checkpoint": self.checkpoint,
-                **self.maintenance.stats(), "repaired_on_open": self.repaired}
+                **self.maintenance.stats(), "repaired_on_open": self.repaired,
+                "opened": {"memories": len(accesses), "opens": sum(a.count for a in accesses.values())}}
 
 
 def _filters(filters: Filters | None, fields: dict[str, Any], where: str) -> Filters | None:
