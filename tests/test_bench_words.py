@@ -18,8 +18,8 @@ def memories():
     return words.diary_memories(300, 8, seed=0)
 
 
-def _describe(memories):
-    return lambda index: memories.captions[index]
+def _describe(memories):  # the user's words: the first caption's worth of the photo's words
+    return lambda index: " ".join(memories.captions[index].split(".")[0].split())
 
 
 @pytest.mark.parametrize("template", words.SEEN_TEMPLATES + words.NEW_TEMPLATES, ids=lambda t: t.name)

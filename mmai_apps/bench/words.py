@@ -5,7 +5,8 @@ Protocol (``--photos`` 2,000 diary photos of ``--species`` 40 synthetic species 
 
 * **Memories.** The synthetic diary (:func:`mmai.data.synth.diary.build_diary`: times in
   2021-2024 UTC, ten real birding spots, outings, sightings) gives each photo a time and a place;
-  its caption (:func:`mmai.data.synth.captions.image_captions` of its species and condition) is
+  its ``--photo-captions`` (10, as CUB's captions per image) captions
+  (:func:`mmai.data.synth.captions.image_captions` of its species and condition), joined, are
   embedded by a *stand-in* text encoder, :class:`BagOfWords` (binary bag of words, L2-normalised,
   the vocabulary of the captions): no trained model is needed and none was available offline, so
   the *absolute* recalls say little about a trained encoder; what is measured is what the filters
@@ -59,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--after-queries", type=int, default=200, help="'after' queries per seed (default 200)")
     parser.add_argument("--burst-s", type=float, default=120.0, help="the hop's burst skip (default 120, as search)")
     parser.add_argument("--k", type=int, default=5, help="K of R@K and hit@K (default 5)")
+    parser.add_argument("--photo-captions", type=int, default=10,
+                        help="captions whose words make a photo's stand-in embedding (default 10, CUB's captions "
+                             "per image: what the photo shows; 1: one caption's 2-5 attributes)")
 
 
 # ---------------------------------------------------------------------- the stand-in encoder
@@ -107,8 +111,9 @@ class DiaryMemories:
         return dt.datetime.fromtimestamp(float(self.timestamps[index]), UTC)
 
 
-def diary_memories(photos: int, species_count: int, seed: int) -> DiaryMemories:
-    """``photos`` diary photos spread evenly over ``species_count`` species (deterministic)."""
+def diary_memories(photos: int, species_count: int, seed: int, photo_captions: int = 10) -> DiaryMemories:
+    """``photos`` diary photos spread evenly over ``species_count`` species (deterministic); a
+    photo's text is its ``photo_captions`` captions joined (what it shows, for the stand-in encoder)."""
     from mmai.data.synth.captions import image_captions
     from mmai.data.synth.diary import PLACES, build_diary
     from mmai.data.synth.species import build_species
@@ -118,8 +123,8 @@ def diary_memories(photos: int, species_count: int, seed: int) -> DiaryMemories:
     entries = build_diary(species, image_classes, seed).entries
     rng = np.random.default_rng([seed, 0x0BD5])
     by_class = {s.class_id: s for s in species}
-    captions = [image_captions(by_class[image_classes[e["image_id"]]].attributes, rng, 1,
-                               condition=e["condition"] if e["condition"] != "occluded" else "clear")[0]
+    captions = [" ".join(image_captions(by_class[image_classes[e["image_id"]]].attributes, rng, photo_captions,
+                                        condition=e["condition"] if e["condition"] != "occluded" else "clear"))
                 for e in entries]
     stamps = np.array([dt.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
                        for e in entries])
@@ -463,7 +468,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     new: dict[str, list] = {}
     after: dict[str, list] = {}
     for seed in args.seeds:
-        memories = diary_memories(args.photos, args.species, seed)
+        memories = diary_memories(args.photos, args.species, seed, args.photo_captions)
         encoder = BagOfWords(memories.captions)
         vectors = encoder.embed(memories.captions)  # (N, V)
         rng = np.random.default_rng([seed, 0x0E1])
@@ -508,7 +513,7 @@ def run(args: argparse.Namespace) -> BenchResult:
                  "paired": "vs no hop " + _diff(filters, hop)})
     rows.append({"part": "after", "measure": "anchor right (top-1 in its sighting)", "value": _cell(anchor),
                  "paired": ""})
-    meta = {"photos": args.photos, "species": args.species, "seeds": args.seeds,
+    meta = {"photos": args.photos, "species": args.species, "seeds": args.seeds, "photo_captions": args.photo_captions,
             "queries_per_template_and_seed": args.queries, "after_queries_per_seed": len(after["flat"][0]),
             "encoder": "stand-in binary bag of words over the captions' vocabulary (no trained model)",
             "relevance": "R@K: memories of the target's species inside the true filters; after: the next "
