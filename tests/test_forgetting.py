@@ -126,7 +126,8 @@ def test_bench_forgetting_prints_every_policy_at_every_budget(tmp_path, capsys):
                        "--budgets", "25", "--out", str(out)]) == 0
     assert "retention" in capsys.readouterr().out
     rows = {row["policy"]: row for row in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"keep all", "random", "newest", "lru", "lfu", "retention", "generative_agents", "oracle"}
+    assert set(rows) == {"keep all", "random", "newest", "lru", "lfu", "retention", "generative_agents",
+                         "generative_agents, importance off", "oracle"}
     value = lambda policy: float(rows[policy]["future hit@10"].split()[0])  # noqa: E731
     assert value("keep all") >= max(value(p) for p in rows) and value("oracle") > value("random")
     assert "vs lru" in rows["retention"] and "vs lfu" in rows["generative_agents"]

@@ -33,10 +33,12 @@ is, and a store without the file opens with every memory never accessed (count 0
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -197,11 +199,22 @@ class AccessLog:
     """``ROOT/access.jsonl``: one line ``{"id", "time", "via"}`` per opened memory.
 
     Append-only (a torn last line, from a kill mid-write, is skipped when read); a missing file is
-    a store whose memories were never opened.
+    a store whose memories were never opened. Appends and :meth:`prune`'s rewrite hold an
+    ``fcntl`` lock on ``access.jsonl.lock`` (held for one write, never across a search or an
+    ingest), so an open from another process during a forget is not lost.
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.path = Path(root) / ACCESS_LOG
+
+    @contextmanager
+    def _locked(self):
+        with open(self.path.with_name(ACCESS_LOG + ".lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def record(self, ids: Iterable[str], when: float | None = None, via: str = "open") -> None:
         """Append one line per id (and fsync)."""
@@ -209,7 +222,7 @@ class AccessLog:
         lines = "".join(json.dumps({"id": str(memory_id), "time": when, "via": via}) + "\n" for memory_id in ids)
         if not lines:
             return
-        with open(self.path, "a+b") as handle:
+        with self._locked(), open(self.path, "a+b") as handle:
             handle.seek(0, os.SEEK_END)
             if handle.tell():
                 handle.seek(-1, os.SEEK_END)
@@ -241,6 +254,10 @@ class AccessLog:
     def prune(self, stored: set[str]) -> int:
         """Rewrite the log without the lines of memories no longer ``stored`` (atomically);
         returns how many lines went."""
+        with self._locked():
+            return self._prune(stored)
+
+    def _prune(self, stored: set[str]) -> int:
         from mmai.memory.files import atomic_write
 
         try:

@@ -17,6 +17,8 @@ top 10), seeds 0-2.
   evaluated on days 201-300). The retention has nothing to choose: with MemoryBank's strength
   ``S = S0 * (1 + recalls)`` the order of ``exp(-dt / S)`` is that of ``dt / (1 + recalls)`` for
   every ``S0``.
+* **Ablation**: Generative Agents with the importance term off (its decay chosen the same way):
+  what the derived importance (:func:`mmai.memory.forgetting.derived_importance`) adds.
 * **Oracle**: keeps the memories searched for most often on days 301-400 (it knows the future):
   an upper bound, not a policy.
 
@@ -33,7 +35,8 @@ import numpy as np
 
 from mmai_apps.bench import BenchResult
 
-POLICY_ROWS = ("random", "newest", "lru", "lfu", "retention", "generative_agents", "oracle")
+GA_NO_IMPORTANCE = "generative_agents, importance off"  #: the ablation: is the derived importance worth it?
+POLICY_ROWS = ("random", "newest", "lru", "lfu", "retention", "generative_agents", GA_NO_IMPORTANCE, "oracle")
 DECAY_GRID = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 RELEVANCE_DAYS = 14
 
@@ -58,8 +61,11 @@ def policy_scores(sim, policy: str, cut: int, seed: int, strength_days: float, d
     if policy == "oracle":
         return made, np.bincount(future, minlength=len(sim))[made].astype(np.float64)
     importance = relevance = None
-    if policy == "generative_agents":
+    if policy == GA_NO_IMPORTANCE:
+        policy, importance = "generative_agents", np.zeros(len(made))
+    elif policy == "generative_agents":
         importance = derived_importance(usage.counts, sim.embeddings[made])
+    if policy == "generative_agents":
         recent = (sim.query_day <= cut) & (sim.query_day > cut - RELEVANCE_DAYS)
         relevance = (sim.embeddings[made] @ sim.query_embeddings[recent].T).max(axis=1) if recent.any() else None
     return made, scores(policy, usage, sim.end_of(cut), seed=seed, strength_days=strength_days,
@@ -94,9 +100,11 @@ def choose_parameters(sim, share: float, seed: int, cut: int, k: int) -> dict[st
     choice: with ``S = strength * (1 + recalls)`` its order is that of ``dt / (1 + recalls)`` for
     every strength."""
     inner = int(round(cut * 2 / 3))
-    best_decay = max(DECAY_GRID, key=lambda d: (future_hits(
-        sim, _kept(sim, "generative_agents", inner, share, seed, 7.0, d), inner, cut, k).mean(), d))
-    return {"decay_per_hour": best_decay}
+    best = {}
+    for name, policy in (("decay_per_hour", "generative_agents"), ("decay_per_hour_no_importance", GA_NO_IMPORTANCE)):
+        best[name] = max(DECAY_GRID, key=lambda d: (future_hits(
+            sim, _kept(sim, policy, inner, share, seed, 7.0, d), inner, cut, k).mean(), d))
+    return best
 
 
 def run(args: argparse.Namespace) -> BenchResult:
@@ -120,7 +128,8 @@ def run(args: argparse.Namespace) -> BenchResult:
             parameters = choose_parameters(sim, share, seed, cut, args.k)
             chosen[f"seed {seed}, {share:g}%"] = parameters
             for policy in POLICY_ROWS:
-                kept = _kept(sim, policy, cut, share, seed, 7.0, parameters["decay_per_hour"], future)
+                decay = parameters["decay_per_hour_no_importance" if policy == GA_NO_IMPORTANCE else "decay_per_hour"]
+                kept = _kept(sim, policy, cut, share, seed, 7.0, decay, future)
                 results.setdefault((share, policy), []).append(future_hits(sim, kept, cut, args.days, args.k))
     rows = []
     for (share, policy), per_seed in results.items():
@@ -128,10 +137,13 @@ def run(args: argparse.Namespace) -> BenchResult:
         row: dict[str, Any] = {"budget": f"{share:g}%", "policy": policy, f"future hit@{args.k}": f"{mean:.3f} ± {std:.3f}"}
         pooled = np.concatenate(per_seed)[None, :]
         for baseline in ("lru", "lfu"):
-            if policy in ("retention", "generative_agents") and (share, baseline) in results:
+            if policy in ("retention", "generative_agents", GA_NO_IMPORTANCE) and (share, baseline) in results:
                 other = np.concatenate(results[(share, baseline)])[None, :]
                 d = paired_bootstrap(other, pooled)
                 row[f"vs {baseline}"] = f"{d.difference:+.3f} [{d.low:+.3f}, {d.high:+.3f}] {d.verdict}"
+        if policy == "generative_agents" and (share, GA_NO_IMPORTANCE) in results:
+            d = paired_bootstrap(np.concatenate(results[(share, GA_NO_IMPORTANCE)])[None, :], pooled)
+            row["vs importance off"] = f"{d.difference:+.3f} [{d.low:+.3f}, {d.high:+.3f}] {d.verdict}"
         rows.append(row)
     meta = {"seeds": args.seeds, "replay_days": cut, "days": args.days, "budgets_percent": args.budgets,
             "k": args.k, "simulation": "mmai.memory.simulate.SimConfig defaults", "per_seed": counts,
