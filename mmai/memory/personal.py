@@ -358,10 +358,11 @@ class PersonalMemory:
         """The memory the user opened (a full id or an 8+ digit prefix), its access recorded in
         ``ROOT/access.jsonl``: ``access_count`` + 1, ``last_accessed`` = ``when`` (default now).
         A search that only lists results records nothing. Raises KeyError for an unknown id."""
-        hit = self.get(self.resolve_id(memory_id))
+        hit = self.get(memory_id)
         self.access_log.record([hit.id], when, via)
         return hit
 
+    @_sees_other_writers
     def access(self, memory_id: str) -> AccessStats:
         """``access_count`` and ``last_accessed`` of one memory (count 0, last None: never opened)."""
         return self.access_log.read().get(self.resolve_id(memory_id), AccessStats())
