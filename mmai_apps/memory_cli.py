@@ -306,8 +306,12 @@ def run_search(args: argparse.Namespace) -> int:
                         print("nothing came after it in its outing")
                         return 0
         if args.json:
+            from mmai.memory.forgetting import usage_json
+
+            opened = memory.access_log.read()
             for hit in hits:
-                print(json.dumps({**_hit_json(hit), "filters": parsed.applied.active()}, default=str))
+                print(json.dumps({**_hit_json(hit), "filters": parsed.applied.active(),
+                                  **usage_json(opened.get(hit.id))}, default=str))
             return 0
         if not hits:
             print("no memories match" + (" (stored places: " + printable(", ".join(memory.known_places())) + ")"

@@ -386,7 +386,11 @@ class Dashboard:
         overlay, note = self.overlay(hit, query)
         audio = read_audio_file(hit.metadata.get("media_path")) if modality == "audio" else None
         text = (hit.document or "") if modality == "text" else ""
-        return overlay, note, self.details(hit), self.related(hit), audio, text
+        from mmai.memory.forgetting import describe_usage
+
+        opened = self.memory.access_log.read().get(hit.id)
+        details = self.details(hit) + f"\n\n**Opened:** {md_escape(describe_usage(opened))}"
+        return overlay, note, details, self.related(hit), audio, text
 
     def overlay(self, hit: Any, query: str) -> tuple[Image.Image | None, str]:
         """The saliency panel of ``query`` on the hit's image, or why there is none."""

@@ -186,6 +186,10 @@ def test_open_counts_an_access_that_a_search_does_not_and_rebuild_keeps_it(store
     assert main(["open", notes[2], "--json", *root]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["id"] == notes[2] and shown["access_count"] == 2 and shown["last_accessed"] > 1.7e9
+    assert main(["search", "a bird", "-k", "6", "--json", *root]) == 0
+    listed = {hit["id"]: hit for hit in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert listed[notes[2]]["access_count"] == 2 and listed[notes[0]]["access_count"] == 0
+    assert listed[notes[0]]["last_accessed"] is None
     assert main(["open", "ffffffffffff", *root]) == 2  # an unknown id: one line, exit 2
     assert main(["rebuild", *root]) == 0
     with PersonalMemory(store, progress=False) as memory:

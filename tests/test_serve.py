@@ -295,6 +295,7 @@ def test_selecting_an_image_shows_the_saliency_panel_and_associated_memories(boa
     before = board.memory.access(hits[position].id).count  # the search listed it: no access yet
     overlay, note, details, related, audio, text = board.select(position, hits, query)
     assert board.memory.access(hits[position].id).count == before + 1  # selecting it opened it
+    assert f"**Opened:** opened {before + 1} time" in details
     assert isinstance(overlay, Image.Image) and overlay.width > overlay.height  # original | heatmap | overlay
     assert "Saliency" in note and audio is None and text == ""
     assert "match logit" in details and hits[position].id in details
