@@ -10,7 +10,9 @@ store, the FAISS index and the episodic graph stay consistent)::
     mmai memory search "what did I see after the heron at the lake"   # what followed it in its outing
     mmai memory search "a white bird" --top-down                   # schemas first: scores part of the memory
     mmai memory related 3fa9c2e1
+    mmai memory open 3fa9c2e1           # show it; counts as opened (access_count, last_accessed)
     mmai memory forget --place Berlin --yes
+    mmai memory forget --policy retention --budget 25% --dry-run   # what a budget would forget, by use
     mmai memory stats          # and likewise: check, rebuild, consolidate --threshold 0.97 [--yes]
 
 Every subcommand takes ``--root`` (default ``runs/memory``), ``--checkpoint`` (remembered in
@@ -28,7 +30,6 @@ commands refuse a ``--root`` that holds none (a mistyped root is an error, not a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import sys
@@ -132,7 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
     _common(forget)
     forget.add_argument("ids", nargs="*", help="memory ids (or first 8+ hex digits)")
     _filters(forget)
+    forget.add_argument("--policy", default=None, choices=("retention", "lru", "lfu", "newest", "random", "generative_agents"),
+                        help="forget by use instead of by id/filter: keep the --budget memories this policy scores "
+                             "most likely to be needed (retention: MemoryBank's exp(-dt/S), S growing with each open; "
+                             "lru/lfu: least recently/frequently opened go first; "
+                             "generative_agents: recency of the last open + importance derived from opens and "
+                             "how unusual a memory is)")
+    forget.add_argument("--budget", default=None, metavar="N|P%",
+                        help="with --policy: memories to keep, a count (500) or a share (25%%)")
+    forget.add_argument("--dry-run", action="store_true",
+                        help="with --policy: list every memory that would go (nothing is forgotten)")
+    forget.add_argument("--now", default=None, metavar="TIME",
+                        help="with --policy: the time the policy scores at (ISO-8601, UTC; default now)")
+    forget.add_argument("--seed", type=int, default=0, help="with --policy random: its seed (default 0)")
     forget.add_argument("--yes", action="store_true", help="really forget (otherwise: say what would go)")
+
+    opened = sub.add_parser("open", help="show one memory and count it as opened (what the forgetting "
+                                         "policies and access counts use)")
+    _common(opened)
+    opened.add_argument("id", help="a memory id (or its first 8+ hex digits), e.g. from a search")
+    opened.add_argument("--json", action="store_true", help="print the memory as JSON")
 
     for name, text in (("stats", "counts by modality, year and place"),
                        ("check", "verify Chroma, FAISS and graph agree (exit 1 on problems)"),
@@ -290,16 +310,21 @@ def run_search(args: argparse.Namespace) -> int:
             for line in parsed.lines():
                 print(printable(line))
             if options.following:
-                anchor = hits[0].related[0] if hits else next(iter(memory.search(
-                    parsed.text, 1, parsed.applied, dataclasses.replace(options, following=False))), None)
+                from mmai.memory.words import after_anchor
+
+                anchor = after_anchor(memory, parsed.text, parsed.applied, options, hits)
                 if anchor is not None:
                     print(f"after: {anchor.id[:12]}  {_describe(anchor.metadata)}")
                     if not hits:
                         print("nothing came after it in its outing")
                         return 0
         if args.json:
+            from mmai.memory.forgetting import usage_json
+
+            opened = memory.access_log.read()
             for hit in hits:
-                print(json.dumps({**_hit_json(hit), "filters": parsed.applied.active()}, default=str))
+                print(json.dumps({**_hit_json(hit), "filters": parsed.applied.active(),
+                                  **usage_json(opened.get(hit.id))}, default=str))
             return 0
         if not hits:
             print("no memories match" + (" (stored places: " + printable(", ".join(memory.known_places())) + ")"
@@ -324,7 +349,64 @@ def run_related(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_open(args: argparse.Namespace) -> int:
+    """``mmai memory open ID``: the memory's details; its access is recorded (count + 1, last now)."""
+    from mmai.memory.forgetting import describe_usage, usage_json
+
+    with _open(args) as memory:
+        hit = memory.open(args.id, via="cli")
+        stats = memory.access(hit.id)
+        if args.json:
+            print(json.dumps({**_hit_json(hit), **usage_json(stats)}, default=str))
+            return 0
+        print(f"{hit.id}  {_describe(hit.metadata, hit.document)}")
+        if hit.metadata.get("modality") == "text" and hit.document:
+            print(printable_lines(hit.document))
+        print(describe_usage(stats))
+    return 0
+
+
+def _run_forget_policy(args: argparse.Namespace) -> int:
+    """``forget --policy P --budget N``: keep the N memories P scores highest, forget the rest."""
+    from mmai.memory.forgetting import describe_usage, parse_budget
+
+    if args.ids or not _filters_of(args).empty:
+        raise ValueError("forget: --policy forgets by use over the whole memory; give it no ids or filters")
+    if args.budget is None:
+        raise ValueError("forget: --policy needs --budget N (memories to keep) or --budget P% (a share)")
+    now = None
+    if args.now is not None:
+        from mmai.memory.ingest import parse_time
+
+        now = parse_time(args.now, "--now")
+    with _open(args) as memory:
+        total = memory.store.count()
+        budget = parse_budget(args.budget, total)
+        if args.yes and not args.dry_run:
+            forgotten = memory.forget_budget(args.policy, budget, now, seed=args.seed)
+            print(f"forgot {len(forgotten)} memories by {args.policy} (kept {memory.store.count()} of {total})")
+            return 0
+        kept, forgotten, score = memory.forget_plan(args.policy, budget, now, seed=args.seed)
+        print(f"would keep {len(kept)} of {total} memories by {args.policy}; would forget {len(forgotten)}")
+        if args.dry_run:
+            stats = memory.access_log.read()
+            metadata = memory.records.metadata_of(forgotten) if forgotten else {}
+            for memory_id in sorted(forgotten, key=lambda i: score[i]):
+                print(f"  {memory_id[:12]}  score {score[memory_id]:.4g}  {describe_usage(stats.get(memory_id))}  "
+                      f"{_describe(metadata.get(memory_id, {}))}")
+        elif forgotten:
+            print("first to go: " + ", ".join(i[:12] for i in sorted(forgotten, key=lambda i: score[i])[:10])
+                  + (" ..." if len(forgotten) > 10 else "") + "\n(--dry-run lists them all)")
+        if forgotten:
+            print("add --yes to forget them" if not args.dry_run else "nothing was forgotten (--dry-run)")
+    return 0
+
+
 def run_forget(args: argparse.Namespace) -> int:
+    if args.policy is not None:
+        return _run_forget_policy(args)
+    if args.budget is not None or args.dry_run or args.now is not None:
+        raise ValueError("forget: --budget, --dry-run and --now go with --policy")
     filters = _filters_of(args)
     if not args.ids and filters.empty:
         raise ValueError("forget: give ids or a filter (--year/--place/--modality/--after/--before)")
@@ -396,7 +478,7 @@ def run_consolidate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"ingest": run_ingest, "search": run_search, "related": run_related, "forget": run_forget,
+COMMANDS = {"ingest": run_ingest, "search": run_search, "related": run_related, "open": run_open, "forget": run_forget,
             "stats": run_stats, "check": run_check, "rebuild": run_rebuild, "consolidate": run_consolidate}
 
 

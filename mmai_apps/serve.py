@@ -63,6 +63,7 @@ from mmai.memory.filters import Filters  # noqa: E402
 from mmai.memory.ingest import SUFFIXES, IngestError, parse_time, read_memory_file  # noqa: E402
 from mmai.memory.personal import PersonalMemory  # noqa: E402
 from mmai.memory.search import SearchOptions  # noqa: E402
+from mmai.memory.words import after_anchor  # noqa: E402
 from mmai.saliency import load_font, wrap_text  # noqa: E402
 
 DEFAULT_HOST = "127.0.0.1"
@@ -307,28 +308,31 @@ class Dashboard:
                                           top_down=self.options.top_down or bool(top_down),
                                           following=self.options.following or parsed.following)
             hits = self.memory.search(parsed.text, int(k or self.k), parsed.applied, options)
+            anchor = after_anchor(self.memory, parsed.text, parsed.applied, options, hits) if options.following \
+                else None
         except (ValueError, KeyError) as error:
             return [], [], query, f"**Search failed:** {md_escape(error)}"
         gallery = [(self.thumbnail(hit), hit_caption(hit)) for hit in hits]
         return gallery, hits, query, self._search_status(query, hits, parsed.applied, options) + self._words_status(
-            parsed, hits)
+            parsed, anchor, bool(hits))
 
     @staticmethod
-    def _words_status(parsed: Any, hits: list) -> str:
+    def _words_status(parsed: Any, anchor: Any = None, found: bool = True) -> str:
         """What the query's words were read as: the filters they set, what a form field replaced,
-        the text searched for, the anchor of an "after" query."""
+        the text searched for, the anchor of an "after" query (:func:`~mmai.memory.words.after_anchor`)
+        and, with nothing after it, that nothing came after it."""
         lines = [f"*{md_escape(phrase.words)}* → {md_escape(phrase.meaning)}" for phrase in parsed.phrases]
         lines += [md_escape(line) for line in parsed.overridden]
         if not lines and not parsed.following:
             return ""
         text = f" Searched for *{md_escape(parsed.text)}*" if parsed.text != parsed.query.strip() else ""
-        anchor = ""
-        if parsed.following and hits and hits[0].related:
-            first = hits[0].related[0]
-            anchor = (f" Showing what came after the best match ({md_escape(first.id[:8])}, "
-                      f"{md_escape(format_time(first.metadata.get('timestamp')))}).")
+        after = ""
+        if parsed.following and anchor is not None:
+            after = (f" Showing what came after the best match ({md_escape(anchor.id[:8])}, "
+                     f"{md_escape(format_time(anchor.metadata.get('timestamp')))})."
+                     + ("" if found else " Nothing came after it in its outing."))
         return ("<br>Filters from your words: " + "; ".join(lines) + "." if lines else "") + text + (
-            "." if text else "") + anchor
+            "." if text else "") + after
 
     def rerank_settings(self) -> str:
         """Which ``rerank_k`` and ``stage1_weight`` re-ranking uses and where they come from."""
@@ -381,15 +385,21 @@ class Dashboard:
         return self.reranker is not None
 
     def select(self, index: int | None, hits: list, query: str):
-        """Show one result; returns ``(overlay, overlay note, details, related, audio, note text)``."""
+        """Show one result; returns ``(overlay, overlay note, details, related, audio, note text)``.
+        Selecting a result is opening it: its access is recorded (:meth:`PersonalMemory.open`'s log)."""
         if index is None or not hits or not 0 <= int(index) < len(hits):
             return None, "", "Select a result to see why it matched.", "", None, ""
         hit = hits[int(index)]
+        self.memory.access_log.record([hit.id], via="dashboard")  # selecting a result opens it (access count)
         modality = hit.metadata.get("modality")
         overlay, note = self.overlay(hit, query)
         audio = read_audio_file(hit.metadata.get("media_path")) if modality == "audio" else None
         text = (hit.document or "") if modality == "text" else ""
-        return overlay, note, self.details(hit), self.related(hit), audio, text
+        from mmai.memory.forgetting import describe_usage
+
+        opened = self.memory.access_log.read().get(hit.id)
+        details = self.details(hit) + f"\n\n**Opened:** {md_escape(describe_usage(opened))}"
+        return overlay, note, details, self.related(hit), audio, text
 
     def overlay(self, hit: Any, query: str) -> tuple[Image.Image | None, str]:
         """The saliency panel of ``query`` on the hit's image, or why there is none."""

@@ -69,6 +69,17 @@ def test_time_and_place_words_become_the_filters_the_flags_set(query, text, filt
     assert not parsed.following
 
 
+def test_the_longest_place_phrase_wins_when_two_stored_places_match():
+    places = ["Powai, Mumbai", "Powai Lake, Mumbai", "Tiergarten, Berlin"]
+    for query in ("a bird at Powai Lake", "Powai Lake birds", "a bird at Powai Lke"):  # exact, bare, a typo
+        parsed = parse_words(query, places, NOW)
+        assert parsed.filters == Filters(place="Powai Lake, Mumbai"), query
+        assert "Lake" not in parsed.text and "Lke" not in parsed.text, query
+    parsed = parse_words("a bird at Powai Lake with a fish", places, NOW)  # a longer run is no typo of it
+    assert parsed.filters == Filters(place="Powai Lake, Mumbai") and parsed.text == "a bird with a fish"
+    assert parse_words("a bird at Powai in flight", places, NOW).filters == Filters(place="Powai, Mumbai")
+
+
 def test_relative_words_resolve_against_the_injected_reference_time():
     assert parse_words("last December", PLACES, dt.datetime(2024, 12, 20)).filters == \
         Filters(after="2023-12-01", before="2024-01-01")  # this December has not ended
@@ -238,6 +249,29 @@ def test_after_in_words_finds_the_anchor_then_its_followers_from_the_command_lin
             assert expected or "nothing came after it in its outing" in out
             shown += bool(expected)
     assert shown >= 2
+
+
+def test_naming_the_anchor_of_an_after_query_writes_no_saliency_panel(store, diary, capsys, tmp_path):
+    root = ["--root", str(store), "--quiet"]
+    days = sorted({(e["timestamp"][:10], e["place"]) for e in diary})
+    with PersonalMemory(store, progress=False) as memory:
+        for day, place in days:  # an outing whose best match has nothing after it: the anchor is looked up again
+            words = f"a bird with a red bill at {place.split(',')[0]} on {day}"
+            parsed = memory.understand(f"what did I see after {words}")
+            options = SearchOptions(following=True, burst_s=120)
+            if not memory.search(parsed.text, 5, parsed.applied, options):
+                break
+        else:
+            pytest.skip("every outing's anchor has a follower in this diary")
+        from mmai.memory.words import after_anchor
+
+        anchor = after_anchor(memory, parsed.text, parsed.applied, options, [])
+        assert anchor is not None and anchor.id == memory.search(parsed.text, 1, parsed.applied)[0].id
+    panels = tmp_path / "panels"
+    assert main(["search", f"what did I see after {words}", "--explain", str(panels), *root]) == 0
+    out = capsys.readouterr().out
+    assert f"after: {anchor.id[:12]}" in out and "nothing came after it in its outing" in out
+    assert not panels.exists() or not any(panels.iterdir())
 
 
 def _tone(path: Path, hz: float) -> Path:

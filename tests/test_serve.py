@@ -281,7 +281,8 @@ def test_time_and_place_words_become_filters_the_status_names(board):
     _, _, _, status = board.search("a bird on 2023-02-30")
     assert "Search failed" in status and "is not a date" in status
     _, later, _, status = board.search("what did I see after a bird", k=5)
-    assert "Searched for *a bird*" in status and ("Showing what came after the best match" in status or not later)
+    assert "Searched for *a bird*" in status and "Showing what came after the best match" in status
+    assert ("Nothing came after it in its outing" in status) == (not later)
     assert all("after the anchor" in hit.explanation for hit in later)
 
 
@@ -291,7 +292,10 @@ def test_selecting_an_image_shows_the_saliency_panel_and_associated_memories(boa
     _, hits, query, status = board.search("a bird with a long orange bill", rerank=True, k=8)
     assert "re-rank" in status
     position = index_of(hits, "image")
+    before = board.memory.access(hits[position].id).count  # the search listed it: no access yet
     overlay, note, details, related, audio, text = board.select(position, hits, query)
+    assert board.memory.access(hits[position].id).count == before + 1  # selecting it opened it
+    assert f"**Opened:** opened {before + 1} time" in details
     assert isinstance(overlay, Image.Image) and overlay.width > overlay.height  # original | heatmap | overlay
     assert "Saliency" in note and audio is None and text == ""
     assert "match logit" in details and hits[position].id in details

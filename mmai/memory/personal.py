@@ -19,6 +19,9 @@ that owns its concept:
   :class:`~mmai.memory.search.SearchOptions`.
 * **maintenance** (:mod:`mmai.memory.maintenance`) — forget, consolidate, rebuild, check, stats.
 * **models** (:mod:`mmai.memory.models`) — the checkpoint remembered in ``config.json``.
+* **access** (:mod:`mmai.memory.forgetting`) — ``ROOT/access.jsonl``: the memories the user
+  opened (:meth:`PersonalMemory.open`), whence ``access_count`` and ``last_accessed``, and the
+  budgeted forgetting policies that read them (:meth:`PersonalMemory.forget_plan`).
 
 Other processes. An embedded Chroma client does not see another process's writes (its queries
 then fail with ``InternalError: Error finding id``). Each public read (and each writer, once it
@@ -50,6 +53,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from mmai.memory.filters import Filters
+from mmai.memory.forgetting import AccessLog, AccessStats, Usage, keep, scores
 from mmai.memory.graph import EpisodicGraph, GraphConfig
 from mmai.memory.index_sync import HNSW_FROM, IndexSync, int_id
 from mmai.memory.ingester import IngestReport, Ingester
@@ -169,6 +173,7 @@ class PersonalMemory:
         self.ingester = Ingester(self.store, self.sync, self.journal, self.models, self.media_dir, self._write_lock)
         self.maintenance = Maintenance(self.store, self.sync, self.records, self.journal, self.media_dir,
                                        self._write_lock, progress)
+        self.access_log = AccessLog(self.root)
         with self._mutex:
             self.repaired = self.sync.sync()
 
@@ -348,6 +353,73 @@ class PersonalMemory:
         :class:`Filters` fields given by name). Raises KeyError naming an unknown or ambiguous id."""
         return self.records.matching_ids(ids, _filters(filters, fields, "matching_ids"))
 
+    # ------------------------------------------------------------------ access
+    def open(self, memory_id: str, via: str = "open", when: float | None = None) -> SearchHit:
+        """The memory the user opened (a full id or an 8+ digit prefix), its access recorded in
+        ``ROOT/access.jsonl``: ``access_count`` + 1, ``last_accessed`` = ``when`` (default now).
+        A search that only lists results records nothing. Raises KeyError for an unknown id."""
+        hit = self.get(memory_id)
+        self.access_log.record([hit.id], when, via)
+        return hit
+
+    @_sees_other_writers
+    def access(self, memory_id: str) -> AccessStats:
+        """``access_count`` and ``last_accessed`` of one memory (count 0, last None: never opened)."""
+        return self.access_log.read().get(self.resolve_id(memory_id), AccessStats())
+
+    @_sees_other_writers
+    def usage(self) -> tuple[list[str], Usage]:
+        """Every stored memory's id and :class:`~mmai.memory.forgetting.Usage` (creation time: its
+        ``timestamp``, 0 when unknown; counts and last access from the access log)."""
+        ids, created = [], []
+        for page_ids, metadatas in self.records.metadata_pages():
+            ids += page_ids
+            created += [float(m.get("timestamp", 0.0) or 0.0) for m in metadatas]
+        return ids, self.access_log.usage(ids, created)
+
+    def importance(self, ids: Sequence[str] | None = None, usage: Usage | None = None) -> np.ndarray:
+        """``(N,)`` importance of ``ids`` (default every memory, in :meth:`usage` order), derived
+        from use (:func:`mmai.memory.forgetting.derived_importance`: how often it was opened and how
+        unusual its embedding is among its neighbours); a user-given ``importance`` wins."""
+        from mmai.memory.forgetting import derived_importance
+
+        if ids is None or usage is None:
+            ids, usage = self.usage()
+        records = self.store.all_embeddings(progress=False)
+        row = {memory_id: n for n, memory_id in enumerate(records.ids)}
+        order = [row[memory_id] for memory_id in ids]
+        given = np.array([float(records.metadatas[n].get("importance", np.nan) if records.metadatas[n].get(
+            "importance") is not None else np.nan) for n in order])
+        vectors = np.asarray(records.embeddings, np.float64)[order]
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return derived_importance(usage.counts, vectors, given=given)
+
+    def forget_plan(self, policy: str, budget: int, now: float | None = None, *, seed: int = 0,
+                    **options: Any) -> tuple[list[str], list[str], dict[str, float]]:
+        """Which memories a budgeted forget keeps: ``(kept ids, forgotten ids, score of each id)``,
+        the ``budget`` best scored by ``policy`` (:func:`mmai.memory.forgetting.scores`; ``options``
+        go to it) kept. Nothing is removed: :meth:`forget` the second list to do it."""
+        import time as _time
+
+        ids, usage = self.usage()
+        if policy == "generative_agents" and "importance" not in options and ids:
+            options["importance"] = self.importance(ids, usage)
+        keep_scores = scores(policy, usage, _time.time() if now is None else float(now), seed=seed, **options)
+        kept = set(keep(keep_scores, min(int(budget), len(ids)), usage.created).tolist())
+        score_of = dict(zip(ids, keep_scores.tolist()))
+        return ([i for n, i in enumerate(ids) if n in kept], [i for n, i in enumerate(ids) if n not in kept],
+                score_of)
+
+    def forget_budget(self, policy: str, budget: int, now: float | None = None, **options: Any) -> list[str]:
+        """Forget every memory but the ``budget`` that ``policy`` keeps (:meth:`forget_plan`), under
+        the write lock, journaled as ``forget --policy POLICY``; returns the forgotten ids."""
+        with self._write_lock():
+            _, forgotten, _ = self.forget_plan(policy, budget, now, **options)
+            self.maintenance.remove(forgotten, why=f"forget --policy {policy}")
+        if forgotten and self.access_log.path.exists():
+            self.access_log.prune(set(self._chroma_ids()))
+        return forgotten
+
     # ------------------------------------------------------------------ maintenance
     def forget(self, ids: Iterable[str] | None = None, filters: Filters | None = None, **fields: Any) -> int:
         """Remove memories by id, by filter (``filters``, or its fields by name: ``year``, ``place``,
@@ -358,7 +430,10 @@ class PersonalMemory:
             ValueError: neither ids nor a filter is given, or an unknown filter name.
             KeyError: a given id is not stored (or its prefix is ambiguous); nothing is removed.
         """
-        return self.maintenance.forget(ids, _filters(filters, fields, "forget"))
+        removed = self.maintenance.forget(ids, _filters(filters, fields, "forget"))
+        if removed and self.access_log.path.exists():  # a forgotten memory leaves no access behind
+            self.access_log.prune(set(self._chroma_ids()))
+        return removed
 
     def consolidate(self, threshold: float = 0.97, *, same_modality: bool = True) -> int:
         """Merge near-duplicates (cosine >= ``threshold``) into their earliest memory, keeping every
@@ -398,8 +473,10 @@ class PersonalMemory:
     @_sees_other_writers
     def stats(self) -> dict[str, Any]:
         """Counts by modality, year and place, sizes of the index and graph, and where things are."""
+        accesses = self.access_log.read()
         return {"root": str(self.root), "chroma": self.store.location, "checkpoint": self.checkpoint,
-                **self.maintenance.stats(), "repaired_on_open": self.repaired}
+                **self.maintenance.stats(), "repaired_on_open": self.repaired,
+                "opened": {"memories": len(accesses), "opens": sum(a.count for a in accesses.values())}}
 
 
 def _filters(filters: Filters | None, fields: dict[str, Any], where: str) -> Filters | None:

@@ -44,7 +44,7 @@ from typing import Any, Sequence
 
 from mmai.memory.filters import Filters
 
-__all__ = ["ParsedQuery", "Phrase", "describe_filters", "merge", "parse_words", "understand"]
+__all__ = ["ParsedQuery", "Phrase", "after_anchor", "describe_filters", "merge", "parse_words", "understand"]
 
 MONTHS = {name.lower(): number for number, name in enumerate(calendar.month_name) if name}
 MONTHS.update({name.lower(): number for number, name in enumerate(calendar.month_abbr) if name})
@@ -311,22 +311,24 @@ def _aliases(known_places: Sequence[str]) -> dict[str, set[str]]:
 
 
 def _match_place(words: list[str], aliases: dict[str, set[str]]) -> tuple[int, set[str]] | None:
-    """The longest run of ``words`` (from the first) naming stored places: exact, else fuzzy."""
-    for fuzzy in (False, True):
-        for length in range(min(len(words), 6), 0, -1):
-            phrase = " ".join(words[:length]).casefold()
-            core = phrase[4:] if phrase.startswith("the ") else phrase
-            candidates = [phrase, core] if not fuzzy else [phrase]
-            for candidate in candidates:
-                if not fuzzy and candidate in aliases:
-                    return length, aliases[candidate]
-            if fuzzy and len(core.replace(" ", "")) >= FUZZY_LETTERS:
-                # cores against cores: a shared "the " must not make "the water" look like "the gate"
-                cores = {(alias[4:] if alias.startswith("the ") else alias): alias for alias in aliases
-                         if alias.startswith("the ") == (core != phrase) or not alias.startswith("the ")}
-                close = difflib.get_close_matches(core, list(cores), n=1, cutoff=FUZZY_RATIO)
-                if close:
-                    return length, aliases[cores[close[0]]]
+    """The longest run of ``words`` (from the first) naming stored places: at each length, from
+    the longest, an exact alias, else a close one with as many words (a typo), so the longer phrase
+    wins when two stored places match ("Powai Lke" is Powai Lake, not "Powai" and a stray word)."""
+    for length in range(min(len(words), 6), 0, -1):
+        phrase = " ".join(words[:length]).casefold()
+        core = phrase[4:] if phrase.startswith("the ") else phrase
+        for candidate in (phrase, core):
+            if candidate in aliases:
+                return length, aliases[candidate]
+        if len(core.replace(" ", "")) >= FUZZY_LETTERS:
+            # cores against cores: a shared "the " must not make "the water" look like "the gate";
+            # as many words: "powai lake with" is no typo of "powai lake"
+            cores = {(alias[4:] if alias.startswith("the ") else alias): alias for alias in aliases
+                     if alias.startswith("the ") == (core != phrase) or not alias.startswith("the ")}
+            cores = {key: alias for key, alias in cores.items() if key.count(" ") == core.count(" ")}
+            close = difflib.get_close_matches(core, list(cores), n=1, cutoff=FUZZY_RATIO)
+            if close:
+                return length, aliases[cores[close[0]]]
     return None
 
 
@@ -495,3 +497,26 @@ def understand(query: str, known_places: Sequence[str] = (), flags: Filters | No
     parsed = parse_words(query, known_places, now)
     parsed.applied, parsed.overridden = merge(parsed, flags)
     return parsed
+
+
+def after_anchor(memory: Any, text: str, filters: Filters | None, options: Any, hits: Sequence[Any]) -> Any:
+    """The anchor of an "after" query, for saying which memory the hits followed.
+
+    The anchor is what ``following`` searched from: the first hit's first related memory (the
+    search puts the anchor there); with no hits, the best match for ``text`` within ``filters``,
+    searched again without ``following`` and without saliency panels (``explain_dir=None``: naming
+    the anchor must not write files). One function for the command line and the dashboard.
+
+    Args:
+        memory: a :class:`~mmai.memory.personal.PersonalMemory` (anything with its ``search``).
+        text, filters, options: the search's text, filters and :class:`~mmai.memory.search.SearchOptions`.
+        hits: what the ``following`` search returned.
+
+    Returns:
+        The anchor (a :class:`~mmai.memory.search.Related` or a ``SearchHit``: both have ``id``
+        and ``metadata``), or ``None`` when nothing matches the anchor's words.
+    """
+    if hits and hits[0].related:
+        return hits[0].related[0]
+    found = memory.search(text, 1, filters, dataclasses.replace(options, following=False, explain_dir=None))
+    return found[0] if found else None

@@ -30,6 +30,8 @@ BENCHMARKS: dict[str, str] = {
     "rerank": "mmai_apps.bench.rerank",
     "memory": "mmai_apps.bench.memory",
     "topdown": "mmai_apps.bench.topdown",
+    "words": "mmai_apps.bench.words",
+    "forgetting": "mmai_apps.bench.forgetting",
     # benchmarks of the Lightning app live beside it (mmai itself never imports Lightning)
     "train": "mmai_apps.bench.throughput",
 }
