@@ -35,8 +35,10 @@ import networkx as nx
 import numpy as np
 from scipy import sparse
 
-from mmai.memory.edges import semantic_pairs, temporal_pairs
-from mmai.memory.hierarchy import cluster_schemas, default_num_schemas, group_means, segment_episodes
+from mmai.memory.edges import choice_pairs, merge_choices, semantic_choices, temporal_pairs
+from mmai.memory.hierarchy import (
+    cluster_schemas, default_num_schemas, group_means, nearest_centroid, segment_episodes,
+)
 from mmai.memory.index import VectorIndex
 from mmai.memory.vectors import as_ids, as_unit_vectors, to_numpy
 
@@ -96,6 +98,9 @@ class EpisodicGraph:
         config: a :class:`GraphConfig`; keyword ``overrides`` replace its fields, e.g.
             ``EpisodicGraph(..., temporal_window_s=600)``.
         progress: tqdm bars on long steps.
+        schema_centroids: ``(S, D)`` schema centroids to assign the memories to (nearest
+            centroid) instead of clustering them; an incremental update (:meth:`updated`) keeps
+            its graph's centroids this way.
     """
 
     def __init__(
@@ -109,6 +114,7 @@ class EpisodicGraph:
         index: VectorIndex | None = None,
         config: GraphConfig | None = None,
         progress: bool = True,
+        schema_centroids: Any = None,
         _reuse: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> None:
@@ -123,15 +129,26 @@ class EpisodicGraph:
         self._order = np.argsort(self.ids, kind="stable")  # for id -> position lookups
         self._csr: dict[str, sparse.csr_matrix] = {}
         reuse = _reuse or {}
-        if "semantic" in reuse:
-            self._semantic = reuse["semantic"]
-        elif self.config.semantic_edges:
-            self._semantic = semantic_pairs(
-                self.embeddings, self.config.semantic_threshold, self.config.max_semantic_degree,
+        width = self.config.max_semantic_degree if self.config.semantic_edges else 0
+        if "choices" in reuse:  # (N, d) memory ids (-1: none) and cosines, from an incremental update
+            choice_ids, cosines = reuse["choices"]
+            found = np.where(choice_ids >= 0, self.positions(choice_ids), -1)
+        elif "semantic" in reuse:
+            found = cosines = None
+        else:
+            found, cosines = semantic_choices(
+                self.embeddings, self.config.semantic_threshold, width,
                 index_kind=self.config.semantic_index, index=index, ids=self.ids, progress=progress,
             )
+        if found is None:
+            self._semantic = reuse["semantic"]
+            self._choices = None
         else:
-            self._semantic = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0))
+            self._semantic = choice_pairs(found, cosines)
+            self._choices = (np.where(found >= 0, self.ids[np.maximum(found, 0)], -1), cosines)
+        self._schemas_fitted_on = int(reuse.get("schemas_fitted_on", count))
+        self._given_centroids = None if schema_centroids is None else as_unit_vectors(
+            schema_centroids, dim=self.embeddings.shape[1], name="EpisodicGraph schema_centroids")
         self._build_levels(reuse)
         self.graph = self._build_graph()
         self.hierarchy = self._build_hierarchy()
@@ -161,6 +178,9 @@ class EpisodicGraph:
         self.episode_centroids = group_means(self.embeddings, self.episode_of, self.num_episodes)  # (E, D)
         if "schemas" in reuse:
             self.schema_of, self.schema_centroids = reuse["schemas"]
+        elif self._given_centroids is not None:
+            self.schema_centroids = self._given_centroids
+            self.schema_of = nearest_centroid(self.embeddings, self.schema_centroids)
         else:
             num_schemas = self.config.num_schemas or default_num_schemas(len(self.ids), self.config.max_schemas)
             self.schema_of, self.schema_centroids = cluster_schemas(
@@ -380,6 +400,114 @@ class EpisodicGraph:
             node = nexts[0]
             if skip_s <= 0 or gap > skip_s:
                 found.append((node, gap))
+
+    # ------------------------------------------------------------------ incremental update
+    def updated(
+        self,
+        *,
+        add_ids: Any = (),
+        add_embeddings: Any = None,
+        add_timestamps: Any = None,
+        add_places: Any = None,
+        add_importance: Any = None,
+        remove_ids: Any = (),
+        index: VectorIndex | None = None,
+        progress: bool = False,
+    ) -> "EpisodicGraph":
+        """The graph after adding and forgetting memories, without searching every memory again.
+
+        Equal to a full build over the new set of memories with this graph's schema centroids
+        (``EpisodicGraph(..., schema_centroids=self.schema_centroids)``) when the semantic edges
+        come from an exact index: each memory's semantic choices are its top
+        ``max_semantic_degree`` neighbours above the threshold, so
+
+        * a new memory searches the memories once (``index`` when given — it must hold the new
+          set of memories, as the store's index does after an ingest — else an exact scan);
+        * an old memory merges the new memories into its choices (one exact ``(N, A)`` product);
+        * an old memory that had chosen a forgotten one searches again;
+        * every other memory keeps its choices; temporal edges and episodes (cheap, exact sweeps)
+          are recomputed; new memories join their nearest schema.
+
+        Schemas are clustered again (a full build) once the number of memories has doubled or
+        halved since they were clustered, so their number keeps following ``sqrt(N / 2)``.
+        Importance and access counts are kept for the memories that stay.
+        """
+        add_ids = np.asarray(add_ids, dtype=np.int64).reshape(-1)
+        add_ids = as_ids(add_ids, len(add_ids), name="EpisodicGraph.updated add_ids")
+        if len(add_ids):
+            new_embeddings = as_unit_vectors(add_embeddings, dim=self.embeddings.shape[1], name="add_embeddings")
+        else:
+            new_embeddings = np.zeros((0, self.embeddings.shape[1]), np.float32)
+        count = len(add_ids)
+        new_times = self._column(np.full(count, np.nan) if add_timestamps is None else add_timestamps, count,
+                                 "add_timestamps", allow_nan=True)
+        new_importance = np.zeros(count) if add_importance is None else self._column(add_importance, count,
+                                                                                     "add_importance")
+        if self.places is None and add_places is not None:
+            raise ValueError("EpisodicGraph.updated: this graph was built without places; add memories without them")
+        remove = np.asarray(list(remove_ids), dtype=np.int64)
+        unknown = remove[self.positions(remove) < 0] if len(remove) else remove
+        if len(unknown):
+            raise ValueError(f"EpisodicGraph.updated: memory {int(unknown[0])} to remove is not in the graph")
+        clash = add_ids[self.positions(add_ids) >= 0] if count else add_ids
+        clash = clash[~np.isin(clash, remove)]
+        if len(clash):
+            raise ValueError(f"EpisodicGraph.updated: memory {int(clash[0])} is already in the graph")
+        keep = ~np.isin(self.ids, remove)  # (N,)
+        ids = np.concatenate([self.ids[keep], add_ids])
+        embeddings = np.concatenate([self.embeddings[keep], new_embeddings]).astype(np.float32)
+        timestamps = np.concatenate([self.timestamps[keep], new_times])
+        if self.places is None:
+            places = None
+        else:
+            places = np.concatenate([self.places[keep], self._places([None] * count if add_places is None
+                                                                     else add_places, count)])
+        importance = np.concatenate([self.importance[keep], new_importance])
+        fitted_on = self._schemas_fitted_on
+        if not fitted_on / 2 < len(ids) < 2 * fitted_on or self._choices is None:
+            full = EpisodicGraph(ids, embeddings, timestamps, places, importance=importance, index=index,
+                                 config=self.config, progress=progress)
+            full.access_counts[: int(keep.sum())] = self.access_counts[keep]
+            return full
+        reuse: dict[str, Any] = {"schemas_fitted_on": fitted_on}
+        reuse["choices"] = self._updated_choices(keep, remove, ids, embeddings, len(add_ids), index, progress)
+        schema_of = np.concatenate([self.schema_of[keep], nearest_centroid(new_embeddings, self.schema_centroids)])
+        reuse["schemas"] = (schema_of, self.schema_centroids)
+        graph = EpisodicGraph(ids, embeddings, timestamps, places, importance=importance, config=self.config,
+                              progress=False, _reuse=reuse)
+        graph.access_counts[: int(keep.sum())] = self.access_counts[keep]
+        return graph
+
+    def _updated_choices(self, keep, remove, ids, embeddings, added, index, progress):
+        """The semantic choices ``(N', d)`` ids and cosines after the update (see :meth:`updated`)."""
+        choice_ids, cosines = self._choices[0][keep], self._choices[1][keep]
+        width = choice_ids.shape[1]
+        old = len(choice_ids)
+        if width == 0:
+            return (np.full((len(ids), 0), -1, np.int64), np.zeros((len(ids), 0), np.float32))
+        stale = np.isin(choice_ids, remove).any(axis=1) if len(remove) else np.zeros(old, bool)  # (old,)
+        if added:
+            threshold = self.config.semantic_threshold
+            new_ids, new_vectors = ids[old:], embeddings[old:]
+            for start in range(0, old, 8_192):
+                block = slice(start, min(start + 8_192, old))
+                similar = embeddings[block] @ new_vectors.T  # (b, A) exact cosines to the new memories
+                touched = (similar >= threshold).any(axis=1) & ~stale[block]
+                if touched.any():
+                    rows = np.flatnonzero(touched) + start
+                    merged = merge_choices(choice_ids[rows], cosines[rows], np.broadcast_to(new_ids, (len(rows), added)),
+                                           similar[touched], threshold)
+                    choice_ids[rows], cosines[rows] = merged
+        searched = np.concatenate([np.flatnonzero(stale), np.arange(old, len(ids))])
+        found, found_cosines = semantic_choices(
+            embeddings, self.config.semantic_threshold, width, index_kind="flat", index=index,
+            ids=None if index is None else ids, queries=searched, progress=progress,
+        )
+        all_ids = np.concatenate([choice_ids, np.full((added, width), -1, np.int64)])
+        all_cosines = np.concatenate([cosines, np.full((added, width), -np.inf, np.float32)])
+        all_ids[searched] = np.where(found >= 0, ids[np.maximum(found, 0)], -1)
+        all_cosines[searched] = found_cosines
+        return all_ids, all_cosines
 
     # ------------------------------------------------------------------ control
     def shuffled_control(self, seed: int = 0) -> "EpisodicGraph":
