@@ -104,3 +104,29 @@ def test_bad_updates_name_the_memory():
         graph.updated(add_ids=ids[:1], add_embeddings=embeddings[:1], add_timestamps=timestamps[:1])
     with pytest.raises(ValueError, match="memory 123456 to remove is not in the graph"):
         graph.updated(remove_ids=[123456])
+
+
+def test_search_reads_the_edge_table_as_the_networkx_view_has_it():
+    """to_csr, edge_types and stats come from the edge table without building NetworkX; they
+    must agree with the NetworkX view of the same graph."""
+    import networkx as nx
+
+    ids, embeddings, timestamps, places, _ = memories(300)
+    graph = EpisodicGraph(ids, embeddings, timestamps, places, progress=False)
+    table_csr = graph.to_csr().toarray()
+    linked = np.argwhere(np.triu(table_csr) > 0)[::7][:40]  # linked pairs, and 40 pairs mostly unlinked
+    pairs = [(ids[i], ids[j]) for i, j in linked] + list(zip(ids[:40], ids[100:140]))
+    table_types = {(int(a), int(b)): graph.edge_types(a, b) for a, b in pairs}
+    table_stats = graph.stats()
+    assert graph._graph is None  # nothing above built the view
+    view = graph.graph
+    np.testing.assert_array_equal(table_csr, nx.to_numpy_array(view, nodelist=ids.tolist(), weight="weight"))
+    assert 40 <= sum(map(bool, table_types.values())) < len(pairs)
+    assert any(len(t) == 2 for t in table_types.values())
+    for (a, b), types in table_types.items():
+        data = view.get_edge_data(a, b)
+        assert types == (() if data is None else tuple(data["types"]))
+    assert table_stats["edges"] == view.number_of_edges()
+    assert table_stats["temporal_edges"] == sum("temporal" in d["types"] for *_, d in view.edges(data=True))
+    assert table_stats["semantic_edges"] == sum("semantic" in d["types"] for *_, d in view.edges(data=True))
+    assert graph.edge_types(ids[0], 999_999) == ()

@@ -5,8 +5,9 @@ personalised PageRank), Generative Agents (Park et al., UIST 2023: recency, impo
 access as memory scores) and hierarchical episodic memory (events segmented into episodes,
 episodes abstracted into schemas).
 
-The model is a NetworkX ``Graph`` (:attr:`EpisodicGraph.graph`): one node per memory id with
-attributes ``timestamp``, ``place``, ``episode``, ``schema``, ``importance``; an edge per
+The edges are held as one table of arrays (what search reads, through :meth:`EpisodicGraph.to_csr`);
+:attr:`EpisodicGraph.graph` is a NetworkX ``Graph`` view built from it on first use: one node per
+memory id with attributes ``timestamp``, ``place``, ``episode``, ``schema``, ``importance``; an edge per
 associated pair with
 
 * ``types``: a tuple of ``"temporal"`` and/or ``"semantic"``,
@@ -18,7 +19,8 @@ associated pair with
 
 Episodes and schemas are kept as node attributes and as :attr:`EpisodicGraph.hierarchy`, a
 ``DiGraph`` ``("schema", s) -> ("episode", e) -> memory id`` (and ``("schema", s) -> memory``).
-The structure is fixed after construction; build a new graph for new memories.
+The structure is fixed after construction; :meth:`EpisodicGraph.updated` returns the graph after
+adding or forgetting memories without searching every memory again (equal to a full build).
 
 Example:
     >>> graph = EpisodicGraph(ids, embeddings, timestamps, places)   # (N,), (N, D), (N,), (N,)
@@ -150,8 +152,27 @@ class EpisodicGraph:
         self._given_centroids = None if schema_centroids is None else as_unit_vectors(
             schema_centroids, dim=self.embeddings.shape[1], name="EpisodicGraph schema_centroids")
         self._build_levels(reuse)
-        self.graph = self._build_graph()
-        self.hierarchy = self._build_hierarchy()
+        self._table = self._edge_table()
+        self._graph: nx.Graph | None = None
+        self._hierarchy: nx.DiGraph | None = None
+
+    @property
+    def graph(self) -> nx.Graph:
+        """The NetworkX view (nodes with attributes, edges with types and weights), built on first use.
+
+        Search does not need it (:meth:`to_csr`, :meth:`edge_types` and :meth:`stats` read the
+        edge table), so a graph that is only searched never pays for it.
+        """
+        if self._graph is None:
+            self._graph = self._build_graph()
+        return self._graph
+
+    @property
+    def hierarchy(self) -> nx.DiGraph:
+        """``("schema", s) -> ("episode", e) -> memory id`` (and schema -> memory), built on first use."""
+        if self._hierarchy is None:
+            self._hierarchy = self._build_hierarchy()
+        return self._hierarchy
 
     @staticmethod
     def _column(values: Any, count: int, name: str, allow_nan: bool = False) -> np.ndarray:
@@ -204,9 +225,13 @@ class EpisodicGraph:
         window = max(self.config.temporal_window_s, 1e-9)
         temporal_weight[inverse[: len(t_rows)]] = np.exp(-gaps / window)
         semantic_weight[inverse[len(t_rows) :]] = cosines
+        is_temporal = np.zeros(len(unique), dtype=bool)
+        is_temporal[inverse[: len(t_rows)]] = True
+        is_semantic = np.zeros(len(unique), dtype=bool)
+        is_semantic[inverse[len(t_rows) :]] = True
         return {
             "rows": unique // count, "cols": unique % count, "time_gap_s": time_gap,
-            "temporal": inverse[: len(t_rows)], "semantic": inverse[len(t_rows) :],
+            "is_temporal": is_temporal, "is_semantic": is_semantic,
             "temporal_weight": temporal_weight, "semantic_weight": semantic_weight,
         }
 
@@ -221,11 +246,8 @@ class EpisodicGraph:
             })
             for i, memory_id in enumerate(self.ids)
         )
-        table = self._edge_table()
-        is_temporal = np.zeros(len(table["rows"]), dtype=bool)
-        is_temporal[table["temporal"]] = True
-        is_semantic = np.zeros(len(table["rows"]), dtype=bool)
-        is_semantic[table["semantic"]] = True
+        table = self._table
+        is_temporal, is_semantic = table["is_temporal"], table["is_semantic"]
         names = (None, ("temporal",), ("semantic",), ("temporal", "semantic"))
         ids = self.ids.tolist()
         graph.add_edges_from(
@@ -271,41 +293,51 @@ class EpisodicGraph:
         slots = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
         return np.where(sorted_ids[slots] == ids, self._order[slots], -1)
 
-    def to_csr(self, *, weight: str = "weight", refresh: bool = False) -> sparse.csr_matrix:
+    def to_csr(self, *, weight: str = "weight") -> sparse.csr_matrix:
         """Weighted adjacency ``(N, N)`` (symmetric, float64) with rows/columns in :attr:`ids` order.
 
         ``weight`` is the edge attribute used: ``"weight"`` (both kinds, default),
         ``"temporal_weight"`` or ``"semantic_weight"`` (one kind alone; edges of the other kind
-        only are dropped). Computed from :attr:`graph` once per attribute and cached; pass
-        ``refresh=True`` after editing the graph.
+        only are dropped). Computed from the edge table once per attribute and cached (the graph
+        does not change after construction: :meth:`updated` returns a new one).
         """
         if weight not in ("weight", "temporal_weight", "semantic_weight"):
             raise ValueError(f"EpisodicGraph.to_csr: weight must be 'weight', 'temporal_weight' or "
                              f"'semantic_weight', got {weight!r}")
-        if refresh:
-            self._csr.clear()
         if weight not in self._csr:
-            adjacency = sparse.csr_matrix(
-                nx.to_scipy_sparse_array(self.graph, nodelist=self.ids.tolist(), weight=weight, dtype=float))
+            table, count = self._table, len(self.ids)
+            values = table["temporal_weight"] + table["semantic_weight"] if weight == "weight" else table[weight]
+            rows, cols = np.concatenate([table["rows"], table["cols"]]), np.concatenate([table["cols"], table["rows"]])
+            adjacency = sparse.csr_matrix((np.concatenate([values, values]), (rows, cols)), shape=(count, count))
             adjacency.eliminate_zeros()
             self._csr[weight] = adjacency
         return self._csr[weight]
 
     def edge_types(self, first_id: int, second_id: int) -> tuple[str, ...]:
         """The ``types`` of the edge between two memories, ``()`` when they are not linked."""
-        data = self.graph.get_edge_data(int(first_id), int(second_id))
-        return () if data is None else tuple(data["types"])
+        if self._graph is not None:
+            data = self._graph.get_edge_data(int(first_id), int(second_id))
+            return () if data is None else tuple(data["types"])
+        if "types" not in self._csr:
+            table, count = self._table, len(self.ids)
+            code = (table["is_temporal"].astype(np.int8) + 2 * table["is_semantic"].astype(np.int8))
+            rows, cols = np.concatenate([table["rows"], table["cols"]]), np.concatenate([table["cols"], table["rows"]])
+            self._csr["types"] = sparse.csr_matrix((np.concatenate([code, code]), (rows, cols)), shape=(count, count))
+        first, second = self.positions([first_id, second_id])
+        if first < 0 or second < 0:
+            return ()
+        return ((), ("temporal",), ("semantic",), ("temporal", "semantic"))[int(self._csr["types"][first, second])]
 
     def stats(self) -> dict[str, float]:
         """Sizes: nodes, edges, temporal_edges, semantic_edges (both count in each), mean_degree,
         episodes, schemas."""
-        types = [data["types"] for _, _, data in self.graph.edges(data=True)]
-        nodes, edges = self.graph.number_of_nodes(), self.graph.number_of_edges()
+        table = self._table
+        nodes, edges = len(self.ids), len(table["rows"])
         return {
             "nodes": nodes,
             "edges": edges,
-            "temporal_edges": sum("temporal" in t for t in types),
-            "semantic_edges": sum("semantic" in t for t in types),
+            "temporal_edges": int(table["is_temporal"].sum()),
+            "semantic_edges": int(table["is_semantic"].sum()),
             "mean_degree": 2 * edges / max(nodes, 1),
             "episodes": self.num_episodes,
             "schemas": self.num_schemas,

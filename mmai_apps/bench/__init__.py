@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "retrieval": "mmai_apps.bench.retrieval",
     "rerank": "mmai_apps.bench.rerank",
     "memory": "mmai_apps.bench.memory",
+    "graph": "mmai_apps.bench.graph",
     # benchmarks of the Lightning app live beside it (mmai itself never imports Lightning)
     "train": "mmai_apps.bench.throughput",
 }
