@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, str] = {
     "rerank": "mmai_apps.bench.rerank",
     "memory": "mmai_apps.bench.memory",
     "graph": "mmai_apps.bench.graph",
+    "writes": "mmai_apps.bench.writes",
     # benchmarks of the Lightning app live beside it (mmai itself never imports Lightning)
     "train": "mmai_apps.bench.throughput",
 }
