@@ -487,7 +487,7 @@ class EpisodicGraph:
             raise ValueError(f"EpisodicGraph.updated: memory {int(clash[0])} is already in the graph")
         keep = ~np.isin(self.ids, remove)  # (N,)
         ids = np.concatenate([self.ids[keep], add_ids])
-        embeddings = np.concatenate([self.embeddings[keep], new_embeddings]).astype(np.float32)
+        embeddings = np.concatenate([self.embeddings[keep], new_embeddings]).astype(np.float32, copy=False)
         timestamps = np.concatenate([self.timestamps[keep], new_times])
         if self.places is None:
             places = None
