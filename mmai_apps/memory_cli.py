@@ -86,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--follow-links", action="store_true",
                         help="follow symbolic links inside the folders even when they point outside the given paths "
                              "(default: skip and list them)")
+    ingest.add_argument("--policy", choices=["keep-all", "merge"], default="keep-all",
+                        help="write-time decisions: keep-all stores every file (default); merge folds a near-identical "
+                             "frame of a burst (same place, <= --burst-s apart, cosine >= --merge-threshold) into the "
+                             "burst's kept memory (undo: consolidate --undo) and discards a copy that adds nothing "
+                             "(cosine >= --discard-threshold: its path joins the kept memory's sources)")
+    ingest.add_argument("--merge-threshold", type=float, default=None, help="with --policy merge (default 0.9)")
+    ingest.add_argument("--discard-threshold", type=float, default=None, help="with --policy merge (default 0.99)")
+    ingest.add_argument("--burst-s", type=float, default=None, help="with --policy merge: burst window (default 120)")
 
     search = sub.add_parser("search", help="find memories matching a sentence")
     _common(search)
@@ -222,7 +230,8 @@ def run_ingest(args: argparse.Namespace) -> int:
             if not audio:
                 print("note: songs skipped: checkpoint has no audio tower (train with model.bi_encoder.audio)", file=sys.stderr)
         report = memory.ingest(paths, args.meta, progress=not args.quiet, require_time=args.require_time,
-                               batch_size=args.batch_size, overrides=overrides, follow_links=args.follow_links)
+                               batch_size=args.batch_size, overrides=overrides, follow_links=args.follow_links,
+                               policy=_write_policy(args))
         print(printable_lines(report.summary()))
         print(f"{memory.store.count()} memories in {memory.root}")
         if report.stopped:
@@ -232,6 +241,23 @@ def run_ingest(args: argparse.Namespace) -> int:
                 return 4
             return 130 if signal_name == "SIGINT" else 143
     return 0
+
+
+def _write_policy(args: argparse.Namespace):
+    """``--policy`` and its thresholds -> a :class:`WritePolicy` (``None`` for keep-all)."""
+    import dataclasses
+
+    from mmai.memory.write_policy import POLICIES
+
+    given = {name: value for name, value in (("merge_threshold", args.merge_threshold),
+                                             ("discard_threshold", args.discard_threshold),
+                                             ("burst_s", args.burst_s)) if value is not None}
+    if args.policy == "keep-all":
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ValueError(f"ingest: {flags} apply to --policy merge only (the default keep-all stores every file)")
+        return None
+    return dataclasses.replace(POLICIES[args.policy], **given)  # WritePolicy validates the values
 
 
 def printable_lines(text: str) -> str:

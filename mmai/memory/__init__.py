@@ -24,6 +24,7 @@ from mmai.memory.ppr import Transition, personalized_pagerank
 from mmai.memory.search import SearchOptions
 from mmai.memory.store import MemoryStore, StoreHits, StoreRecords
 from mmai.memory.vectors import as_unit_vectors
+from mmai.memory.write_policy import WritePolicy
 
 __all__ = [
     "METADATA_FIELDS",
@@ -40,6 +41,7 @@ __all__ = [
     "StoreRecords",
     "Transition",
     "VectorIndex",
+    "WritePolicy",
     "as_unit_vectors",
     "build_where",
     "personalized_pagerank",

@@ -80,9 +80,9 @@ def semantic_pairs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Memories whose embeddings have cosine ``>= threshold``, at most ``max_degree`` per memory.
 
-    Each memory keeps its ``max_degree`` most similar other memories that pass the threshold;
-    the undirected edge set is the union of these choices (so a popular memory can end up
-    with more than ``max_degree`` edges, chosen by others).
+    Each memory keeps its ``max_degree`` most similar other memories that pass the threshold
+    (:func:`semantic_choices`); the undirected edge set is the union of these choices (so a
+    popular memory can end up with more than ``max_degree`` edges, chosen by others).
 
     Args:
         embeddings: ``(N, D)`` unit vectors.
@@ -98,24 +98,87 @@ def semantic_pairs(
     Returns:
         ``(rows, cols, cosines)``: int64 positions with ``rows < cols`` and float32 cosines.
     """
+    found, scores = semantic_choices(embeddings, threshold, max_degree, index_kind=index_kind, index=index,
+                                     ids=ids, progress=progress)
+    return choice_pairs(found, scores)
+
+
+def semantic_choices(
+    embeddings: np.ndarray,
+    threshold: float,
+    max_degree: int,
+    *,
+    index_kind: str = "flat",
+    index: VectorIndex | None = None,
+    ids: np.ndarray | None = None,
+    queries: np.ndarray | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each memory's chosen semantic neighbours: its ``max_degree`` most similar others with
+    cosine ``>= threshold``, best first.
+
+    Arguments as :func:`semantic_pairs`; ``queries`` ``(Q,)`` positions limits the search to
+    those memories (default: all), as an incremental update needs.
+
+    Returns:
+        ``(found, cosines)``: ``(Q, max_degree)`` int64 positions (``-1``: no choice) and
+        float32 cosines (``-inf`` where there is no choice).
+    """
     count = len(embeddings)
-    if count < 2 or max_degree < 1:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    queries = np.arange(count) if queries is None else np.asarray(queries, dtype=np.int64)
+    width = max(int(max_degree), 0)
+    empty = (np.full((len(queries), width), -1, np.int64), np.full((len(queries), width), -np.inf, np.float32))
+    if count < 2 or width < 1 or len(queries) == 0:
+        return empty
     if index is None:
         index, ids = VectorIndex.build(embeddings, np.arange(count), kind=index_kind, progress=progress), None
     elif ids is None or len(ids) != count:
         raise ValueError("semantic_pairs: with an existing index, pass ids (N,) naming each embedding row")
-    neighbours = min(max_degree + 1, len(index))
+    neighbours = min(width + 1, len(index))
     found_ids, found_scores = [], []
-    starts = range(0, count, _SEARCH_CHUNK)
+    starts = range(0, len(queries), _SEARCH_CHUNK)
     for start in tqdm(starts, desc="semantic edges", disable=not progress or len(starts) <= 1):
-        scores, found = index.search(embeddings[start : start + _SEARCH_CHUNK], neighbours)  # (n, k+1)
+        chunk = queries[start : start + _SEARCH_CHUNK]
+        scores, found = index.search(embeddings[chunk], neighbours)  # (n, k+1)
         found_scores.append(scores)
         found_ids.append(found if ids is None else _positions(found, ids))
-    scores, found = _drop_self(np.concatenate(found_scores), np.concatenate(found_ids), neighbours - 1)
-    rows = np.repeat(np.arange(count), found.shape[1])  # (N * k,)
-    keep = (found.ravel() >= 0) & (scores.ravel() >= threshold)
-    return _unique_pairs(rows[keep], found.ravel()[keep], scores.ravel()[keep])
+    scores, found = _drop_self(np.concatenate(found_scores), np.concatenate(found_ids), neighbours - 1, queries)
+    keep = (found >= 0) & (scores >= threshold)
+    choices, cosines = empty
+    choices[:, : found.shape[1]] = np.where(keep, found, -1)
+    cosines[:, : found.shape[1]] = np.where(keep, scores, -np.inf)
+    return _best_first(choices, cosines)
+
+
+def choice_pairs(found: np.ndarray, cosines: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The undirected edges of :func:`semantic_choices` (row ``i`` of ``found`` is memory ``i``):
+    ``(rows, cols, cosines)`` with ``rows < cols``, each pair once."""
+    rows = np.repeat(np.arange(len(found)), found.shape[1])  # (N * k,)
+    keep = found.ravel() >= 0
+    return _unique_pairs(rows[keep], found.ravel()[keep], cosines.ravel()[keep])
+
+
+def merge_choices(
+    found: np.ndarray, cosines: np.ndarray, candidates: np.ndarray, candidate_cosines: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Add new candidates to each memory's choices and keep the best ``k`` that pass the threshold.
+
+    Exact when ``found`` holds each memory's top ``k`` among the old memories and ``candidates``
+    ``(N, C)`` are all the new ones with their cosines: the top ``k`` of the union is the top ``k``
+    among old and new memories.
+    """
+    width = found.shape[1]
+    candidate_cosines = np.where(candidate_cosines >= threshold, candidate_cosines, -np.inf).astype(np.float32)
+    candidates = np.where(np.isfinite(candidate_cosines), candidates, -1)
+    merged, merged_cosines = np.concatenate([found, candidates], axis=1), np.concatenate([cosines, candidate_cosines], 1)
+    return _best_first(merged, merged_cosines, width)
+
+
+def _best_first(found: np.ndarray, cosines: np.ndarray, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each row sorted by descending cosine (ties by position), cut to ``width`` columns."""
+    width = found.shape[1] if width is None else width
+    order = np.lexsort((found, -cosines.astype(np.float64)), axis=1)[:, :width]
+    return np.take_along_axis(found, order, 1), np.take_along_axis(cosines, order, 1)
 
 
 def _positions(found: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -125,9 +188,13 @@ def _positions(found: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.where(ids[order][slots] == found, order[slots], -1)
 
 
-def _drop_self(scores: np.ndarray, ids: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
-    """Remove each row's own position (or, if absent, its last result); ``keep`` columns remain."""
-    is_self = ids == np.arange(len(ids))[:, None]  # (N, k+1)
+def _drop_self(
+    scores: np.ndarray, ids: np.ndarray, keep: int, own: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each row's own position ``own`` (default: the row number; if absent, its last
+    result); ``keep`` columns remain."""
+    own = np.arange(len(ids)) if own is None else own
+    is_self = ids == own[:, None]  # (N, k+1)
     no_self = ~is_self.any(axis=1)
     is_self[no_self, -1] = True
     is_self &= np.cumsum(is_self, axis=1) == 1  # drop exactly one entry per row

@@ -5,8 +5,9 @@ personalised PageRank), Generative Agents (Park et al., UIST 2023: recency, impo
 access as memory scores) and hierarchical episodic memory (events segmented into episodes,
 episodes abstracted into schemas).
 
-The model is a NetworkX ``Graph`` (:attr:`EpisodicGraph.graph`): one node per memory id with
-attributes ``timestamp``, ``place``, ``episode``, ``schema``, ``importance``; an edge per
+The edges are held as one table of arrays (what search reads, through :meth:`EpisodicGraph.to_csr`);
+:attr:`EpisodicGraph.graph` is a NetworkX ``Graph`` view built from it on first use: one node per
+memory id with attributes ``timestamp``, ``place``, ``episode``, ``schema``, ``importance``; an edge per
 associated pair with
 
 * ``types``: a tuple of ``"temporal"`` and/or ``"semantic"``,
@@ -18,7 +19,8 @@ associated pair with
 
 Episodes and schemas are kept as node attributes and as :attr:`EpisodicGraph.hierarchy`, a
 ``DiGraph`` ``("schema", s) -> ("episode", e) -> memory id`` (and ``("schema", s) -> memory``).
-The structure is fixed after construction; build a new graph for new memories.
+The structure is fixed after construction; :meth:`EpisodicGraph.updated` returns the graph after
+adding or forgetting memories without searching every memory again (equal to a full build).
 
 Example:
     >>> graph = EpisodicGraph(ids, embeddings, timestamps, places)   # (N,), (N, D), (N,), (N,)
@@ -35,8 +37,10 @@ import networkx as nx
 import numpy as np
 from scipy import sparse
 
-from mmai.memory.edges import semantic_pairs, temporal_pairs
-from mmai.memory.hierarchy import cluster_schemas, default_num_schemas, group_means, segment_episodes
+from mmai.memory.edges import choice_pairs, merge_choices, semantic_choices, temporal_pairs
+from mmai.memory.hierarchy import (
+    cluster_schemas, default_num_schemas, group_means, nearest_centroid, segment_episodes,
+)
 from mmai.memory.index import VectorIndex
 from mmai.memory.vectors import as_ids, as_unit_vectors, to_numpy
 
@@ -96,6 +100,9 @@ class EpisodicGraph:
         config: a :class:`GraphConfig`; keyword ``overrides`` replace its fields, e.g.
             ``EpisodicGraph(..., temporal_window_s=600)``.
         progress: tqdm bars on long steps.
+        schema_centroids: ``(S, D)`` schema centroids to assign the memories to (nearest
+            centroid) instead of clustering them; an incremental update (:meth:`updated`) keeps
+            its graph's centroids this way.
     """
 
     def __init__(
@@ -109,6 +116,7 @@ class EpisodicGraph:
         index: VectorIndex | None = None,
         config: GraphConfig | None = None,
         progress: bool = True,
+        schema_centroids: Any = None,
         _reuse: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> None:
@@ -123,18 +131,48 @@ class EpisodicGraph:
         self._order = np.argsort(self.ids, kind="stable")  # for id -> position lookups
         self._csr: dict[str, sparse.csr_matrix] = {}
         reuse = _reuse or {}
-        if "semantic" in reuse:
-            self._semantic = reuse["semantic"]
-        elif self.config.semantic_edges:
-            self._semantic = semantic_pairs(
-                self.embeddings, self.config.semantic_threshold, self.config.max_semantic_degree,
+        width = self.config.max_semantic_degree if self.config.semantic_edges else 0
+        if "choices" in reuse:  # (N, d) memory ids (-1: none) and cosines, from an incremental update
+            choice_ids, cosines = reuse["choices"]
+            found = np.where(choice_ids >= 0, self.positions(choice_ids), -1)
+        elif "semantic" in reuse:
+            found = cosines = None
+        else:
+            found, cosines = semantic_choices(
+                self.embeddings, self.config.semantic_threshold, width,
                 index_kind=self.config.semantic_index, index=index, ids=self.ids, progress=progress,
             )
+        if found is None:
+            self._semantic = reuse["semantic"]
+            self._choices = None
         else:
-            self._semantic = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0))
+            self._semantic = choice_pairs(found, cosines)
+            self._choices = (np.where(found >= 0, self.ids[np.maximum(found, 0)], -1), cosines)
+        self._schemas_fitted_on = int(reuse.get("schemas_fitted_on", count))
+        self._given_centroids = None if schema_centroids is None else as_unit_vectors(
+            schema_centroids, dim=self.embeddings.shape[1], name="EpisodicGraph schema_centroids")
         self._build_levels(reuse)
-        self.graph = self._build_graph()
-        self.hierarchy = self._build_hierarchy()
+        self._table = self._edge_table()
+        self._graph: nx.Graph | None = None
+        self._hierarchy: nx.DiGraph | None = None
+
+    @property
+    def graph(self) -> nx.Graph:
+        """The NetworkX view (nodes with attributes, edges with types and weights), built on first use.
+
+        Search does not need it (:meth:`to_csr`, :meth:`edge_types` and :meth:`stats` read the
+        edge table), so a graph that is only searched never pays for it.
+        """
+        if self._graph is None:
+            self._graph = self._build_graph()
+        return self._graph
+
+    @property
+    def hierarchy(self) -> nx.DiGraph:
+        """``("schema", s) -> ("episode", e) -> memory id`` (and schema -> memory), built on first use."""
+        if self._hierarchy is None:
+            self._hierarchy = self._build_hierarchy()
+        return self._hierarchy
 
     @staticmethod
     def _column(values: Any, count: int, name: str, allow_nan: bool = False) -> np.ndarray:
@@ -161,6 +199,9 @@ class EpisodicGraph:
         self.episode_centroids = group_means(self.embeddings, self.episode_of, self.num_episodes)  # (E, D)
         if "schemas" in reuse:
             self.schema_of, self.schema_centroids = reuse["schemas"]
+        elif self._given_centroids is not None:
+            self.schema_centroids = self._given_centroids
+            self.schema_of = nearest_centroid(self.embeddings, self.schema_centroids)
         else:
             num_schemas = self.config.num_schemas or default_num_schemas(len(self.ids), self.config.max_schemas)
             self.schema_of, self.schema_centroids = cluster_schemas(
@@ -184,9 +225,13 @@ class EpisodicGraph:
         window = max(self.config.temporal_window_s, 1e-9)
         temporal_weight[inverse[: len(t_rows)]] = np.exp(-gaps / window)
         semantic_weight[inverse[len(t_rows) :]] = cosines
+        is_temporal = np.zeros(len(unique), dtype=bool)
+        is_temporal[inverse[: len(t_rows)]] = True
+        is_semantic = np.zeros(len(unique), dtype=bool)
+        is_semantic[inverse[len(t_rows) :]] = True
         return {
             "rows": unique // count, "cols": unique % count, "time_gap_s": time_gap,
-            "temporal": inverse[: len(t_rows)], "semantic": inverse[len(t_rows) :],
+            "is_temporal": is_temporal, "is_semantic": is_semantic,
             "temporal_weight": temporal_weight, "semantic_weight": semantic_weight,
         }
 
@@ -201,11 +246,8 @@ class EpisodicGraph:
             })
             for i, memory_id in enumerate(self.ids)
         )
-        table = self._edge_table()
-        is_temporal = np.zeros(len(table["rows"]), dtype=bool)
-        is_temporal[table["temporal"]] = True
-        is_semantic = np.zeros(len(table["rows"]), dtype=bool)
-        is_semantic[table["semantic"]] = True
+        table = self._table
+        is_temporal, is_semantic = table["is_temporal"], table["is_semantic"]
         names = (None, ("temporal",), ("semantic",), ("temporal", "semantic"))
         ids = self.ids.tolist()
         graph.add_edges_from(
@@ -251,41 +293,51 @@ class EpisodicGraph:
         slots = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
         return np.where(sorted_ids[slots] == ids, self._order[slots], -1)
 
-    def to_csr(self, *, weight: str = "weight", refresh: bool = False) -> sparse.csr_matrix:
+    def to_csr(self, *, weight: str = "weight") -> sparse.csr_matrix:
         """Weighted adjacency ``(N, N)`` (symmetric, float64) with rows/columns in :attr:`ids` order.
 
         ``weight`` is the edge attribute used: ``"weight"`` (both kinds, default),
         ``"temporal_weight"`` or ``"semantic_weight"`` (one kind alone; edges of the other kind
-        only are dropped). Computed from :attr:`graph` once per attribute and cached; pass
-        ``refresh=True`` after editing the graph.
+        only are dropped). Computed from the edge table once per attribute and cached (the graph
+        does not change after construction: :meth:`updated` returns a new one).
         """
         if weight not in ("weight", "temporal_weight", "semantic_weight"):
             raise ValueError(f"EpisodicGraph.to_csr: weight must be 'weight', 'temporal_weight' or "
                              f"'semantic_weight', got {weight!r}")
-        if refresh:
-            self._csr.clear()
         if weight not in self._csr:
-            adjacency = sparse.csr_matrix(
-                nx.to_scipy_sparse_array(self.graph, nodelist=self.ids.tolist(), weight=weight, dtype=float))
+            table, count = self._table, len(self.ids)
+            values = table["temporal_weight"] + table["semantic_weight"] if weight == "weight" else table[weight]
+            rows, cols = np.concatenate([table["rows"], table["cols"]]), np.concatenate([table["cols"], table["rows"]])
+            adjacency = sparse.csr_matrix((np.concatenate([values, values]), (rows, cols)), shape=(count, count))
             adjacency.eliminate_zeros()
             self._csr[weight] = adjacency
         return self._csr[weight]
 
     def edge_types(self, first_id: int, second_id: int) -> tuple[str, ...]:
         """The ``types`` of the edge between two memories, ``()`` when they are not linked."""
-        data = self.graph.get_edge_data(int(first_id), int(second_id))
-        return () if data is None else tuple(data["types"])
+        if self._graph is not None:
+            data = self._graph.get_edge_data(int(first_id), int(second_id))
+            return () if data is None else tuple(data["types"])
+        if "types" not in self._csr:
+            table, count = self._table, len(self.ids)
+            code = (table["is_temporal"].astype(np.int8) + 2 * table["is_semantic"].astype(np.int8))
+            rows, cols = np.concatenate([table["rows"], table["cols"]]), np.concatenate([table["cols"], table["rows"]])
+            self._csr["types"] = sparse.csr_matrix((np.concatenate([code, code]), (rows, cols)), shape=(count, count))
+        first, second = self.positions([first_id, second_id])
+        if first < 0 or second < 0:
+            return ()
+        return ((), ("temporal",), ("semantic",), ("temporal", "semantic"))[int(self._csr["types"][first, second])]
 
     def stats(self) -> dict[str, float]:
         """Sizes: nodes, edges, temporal_edges, semantic_edges (both count in each), mean_degree,
         episodes, schemas."""
-        types = [data["types"] for _, _, data in self.graph.edges(data=True)]
-        nodes, edges = self.graph.number_of_nodes(), self.graph.number_of_edges()
+        table = self._table
+        nodes, edges = len(self.ids), len(table["rows"])
         return {
             "nodes": nodes,
             "edges": edges,
-            "temporal_edges": sum("temporal" in t for t in types),
-            "semantic_edges": sum("semantic" in t for t in types),
+            "temporal_edges": int(table["is_temporal"].sum()),
+            "semantic_edges": int(table["is_semantic"].sum()),
             "mean_degree": 2 * edges / max(nodes, 1),
             "episodes": self.num_episodes,
             "schemas": self.num_schemas,
@@ -380,6 +432,114 @@ class EpisodicGraph:
             node = nexts[0]
             if skip_s <= 0 or gap > skip_s:
                 found.append((node, gap))
+
+    # ------------------------------------------------------------------ incremental update
+    def updated(
+        self,
+        *,
+        add_ids: Any = (),
+        add_embeddings: Any = None,
+        add_timestamps: Any = None,
+        add_places: Any = None,
+        add_importance: Any = None,
+        remove_ids: Any = (),
+        index: VectorIndex | None = None,
+        progress: bool = False,
+    ) -> "EpisodicGraph":
+        """The graph after adding and forgetting memories, without searching every memory again.
+
+        Equal to a full build over the new set of memories with this graph's schema centroids
+        (``EpisodicGraph(..., schema_centroids=self.schema_centroids)``) when the semantic edges
+        come from an exact index: each memory's semantic choices are its top
+        ``max_semantic_degree`` neighbours above the threshold, so
+
+        * a new memory searches the memories once (``index`` when given — it must hold the new
+          set of memories, as the store's index does after an ingest — else an exact scan);
+        * an old memory merges the new memories into its choices (one exact ``(N, A)`` product);
+        * an old memory that had chosen a forgotten one searches again;
+        * every other memory keeps its choices; temporal edges and episodes (cheap, exact sweeps)
+          are recomputed; new memories join their nearest schema.
+
+        Schemas are clustered again (a full build) once the number of memories has doubled or
+        halved since they were clustered, so their number keeps following ``sqrt(N / 2)``.
+        Importance and access counts are kept for the memories that stay.
+        """
+        add_ids = np.asarray(add_ids, dtype=np.int64).reshape(-1)
+        add_ids = as_ids(add_ids, len(add_ids), name="EpisodicGraph.updated add_ids")
+        if len(add_ids):
+            new_embeddings = as_unit_vectors(add_embeddings, dim=self.embeddings.shape[1], name="add_embeddings")
+        else:
+            new_embeddings = np.zeros((0, self.embeddings.shape[1]), np.float32)
+        count = len(add_ids)
+        new_times = self._column(np.full(count, np.nan) if add_timestamps is None else add_timestamps, count,
+                                 "add_timestamps", allow_nan=True)
+        new_importance = np.zeros(count) if add_importance is None else self._column(add_importance, count,
+                                                                                     "add_importance")
+        if self.places is None and add_places is not None:
+            raise ValueError("EpisodicGraph.updated: this graph was built without places; add memories without them")
+        remove = np.asarray(list(remove_ids), dtype=np.int64)
+        unknown = remove[self.positions(remove) < 0] if len(remove) else remove
+        if len(unknown):
+            raise ValueError(f"EpisodicGraph.updated: memory {int(unknown[0])} to remove is not in the graph")
+        clash = add_ids[self.positions(add_ids) >= 0] if count else add_ids
+        clash = clash[~np.isin(clash, remove)]
+        if len(clash):
+            raise ValueError(f"EpisodicGraph.updated: memory {int(clash[0])} is already in the graph")
+        keep = ~np.isin(self.ids, remove)  # (N,)
+        ids = np.concatenate([self.ids[keep], add_ids])
+        embeddings = np.concatenate([self.embeddings[keep], new_embeddings]).astype(np.float32, copy=False)
+        timestamps = np.concatenate([self.timestamps[keep], new_times])
+        if self.places is None:
+            places = None
+        else:
+            places = np.concatenate([self.places[keep], self._places([None] * count if add_places is None
+                                                                     else add_places, count)])
+        importance = np.concatenate([self.importance[keep], new_importance])
+        fitted_on = self._schemas_fitted_on
+        if not fitted_on / 2 < len(ids) < 2 * fitted_on or self._choices is None:
+            full = EpisodicGraph(ids, embeddings, timestamps, places, importance=importance, index=index,
+                                 config=self.config, progress=progress)
+            full.access_counts[: int(keep.sum())] = self.access_counts[keep]
+            return full
+        reuse: dict[str, Any] = {"schemas_fitted_on": fitted_on}
+        reuse["choices"] = self._updated_choices(keep, remove, ids, embeddings, len(add_ids), index, progress)
+        schema_of = np.concatenate([self.schema_of[keep], nearest_centroid(new_embeddings, self.schema_centroids)])
+        reuse["schemas"] = (schema_of, self.schema_centroids)
+        graph = EpisodicGraph(ids, embeddings, timestamps, places, importance=importance, config=self.config,
+                              progress=False, _reuse=reuse)
+        graph.access_counts[: int(keep.sum())] = self.access_counts[keep]
+        return graph
+
+    def _updated_choices(self, keep, remove, ids, embeddings, added, index, progress):
+        """The semantic choices ``(N', d)`` ids and cosines after the update (see :meth:`updated`)."""
+        choice_ids, cosines = self._choices[0][keep], self._choices[1][keep]
+        width = choice_ids.shape[1]
+        old = len(choice_ids)
+        if width == 0:
+            return (np.full((len(ids), 0), -1, np.int64), np.zeros((len(ids), 0), np.float32))
+        stale = np.isin(choice_ids, remove).any(axis=1) if len(remove) else np.zeros(old, bool)  # (old,)
+        if added:
+            threshold = self.config.semantic_threshold
+            new_ids, new_vectors = ids[old:], embeddings[old:]
+            for start in range(0, old, 8_192):
+                block = slice(start, min(start + 8_192, old))
+                similar = embeddings[block] @ new_vectors.T  # (b, A) exact cosines to the new memories
+                touched = (similar >= threshold).any(axis=1) & ~stale[block]
+                if touched.any():
+                    rows = np.flatnonzero(touched) + start
+                    merged = merge_choices(choice_ids[rows], cosines[rows], np.broadcast_to(new_ids, (len(rows), added)),
+                                           similar[touched], threshold)
+                    choice_ids[rows], cosines[rows] = merged
+        searched = np.concatenate([np.flatnonzero(stale), np.arange(old, len(ids))])
+        found, found_cosines = semantic_choices(
+            embeddings, self.config.semantic_threshold, width, index_kind="flat", index=index,
+            ids=None if index is None else ids, queries=searched, progress=progress,
+        )
+        all_ids = np.concatenate([choice_ids, np.full((added, width), -1, np.int64)])
+        all_cosines = np.concatenate([cosines, np.full((added, width), -np.inf, np.float32)])
+        all_ids[searched] = np.where(found >= 0, ids[np.maximum(found, 0)], -1)
+        all_cosines[searched] = found_cosines
+        return all_ids, all_cosines
 
     # ------------------------------------------------------------------ control
     def shuffled_control(self, seed: int = 0) -> "EpisodicGraph":

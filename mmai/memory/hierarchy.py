@@ -68,8 +68,20 @@ def cluster_schemas(
         min_points_per_centroid=1, max_points_per_centroid=1 << 20, verbose=False,
     )
     kmeans.train(embeddings)
-    _, nearest = kmeans.index.search(embeddings, 1)  # (N, 1)
-    return nearest[:, 0].astype(np.int64), kmeans.centroids.astype(np.float32)
+    centroids = kmeans.centroids.astype(np.float32)
+    return nearest_centroid(embeddings, centroids), centroids
+
+
+def nearest_centroid(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """``(N,)`` int64: the centroid of highest inner product for each embedding (exact search).
+
+    The one assignment rule for schemas: k-means' own result and an incremental update (new
+    memories joining the existing schemas) assign with it.
+    """
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    _, nearest = index.search(np.ascontiguousarray(embeddings, dtype=np.float32), 1)  # (N, 1)
+    return nearest[:, 0].astype(np.int64)
 
 
 def group_means(embeddings: np.ndarray, groups: np.ndarray, num_groups: int) -> np.ndarray:

@@ -35,6 +35,7 @@ from mmai.memory.models import MemoryModels
 from mmai.memory.records import decode_metadata
 from mmai.memory.store import MemoryStore
 from mmai.memory.vectors import as_unit_vectors
+from mmai.memory.write_policy import ADD, DISCARD, MERGE, Decision, WritePolicy, decide
 
 __all__ = ["EXTRA_FIELDS", "IngestReport", "Ingester"]
 
@@ -52,11 +53,17 @@ class IngestReport:
         duplicates: ``(path, id)`` of files already stored (same bytes).
         rejected: ``(path, reason)`` of files not stored.
         skipped: ``(link, reason)`` of symbolic links not followed (they leave the given folders).
+        merged: ``(path, kept id)`` of files merged into a memory of their burst by the write-time
+            policy (:mod:`mmai.memory.write_policy`; undone by ``consolidate --undo``).
+        discarded: ``(path, kept id)`` of files the policy found to add nothing: not stored, their
+            path listed in that memory's sources (the file itself is untouched).
         seconds: wall time.
     """
 
     added: list[str] = dataclasses.field(default_factory=list)
     duplicates: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    merged: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    discarded: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
     rejected: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
     skipped: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
@@ -64,7 +71,9 @@ class IngestReport:
 
     def summary(self) -> str:
         """``"added 12, duplicates 3, rejected 1 in 4.2 s"`` and one line per rejection."""
-        lines = [f"added {len(self.added)}, duplicates {len(self.duplicates)}, rejected {len(self.rejected)} "
+        decided = (f", merged {len(self.merged)}, discarded {len(self.discarded)}"
+                   if self.merged or self.discarded else "")
+        lines = [f"added {len(self.added)}{decided}, duplicates {len(self.duplicates)}, rejected {len(self.rejected)} "
                  f"in {self.seconds:.1f} s"]
         lines += [f"  rejected: {reason}" for _, reason in self.rejected]  # reasons name their file
         lines += [f"  skipped: {reason}" for _, reason in self.skipped]
@@ -112,17 +121,19 @@ class Ingester:
         store, sync, journal, models: the memory's parts.
         media_dir: ``root/media``.
         write_lock: the store's write lock (a context manager factory).
+        absorb: merges new records into kept memories, undoably
+            (:meth:`~mmai.memory.maintenance.Maintenance.absorb`), for the write-time policy.
     """
 
     def __init__(self, store: MemoryStore, sync: IndexSync, journal: Journal, models: MemoryModels, media_dir: Path,
-                 write_lock: Callable[[], ContextManager]) -> None:
+                 write_lock: Callable[[], ContextManager], absorb: Callable[[dict[str, list[dict]]], None]) -> None:
         self.store, self.sync, self.journal, self.models = store, sync, journal, models
-        self.media_dir, self.write_lock = Path(media_dir), write_lock
+        self.media_dir, self.write_lock, self.absorb = Path(media_dir), write_lock, absorb
         self.stop_requested: str | None = None  # set (e.g. by a SIGTERM handler): stop after the batch
 
     def ingest(self, paths: Sequence[str | os.PathLike], meta: str | os.PathLike | None, progress: bool, *,
                require_time: bool = False, batch_size: int = 16, overrides: dict[str, dict[str, Any]] | None = None,
-               follow_links: bool = False) -> IngestReport:
+               follow_links: bool = False, policy: WritePolicy | None = None) -> IngestReport:
         """Add files (or folders of files) as memories.
 
         Args:
@@ -138,6 +149,9 @@ class Ingester:
                 instead of its path (e.g. a dashboard upload's name, not its temporary copy).
             follow_links: follow symbolic links inside the folders even when their target is
                 outside the given paths (default ``False``: skipped, listed in ``skipped``).
+            policy: write-time decisions (:mod:`mmai.memory.write_policy`): each new memory is
+                added, merged into a memory of its burst, or discarded as adding nothing; default
+                ``None``: every file is added.
 
         Returns:
             An :class:`IngestReport`; a file that cannot be read is rejected with its reason.
@@ -153,23 +167,26 @@ class Ingester:
         if files:
             self.models.encoder  # noqa: B018 - load the model first: no model is a usage error, not a file's
         with self.write_lock():
+            seen: dict[str, Path] = {}
             if self.store.is_local:  # a Chroma server's memories come from many machines' journals
                 state = self.journal.replay()
                 self._refuse_if_chroma_lost(state)
                 self._confirm_killed_batch(state)
+                # a file merged into a kept memory is stored there: ingested again, it is a duplicate
+                seen.update({i: Path() for i in state.forgotten if state.why.get(i) == "merged"})
             bar = tqdm(total=len(files), desc="ingest", unit="file", disable=not progress)
-            seen: dict[str, Path] = {}
             for start in range(0, len(files), max(1, batch_size)):
                 batch = files[start:start + batch_size]
                 try:
-                    self._ingest_batch(batch, table, require_time, overrides or {}, report, seen)
+                    self._ingest_batch(batch, table, require_time, overrides or {}, report, seen, policy)
                 except Exception as error:  # noqa: BLE001 - an OS/database write error ends the run, reported
                     report.stopped = _write_failure(error, batch[0][0], len(report.added))
                     if report.stopped is None:
                         raise
                     break
                 bar.update(len(batch))
-                bar.set_postfix(added=len(report.added), dup=len(report.duplicates), rejected=len(report.rejected))
+                bar.set_postfix(added=len(report.added), dup=len(report.duplicates), rejected=len(report.rejected),
+                                **({"merged": len(report.merged) + len(report.discarded)} if policy else {}))
                 if self.stop_requested and start + batch_size < len(files):
                     report.stopped = (f"{self.stop_requested} after {len(report.added)} confirmed memories; "
                                       f"{len(files) - start - len(batch)} files not read (run the same ingest again "
@@ -228,7 +245,7 @@ class Ingester:
                 report.rejected.append((Path(given), str(error)))
         return list({path: (path, given) for path, given in files}.values())
 
-    def _ingest_batch(self, batch, table, require_time, overrides, report, seen) -> None:
+    def _ingest_batch(self, batch, table, require_time, overrides, report, seen, policy=None) -> None:
         duplicates = self._duplicates(batch, report, seen)
         known = {path for path, _ in duplicates}
         files: list[MemoryFile] = []
@@ -242,13 +259,62 @@ class Ingester:
             except OSError as error:
                 report.rejected.append((path, f"{path}: cannot read ({error})"))
         files, vectors = self._embed(files, report)
-        if files:
-            self._write(files, vectors)
-            for memory_file in files:
-                seen[memory_file.id] = memory_file.path
-            report.added += [memory_file.id for memory_file in files]
+        decisions = self._decide(files, vectors, policy) if files and policy is not None else [Decision(ADD)] * len(files)
+        added = [n for n, decision in enumerate(decisions) if decision.action == ADD]
+        if added:
+            self._write([files[n] for n in added], vectors[added])
+            for n in added:
+                seen[files[n].id] = files[n].path
+            report.added += [files[n].id for n in added]
+        self._merge_into_kept(files, vectors, decisions, report)
+        seen.update({files[n].id: files[n].path for n, d in enumerate(decisions) if d.action != ADD})
         self._add_sources([(memory_id, overrides.get(str(path), {}).get("source_path", path))
                            for path, memory_id in duplicates])
+
+    def _decide(self, files: list[MemoryFile], vectors: np.ndarray, policy: WritePolicy) -> list[Decision]:
+        """The policy's decision for each embedded file, against the stored memories of its burst
+        (read from Chroma by time window) and the files before it in this batch. A file whose time
+        is only its mtime has no burst (copied folders share mtimes): it is added."""
+        vectors = as_unit_vectors(vectors, dim=self.store.dim, name=f"embeddings of {files[0].path} ...")
+        times = np.array([np.nan if f.metadata.get("time_source") == "file mtime" else
+                          float(f.metadata.get("timestamp", np.nan)) for f in files])
+        windows = [{"$and": [{"timestamp": {"$gte": t - policy.burst_s}}, {"timestamp": {"$lte": t + policy.burst_s}}]}
+                   for t in sorted(set(times[np.isfinite(times)].tolist()))]
+        stored = None
+        if windows and self.store.count():
+            found = self.store.collection.get(where=windows[0] if len(windows) == 1 else {"$or": windows},
+                                              include=["embeddings", "metadatas"])
+            usable = [n for n, m in enumerate(found["metadatas"]) if m.get("time_source") != "file mtime"]
+            stored = {"ids": [found["ids"][n] for n in usable],
+                      "vectors": np.asarray(found["embeddings"], np.float32)[usable] if usable else np.zeros((0, 1)),
+                      "timestamps": [float(found["metadatas"][n].get("timestamp", np.nan)) for n in usable],
+                      "places": [found["metadatas"][n].get("place", "") for n in usable],
+                      "modalities": [found["metadatas"][n].get("modality", "") for n in usable]}
+        new = {"ids": [f.id for f in files], "vectors": vectors, "timestamps": times,
+               "places": [f.metadata.get("place", "") for f in files], "modalities": [f.modality for f in files]}
+        return decide(policy, new, stored)
+
+    def _merge_into_kept(self, files: list[MemoryFile], vectors: np.ndarray, decisions: list[Decision],
+                         report: IngestReport) -> None:
+        """Discarded files join their kept memory's sources; merged ones are absorbed into it (their
+        record, embedding and media copy kept for ``consolidate --undo``)."""
+        discarded = [(files[n], d.target) for n, d in enumerate(decisions) if d.action == DISCARD]
+        if discarded:
+            self._add_sources([(target, f.metadata.get("source_path", f.path)) for f, target in discarded])
+            report.discarded += [(f.path, target) for f, target in discarded]
+        merged = [n for n, d in enumerate(decisions) if d.action == MERGE]
+        if not merged:
+            return
+        groups: dict[str, list[dict]] = {}
+        for n in merged:
+            memory_file = files[n]
+            metadata = self._record_metadata(memory_file)
+            groups.setdefault(decisions[n].target, []).append(
+                {"id": memory_file.id, "metadata": metadata, "document": memory_file.document,
+                 "vector": as_unit_vectors(vectors[n], dim=self.store.dim, name=str(memory_file.path))[0],
+                 "path": str(memory_file.path)})
+        self.absorb(groups)
+        report.merged += [(files[n].path, decisions[n].target) for n in merged]
 
     def _duplicates(self, batch, report: IngestReport, seen: dict[str, Path]) -> list[tuple[Path, str]]:
         """``(path, id)`` of files in ``batch`` already stored, or with the same bytes as a file
@@ -344,19 +410,21 @@ class Ingester:
             raise ValueError(f"{method} returned {vectors.shape} for {len(group)} files, or NaN/inf")
         return vectors  # (n, E)
 
+    def _record_metadata(self, memory_file: MemoryFile) -> dict[str, Any]:
+        """A new memory's Chroma metadata; its media copy is written first (atomically)."""
+        metadata = dict(memory_file.metadata, ingested_at=time.time())
+        if memory_file.modality != "text":
+            target = self.media_dir / f"{memory_file.id}{memory_file.suffix}"
+            if not target.exists():
+                atomic_copy(memory_file.path, target)
+            metadata["media_file"] = target.name
+        metadata["sources"] = json.dumps([{"id": memory_file.id, "path": metadata["source_path"],
+                                           "timestamp": metadata["timestamp"], "place": metadata.get("place")}])
+        return clean_record(metadata, f"memory {memory_file.path}")
+
     def _write(self, files: list[MemoryFile], vectors: np.ndarray) -> None:
         """Media copies, then Chroma, then the journal (confirmation), then the in-memory index."""
-        metadatas = []
-        for memory_file in files:
-            metadata = dict(memory_file.metadata, ingested_at=time.time())
-            if memory_file.modality != "text":
-                target = self.media_dir / f"{memory_file.id}{memory_file.suffix}"
-                if not target.exists():
-                    atomic_copy(memory_file.path, target)
-                metadata["media_file"] = target.name
-            metadata["sources"] = json.dumps([{"id": memory_file.id, "path": metadata["source_path"],
-                                               "timestamp": metadata["timestamp"], "place": metadata.get("place")}])
-            metadatas.append(clean_record(metadata, f"memory {memory_file.path}"))
+        metadatas = [self._record_metadata(memory_file) for memory_file in files]
         ids = [memory_file.id for memory_file in files]
         vectors = as_unit_vectors(vectors, dim=self.store.dim, name=f"embeddings of {files[0].path} ...")  # (n, E)
         documents = [f.document for f in files]

@@ -102,20 +102,60 @@ class Maintenance:
     def undo_dir(self) -> Path:
         return self.media_dir.parent / "consolidate-undo"
 
-    def _save_undo(self, groups: list[list[str]]) -> Path:
-        """Every member of ``groups`` as it is now (metadata, document, embedding), in one file."""
-        members = [i for group in groups for i in group]
-        found = self.store.get(members, include_embeddings=True)
-        entry = {"time": time.time(), "groups": groups,
-                 "records": {i: {"metadata": m, "document": d} for i, m, d in
-                             zip(found.ids, found.metadatas, found.documents)}}
+    def _save_undo(self, groups: list[list[str]], new: list[dict] | None = None) -> Path:
+        """Every member of ``groups`` as it is now (metadata, document, embedding), in one file;
+        ``new`` records (``id``, ``metadata``, ``document``, ``vector``) are members not in Chroma."""
+        new = new or []
+        fresh = {record["id"] for record in new}
+        found = self.store.get([i for group in groups for i in group if i not in fresh], include_embeddings=True)
+        ids = list(found.ids) + [record["id"] for record in new]
+        records = {i: {"metadata": m, "document": d} for i, m, d in zip(found.ids, found.metadatas, found.documents)}
+        records.update({r["id"]: {"metadata": r["metadata"], "document": r["document"]} for r in new})
+        vectors = np.concatenate([np.asarray(found.embeddings, np.float32).reshape(len(found.ids), -1),
+                                  np.asarray([r["vector"] for r in new], np.float32).reshape(len(new), -1)]) \
+            if new else np.asarray(found.embeddings, np.float32)
+        entry = {"time": time.time(), "groups": groups, "records": records}
         self.undo_dir.mkdir(exist_ok=True)
         stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         target = self.undo_dir / f"{stem}.npz"
-        atomic_write(target, lambda file: np.savez(file, ids=np.array(found.ids),
-                                                  embeddings=np.asarray(found.embeddings, np.float32),
+        serial = 1
+        while target.exists():  # two merges in one second (one per ingest batch): each its own file
+            target, serial = self.undo_dir / f"{stem}-{serial:03d}.npz", serial + 1
+        atomic_write(target, lambda file: np.savez(file, ids=np.array(ids), embeddings=vectors,
                                                   entry=np.array(json.dumps(entry))))
         return target
+
+    def absorb(self, groups: dict[str, list[dict]]) -> None:
+        """Merge new memories into stored ones at ingest (the write-time policy's MERGE), undoably.
+
+        ``groups``: ``{kept id: [{"id", "metadata", "document", "vector", "path"}, ...]}``, the new
+        records (media copies already written) never written to Chroma. Like :meth:`consolidate`:
+        the undo record first (so ``consolidate --undo`` brings them back as memories of their
+        own), then the journal confirms and forgets them as ``"merged"``, then each kept memory
+        lists them in its sources. Called under the write lock."""
+        new = [record for records in groups.values() for record in records]
+        self._save_undo([[keeper] + [r["id"] for r in records] for keeper, records in groups.items()], new)
+        self.journal.confirm([r["id"] for r in new], [r["path"] for r in new],
+                             [{"metadata": r["metadata"], "document": r["document"]} for r in new])
+        self.journal.forgotten([r["id"] for r in new], "merged")
+        kept = self.store.get(list(groups), include_embeddings=False)
+        ids, metadatas = [], []
+        for keeper, metadata in zip(kept.ids, kept.metadatas):
+            sources = decode_metadata(metadata, keeper)["sources"]
+            known = {(source.get("id"), source.get("path")) for source in sources}
+            for record in groups[keeper]:
+                for source in json.loads(record["metadata"]["sources"]):
+                    source.setdefault("media_file", record["metadata"].get("media_file"))
+                    if (source.get("id"), source.get("path")) not in known:
+                        sources.append({k: v for k, v in source.items() if v is not None})
+            importance = [m.get("importance") for m in [metadata] + [r["metadata"] for r in groups[keeper]]
+                          if m.get("importance") is not None]
+            ids.append(keeper)
+            metadatas.append(dict(metadata, sources=json.dumps(sources),
+                                  **({"importance": float(max(importance))} if importance else {})))
+        self.store.collection.update(ids=ids, metadatas=metadatas)
+        self.journal.updated(ids, metadatas)
+        self.journal.changed()
 
     def undo_files(self) -> list[Path]:
         return sorted(self.undo_dir.glob("*.npz")) if self.undo_dir.is_dir() else []

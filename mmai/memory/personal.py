@@ -65,6 +65,7 @@ from mmai.memory.search import RerankSettings, SearchOptions, Searcher
 from mmai.memory.recovery import move_aside
 from mmai.memory.store import MemoryStore, StoreDamagedError
 from mmai.memory.words import ParsedQuery, understand
+from mmai.memory.write_policy import WritePolicy
 
 __all__ = ["HNSW_FROM", "DamagedGenerationError", "Filters", "IngestReport", "NoStoreError", "PersonalMemory", "Related", "RerankSettings",
            "SearchHit", "SearchOptions", "StoreBusyError", "StoreDamagedError", "decode_metadata", "has_store", "int_id"]
@@ -170,10 +171,11 @@ class PersonalMemory:
                               on_change=lambda: self.records.forget_cache())
         self.records = Records(self.store, self.sync, self.media_dir)
         self.searcher = Searcher(self.store, self.sync, self.records, self.models)
-        self.ingester = Ingester(self.store, self.sync, self.journal, self.models, self.media_dir, self._write_lock)
         self.maintenance = Maintenance(self.store, self.sync, self.records, self.journal, self.media_dir,
                                        self._write_lock, progress)
         self.access_log = AccessLog(self.root)
+        self.ingester = Ingester(self.store, self.sync, self.journal, self.models, self.media_dir, self._write_lock,
+                                 absorb=self.maintenance.absorb)
         with self._mutex:
             self.repaired = self.sync.sync()
 
@@ -250,12 +252,14 @@ class PersonalMemory:
     # ------------------------------------------------------------------ ingest
     def ingest(self, paths: Sequence[str | os.PathLike], meta: str | os.PathLike | None = None,
                progress: bool | None = None, *, require_time: bool = False, batch_size: int = 16,
-               overrides: dict[str, dict[str, Any]] | None = None, follow_links: bool = False) -> IngestReport:
+               overrides: dict[str, dict[str, Any]] | None = None, follow_links: bool = False,
+               policy: WritePolicy | None = None) -> IngestReport:
         """Add files (or folders of files) as memories, in confirmed batches; returns an
-        :class:`IngestReport` (arguments: :meth:`Ingester.ingest <mmai.memory.ingester.Ingester.ingest>`)."""
+        :class:`IngestReport` (arguments: :meth:`Ingester.ingest <mmai.memory.ingester.Ingester.ingest>`;
+        ``policy``: write-time ADD / MERGE / DISCARD, :mod:`mmai.memory.write_policy`)."""
         return self.ingester.ingest(paths, meta, self.progress if progress is None else progress,
                                     require_time=require_time, batch_size=batch_size, overrides=overrides,
-                                    follow_links=follow_links)
+                                    follow_links=follow_links, policy=policy)
 
     # ------------------------------------------------------------------ search and reading
     @_sees_other_writers

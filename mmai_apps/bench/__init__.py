@@ -32,6 +32,8 @@ BENCHMARKS: dict[str, str] = {
     "topdown": "mmai_apps.bench.topdown",
     "words": "mmai_apps.bench.words",
     "forgetting": "mmai_apps.bench.forgetting",
+    "graph": "mmai_apps.bench.graph",
+    "writes": "mmai_apps.bench.writes",
     # benchmarks of the Lightning app live beside it (mmai itself never imports Lightning)
     "train": "mmai_apps.bench.throughput",
 }
