@@ -49,7 +49,8 @@ class TopDownSettings:
 
     The validation grid (mass 0.9-0.999, entropy stop 0 / 0.3 / 0.5 / 1.01, temperature
     0.01-0.05) chose, for the fewest vectors scored (centroids + memories) with class R@1, class
-    R@10 and instance R@10 within 1 pp of flat, temperature 0.05 in every case, mass 0.99 in most
+    R@10 and instance R@10 within 1 pp of flat, temperature 0.05 in every case (3 seeds x 10k and
+    117,880 memories), mass 0.99 and 0.95 three times each (0.99, the more conservative, is kept)
     and an entropy stop above 1: the descent to episode branches never paid for the branch
     centroids it scores, so by default it does not run (``entropy_stop=0`` makes it always run).
 
