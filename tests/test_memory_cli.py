@@ -316,7 +316,7 @@ def _validated_reranker(folder: Path, rerank_k: int, stage1_weight: float) -> Pa
         return TwoStageResult({}, {}, {"t2i": positions}, {"t2i": positions}, {"stage1": 0.1, "stage2": 0.1}, k,
                               mode, stage1_weight, scores={"t2i": scores}, mode_metrics={"match": {}})
 
-    module.eval_set, module.two_stage, module.log_dict = (lambda: data), two_stage, (lambda metrics: None)
+    module.eval_set, module.two_stage, module.log_dict = (lambda: data), two_stage, (lambda metrics, **options: None)
     trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, current_epoch=2, global_step=40,
                               default_root_dir=str(folder),  # the callback writes per_query.npz there
                               strategy=SimpleNamespace(broadcast=lambda value, src: value))
