@@ -12,7 +12,9 @@ the 95% interval. Seeds are pooled, not resampled: with three seeds, a bootstrap
 nothing to draw from; the spread over seeds is reported beside the interval as mean ± std.
 
 A row "gains" over the row above it only when the whole interval lies above 0; an interval that
-holds 0 is "no measurable gain", one entirely below 0 a "loss" (:func:`verdict`).
+holds 0 is "no measurable gain", one entirely below 0 a "loss" (:func:`verdict`). A difference
+over a single independent unit (a val split with one swap pair) says neither: its interval is the
+point itself, so its verdict is "too few units to tell (1)".
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import dataclasses
 import numpy as np
 
 GAIN, LOSS, NO_GAIN = "gain", "loss", "no measurable gain"
+#: the verdict of a difference over one independent unit: its bootstrap interval has no width, whatever the data
+TOO_FEW_UNITS = "too few units to tell (1)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +52,10 @@ class PairedDifference:
 
     @property
     def verdict(self) -> str:
+        """:func:`verdict` of the interval; :data:`TOO_FEW_UNITS` when one unit (one swap pair, one
+        query) was resampled: every resample is that unit, so the interval is the point itself."""
+        if (self.queries if self.units is None else self.units) < 2:
+            return TOO_FEW_UNITS
         return verdict(self.low, self.high)
 
 

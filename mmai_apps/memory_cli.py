@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -504,6 +505,16 @@ def run_consolidate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush of what a closed pipe did not take
+    does not print "Exception ignored ... BrokenPipeError" on the way out."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor behind stdout (captured): nothing to flush there
+        pass
+
+
 COMMANDS = {"ingest": run_ingest, "search": run_search, "related": run_related, "open": run_open, "forget": run_forget,
             "stats": run_stats, "check": run_check, "rebuild": run_rebuild, "consolidate": run_consolidate}
 
@@ -514,7 +525,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at the interpreter's exit
+        return status
     except StoreBusyError as error:
         print(f"mmai memory {args.command}: error: {error}", file=sys.stderr)
         return 3
@@ -522,6 +535,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"mmai memory {args.command}: error: {printable(message)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of our output stopped early (`... | head`): not a store error
+        _stdout_to_devnull()
+        return 141  # what a shell reports for a command stopped by SIGPIPE
     except OSError as error:  # disk full, permissions, I/O: one line naming the path
         import errno
 

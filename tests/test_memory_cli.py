@@ -390,3 +390,19 @@ def test_search_top_down_scores_part_of_the_memory_and_is_exact_at_mass_one(tmp_
         assert [h.stage1_score for h in hits] == sorted((h.stage1_score for h in hits), reverse=True)
         memory.search("a bird", 5)
         assert memory.searcher.last_top_down is None  # a flat search leaves no top-down result
+
+
+def test_a_reader_that_closes_the_pipe_is_not_reported_as_a_store_error(tmp_path, checkpoint, capsys):
+    # `mmai memory search ... | head -1`: the reader goes away before the hits are printed
+    root = tmp_path / "memory"
+    assert main(["ingest", str(_photos(tmp_path / "photos", 12)), "--root", str(root), "--checkpoint",
+                 str(checkpoint), "--quiet"]) == 0
+    capsys.readouterr()
+    command = [sys.executable, "-m", "mmai_apps.memory_cli", "search", "a bird", "--root", str(root), "-k", "12"]
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # no reader left: every write of the hits fails with EPIPE
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 141, err.decode()[-2000:]  # as a shell reports a command stopped by SIGPIPE
+    assert b"error" not in err and b"Broken pipe" not in err and b"Exception ignored" not in err, err.decode()
+    assert main(["check", "--root", str(root)]) == 0  # and nothing happened to the store

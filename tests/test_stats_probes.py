@@ -147,3 +147,13 @@ def test_saved_outcomes_load_in_one_query_order_whatever_order_the_run_gathered(
         assert np.array_equal(a[key], b[key]), key
     assert a["query/text_image_ids"].tolist() == [3, 3, 5, 5, 9]
     assert a["stage1/probe/binding"].tolist() == [0.75, 0.25]  # image 3's caption first now
+
+
+def test_one_unit_gives_no_verdict_however_large_the_difference():
+    from mmai.stats import TOO_FEW_UNITS
+
+    a, b = np.zeros((1, 147)), np.full((1, 147), -0.2)  # `mmai ablate --quick`: 147 probe captions, 1 swap pair
+    result = paired_bootstrap(a, b, units=np.zeros(147, dtype=int))
+    assert result.units == 1 and result.low == result.high == pytest.approx(-0.2)  # a point, not an interval
+    assert result.verdict == TOO_FEW_UNITS
+    assert paired_bootstrap(a, b, units=np.arange(147) % 2).verdict == LOSS  # two units: an interval again
