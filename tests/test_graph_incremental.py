@@ -130,3 +130,54 @@ def test_search_reads_the_edge_table_as_the_networkx_view_has_it():
     assert table_stats["temporal_edges"] == sum("temporal" in d["types"] for *_, d in view.edges(data=True))
     assert table_stats["semantic_edges"] == sum("semantic" in d["types"] for *_, d in view.edges(data=True))
     assert graph.edge_types(ids[0], 999_999) == ()
+
+
+# ---------------------------------------------------------------------- in the store
+def test_the_store_updates_its_graph_on_ingest_and_forget_equal_to_a_rebuild(tmp_path):
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    from mmai.checkpoint import load_stage1
+    from mmai.memory.personal import PersonalMemory
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_checkpoints import make_reranker_ckpt
+
+    stage1 = load_stage1(make_reranker_ckpt(tmp_path / "ckpt"))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    for i in range(30):  # one outing of similar photos (semantic and temporal edges), then another
+        pixels = np.clip(base.astype(int) + rng.integers(-40, 40, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:02d}.png")
+        minute = i if i < 20 else 600 + i
+        (folder / f"{i:02d}.png.json").write_text(
+            f'{{"time": "2023-05-01T{10 + minute // 60:02d}:{minute % 60:02d}:00Z", "place": "lake"}}')
+    memory = PersonalMemory(tmp_path / "memory", encoder=stage1, progress=False)
+    memory.ingest([folder / f"{i:02d}.png" for i in range(20)])
+    first = memory.graph()
+    memory.ingest([folder / f"{i:02d}.png" for i in range(20, 30)])
+    assert memory.sync._graph is first  # kept, to be updated, not dropped
+    grown = memory.graph()
+    assert grown is not first and len(grown) == 30
+
+    def rebuilt():
+        records = memory.store.all_embeddings(progress=False)
+        numbers = np.array([int(i[:15], 16) for i in records.ids], dtype=np.int64)
+        return EpisodicGraph(numbers, records.embeddings, [m["timestamp"] for m in records.metadatas],
+                             [m.get("place") for m in records.metadatas], config=memory.sync.graph_config,
+                             schema_centroids=first.schema_centroids, progress=False)
+
+    full = rebuilt()
+    assert len(edge_table(full)) > 30 and any("semantic" in v[0] for v in edge_table(full).values())
+    assert_same_graph(grown, full)
+    gone = [h.id for h in memory.search("a bird", k=3)]
+    memory.forget(ids=gone)
+    shrunk = memory.graph()
+    assert len(shrunk) == 27 and not np.isin(shrunk.ids, [int(i[:15], 16) for i in gone]).any()
+    assert_same_graph(shrunk, rebuilt())
+    assert memory.check() == []
+    memory.close()

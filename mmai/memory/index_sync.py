@@ -6,7 +6,8 @@ compared with Chroma: memories missing from it are added from Chroma, an index h
 Chroma does not (or a missing/damaged file) is rebuilt from Chroma. It is exact ``flat`` below
 :data:`HNSW_FROM` memories, HNSW above (``index_kind="auto"``). The episodic graph
 (:class:`~mmai.memory.graph.EpisodicGraph`) is built from Chroma (times, places, importance) and
-FAISS (semantic edges) on first use, kept in memory and dropped after any change.
+FAISS (semantic edges) on first use and kept in memory; memories added or forgotten in this
+process update it in place (:meth:`EpisodicGraph.updated`), another process's writes rebuild it.
 
 FAISS and the graph need int64 ids: a memory's is the integer value of its first 15 hex digits
 (:func:`int_id`); :attr:`IndexSync.str_ids` maps them back.
@@ -65,6 +66,7 @@ class IndexSync:
         self.str_ids: dict[int, str] = {}
         self.problem: str | None = None  # why the saved index could not be used, after load()
         self._graph: EpisodicGraph | None = None
+        self._touched: set[int] = set()  # int ids whose graph attributes changed since the graph was made
 
     @property
     def index_path(self) -> Path:
@@ -211,7 +213,7 @@ class IndexSync:
         if self.index is None:
             self.index = VectorIndex(vectors.shape[1], self.kind_for(len(ids)), use_gpu=self.use_gpu)
         self.index.add(vectors, numbers, progress=False)
-        self.invalidate()
+        self._memories_changed()
 
     def finish(self) -> None:
         """After adding: switch kind if the size calls for it (e.g. flat -> HNSW), and save."""
@@ -225,16 +227,29 @@ class IndexSync:
         self.rebuild_from(self.index.ids[~np.isin(self.index.ids, gone)])
         for number in gone.tolist():
             self.str_ids.pop(number, None)
-        self.invalidate()
+        self._memories_changed()
 
     # ------------------------------------------------------------------ the graph
     def invalidate(self) -> None:
         """Forget state that depends on the set of memories (the graph here, the owner's caches)."""
         self._graph = None
+        self._touched.clear()
         self._on_change()
 
+    def _memories_changed(self) -> None:
+        """Memories were added or removed here: the graph is brought up to date incrementally
+        (:meth:`EpisodicGraph.updated`) on its next use instead of being rebuilt."""
+        self._on_change()
+
+    def touch(self, ids: Iterable[str]) -> None:
+        """Stored memories whose graph attributes (time, place, importance) changed: the next
+        :meth:`graph` re-reads them."""
+        self._touched.update(int_id(i) for i in ids)
+
     def graph(self) -> EpisodicGraph:
-        """The episodic graph over every memory (built from Chroma + FAISS on first use)."""
+        """The episodic graph over every memory: built from Chroma + FAISS on first use, then
+        updated in place for memories added, forgotten or touched since (equal to a rebuild with
+        the same schemas; tests/test_graph_incremental.py)."""
         if self._graph is None:
             if self.index is None:
                 raise ValueError(f"{self.root} holds no memories: ingest some before using the graph")
@@ -245,4 +260,24 @@ class IndexSync:
             importance = [m.get("importance", 0.0) for m in records.metadatas]
             self._graph = EpisodicGraph(numbers, records.embeddings, timestamps, places, importance=importance,
                                         index=self.index, config=self.graph_config, progress=self.progress)
+            self._touched.clear()
+            return self._graph
+        current = np.zeros(0, np.int64) if self.index is None else self.index.ids
+        if not len(current):
+            raise ValueError(f"{self.root} holds no memories: ingest some before using the graph")
+        touched = np.array(sorted(self._touched), dtype=np.int64)
+        held = self._graph.ids
+        remove = np.union1d(held[~np.isin(held, current)], touched[np.isin(touched, held)])
+        add = np.union1d(current[~np.isin(current, held)], touched[np.isin(touched, current)])
+        if len(add) or len(remove):
+            records = self.store.get([self.str_ids[int(n)] for n in add], include_embeddings=True) if len(add) \
+                else None
+            self._graph = self._graph.updated(
+                add_ids=add if records is None else np.array([int_id(i) for i in records.ids], np.int64),
+                add_embeddings=None if records is None else records.embeddings,
+                add_timestamps=None if records is None else [m.get("timestamp", np.nan) for m in records.metadatas],
+                add_places=None if records is None else [m.get("place") for m in records.metadatas],
+                add_importance=None if records is None else [m.get("importance", 0.0) for m in records.metadatas],
+                remove_ids=remove, index=self.index, progress=self.progress)
+        self._touched.clear()
         return self._graph

@@ -156,6 +156,7 @@ class Maintenance:
         self.store.collection.update(ids=ids, metadatas=metadatas)
         self.journal.updated(ids, metadatas)
         self.journal.changed()
+        self.sync.touch(ids)  # their importance may have changed
 
     def undo_files(self) -> list[Path]:
         return sorted(self.undo_dir.glob("*.npz")) if self.undo_dir.is_dir() else []
@@ -198,6 +199,7 @@ class Maintenance:
                 metadatas = [entry["records"][i]["metadata"] for i in keepers]
                 self.store.collection.update(ids=keepers, metadatas=metadatas)
                 self.journal.updated(keepers, metadatas)
+                self.sync.touch(keepers)
             if restore_ids:
                 records = [entry["records"][i] for i in restore_ids]
                 vectors_back = vectors[[row[i] for i in restore_ids]]
@@ -279,6 +281,7 @@ class Maintenance:
             metadata["importance"] = float(max(importance))
         self.store.collection.update(ids=[records.ids[keeper]], metadatas=[metadata])
         self.journal.updated([records.ids[keeper]], [metadata])
+        self.sync.touch([records.ids[keeper]])
         self.journal.changed()
         return [records.ids[i] for i in order[1:]]
 
