@@ -572,7 +572,7 @@ def build_app(memory: PersonalMemory, *, max_upload_mb: float = DEFAULT_MAX_UPLO
             return board.search(text, year, place, modality, after, before, rerank, gar, count, words,
                                 top_down=top_down)
 
-        search.click(on_search, inputs, outputs)
+        search.click(on_search, inputs, outputs, api_name="search")  # the API name the dashboard always had
         query.submit(on_search, inputs, outputs)
 
         def on_select(chosen: gr.SelectData, current_hits: list, current_query: str):
