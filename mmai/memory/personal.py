@@ -242,8 +242,8 @@ class PersonalMemory:
         Chroma's count is read only when its files changed since it last matched (a stat, not a query)."""
         if self.refresh():
             return
-        if self.journal.holds_lock and self.sync.unsaved is not None:
-            self.sync.persist_pending()  # a writer saves what a read repaired in memory
+        if self.sync.unsaved is not None:  # a writer saves what a read repaired in memory; a reader tries again
+            self._persist_if_free()
         signature = self._chroma_signature()
         if signature is not None and signature == self._counted_at:
             return
@@ -273,10 +273,15 @@ class PersonalMemory:
         saves only if it can take the write lock at once and nobody wrote meanwhile."""
         done = call(persist=self.journal.holds_lock)
         if self.sync.unsaved is not None:
-            with self.journal.lock_if_free() as locked:
-                if locked and self.journal.read_generation() == self.journal.generation:
-                    self.sync.persist_pending()
+            self._persist_if_free()
         return done
+
+    def _persist_if_free(self) -> None:
+        """Save the index a read repaired in memory, if the write lock is free now (never waits) and
+        no other process wrote since this one last looked (else the next read reloads instead)."""
+        with self.journal.lock_if_free() as locked:
+            if locked and self.journal.read_generation() == self.journal.generation:
+                self.sync.persist_pending()
 
     def _write_lock(self):
         """The store's exclusive write lock (re-entrant within this object: nested writes share it)."""

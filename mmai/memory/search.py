@@ -166,8 +166,9 @@ class RerankSettings:
 class PatchCache:
     """The re-ranker's patch tokens of images already scored, least recently used dropped first.
 
-    Keyed by the image file's path, size and modification time (a file changed on disk is encoded
-    again); bounded by ``max_bytes`` of tensors (default 256 MiB: about 430 ViT-B/16 images at 224
+    Keyed by the memory and its image file's path, size and modification time (a file changed on
+    disk is encoded again; two memories never share an entry, as two photos of an archive do not);
+    bounded by ``max_bytes`` of tensors (default 256 MiB: about 430 ViT-B/16 images at 224
     px, 65,000 of the benchmark's tiny model).
     """
 
@@ -188,7 +189,7 @@ class PatchCache:
                 stat = os.stat(path)
             except OSError:
                 continue
-            keys[slot] = (str(path), stat.st_size, stat.st_mtime_ns)
+            keys[slot] = (hit.id, str(path), stat.st_size, stat.st_mtime_ns)
         missing = [slot for slot, key in keys.items() if key not in self._entries]
         loaded = [(slot, self._load_image(window[slot])) for slot in missing]
         loaded = [(slot, image) for slot, image in loaded if image is not None]
