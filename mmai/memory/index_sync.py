@@ -8,6 +8,10 @@ Chroma does not (or a missing/damaged file) is rebuilt from Chroma. It is exact 
 (:class:`~mmai.memory.graph.EpisodicGraph`) is built from Chroma (times, places, importance) and
 FAISS (semantic edges) on first use, kept in memory and dropped after any change.
 
+Only a holder of the store's write lock writes ``index.npz``: a reader that finds it stale repairs
+the index in memory (:attr:`IndexSync.unsaved` says so) and :meth:`IndexSync.persist_pending` saves
+it later, under the lock. :meth:`IndexSync.table` is the in-memory metadata table of filtered search.
+
 FAISS and the graph need int64 ids: a memory's is the integer value of its first 15 hex digits
 (:func:`int_id`); :attr:`IndexSync.str_ids` maps them back.
 """
@@ -69,6 +73,9 @@ class IndexSync:
         #: write lock), ``None`` when the file is up to date; see :meth:`persist_pending`.
         self.unsaved: str | None = None
         self._previous_of: tuple | None = None  # (mtime, size, inode) of an index.npz to keep as previous
+        #: after a reader's :meth:`sync`: memories in Chroma it could not read yet (another process
+        #: is writing them), else ``None``; the next read tries again
+        self.incomplete: str | None = None
         self._graph: EpisodicGraph | None = None
         self._table: MemoryTable | None = None
 
@@ -152,6 +159,7 @@ class IndexSync:
                 a reader passes ``False``: the repaired index lives in memory and :attr:`unsaved`
                 says why, until :meth:`persist_pending` (under the lock) writes it.
         """
+        self.incomplete = None
         ids = self.chroma_ids()
         self.set_ids(ids)
         wanted = np.array([int_id(i) for i in ids], dtype=np.int64)
@@ -168,7 +176,15 @@ class IndexSync:
         missing = wanted[~np.isin(wanted, index.ids)]
         self.index = index
         if len(missing):
-            records = self.store.get([self.str_ids[int(m)] for m in missing])
+            try:
+                records = self.store.get([self.str_ids[int(m)] for m in missing])
+            except Exception as error:  # noqa: BLE001 - narrowed to Chroma's stale-client error below
+                if persist or type(error).__name__ != "InternalError":
+                    raise
+                # another process is writing them now: its Chroma client has not flushed their vectors
+                # yet, so this one cannot read them; the reader goes on without them until it can
+                self.incomplete = f"{len(missing)} memories being written by another process, not readable yet"
+                return f"in sync but for {self.incomplete}"
             index.add(records.embeddings, missing, progress=self.progress)
             self._changed(persist, keep_previous=False)
             self.invalidate()
@@ -282,29 +298,34 @@ class IndexSync:
         self._table = None
 
     def table(self) -> MemoryTable:
-        """Every memory's metadata columns and embedding (:class:`~mmai.memory.table.MemoryTable`),
-        read from Chroma on first use and kept until a change."""
+        """Every indexed memory's metadata columns and vector (:class:`~mmai.memory.table.MemoryTable`):
+        metadata read from Chroma (no embeddings), vectors from the FAISS index (the ones stage 1
+        scores), on first use; kept until a change."""
         if self._table is None:
-            self._read_derived(graph=False)
+            if self.index is None:
+                raise ValueError(f"{self.root} holds no memories: ingest some before searching them")
+            ids, metadatas = [], []
+            for offset in range(0, self.store.count(), PAGE):
+                page = self.store.collection.get(limit=PAGE, offset=offset, include=["metadatas"])
+                ids += page["ids"]
+                metadatas += [metadata or {} for metadata in page["metadatas"]]
+            numbers = np.array([int_id(i) for i in ids], dtype=np.int64)
+            indexed = np.isin(numbers, self.index.ids)  # a memory another process is still writing is left out
+            keep = np.flatnonzero(indexed)
+            self._table = MemoryTable([ids[i] for i in keep], numbers[keep], self.index.reconstruct(numbers[keep]),
+                                      [metadatas[i] for i in keep])
         return self._table
 
     def graph(self) -> EpisodicGraph:
         """The episodic graph over every memory (built from Chroma + FAISS on first use)."""
         if self._graph is None:
-            self._read_derived(graph=True)
-        return self._graph
-
-    def _read_derived(self, graph: bool) -> None:
-        """One read of every Chroma record: the table (if not held) and, with ``graph``, the graph."""
-        if self.index is None:
-            raise ValueError(f"{self.root} holds no memories: ingest some before searching or using the graph")
-        records = self.store.all_embeddings(progress=self.progress)
-        numbers = np.array([int_id(i) for i in records.ids], dtype=np.int64)
-        if self._table is None:
-            self._table = MemoryTable(records.ids, numbers, records.embeddings, records.metadatas)
-        if graph:
+            if self.index is None:
+                raise ValueError(f"{self.root} holds no memories: ingest some before using the graph")
+            records = self.store.all_embeddings(progress=self.progress)
+            numbers = np.array([int_id(i) for i in records.ids], dtype=np.int64)
             timestamps = [m.get("timestamp", np.nan) for m in records.metadatas]
             places = [m.get("place") for m in records.metadatas]
             importance = [m.get("importance", 0.0) for m in records.metadatas]
             self._graph = EpisodicGraph(numbers, records.embeddings, timestamps, places, importance=importance,
                                         index=self.index, config=self.graph_config, progress=self.progress)
+        return self._graph

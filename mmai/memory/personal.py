@@ -25,6 +25,9 @@ then fail with ``InternalError: Error finding id``). Each public read (and each 
 holds the lock) compares the store's generation with the one it last saw and, when it changed,
 reopens Chroma and reloads the FAISS index (:meth:`PersonalMemory.refresh`); a read that still
 meets that error reopens and retries once. A long-running dashboard thus sees every write.
+Readers never write without the write lock: an index found stale is repaired in memory and saved
+only when the lock is free at once (else by the next writer); Chroma's count is asked only when its
+database file changed since the count last matched.
 
 Scale path. ``PersonalMemory(root, ckpt, chroma_host="db.example", chroma_port=8000)`` keeps the
 memories in a Chroma server shared by several machines; each machine's ``root`` then holds only
@@ -247,9 +250,10 @@ class PersonalMemory:
         signature = self._chroma_signature()
         if signature is not None and signature == self._counted_at:
             return
-        if len(self.sync) != self.store.count():
+        if len(self.sync) != self.store.count() or self.sync.incomplete:
             self._sync_derived(self.sync.sync)
-        self._counted_at = signature
+        if not self.sync.incomplete:
+            self._counted_at = signature
 
     def _chroma_signature(self) -> tuple | None:
         """``(mtime, size, inode)`` of the embedded Chroma database and its write-ahead log

@@ -4,8 +4,11 @@
 
 1. **Embed** the sentence with the stage-1 text tower: one ``(E,)`` vector.
 2. **Stage 1.** Without filters FAISS returns the first ``list_length`` memories, where by default
-   ``list_length = max(k, rerank_k if re-ranking, 4k if GAR)``; with filters Chroma's filtered
-   HNSW does (pre-filtering, so a filter never returns fewer results than exist). Recency and
+   ``list_length = max(k, rerank_k if re-ranking, 4k if GAR)``; with filters an exact scan of the
+   memories the filter matches does, the filter being a mask over the in-memory metadata table
+   (:class:`~mmai.memory.table.MemoryTable`; pre-filtering, so a filter never returns fewer results
+   than exist; ``options.reference``, and a clause the table does not mirror, use Chroma's
+   filtered HNSW, approximate at scale). Recency and
    importance bonuses (Generative Agents; off by default) are added exactly: the list grows
    until no memory outside it could win.
 3. **Re-rank** (``options.rerank``). The image candidates among the first ``rerank_k`` are scored
@@ -13,11 +16,13 @@
    (:func:`mmai.two_stage.rerank_topk`: match logit + ``stage1_weight`` x stage-1 cosine); images
    move only among the image slots of that window, notes and songs keep theirs. ``rerank_k`` and
    ``stage1_weight`` default to the values the re-ranker was validated with
-   (:attr:`~mmai.checkpoint.Stage2Model.settings_source` says where they come from).
+   (:attr:`~mmai.checkpoint.Stage2Model.settings_source` says where they come from). Patch tokens
+   of images scored before come from :class:`PatchCache` (bounded, least recently used dropped).
 4. **GAR** (``options.gar``). The hits seed a personalised PageRank over the episodic graph
    (:class:`~mmai.memory.gar.GraphAugmentedRetriever`, ``gar_mode``, ``gar_weight``, ``damping``;
    by default the ``"burst"`` mode, whose top hits' burst-mates follow them, explained as "same
-   outing"); the results obey the filters again and carry an explanation and their related memories.
+   outing"; ``ppr="local"`` computes the walk by forward push from the seeds); the results obey the
+   filters again and the ``k`` returned carry an explanation and their related memories.
 5. **Explain** (``options.explain_dir``). A saliency panel per image hit.
 """
 

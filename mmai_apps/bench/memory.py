@@ -21,7 +21,17 @@ graph) with a tiny *random* re-ranker checkpoint (``--checkpoint`` for a trained
    fusion re-ranker (its ``rerank_k`` image candidates re-encoded and scored), with GAR
    (personalised PageRank over the graph, explanations and related memories), and all together.
 
-The machine is shared (other processes may hold cores), so compare rows of one run.
+4. **Compare** (``--compare``). Each mode is timed again on the same queries with
+   ``SearchOptions(reference=True, ppr="global")``: the search before the in-memory table (Chroma's
+   filtered HNSW, global power-iteration PageRank, every GAR candidate explained, every image
+   re-encoded), in the same process, right after the fast path (``--ppr``, default ``"local"``).
+5. **Check** (``--check-queries N``). On N further captions, per mode: are the top-k id sets of the
+   fast and the reference path equal; for GAR, of local and global PageRank; for the filtered stage
+   1, of each path and a brute-force NumPy scan of every record read from Chroma.
+
+Every fill memory is its own entry in the re-ranker's patch cache (keyed by memory), so the cache
+helps only when a memory comes back in a later query, as it would for distinct photos; its hit rate
+is reported. The machine is shared (other processes may hold cores), so compare rows of one run.
 """
 
 from __future__ import annotations
