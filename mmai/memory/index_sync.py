@@ -176,15 +176,22 @@ class IndexSync:
         missing = wanted[~np.isin(wanted, index.ids)]
         self.index = index
         if len(missing):
+            from chromadb.errors import InternalError
+
+            wanted_ids = [self.str_ids[int(m)] for m in missing]
             try:
-                records = self.store.get([self.str_ids[int(m)] for m in missing])
-            except Exception as error:  # noqa: BLE001 - narrowed to Chroma's stale-client error below
-                if persist or type(error).__name__ != "InternalError":
-                    raise
-                # another process is writing them now: its Chroma client has not flushed their vectors
-                # yet, so this one cannot read them; the reader goes on without them until it can
-                self.incomplete = f"{len(missing)} memories being written by another process, not readable yet"
-                return f"in sync but for {self.incomplete}"
+                records = self.store.get(wanted_ids)
+            except InternalError:
+                if persist:
+                    raise  # the owner reopens Chroma and retries
+                self.store.reopen()  # this client may be stale (a write that did not announce itself)
+                try:
+                    records = self.store.get(wanted_ids)
+                except InternalError:
+                    # another process is writing them now: its Chroma client has not flushed their
+                    # vectors yet, so none can read them; the reader goes on without them until it can
+                    self.incomplete = f"{len(missing)} memories being written by another process, not readable yet"
+                    return f"in sync but for {self.incomplete}"
             index.add(records.embeddings, missing, progress=self.progress)
             self._changed(persist, keep_previous=False)
             self.invalidate()
