@@ -227,6 +227,22 @@ class Stage2Model:
             logits.append(self.reranker.score_candidates(tokens, mask, patches)[0])  # (b,)
         return torch.cat(logits).float().cpu().numpy()
 
+    @torch.no_grad()
+    def image_patches(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Patch tokens ``(n, N, Dv)`` of images, as :meth:`rerank` encodes them (to be cached)."""
+        return self.stage1.encode_images(list(images))[1]
+
+    @torch.no_grad()
+    def rerank_patches(self, query: str, patches: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+        """Match logits ``(n,)`` of one query against images given by their patch tokens ``(n, N, Dv)``
+        (:meth:`image_patches`): :meth:`rerank` without encoding the images again."""
+        if not len(patches):
+            return np.zeros(0, dtype=np.float32)
+        _, tokens, mask = self.stage1.encode_texts([query])  # (1, L, Dt), (1, L)
+        logits = [self.reranker.score_candidates(tokens, mask, patches[start:start + batch_size].to(tokens.device))[0]
+                  for start in range(0, len(patches), batch_size)]
+        return torch.cat(logits).float().cpu().numpy()
+
     def saliency(self, query: str, image: Image.Image, method: str = "gradcam"):
         """:class:`~mmai.saliency.SaliencyMaps` of one (query, image) pair, content tokens averaged."""
         from mmai.saliency import saliency_maps

@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--gar-weight", type=float, default=0.5,
                         help="GAR's weight of the retrieval score against graph activation (default 0.5)")
     search.add_argument("--damping", type=float, default=0.5, help="GAR's PageRank damping (default 0.5)")
+    search.add_argument("--ppr", choices=("global", "local"), default="global",
+                        help="GAR's PageRank: global power iteration (default) or local push from the seeds "
+                             "(reads only their neighbourhood; `mmai bench memory` compares the two)")
     search.add_argument("--gar", action="store_true", help="graph-augmented re-ranking with explanations")
     search.add_argument("--explain", type=Path, default=None, metavar="DIR", help="save saliency panels here")
     search.add_argument("--recency-weight", type=float, default=0.0, help="weight of recency (default 0: off)")
@@ -319,7 +322,7 @@ def run_search(args: argparse.Namespace) -> int:
             now = parse_time(args.now, "--now")
         parsed = memory.understand(args.query, _filters_of(args), now, parse=not args.no_parse)
         options = SearchOptions(rerank=args.rerank, rerank_k=args.rerank_k, stage1_weight=args.stage1_weight,
-                                gar=args.gar, gar_weight=args.gar_weight, damping=args.damping,
+                                gar=args.gar, gar_weight=args.gar_weight, damping=args.damping, ppr=args.ppr,
                                 explain_dir=args.explain, recency_weight=args.recency_weight,
                                 following=args.following or parsed.following, burst_s=args.burst_s,
                                 top_down=args.top_down, top_down_mass=args.top_down_mass,

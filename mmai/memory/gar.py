@@ -50,7 +50,7 @@ from scipy import sparse
 
 from mmai.memory.edges import temporal_pairs
 from mmai.memory.graph import EDGE_REASONS, EpisodicGraph
-from mmai.memory.ppr import Transition, personalized_pagerank, power_iteration
+from mmai.memory.ppr import Transition, personalized_pagerank, power_iteration, push_pagerank
 
 __all__ = ["GAR_MODES", "Contribution", "Explanation", "GARResult", "GraphAugmentedRetriever",
            "personalized_pagerank"]
@@ -62,6 +62,7 @@ GAR_MODES: dict[str, dict[str, Any]] = {
     "burst": {"num_seeds": 5, "seed_normalisation": "rank", "semantic_edges": False, "burst_hits": 3},
 }
 SEED_NORMALISATIONS = ("minmax", "softmax", "rank")
+PPR_METHODS = ("global", "local")  #: how the walk is computed: power iteration, or push from the seeds
 
 _TIE_BREAK = 1e-9  # far below any score difference that matters, far above float64 rounding
 
@@ -123,6 +124,8 @@ class GARResult:
         activation: ``(Q, k)`` the normalised activation part.
         burst_of: ``(Q, k)`` the anchor id of each burst-mate the burst rule placed, else -1.
         explanations: per query, one :class:`Explanation` per returned id (when asked for).
+        seed_weights: ``(Q, K)`` each hit's weight as a seed (0 for the hits that do not seed), for
+            :meth:`GraphAugmentedRetriever.explain` of a part of the list.
     """
 
     ids: np.ndarray
@@ -131,6 +134,7 @@ class GARResult:
     activation: np.ndarray
     burst_of: np.ndarray | None = None
     explanations: list[list[Explanation]] | None = None
+    seed_weights: np.ndarray | None = None
 
 
 def normalise_scores(
@@ -186,6 +190,10 @@ class GraphAugmentedRetriever:
         recency_half_life_s: recency half-life in seconds (default 30 days).
         tol, max_iter: PageRank convergence (defaults 1e-10, 100).
         batch_size: queries per PageRank batch (default 64; memory ~ 3 x batch x N x 8 bytes).
+        ppr: ``"global"`` (default): power iteration over the whole graph (batched);
+            ``"local"``: forward push from the seeds (:func:`~mmai.memory.ppr.push_pagerank`), which
+            touches only their neighbourhood: one query's cost no longer grows with the graph.
+        push_eps: the push's residual bound per node (default 1e-10 of the seed mass).
     """
 
     def __init__(
@@ -209,6 +217,8 @@ class GraphAugmentedRetriever:
         tol: float = 1e-10,
         max_iter: int = 100,
         batch_size: int = 64,
+        ppr: str = "global",
+        push_eps: float = 1e-10,
     ) -> None:
         if not 0 <= gar_weight <= 1 or not 0 <= damping < 1:
             raise ValueError(f"GAR: need 0 <= gar_weight <= 1 and 0 <= damping < 1, got gar_weight={gar_weight}, "
@@ -216,6 +226,8 @@ class GraphAugmentedRetriever:
         if seed_normalisation not in SEED_NORMALISATIONS:
             raise ValueError(f"GAR: seed_normalisation must be 'minmax', 'softmax' or 'rank', "
                              f"got {seed_normalisation!r}")
+        if ppr not in PPR_METHODS:
+            raise ValueError(f"GAR: ppr must be one of {PPR_METHODS}, got {ppr!r}")
         if num_seeds is not None and num_seeds < 1:
             raise ValueError(f"GAR: num_seeds must be >= 1 or None, got {num_seeds}")
         if burst_hits < 0 or burst_window_s < 0 or (max_burst_mates is not None and max_burst_mates < 0):
@@ -230,6 +242,7 @@ class GraphAugmentedRetriever:
         self.access_weight = access_weight
         self.recency_half_life_s = recency_half_life_s
         self.tol, self.max_iter, self.batch_size = tol, max_iter, batch_size
+        self.ppr, self.push_eps = ppr, float(push_eps)
         self.edge_kinds = ("temporal", "semantic") if self.semantic_edges else ("temporal",)
         self.transition = Transition.from_adjacency(graph.to_csr(weight="weight" if self.semantic_edges
                                                                  else "temporal_weight"))
@@ -326,7 +339,7 @@ class GraphAugmentedRetriever:
             for batch in (slice(s, s + self.batch_size) for s in range(0, len(positions), self.batch_size))
         ]
         ids, scores, parts_r, parts_a, burst_of = (np.concatenate(column) for column in zip(*outputs))
-        result = GARResult(ids, scores, parts_r, parts_a, burst_of)
+        result = GARResult(ids, scores, parts_r, parts_a, burst_of, seed_weights=seed_weights)
         if explain:
             result.explanations = [self.explain(hit_ids[q], seed_weights[q], ids[q], burst_of=burst_of[q])
                                    for q in range(len(ids))]
@@ -355,7 +368,11 @@ class GraphAugmentedRetriever:
         """Activation ``(b, N)`` in [0, 1]: personalised PageRank of dense ``seeds`` ``(b, N)``,
         divided by each row's maximum."""
         personalization = (seeds / seeds.sum(axis=1, keepdims=True)).T  # (N, b)
-        activation = power_iteration(self.transition, personalization, self.damping, self.tol, self.max_iter).T
+        if self.ppr == "local":
+            activation = np.stack([push_pagerank(self.transition, column, self.damping, self.push_eps)
+                                   for column in personalization.T])  # (b, N)
+        else:
+            activation = power_iteration(self.transition, personalization, self.damping, self.tol, self.max_iter).T
         return activation / activation.max(axis=1, keepdims=True)  # (b, N)
 
     def _rerank_batch(self, positions, retrieval, seed_weights, anchors, k: int, prior: np.ndarray | float):

@@ -9,6 +9,10 @@ Chroma does not (or a missing/damaged file) is rebuilt from Chroma. It is exact 
 FAISS (semantic edges) on first use and kept in memory; memories added or forgotten in this
 process update it in place (:meth:`EpisodicGraph.updated`), another process's writes rebuild it.
 
+Only a holder of the store's write lock writes ``index.npz``: a reader that finds it stale repairs
+the index in memory (:attr:`IndexSync.unsaved` says so) and :meth:`IndexSync.persist_pending` saves
+it later, under the lock. :meth:`IndexSync.table` is the in-memory metadata table of filtered search.
+
 FAISS and the graph need int64 ids: a memory's is the integer value of its first 15 hex digits
 (:func:`int_id`); :attr:`IndexSync.str_ids` maps them back.
 """
@@ -27,6 +31,7 @@ from mmai.memory.files import atomic_write
 from mmai.memory.graph import EpisodicGraph, GraphConfig
 from mmai.memory.index import VectorIndex
 from mmai.memory.store import MemoryStore
+from mmai.memory.table import MemoryTable
 
 __all__ = ["HNSW_FROM", "PAGE", "IndexSync", "ids_digest", "int_id"]
 
@@ -65,8 +70,16 @@ class IndexSync:
         self.index: VectorIndex | None = None
         self.str_ids: dict[int, str] = {}
         self.problem: str | None = None  # why the saved index could not be used, after load()
+        #: why the in-memory index differs from ``index.npz`` (a reader repaired it without the
+        #: write lock), ``None`` when the file is up to date; see :meth:`persist_pending`.
+        self.unsaved: str | None = None
+        self._previous_of: tuple | None = None  # (mtime, size, inode) of an index.npz to keep as previous
+        #: after a reader's :meth:`sync`: memories in Chroma it could not read yet (another process
+        #: is writing them), else ``None``; the next read tries again
+        self.incomplete: str | None = None
         self._graph: EpisodicGraph | None = None
         self._touched: set[int] = set()  # int ids whose graph attributes changed since the graph was made
+        self._table: MemoryTable | None = None
 
     @property
     def index_path(self) -> Path:
@@ -139,8 +152,16 @@ class IndexSync:
             self.problem = f"{self.index_path} damaged: {error}"
         return None  # rebuilt from Chroma, the source of truth
 
-    def sync(self) -> str:
-        """Make the FAISS index hold exactly Chroma's memories; returns what was done."""
+    def sync(self, persist: bool = True) -> str:
+        """Make the FAISS index hold exactly Chroma's memories; returns what was done.
+
+        Args:
+            persist: save what changed (``index.npz``, and an index over memories Chroma lacks
+                kept as ``index.previous.npz``). Only a caller holding the store's write lock may;
+                a reader passes ``False``: the repaired index lives in memory and :attr:`unsaved`
+                says why, until :meth:`persist_pending` (under the lock) writes it.
+        """
+        self.incomplete = None
         ids = self.chroma_ids()
         self.set_ids(ids)
         wanted = np.array([int_id(i) for i in ids], dtype=np.int64)
@@ -149,37 +170,81 @@ class IndexSync:
             self.index = None
             return "empty"
         if index is None or index.dim != self.store.dim or not np.isin(index.ids, wanted).all():
-            if index is not None and self.index_path.is_file():
-                # it holds embeddings Chroma lacks: kept for `mmai memory rebuild` to restore them from
-                atomic_write(self.previous_path, lambda file: file.write(self.index_path.read_bytes()))
-            self.rebuild()
+            keep_previous = index is not None and self.index_path.is_file()
+            # an index over memories Chroma lacks is kept for `mmai memory rebuild` to restore them from
+            self.rebuild(persist=persist, keep_previous=keep_previous)
             why = "it did not match Chroma" if index is not None else self.problem
             return "rebuilt from Chroma" + (f" ({why})" if why else "")
         missing = wanted[~np.isin(wanted, index.ids)]
         self.index = index
         if len(missing):
-            records = self.store.get([self.str_ids[int(m)] for m in missing])
+            from chromadb.errors import InternalError
+
+            wanted_ids = [self.str_ids[int(m)] for m in missing]
+            try:
+                records = self.store.get(wanted_ids)
+            except InternalError:
+                if persist:
+                    raise  # the owner reopens Chroma and retries
+                self.store.reopen()  # this client may be stale (a write that did not announce itself)
+                try:
+                    records = self.store.get(wanted_ids)
+                except InternalError:
+                    # another process is writing them now: its Chroma client has not flushed their
+                    # vectors yet, so none can read them; the reader goes on without them until it can
+                    self.incomplete = f"{len(missing)} memories being written by another process, not readable yet"
+                    return f"in sync but for {self.incomplete}"
             index.add(records.embeddings, missing, progress=self.progress)
-            self.save()
+            self._changed(persist, keep_previous=False)
             self.invalidate()
             return f"added {len(missing)} missing from Chroma"
         return "in sync"
 
-    def reload(self) -> str:
-        """Forget the in-memory index and graph, then :meth:`sync` from the saved file (another
-        process wrote)."""
-        self.index = None
-        self.invalidate()
-        return self.sync()
+    def _file_state(self) -> tuple | None:
+        try:
+            stat = self.index_path.stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
-    def rebuild(self) -> None:
-        """A fresh index from every embedding in Chroma."""
+    def _changed(self, persist: bool, keep_previous: bool) -> None:
+        """The in-memory index differs from ``index.npz``: save now (``persist``) or remember it."""
+        if keep_previous and self._previous_of is None:
+            self._previous_of = self._file_state()  # the file that holds memories Chroma lacks
+        if persist:
+            self.persist_pending(force=True)
+        else:
+            self.unsaved = "rebuilt in memory" if keep_previous or self._previous_of else "repaired in memory"
+
+    def persist_pending(self, force: bool = False) -> bool:
+        """Write the index repaired by a reader (call under the write lock); returns whether it wrote.
+
+        A saved index over memories Chroma lacks is first copied to ``index.previous.npz`` if the
+        file is still the one the repair replaced (another writer may have saved a newer one since:
+        that one is not "previous" and is simply overwritten by the repaired index)."""
+        if self.unsaved is None and not force:
+            return False
+        if self._previous_of is not None and self._file_state() == self._previous_of:
+            atomic_write(self.previous_path, lambda file: file.write(self.index_path.read_bytes()))
+        self.save()
+        return True
+
+    def reload(self, persist: bool = True) -> str:
+        """Forget the in-memory index and graph, then :meth:`sync` from the saved file (another
+        process wrote); ``persist`` as in :meth:`sync`."""
+        self.index = None
+        self.unsaved, self._previous_of = None, None  # the file on disk is what counts now
+        self.invalidate()
+        return self.sync(persist)
+
+    def rebuild(self, persist: bool = True, keep_previous: bool = False) -> None:
+        """A fresh index from every embedding in Chroma (saved unless ``persist=False``, see :meth:`sync`)."""
         records = self.store.all_embeddings(progress=self.progress)
         self.set_ids(records.ids)
         numbers = np.array([int_id(i) for i in records.ids], dtype=np.int64)
         self.index = VectorIndex.build(records.embeddings, numbers, kind=self.kind_for(len(numbers)),
                                        use_gpu=self.use_gpu, progress=self.progress)
-        self.save()
+        self._changed(persist, keep_previous)
         self.invalidate()
 
     def rebuild_from(self, keep: np.ndarray) -> None:
@@ -204,6 +269,7 @@ class IndexSync:
                     "dim": self.index.dim, "saved_at": time.time()}
         data = (json.dumps(manifest, indent=1) + "\n").encode()
         atomic_write(self.manifest_path, lambda file: file.write(data))
+        self.unsaved, self._previous_of = None, None
 
     def add(self, ids: list[str], vectors: np.ndarray) -> None:
         """Add new memories' unit vectors ``(n, E)`` to the in-memory index (saved by :meth:`finish`)."""
@@ -231,20 +297,44 @@ class IndexSync:
 
     # ------------------------------------------------------------------ the graph
     def invalidate(self) -> None:
-        """Forget state that depends on the set of memories (the graph here, the owner's caches)."""
+        """Forget state that depends on the set of memories (the graph and table here, the owner's caches)."""
         self._graph = None
+        self._table = None
         self._touched.clear()
         self._on_change()
 
     def _memories_changed(self) -> None:
-        """Memories were added or removed here: the graph is brought up to date incrementally
-        (:meth:`EpisodicGraph.updated`) on its next use instead of being rebuilt."""
+        """Memories were added or removed here: the table is read again, and the graph is brought
+        up to date incrementally (:meth:`EpisodicGraph.updated`) on its next use, not rebuilt."""
+        self._table = None
         self._on_change()
 
     def touch(self, ids: Iterable[str]) -> None:
         """Stored memories whose graph attributes (time, place, importance) changed: the next
         :meth:`graph` re-reads them."""
         self._touched.update(int_id(i) for i in ids)
+    def forget_table(self) -> None:
+        """Drop the metadata table (a record changed in Chroma; the graph keeps its own copy)."""
+        self._table = None
+
+    def table(self) -> MemoryTable:
+        """Every indexed memory's metadata columns and vector (:class:`~mmai.memory.table.MemoryTable`):
+        metadata read from Chroma (no embeddings), vectors from the FAISS index (the ones stage 1
+        scores), on first use; kept until a change."""
+        if self._table is None:
+            if self.index is None:
+                raise ValueError(f"{self.root} holds no memories: ingest some before searching them")
+            ids, metadatas = [], []
+            for offset in range(0, self.store.count(), PAGE):
+                page = self.store.collection.get(limit=PAGE, offset=offset, include=["metadatas"])
+                ids += page["ids"]
+                metadatas += [metadata or {} for metadata in page["metadatas"]]
+            numbers = np.array([int_id(i) for i in ids], dtype=np.int64)
+            indexed = np.isin(numbers, self.index.ids)  # a memory another process is still writing is left out
+            keep = np.flatnonzero(indexed)
+            self._table = MemoryTable([ids[i] for i in keep], numbers[keep], self.index.reconstruct(numbers[keep]),
+                                      [metadatas[i] for i in keep])
+        return self._table
 
     def graph(self) -> EpisodicGraph:
         """The episodic graph over every memory: built from Chroma + FAISS on first use, then

@@ -88,6 +88,7 @@ class Journal:
                  on_lock: Callable[[], None] = lambda: None, *, repair: bool = False) -> None:
         self.root, self.lock_timeout, self._mutex, self._on_lock = Path(root), lock_timeout, mutex, on_lock
         self._depth = 0
+        self.on_changed: Callable[[], None] = lambda: None  # called after this process wrote Chroma
         self.repaired_generation = False
         try:
             self.generation = self.read_generation()  # the token this process last saw
@@ -131,6 +132,7 @@ class Journal:
         """Record that this process wrote Chroma (readers elsewhere see a new generation and reopen)."""
         self.generation = f"{uuid.uuid4().hex} {os.getpid()}\n"
         atomic_write(self.generation_path, lambda file: file.write(self.generation.encode()))
+        self.on_changed()
 
     # ------------------------------------------------------------------ journal
     def confirm(self, ids: list[str], paths: list[str], records: list[dict] | None = None) -> None:
@@ -234,6 +236,33 @@ class Journal:
                     handle.flush()
                     self._on_lock()
                     yield
+                finally:
+                    self._depth = 0
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @property
+    def holds_lock(self) -> bool:
+        """Whether this object holds the write lock now (inside :meth:`write_lock`)."""
+        return self._depth > 0
+
+    @contextmanager
+    def lock_if_free(self) -> Iterator[bool]:
+        """The write lock if no other process holds it (``True``), else ``False`` at once, never
+        waiting: a reader that repaired derived files in memory writes them only so. Does not
+        call ``on_lock`` (the caller has just looked at the store)."""
+        with self._mutex:
+            if self._depth:
+                yield True
+                return
+            with open(self.root / ".lock", "a+") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    yield False
+                    return
+                self._depth = 1
+                try:
+                    yield True
                 finally:
                     self._depth = 0
                     fcntl.flock(handle, fcntl.LOCK_UN)

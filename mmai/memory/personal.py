@@ -28,6 +28,9 @@ then fail with ``InternalError: Error finding id``). Each public read (and each 
 holds the lock) compares the store's generation with the one it last saw and, when it changed,
 reopens Chroma and reloads the FAISS index (:meth:`PersonalMemory.refresh`); a read that still
 meets that error reopens and retries once. A long-running dashboard thus sees every write.
+Readers never write without the write lock: an index found stale is repaired in memory and saved
+only when the lock is free at once (else by the next writer); Chroma's count is asked only when its
+database file changed since the count last matched.
 
 Scale path. ``PersonalMemory(root, ckpt, chroma_host="db.example", chroma_port=8000)`` keeps the
 memories in a Chroma server shared by several machines; each machine's ``root`` then holds only
@@ -169,6 +172,7 @@ class PersonalMemory:
         self.sync = IndexSync(self.root, self.store, use_gpu=use_gpu_index, index_kind=index_kind,
                               graph_config=graph_config or GraphConfig(), progress=progress,
                               on_change=lambda: self.records.forget_cache())
+        self.journal.on_changed = self.sync.forget_table  # a record may have changed: the table re-reads
         self.records = Records(self.store, self.sync, self.media_dir)
         self.searcher = Searcher(self.store, self.sync, self.records, self.models)
         self.maintenance = Maintenance(self.store, self.sync, self.records, self.journal, self.media_dir,
@@ -176,8 +180,9 @@ class PersonalMemory:
         self.access_log = AccessLog(self.root)
         self.ingester = Ingester(self.store, self.sync, self.journal, self.models, self.media_dir, self._write_lock,
                                  absorb=self.maintenance.absorb)
+        self._counted_at: tuple | None = None  # Chroma's files when their count last matched the index
         with self._mutex:
-            self.repaired = self.sync.sync()
+            self.repaired = self._sync_derived(self.sync.sync)
 
     def __repr__(self) -> str:
         return f"PersonalMemory({str(self.root)!r}, memories={self.store.count()}, chroma={self.store.location!r})"
@@ -225,7 +230,8 @@ class PersonalMemory:
                 return False
             self.store.reopen()
             self.journal.generation = generation
-            self.repaired = self.sync.reload()
+            self._counted_at = None
+            self.repaired = self._sync_derived(self.sync.reload)
             return True
 
     def _retrying(self, call, *args: Any, **kwargs: Any):
@@ -239,11 +245,54 @@ class PersonalMemory:
             return call(*args, **kwargs)
 
     def _fresh(self) -> None:
-        """Reopen after another process's writes; repair the index if Chroma's count differs."""
+        """Reopen after another process's writes; repair the index if Chroma's count differs.
+
+        Readers never write without the write lock: an index repaired here lives in memory and is
+        saved only if the lock is free at once (:meth:`_sync_derived`), else by the next writer.
+        Chroma's count is read only when its files changed since it last matched (a stat, not a query)."""
         if self.refresh():
             return
-        if len(self.sync) != self.store.count():
-            self.sync.sync()
+        if self.sync.unsaved is not None:  # a writer saves what a read repaired in memory; a reader tries again
+            self._persist_if_free()
+        signature = self._chroma_signature()
+        if signature is not None and signature == self._counted_at:
+            return
+        if len(self.sync) != self.store.count() or self.sync.incomplete:
+            self._sync_derived(self.sync.sync)
+        if not self.sync.incomplete:
+            self._counted_at = signature
+
+    def _chroma_signature(self) -> tuple | None:
+        """``(mtime, size, inode)`` of the embedded Chroma database and its write-ahead log
+        (``None`` for a Chroma server, whose count is always asked)."""
+        if not self.store.is_local:
+            return None
+        folder = self.root / "chroma"
+        signature = []
+        for name in ("chroma.sqlite3", "chroma.sqlite3-wal"):
+            try:
+                stat = os.stat(folder / name)
+            except FileNotFoundError:
+                signature.append(None)
+                continue
+            signature.append((stat.st_mtime_ns, stat.st_size, stat.st_ino))
+        return tuple(signature)
+
+    def _sync_derived(self, call) -> str:
+        """``call(persist=...)`` (:meth:`IndexSync.sync <mmai.memory.index_sync.IndexSync.sync>` or
+        ``reload``): a writer (holding the lock) saves what it repairs; a reader repairs in memory and
+        saves only if it can take the write lock at once and nobody wrote meanwhile."""
+        done = call(persist=self.journal.holds_lock)
+        if self.sync.unsaved is not None:
+            self._persist_if_free()
+        return done
+
+    def _persist_if_free(self) -> None:
+        """Save the index a read repaired in memory, if the write lock is free now (never waits) and
+        no other process wrote since this one last looked (else the next read reloads instead)."""
+        with self.journal.lock_if_free() as locked:
+            if locked and self.journal.read_generation() == self.journal.generation:
+                self.sync.persist_pending()
 
     def _write_lock(self):
         """The store's exclusive write lock (re-entrant within this object: nested writes share it)."""

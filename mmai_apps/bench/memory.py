@@ -21,7 +21,17 @@ graph) with a tiny *random* re-ranker checkpoint (``--checkpoint`` for a trained
    fusion re-ranker (its ``rerank_k`` image candidates re-encoded and scored), with GAR
    (personalised PageRank over the graph, explanations and related memories), and all together.
 
-The machine is shared (other processes may hold cores), so compare rows of one run.
+4. **Compare** (``--compare``). Each mode is timed again on the same queries with
+   ``SearchOptions(reference=True, ppr="global")``: the search before the in-memory table (Chroma's
+   filtered HNSW, global power-iteration PageRank, every GAR candidate explained, every image
+   re-encoded), in the same process, right after the fast path (``--ppr``, default ``"local"``).
+5. **Check** (``--check-queries N``). On N further captions, per mode: are the top-k id sets of the
+   fast and the reference path equal; for GAR, of local and global PageRank; for the filtered stage
+   1, of each path and a brute-force NumPy scan of every record read from Chroma.
+
+Every fill memory is its own entry in the re-ranker's patch cache (keyed by memory), so the cache
+helps only when a memory comes back in a later query, as it would for distinct photos; its hit rate
+is reported. The machine is shared (other processes may hold cores), so compare rows of one run.
 """
 
 from __future__ import annotations
@@ -74,6 +84,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one, removed)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ppr", choices=("local", "global"), default="local",
+                        help="GAR's PageRank in the timed searches (default local: push from the seeds)")
+    parser.add_argument("--compare", action="store_true",
+                        help="also time the reference path (SearchOptions(reference=True, ppr='global'): the search "
+                             "before the in-memory table) in the same run, mode by mode")
+    parser.add_argument("--check-queries", type=int, default=0,
+                        help="queries (after the timed ones) whose top-k id sets are compared: fast vs reference, local "
+                             "vs global PageRank, filtered stage 1 vs brute force (default 0: none)")
 
 
 # ---------------------------------------------------------------------- inputs
@@ -172,12 +190,19 @@ def reopen_without_index(memory, root: Path, checkpoint: Path):
                     "per_second": count / seconds, "seconds": seconds}
 
 
-def time_searches(memory, queries: list[str], mode: dict[str, Any], filters, k: int, warmup: int) -> list[float]:
-    """Milliseconds per query, end to end, for one search mode (``filters``: a
-    :class:`~mmai.memory.filters.Filters`, used when the mode says so)."""
+def search_options(mode: dict[str, Any], **settings: Any):
+    """The :class:`~mmai.memory.search.SearchOptions` of a mode, with ``settings`` (e.g. ``ppr``)."""
     from mmai.memory.search import SearchOptions
 
-    options = SearchOptions(**{key: value for key, value in mode.items() if key != "filters"})
+    return SearchOptions(**{key: value for key, value in mode.items() if key != "filters"}, **settings)
+
+
+def time_searches(memory, queries: list[str], mode: dict[str, Any], filters, k: int, warmup: int,
+                  **settings: Any) -> list[float]:
+    """Milliseconds per query, end to end, for one search mode (``filters``: a
+    :class:`~mmai.memory.filters.Filters`, used when the mode says so; ``settings``: more
+    :class:`~mmai.memory.search.SearchOptions` fields)."""
+    options = search_options(mode, **settings)
     chosen = filters if mode.get("filters") else None
     for query in queries[:warmup]:
         memory.search(query, k, chosen, options)
@@ -187,6 +212,46 @@ def time_searches(memory, queries: list[str], mode: dict[str, Any], filters, k: 
         memory.search(query, k, chosen, options)
         latencies.append((time.perf_counter() - start) * 1e3)
     return latencies
+
+
+def brute_force_filtered(memory, records, filters, query: str, k: int) -> set[str]:
+    """The top-``k`` ids under ``filters`` (year and place) by an exact scan in plain NumPy over
+    every record read from Chroma, independent of the search code."""
+    places = set(memory.records.place_values(filters.place))
+    keep = np.array([m.get("year") == filters.year and m.get("place") in places for m in records.metadatas])
+    vector = memory.encoder.embed_texts([query])[0].numpy()
+    rows = np.flatnonzero(keep)
+    scores = records.embeddings[rows] @ vector
+    return {records.ids[int(rows[i])] for i in np.argsort(-scores, kind="stable")[:k]}
+
+
+def check_queries(memory, queries: list[str], filters, k: int, ppr: str) -> list[dict[str, Any]]:
+    """Per mode, on how many queries two ways of searching return the same top-``k`` id set."""
+    records = memory.store.all_embeddings(progress=False)
+    brute = {query: brute_force_filtered(memory, records, filters, query, k) for query in queries}
+    rows = []
+    for name, mode in MODES.items():
+        chosen = filters if mode.get("filters") else None
+        ids = lambda query, **settings: {hit.id for hit in memory.search(query, k, chosen,  # noqa: E731
+                                                                          search_options(mode, **settings))}
+        counts = {"fast = reference": 0}
+        if mode.get("gar"):
+            counts["local = global PageRank"] = 0
+        if mode.get("filters") and not mode.get("gar") and not mode.get("rerank"):
+            counts.update({"fast = brute force": 0, "reference = brute force": 0})
+        for query in queries:
+            fast, reference = ids(query, ppr=ppr), ids(query, reference=True, ppr="global")
+            counts["fast = reference"] += fast == reference
+            if "local = global PageRank" in counts:
+                counts["local = global PageRank"] += ids(query, ppr="local") == ids(query, ppr="global")
+            if "fast = brute force" in counts:
+                counts["fast = brute force"] += fast == brute[query]
+                counts["reference = brute force"] += reference == brute[query]
+        for check, equal in counts.items():
+            rows.append({"stage": f"check: {name}: {check} (top-{k} sets)", "memories": len(records.ids),
+                         "equal": f"{equal}/{len(queries)}"})
+            print(f"check {name:<26} {check:<26} {equal}/{len(queries)}", flush=True)
+    return rows
 
 
 def bench_size(size: int, args: argparse.Namespace, work: Path, checkpoint: Path,
@@ -217,14 +282,31 @@ def bench_size(size: int, args: argparse.Namespace, work: Path, checkpoint: Path
     rows.append({"size": size, "stage": "episodic graph build", "memories": len(graph),
                  "per_second": len(graph) / seconds, "seconds": seconds})
     filters = Filters(year=2022, place=memory.known_places()[0])
-    queries = [captions[i] for i in rng.permutation(len(captions))[: args.queries + args.warmup]]
+    order = rng.permutation(len(captions))
+    queries = [captions[i] for i in order[: args.queries + args.warmup]]
     for name, mode in MODES.items():
-        latencies = time_searches(memory, queries, mode, filters, args.k, args.warmup)
-        rows.append({"size": size, "stage": f"search: {name}", "memories": memory.store.count(),
-                     "p50_ms": statistics.median(latencies), "p95_ms": _percentile(latencies, 95),
-                     "queries": len(latencies)})
-        print(f"size {size:>7}: {name:<26} p50 {rows[-1]['p50_ms']:8.1f} ms  p95 {rows[-1]['p95_ms']:8.1f} ms",
-              flush=True)
+        settings = {"ppr": args.ppr}
+        latencies = time_searches(memory, queries, mode, filters, args.k, args.warmup, **settings)
+        row = {"size": size, "stage": f"search: {name}", "memories": memory.store.count(),
+               "p50_ms": statistics.median(latencies), "p95_ms": _percentile(latencies, 95), "queries": len(latencies)}
+        line = f"size {size:>7}: {name:<26} p50 {row['p50_ms']:8.1f} ms  p95 {row['p95_ms']:8.1f} ms"
+        if args.compare:
+            reference = time_searches(memory, queries, mode, filters, args.k, args.warmup, reference=True, ppr="global")
+            row.update({"reference_p50_ms": statistics.median(reference),
+                        "reference_p95_ms": _percentile(reference, 95)})
+            line += f"   reference p50 {row['reference_p50_ms']:8.1f} ms  p95 {row['reference_p95_ms']:8.1f} ms"
+        rows.append(row)
+        print(line, flush=True)
+    cache = memory.searcher.patch_cache
+    rows.append({"size": size, "stage": "re-ranker patch cache (timed fast searches)", "memories": len(cache._entries),
+                 "hit_rate": f"{cache.hits}/{cache.hits + cache.misses}"})
+    if args.check_queries:
+        start = args.queries + args.warmup
+        checked = [captions[i] for i in order[start:start + args.check_queries]]
+        if len(checked) < args.check_queries:
+            raise ValueError(f"--check-queries {args.check_queries}: only {len(checked)} captions left after the "
+                             "timed ones; lower it or raise --files")
+        rows += [{"size": size, **row} for row in check_queries(memory, checked, filters, args.k, args.ppr)]
     memory.close()
     return rows
 
@@ -255,5 +337,10 @@ def run(args: argparse.Namespace) -> BenchResult:
         "queries": f"{args.queries} synthetic captions per mode after {args.warmup} warm-up; latency is end to end "
                    "(query encoding included)",
         "k": args.k, "torch_threads": torch.get_num_threads(),
+        "fast path": (f"SearchOptions defaults with ppr={args.ppr!r}: filters as an in-memory table mask + exact scan, "
+                      "GAR explaining only the returned hits, re-ranker patch tokens cached per memory (LRU)"),
+        "reference": ("SearchOptions(reference=True, ppr='global'), run in the same process: Chroma's filtered HNSW, "
+                      "global power-iteration PageRank, every GAR candidate explained, every image re-encoded")
+        if args.compare else "not run",
     }
     return BenchResult(rows=rows, meta=meta)
