@@ -103,7 +103,8 @@ def test_init_from_a_checkpoint_with_another_embed_dim_is_a_clear_error(shards, 
 
 
 def _run_mmai(args: list[str], tmp_path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "WANDB_MODE": "offline"}
+    # this checkout first (not whichever mmai the interpreter has installed), and the tests folder for the probes
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "WANDB_MODE": "offline"}
     result = subprocess.run([sys.executable, "-m", "mmai_apps.cli", *args], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:

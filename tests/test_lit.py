@@ -237,7 +237,8 @@ def test_two_cpu_ranks_build_one_cache_and_train_on_it(synth_shards, tmp_path):
 
     args = lit_args(synth_shards, tmp_path / "run", "--trainer.max_epochs", "1", "--trainer.devices", "2",
                     "--trainer.strategy", "ddp", "--model.feature_cache_dir", str(tmp_path / "cache"))
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "WANDB_MODE": "offline"}
+    # this checkout first (not whichever mmai the interpreter has installed), and the tests folder for the probes
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "WANDB_MODE": "offline"}
     done = subprocess.run([sys.executable, "-m", "mmai_apps.cli", "fit", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)  # Lightning relaunches the command per rank
     assert done.returncode == 0, done.stderr[-3000:]
