@@ -244,3 +244,19 @@ def test_forget_by_retention_lists_asks_and_only_forgets_with_yes(store, capsys)
         assert memory.check() == []
     journal = (store / "ingest.journal.jsonl").read_text()
     assert '"why": "forget --policy retention"' in journal
+
+
+def test_search_recency_counts_from_the_last_open_not_only_from_when_it_was_made(store):
+    """Generative Agents' recency is by last access: an old note the user just opened outranks a
+    newer one under a recency weight, and only after the open."""
+    from mmai.memory.personal import PersonalMemory
+    from mmai.memory.search import SearchOptions
+
+    notes = _by_note(store)
+    options = SearchOptions(recency_weight=5.0, recency_half_life_days=1.0, now=1_704_672_000.0)  # 2024-01-08
+    with PersonalMemory(store, progress=False) as memory:
+        before = [h.id for h in memory.search("a bird near the water", k=6, options=options)]
+        assert before[0] == notes[5]  # the newest note (Jan 6) leads by recency
+        memory.open(notes[0], when=1_704_670_000.0)  # the oldest note (Jan 1), opened just before "now"
+        after = [h.id for h in memory.search("a bird near the water", k=6, options=options)]
+    assert after[0] == notes[0] and after[1:] == [i for i in before if i != notes[0]]

@@ -174,7 +174,8 @@ class PersonalMemory:
                               on_change=lambda: self.records.forget_cache())
         self.journal.on_changed = self.sync.forget_table  # a record may have changed: the table re-reads
         self.records = Records(self.store, self.sync, self.media_dir)
-        self.searcher = Searcher(self.store, self.sync, self.records, self.models)
+        self.searcher = Searcher(self.store, self.sync, self.records, self.models,
+                                 last_opened=lambda: {i: a.last for i, a in self.access_log.read().items()})
         self.maintenance = Maintenance(self.store, self.sync, self.records, self.journal, self.media_dir,
                                        self._write_lock, progress)
         self.access_log = AccessLog(self.root)

@@ -33,7 +33,7 @@ import os
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -87,7 +87,9 @@ class SearchOptions:
             mode's, off for ``"burst"``); the graph itself is built by the memory's ``GraphConfig``.
         related_k: related memories per hit with ``gar`` (default 5).
         explain_dir: write a saliency panel per image hit here (needs a re-ranker checkpoint).
-        recency_weight: add ``recency_weight * 0.5 ** (age / half-life)`` (default 0: off).
+        recency_weight: add ``recency_weight * 0.5 ** (age / half-life)`` (default 0: off); the age
+            counts from the last access: the later of when the memory was made and when it was last
+            opened (:meth:`PersonalMemory.open`).
         recency_half_life_days: half-life of recency (default 30).
         importance_weight: add ``importance_weight * importance`` (default 0: off).
         now: reference time for recency, unix seconds (default: the clock).
@@ -258,8 +260,10 @@ class Searcher:
         store, sync, records, models: the memory's parts (the caller holds the memory's lock).
     """
 
-    def __init__(self, store: MemoryStore, sync: IndexSync, records: Records, models: MemoryModels) -> None:
+    def __init__(self, store: MemoryStore, sync: IndexSync, records: Records, models: MemoryModels,
+                 last_opened: Callable[[], dict[str, float]] = dict) -> None:
         self.store, self.sync, self.records, self.models = store, sync, records, models
+        self.last_opened = last_opened  # memory id -> when the user last opened it (the access log)
         self._gar: GraphAugmentedRetriever | None = None
         self._gar_settings: tuple | None = None  # the options self._gar was built with
         self._top_down = None  # (graph, TopDownIndex) of the last top-down search
@@ -370,18 +374,22 @@ class Searcher:
             if not (recency_weight or importance_weight):
                 return hits
             lowest = min((hit.stage1_score for hit in hits), default=0.0)
-            self._weigh(hits, options)
+            self._weigh(hits, options, self.last_opened() if recency_weight else {})
             bound = lowest + max(recency_weight, 0.0) + max(importance_weight, 0.0)
             if list_length >= total or len(hits) < list_length or (len(hits) >= k and hits[k - 1].score >= bound):
                 return hits
             list_length = min(4 * list_length, total)
 
     @staticmethod
-    def _weigh(hits: list[SearchHit], options: SearchOptions) -> None:
-        """Generative Agents' recency and importance added to the stage-1 score (both off by default)."""
+    def _weigh(hits: list[SearchHit], options: SearchOptions, opened: dict[str, float] | None = None) -> None:
+        """Generative Agents' recency and importance added to the stage-1 score (both off by default).
+        Recency counts from the memory's last access, as in Generative Agents: the later of when it
+        was made and when the user last opened it (``opened``: id -> unix seconds)."""
         if not hits or (not options.recency_weight and not options.importance_weight):
             return
-        times = np.array([hit.metadata.get("timestamp", np.nan) for hit in hits], dtype=np.float64)
+        opened = opened or {}
+        times = np.array([np.fmax(hit.metadata.get("timestamp", np.nan), opened.get(hit.id, np.nan)) for hit in hits],
+                         dtype=np.float64)
         now = time.time() if options.now is None else float(options.now)
         recency = _recency(times, now, options.recency_half_life_days * 86_400.0)
         for hit, fresh in zip(hits, recency.tolist()):
