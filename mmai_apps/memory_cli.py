@@ -109,9 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--gar-weight", type=float, default=0.5,
                         help="GAR's weight of the retrieval score against graph activation (default 0.5)")
     search.add_argument("--damping", type=float, default=0.5, help="GAR's PageRank damping (default 0.5)")
-    search.add_argument("--ppr", choices=("global", "local"), default="global",
-                        help="GAR's PageRank: global power iteration (default) or local push from the seeds "
-                             "(reads only their neighbourhood; `mmai bench memory` compares the two)")
+    search.add_argument("--ppr", choices=("global", "local"), default="local",
+                        help="GAR's PageRank: local push from the seeds (default; reads only their neighbourhood) "
+                             "or global power iteration (`mmai bench memory --check-queries` compares the two)")
     search.add_argument("--gar", action="store_true", help="graph-augmented re-ranking with explanations")
     search.add_argument("--explain", type=Path, default=None, metavar="DIR", help="save saliency panels here")
     search.add_argument("--recency-weight", type=float, default=0.0, help="weight of recency (default 0: off)")
