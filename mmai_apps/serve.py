@@ -64,6 +64,7 @@ from mmai.memory.ingest import SUFFIXES, IngestError, parse_time, read_memory_fi
 from mmai.memory.personal import PersonalMemory  # noqa: E402
 from mmai.memory.search import SearchOptions  # noqa: E402
 from mmai.memory.words import after_anchor  # noqa: E402
+from mmai.memory.write_policy import POLICIES  # noqa: E402
 from mmai.saliency import load_font, wrap_text  # noqa: E402
 
 DEFAULT_HOST = "127.0.0.1"
@@ -464,8 +465,11 @@ class Dashboard:
         return "**Associated memories** (episodic graph)\n\n" + "\n".join(rows)
 
     # ---------------------------------------------------------------- add
-    def upload(self, files: Sequence[Any] | None, place: str | None = None, when: str | None = None) -> str:
-        """Check the uploaded files, ingest those that pass, and report every file's fate (markdown)."""
+    def upload(self, files: Sequence[Any] | None, place: str | None = None, when: str | None = None,
+               merge_bursts: bool = False) -> str:
+        """Check the uploaded files, ingest those that pass, and report every file's fate (markdown);
+        ``merge_bursts``: the write-time policy (:mod:`mmai.memory.write_policy`, ``ingest --policy
+        merge``) folds near-identical frames of a burst into its kept memory."""
         paths = [Path(getattr(item, "name", item)) for item in (files or [])]
         if not paths:
             return "Choose one or more photos (.jpg .png …), notes (.txt .md) or recordings (.wav .flac) first."
@@ -477,10 +481,10 @@ class Dashboard:
                 meta = upload_meta([check.name for check in accepted], place, when)
             except ValueError as error:
                 return f"**Nothing was added:** {md_escape(error)}"
-            lines = self._ingest(accepted, meta) + lines
+            lines = self._ingest(accepted, meta, merge_bursts) + lines
         return "\n".join(lines)
 
-    def _ingest(self, accepted: list[UploadCheck], meta: dict | None) -> list[str]:
+    def _ingest(self, accepted: list[UploadCheck], meta: dict | None, merge_bursts: bool = False) -> list[str]:
         """Ingest the accepted uploads with the form's place/time; their ``source_path`` is the
         name they were uploaded under (the file read is Gradio's temporary copy)."""
         overrides = {}
@@ -489,12 +493,17 @@ class Dashboard:
             if "time" in record:
                 record["source"] = "upload form"
             overrides[str(check.path.absolute())] = record
-        report = self.memory.ingest([check.path for check in accepted], progress=False, overrides=overrides)
+        report = self.memory.ingest([check.path for check in accepted], progress=False, overrides=overrides,
+                                    policy=POLICIES["merge"] if merge_bursts else None)
         added = set(report.added)
         lines = [f"- **added** {md_escape(check.name)} ({check.modality}) as `{check.memory_id}`" for check in accepted
                  if check.memory_id in added]
         lines += [f"- **duplicate** {md_escape(Path(path).name)} is already stored as `{memory_id}`"
                   for path, memory_id in report.duplicates]
+        lines += [f"- **merged** {md_escape(Path(path).name)} into `{target}` (same burst; undo: consolidate --undo)"
+                  for path, target in report.merged]
+        lines += [f"- **discarded** {md_escape(Path(path).name)}: a copy of `{target}` (listed in its sources)"
+                  for path, target in report.discarded]
         lines += [f"- **rejected** {md_escape(reason.replace(str(path), Path(path).name))}"
                   for path, reason in report.rejected]
         return lines
@@ -562,6 +571,8 @@ def build_app(memory: PersonalMemory, *, max_upload_mb: float = DEFAULT_MAX_UPLO
                                           elem_id="mmai-upload-place")
                 upload_time = gr.Textbox(label="Time (optional)", placeholder="2023-05-14T07:30:00Z",
                                          elem_id="mmai-upload-time")
+                merge_bursts = gr.Checkbox(label="Merge near-identical burst frames", value=False,
+                                           elem_id="mmai-merge-bursts")
             add = gr.Button("Add to memory", elem_id="mmai-add")
             upload_report = gr.Markdown(elem_id="mmai-upload-report")
 
@@ -581,7 +592,7 @@ def build_app(memory: PersonalMemory, *, max_upload_mb: float = DEFAULT_MAX_UPLO
                     gr.update(value=text, visible=bool(text)))
 
         gallery.select(on_select, [hits, searched], [overlay, overlay_note, details, related, audio, note])
-        add.click(board.upload, [files, upload_place, upload_time], upload_report)
+        add.click(board.upload, [files, upload_place, upload_time, merge_bursts], upload_report)
     return app
 
 

@@ -122,6 +122,14 @@ def test_dashboard_search_select_and_upload_in_headless_chromium(served, tmp_pat
         assert "#1 · " in captions and "#12 · " in captions
         save(page, shots, "2_results")
 
+        page.locator("#mmai-top-down input").check()  # issue 22: the top-down mode from the dashboard
+        page.click("#mmai-search")
+        page.locator("#mmai-status").get_by_text("top-down: scored").wait_for(timeout=120_000)
+        assert "stage 1 (top-down)" in page.locator("#mmai-status").inner_text()
+        assert results.count() == 12
+        save(page, shots, "2b_top_down")
+        page.locator("#mmai-top-down input").uncheck()
+
         page.locator("#mmai-modality input").click()
         page.get_by_role("option", name="image").click()
         page.click("#mmai-search")
@@ -150,6 +158,7 @@ def test_dashboard_search_select_and_upload_in_headless_chromium(served, tmp_pat
         # done, so its text is not "broken.jpg"; the cell's label is.
         page.locator('#mmai-upload [aria-label="broken.jpg"]').wait_for(timeout=90_000)
         page.fill("#mmai-upload-place textarea", "Powai Lake, Mumbai")
+        page.locator("#mmai-merge-bursts input").check()  # the write-time policy: nothing here to merge into
         page.click("#mmai-add")
         report = page.locator("#mmai-upload-report")
         report.get_by_text("new_heron.jpg").wait_for(timeout=120_000)

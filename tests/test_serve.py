@@ -187,6 +187,28 @@ def test_upload_stores_only_files_that_pass_the_checks_and_reports_each(tmp_path
     memory.close()
 
 
+def test_upload_with_the_merge_box_folds_a_re_encoded_copy_into_its_burst(tmp_path, checkpoints):
+    import io
+
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    (uploads / "heron.jpg").write_bytes(jpeg_bytes(1))
+    buffer = io.BytesIO()
+    Image.open(uploads / "heron.jpg").save(buffer, format="JPEG", quality=70)  # other bytes, the same shot
+    (uploads / "heroncopy.jpg").write_bytes(buffer.getvalue())
+    files = [str(uploads / "heron.jpg"), str(uploads / "heroncopy.jpg")]
+    for merge, stored in ((False, 2), (True, 1)):
+        memory = PersonalMemory(tmp_path / f"memory_{merge}", checkpoints["reranker"], progress=False)
+        report = Dashboard(memory).upload(files, "Powai Lake", "2021-03-04T05:06:07Z", merge_bursts=merge)
+        assert memory.stats()["memories"] == stored, report
+        if merge:  # one upload time for both: one burst; the copy joins the kept memory
+            assert any(line.startswith(("- **discarded** heroncopy.jpg", "- **merged** heroncopy.jpg"))
+                       for line in report.splitlines()), report
+            sources = memory.search("a bird")[0].metadata["sources"]
+            assert sorted(source["path"].split(": ")[-1] for source in sources) == ["heron.jpg", "heroncopy.jpg"]
+        memory.close()
+
+
 # ---------------------------------------------------------------------- filters
 def test_parse_filters_reads_the_form_and_names_the_bad_field():
     filters = parse_filters("2023", "Mumbai", "image", "2023-01-01", "2023-06-01T12:00:00Z")
