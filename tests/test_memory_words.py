@@ -305,6 +305,13 @@ def test_related_on_a_photo_lists_the_recording_made_with_it_first(tmp_path, che
     assert memory.related(song)[0].id == photo  # and a song brings up its photo
     memory.close()
 
+    # the same files without a place: the same minute alone is not "recorded together"
+    (folder / "meta.json").write_text(json.dumps({name: {"time": when} for name, when in meta.items()}))
+    unplaced = PersonalMemory(tmp_path / "unplaced", checkpoints["audio"], progress=False)
+    photo = unplaced.ingest([folder / name for name in meta], folder / "meta.json").added[0]
+    assert not any(r.reason.startswith("recorded together") for r in unplaced.related(photo))
+    unplaced.close()
+
 
 def test_every_diary_photo_brings_up_its_song(tmp_path, checkpoints, synth):
     paths, overrides = synthetic_collection(synth, limit=12, audio=True)

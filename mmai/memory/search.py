@@ -486,8 +486,9 @@ class Searcher:
         number = int_id(memory_id)
         place = graph.nodes[number].get("place")
         neighbours = graph[number]
+        # an unknown place is no evidence of the same place: files copied in one minute are not a moment
         moment = sorted(((other, data) for other, data in neighbours.items()
-                         if "temporal" in data["types"] and data["time_gap_s"] <= MOMENT_S
+                         if place and "temporal" in data["types"] and data["time_gap_s"] <= MOMENT_S
                          and graph.nodes[other].get("place") == place), key=lambda item: item[1]["time_gap_s"])
         edges = sorted(neighbours.items(), key=lambda item: -item[1]["weight"])[: int(k)]
         numbers = list(dict.fromkeys([other for other, _ in moment] + [other for other, _ in edges]))
