@@ -60,6 +60,7 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from mmai.memory.filters import Filters  # noqa: E402
+from mmai.memory.forgetting import POLICIES as FORGETTING, describe_usage, parse_budget  # noqa: E402
 from mmai.memory.ingest import SUFFIXES, IngestError, parse_time, read_memory_file  # noqa: E402
 from mmai.memory.personal import PersonalMemory  # noqa: E402
 from mmai.memory.search import SearchOptions  # noqa: E402
@@ -464,6 +465,45 @@ class Dashboard:
                         f"{md_escape(metadata.get('place') or '—')} |")
         return "**Associated memories** (episodic graph)\n\n" + "\n".join(rows)
 
+    # ---------------------------------------------------------------- forget by use
+    def forget_preview(self, policy: str, budget: str) -> tuple[str, list[str]]:
+        """What a budgeted forget would remove (markdown) and those ids (kept for the confirmation)."""
+        if policy not in FORGETTING:
+            return f"Choose a policy: {', '.join(FORGETTING)}.", []
+        try:
+            total = self.memory.store.count()
+            keep_count = parse_budget(budget, total)
+            kept, forgotten, score = self.memory.forget_plan(policy, keep_count)
+        except ValueError as error:
+            return f"**Nothing to preview:** {md_escape(error)}", []
+        if not forgotten:
+            return f"By **{policy}** every one of the {total} memories stays (budget {keep_count}).", []
+        stats = self.memory.access_log.read()
+        metadata = self.memory.records.metadata_of(forgotten)
+        rows = ["| memory | score | use | made | place |", "|---|---|---|---|---|"]
+        for memory_id in sorted(forgotten, key=lambda i: score[i])[:20]:
+            facts = metadata.get(memory_id, {})
+            label = md_escape(Path(str(facts.get("source_path", memory_id))).name)
+            rows.append(f"| {label} `{memory_id[:8]}` | {score[memory_id]:.3g} | "
+                        f"{md_escape(describe_usage(stats.get(memory_id)))} | "
+                        f"{format_time(facts.get('timestamp'))[:16]} | {md_escape(facts.get('place') or '—')} |")
+        more = f"\n\n… and {len(forgotten) - 20} more." if len(forgotten) > 20 else ""
+        return (f"By **{policy}**, keeping {len(kept)} of {total}, these **{len(forgotten)}** would be forgotten "
+                f"(tick the box and press Forget to do it):\n\n" + "\n".join(rows) + more), forgotten
+
+    def forget_by_use(self, policy: str, budget: str, confirmed: bool, previewed: list[str] | None) -> str:
+        """Forget exactly what :meth:`forget_preview` showed, once the user confirmed it."""
+        if not previewed:
+            return "Preview first: nothing is forgotten that was not shown."
+        if not confirmed:
+            return "Tick **Yes, forget the memories shown** to forget them; nothing was forgotten."
+        try:
+            keep_count = parse_budget(budget, self.memory.store.count())
+            forgotten = self.memory.forget_budget(policy, keep_count, expected=previewed)
+        except ValueError as error:
+            return f"**Nothing was forgotten:** {md_escape(error)}"
+        return f"Forgot {len(forgotten)} memories by **{policy}**; {self.memory.store.count()} remain."
+
     # ---------------------------------------------------------------- add
     def upload(self, files: Sequence[Any] | None, place: str | None = None, when: str | None = None,
                merge_bursts: bool = False) -> str:
@@ -575,6 +615,20 @@ def build_app(memory: PersonalMemory, *, max_upload_mb: float = DEFAULT_MAX_UPLO
                                            elem_id="mmai-merge-bursts")
             add = gr.Button("Add to memory", elem_id="mmai-add")
             upload_report = gr.Markdown(elem_id="mmai-upload-report")
+        with gr.Accordion("Forget by use", open=False):
+            with gr.Row():
+                forget_policy = gr.Dropdown(list(FORGETTING), value="retention", label="Keep by",
+                                            elem_id="mmai-forget-policy")
+                forget_budget = gr.Textbox(label="Keep (memories, or a share)", placeholder="e.g. 500 or 80%",
+                                           elem_id="mmai-forget-budget")
+                preview = gr.Button("Preview", elem_id="mmai-forget-preview")
+            forget_list = gr.Markdown(elem_id="mmai-forget-list")
+            previewed = gr.State([])
+            with gr.Row():
+                forget_yes = gr.Checkbox(label="Yes, forget the memories shown", value=False,
+                                         elem_id="mmai-forget-yes")
+                forget_now = gr.Button("Forget", variant="stop", elem_id="mmai-forget")
+            forget_report = gr.Markdown(elem_id="mmai-forget-report")
 
         inputs = [query, year, place, modality, after, before, rerank, gar, count, words, top_down]
         outputs = [gallery, hits, searched, status]
@@ -593,6 +647,8 @@ def build_app(memory: PersonalMemory, *, max_upload_mb: float = DEFAULT_MAX_UPLO
 
         gallery.select(on_select, [hits, searched], [overlay, overlay_note, details, related, audio, note])
         add.click(board.upload, [files, upload_place, upload_time, merge_bursts], upload_report)
+        preview.click(board.forget_preview, [forget_policy, forget_budget], [forget_list, previewed])
+        forget_now.click(board.forget_by_use, [forget_policy, forget_budget, forget_yes, previewed], forget_report)
     return app
 
 

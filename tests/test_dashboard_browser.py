@@ -165,6 +165,14 @@ def test_dashboard_search_select_and_upload_in_headless_chromium(served, tmp_pat
         assert "added new_heron.jpg (image)" in report.inner_text()
         assert "rejected broken.jpg" in report.inner_text() and "corrupt" in report.inner_text()
         save(page, shots, "5_uploaded")
+
+        page.get_by_text("Forget by use").click()  # a preview forgets nothing
+        page.fill("#mmai-forget-budget textarea", "100%")
+        page.click("#mmai-forget-preview")
+        page.locator("#mmai-forget-list").get_by_text("every one of the").wait_for(timeout=120_000)
+        page.click("#mmai-forget")
+        page.locator("#mmai-forget-report").get_by_text("Preview first").wait_for(timeout=60_000)
+        save(page, shots, "6_forget_preview")
         browser.close()
 
     assert outside == [], f"the page tried to reach the internet: {outside}"

@@ -209,6 +209,29 @@ def test_upload_with_the_merge_box_folds_a_re_encoded_copy_into_its_burst(tmp_pa
         memory.close()
 
 
+def test_forget_by_use_previews_needs_the_box_and_forgets_exactly_what_was_shown(tmp_path, checkpoints):
+    memory = build_collection(tmp_path / "memory", checkpoints["reranker"])
+    board = Dashboard(memory)
+    total = memory.store.count()
+    opened = memory.search("a bird", k=3)
+    for hit in opened:
+        memory.open(hit.id)  # used memories: retention keeps them
+    assert "Preview first" in board.forget_by_use("retention", "3", True, [])
+    assert "Nothing to preview" in board.forget_preview("retention", "many")[0]
+    text, shown = board.forget_preview("retention", "3")
+    assert len(shown) == total - 3 and f"these **{total - 3}** would be forgotten" in text
+    assert not set(shown) & {hit.id for hit in opened}
+    assert "Tick **Yes" in board.forget_by_use("retention", "3", False, shown)
+    assert memory.store.count() == total  # nothing forgotten without the box
+    stale = "Nothing was forgotten" in board.forget_by_use("retention", "2", True, shown)  # another plan
+    assert stale and memory.store.count() == total
+    report = board.forget_by_use("retention", "3", True, shown)
+    assert report.startswith(f"Forgot {total - 3} memories") and memory.store.count() == 3
+    assert {h.id for h in memory.search("a bird", k=10)} == {hit.id for hit in opened}
+    assert memory.check() == []
+    memory.close()
+
+
 # ---------------------------------------------------------------------- filters
 def test_parse_filters_reads_the_form_and_names_the_bad_field():
     filters = parse_filters("2023", "Mumbai", "image", "2023-01-01", "2023-06-01T12:00:00Z")

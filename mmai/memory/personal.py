@@ -464,11 +464,19 @@ class PersonalMemory:
         return ([i for n, i in enumerate(ids) if n in kept], [i for n, i in enumerate(ids) if n not in kept],
                 score_of)
 
-    def forget_budget(self, policy: str, budget: int, now: float | None = None, **options: Any) -> list[str]:
+    def forget_budget(self, policy: str, budget: int, now: float | None = None, *,
+                      expected: Iterable[str] | None = None, **options: Any) -> list[str]:
         """Forget every memory but the ``budget`` that ``policy`` keeps (:meth:`forget_plan`), under
-        the write lock, journaled as ``forget --policy POLICY``; returns the forgotten ids."""
+        the write lock, journaled as ``forget --policy POLICY``; returns the forgotten ids.
+
+        ``expected``: the ids a preview showed the user; if the plan under the lock differs (the
+        store or its use changed since), nothing is forgotten and ValueError says so."""
         with self._write_lock():
             _, forgotten, _ = self.forget_plan(policy, budget, now, **options)
+            if expected is not None and set(expected) != set(forgotten):
+                raise ValueError(f"forget --policy {policy}: the memories to forget changed since they were shown "
+                                 f"({len(set(expected))} then, {len(forgotten)} now); nothing was forgotten: "
+                                 "preview again")
             self.maintenance.remove(forgotten, why=f"forget --policy {policy}")
         if forgotten and self.access_log.path.exists():
             self.access_log.prune(set(self._chroma_ids()))
