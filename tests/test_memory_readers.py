@@ -5,36 +5,16 @@ leaves a consistent store. Real Chroma, real FAISS, real subprocesses."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
-
-import numpy as np
-import pytest
-import torch
-from PIL import Image
 
 from mmai.memory.index_sync import ids_digest
 from mmai.memory.personal import PersonalMemory
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_checkpoints import make_reranker_ckpt  # noqa: E402
-
-torch.set_num_threads(2)
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-CLI = [sys.executable, "-c", "import sys; from mmai_apps.cli import main; sys.exit(main(sys.argv[1:]))"]
-#: opens ROOT (argv[1]), takes its write lock, says so, waits for a line on stdin, then ingests argv[2] under it.
-HOLDER = """
-import sys
-from mmai.memory.personal import PersonalMemory
-memory = PersonalMemory(sys.argv[1], progress=False)
-with memory._write_lock():
-    print("locked", flush=True)
-    sys.stdin.readline()
-    print(memory.ingest([sys.argv[2]]).summary(), flush=True)
-"""
+# the same harness as the concurrency tests: environment, CLI, lock holder, photos, checkpoint
+from test_memory_concurrency import CLI, ENV, HOLDER, REPO, _photos, checkpoint  # noqa: E402,F401
 
 #: opens ROOT (argv[1]) afresh and searches it, again and again, until the file argv[2] exists; prints how often.
 OPENER = """
@@ -47,19 +27,6 @@ while not pathlib.Path(sys.argv[2]).exists():
     opened += 1
 print("opened", opened)
 """
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_reranker_ckpt(tmp_path_factory.mktemp("ckpt"))
-
-
-def _photos(folder: Path, count: int, seed: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        pixels = np.random.default_rng(seed + i).integers(0, 255, (24, 24, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{seed + i:04d}.png")
-    return folder
 
 
 def _saved_matches_chroma(root: Path) -> None:
