@@ -79,6 +79,7 @@ class IndexSync:
         self.incomplete: str | None = None
         self._graph: EpisodicGraph | None = None
         self._touched: set[int] = set()  # int ids whose graph attributes changed since the graph was made
+        self._graph_stale = False  # memories were added, removed or touched since the graph was made
         self._table: MemoryTable | None = None
 
     @property
@@ -301,18 +302,21 @@ class IndexSync:
         self._graph = None
         self._table = None
         self._touched.clear()
+        self._graph_stale = False
         self._on_change()
 
     def _memories_changed(self) -> None:
         """Memories were added or removed here: the table is read again, and the graph is brought
         up to date incrementally (:meth:`EpisodicGraph.updated`) on its next use, not rebuilt."""
         self._table = None
+        self._graph_stale = True
         self._on_change()
 
     def touch(self, ids: Iterable[str]) -> None:
         """Stored memories whose graph attributes (time, place, importance) changed: the next
         :meth:`graph` re-reads them."""
         self._touched.update(int_id(i) for i in ids)
+        self._graph_stale = True
     def forget_table(self) -> None:
         """Drop the metadata table (a record changed in Chroma; the graph keeps its own copy)."""
         self._table = None
@@ -351,6 +355,9 @@ class IndexSync:
             self._graph = EpisodicGraph(numbers, records.embeddings, timestamps, places, importance=importance,
                                         index=self.index, config=self.graph_config, progress=self.progress)
             self._touched.clear()
+            self._graph_stale = False
+            return self._graph
+        if not self._graph_stale:  # the search path: nothing changed, nothing to compare
             return self._graph
         current = np.zeros(0, np.int64) if self.index is None else self.index.ids
         if not len(current):
@@ -370,4 +377,5 @@ class IndexSync:
                 add_importance=None if records is None else [m.get("importance", 0.0) for m in records.metadatas],
                 remove_ids=remove, index=self.index, progress=self.progress)
         self._touched.clear()
+        self._graph_stale = False
         return self._graph
