@@ -141,18 +141,8 @@ class Maintenance:
         kept = self.store.get(list(groups), include_embeddings=False)
         ids, metadatas = [], []
         for keeper, metadata in zip(kept.ids, kept.metadatas):
-            sources = decode_metadata(metadata, keeper)["sources"]
-            known = {(source.get("id"), source.get("path")) for source in sources}
-            for record in groups[keeper]:
-                for source in json.loads(record["metadata"]["sources"]):
-                    source.setdefault("media_file", record["metadata"].get("media_file"))
-                    if (source.get("id"), source.get("path")) not in known:
-                        sources.append({k: v for k, v in source.items() if v is not None})
-            importance = [m.get("importance") for m in [metadata] + [r["metadata"] for r in groups[keeper]]
-                          if m.get("importance") is not None]
             ids.append(keeper)
-            metadatas.append(dict(metadata, sources=json.dumps(sources),
-                                  **({"importance": float(max(importance))} if importance else {})))
+            metadatas.append(merged_metadata([(keeper, metadata)] + [(r["id"], r["metadata"]) for r in groups[keeper]]))
         self.store.collection.update(ids=ids, metadatas=metadatas)
         self.journal.updated(ids, metadatas)
         self.journal.changed()
@@ -266,19 +256,7 @@ class Maintenance:
         order = sorted(range(len(group)), key=lambda i: (records.metadatas[i].get("timestamp", float("inf")),
                                                          records.metadatas[i].get("ingested_at", 0.0)))
         keeper = order[0]
-        sources, seen = [], set()
-        for i in order:
-            for source in decode_metadata(records.metadatas[i], records.ids[i])["sources"]:
-                if records.metadatas[i].get("media_file") and source.get("id") == records.ids[i]:
-                    source.setdefault("media_file", records.metadatas[i]["media_file"])  # kept, not deleted
-                key = (source.get("id"), source.get("path"))
-                if key not in seen:
-                    seen.add(key)
-                    sources.append(source)
-        metadata = dict(records.metadatas[keeper], sources=json.dumps(sources))
-        importance = [m.get("importance") for m in records.metadatas if m.get("importance") is not None]
-        if importance:
-            metadata["importance"] = float(max(importance))
+        metadata = merged_metadata([(records.ids[i], records.metadatas[i]) for i in order])
         self.store.collection.update(ids=[records.ids[keeper]], metadatas=[metadata])
         self.journal.updated([records.ids[keeper]], [metadata])
         self.sync.touch([records.ids[keeper]])
@@ -487,6 +465,26 @@ class Maintenance:
             "media_files": len(media),
             "media_megabytes": round(sum(p.stat().st_size for p in media.values()) / 1e6, 3),
         }
+
+
+def merged_metadata(members: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The keeper's metadata after a merge: ``members`` are ``(id, metadata)``, the keeper first.
+    Its sources list every member's sources once (by id and path), each member's own source with
+    its media copy (kept, not deleted), and its importance is the members' highest."""
+    sources, seen = [], set()
+    for memory_id, metadata in members:
+        for source in decode_metadata(metadata, memory_id)["sources"]:
+            if metadata.get("media_file") and source.get("id") == memory_id:
+                source.setdefault("media_file", metadata["media_file"])
+            key = (source.get("id"), source.get("path"))
+            if key not in seen:
+                seen.add(key)
+                sources.append(source)
+    merged = dict(members[0][1], sources=json.dumps(sources))
+    importance = [m.get("importance") for _, m in members if m.get("importance") is not None]
+    if importance:
+        merged["importance"] = float(max(importance))
+    return merged
 
 
 def _compare_sets(name: str, chroma: np.ndarray, other: np.ndarray, names: dict[int, str]) -> list[str]:
