@@ -26,7 +26,7 @@ Logged (``val/`` prefix):
   them and ``mmai memory search --rerank`` re-ranks with the validated values.
 * ``graph/{nodes,temporal_edges,semantic_edges,mean_degree,episodes,schemas}``.
 * With ``top_down=True``: ``top_down/t2i/{instance,class}/R@k``, stage 1 by the entropy-driven
-  top-down descent over the graph's schemas and episodes (:mod:`mmai.memory.topdown`) instead of
+  top-down descent over the graph's schemas and episodes (:mod:`mmai.retrieval.topdown`) instead of
   every image, ranked ``max(ks)`` deep; ``top_down/fraction_scored`` (mean share of the gallery it scored),
   ``top_down/descended`` (share of queries that went down to episodes), ``top_down/latency_ms``
   (per caption, no encoding) and ``top_down/entropy_auroc/stage1_miss@{1,10}``: the AUROC of the
@@ -35,7 +35,7 @@ Logged (``val/`` prefix):
 * ``probe/binding/{stage1,two_stage,gar,gar_control}`` (with ``probe/binding/pairs``, ``probe/binding/captions``):
   where the gallery holds swap pairs (the synthetic CUB's binding confusers, from the shard
   manifest's ``species``), the fraction of (caption naming a swapped colour, confuser image)
-  pairs whose true image ranks above the confuser (:mod:`mmai.probes`). ~50% is a bag of words.
+  pairs whose true image ranks above the confuser (:mod:`mmai.evaluation.probes`). ~50% is a bag of words.
 * ``probe/burst/{stage1,two_stage,gar,gar_control}/R@10`` (with ``probe/burst/queries``): for
   captions of clear photos in bursts that also hold hard photos (low light, blur, distance,
   occlusion), the fraction of those hard photos in the top 10: what GAR's neighbours recover.
@@ -43,7 +43,7 @@ Logged (``val/`` prefix):
 Every validation also writes the per-query outcomes behind these numbers (t2i class hits at 1 and
 10 per caption and stage, the probes' per-query values, the query ids) to
 ``{default_root_dir}/per_query.npz``, so ``mmai ablate`` can pair rows query by query
-(:mod:`mmai.stats`). The stage-1 outcomes there come from the exact cosine ranking.
+(:mod:`mmai.evaluation.stats`). The stage-1 outcomes there come from the exact cosine ranking.
 
 Exact full-gallery stage-1 Recall@K (``val/stage1/...``) is logged by the module itself.
 
@@ -63,14 +63,14 @@ import numpy as np
 import torch.nn.functional as F
 
 from lightning_glue.eval_set import EvalSet, log_global_values, save_failed_epoch_weights
-from mmai.memory.gar import GAR_MODES, GraphAugmentedRetriever
-from mmai.memory.graph import EpisodicGraph
-from mmai.memory.index import VectorIndex
-from mmai.metrics import evaluate_rankings
-from mmai.consistency import (SpeciesTable, caption_masks, chance_consistent, consistent_hits, load_caption_table,
+from mmai.retrieval.gar import GAR_MODES, GraphAugmentedRetriever
+from mmai.retrieval.graph import EpisodicGraph
+from mmai.retrieval.index import VectorIndex
+from mmai.evaluation.metrics import evaluate_rankings
+from mmai.data.consistency import (SpeciesTable, caption_masks, chance_consistent, consistent_hits, load_caption_table,
                               reader_ceiling)
-from mmai.probes import binding_probe, burst_probe, burst_recovery, direct_outcomes, pair_outcomes, per_caption
-from mmai.two_stage import stage1_topk
+from mmai.evaluation.probes import binding_probe, burst_probe, burst_recovery, direct_outcomes, pair_outcomes, per_caption
+from mmai.retrieval.two_stage import stage1_topk
 
 PER_QUERY_FILE = "per_query.npz"
 
@@ -84,7 +84,7 @@ class RetrievalEvalCallback(L.Callback):
         index_kind: ``hnsw`` (default) or ``flat`` (exact).
         gar_alpha: weight of the retrieval score against graph activation (default 0.5).
         gar_damping: personalised PageRank damping (default 0.5).
-        gar_mode: GAR's settings, a :data:`~mmai.memory.gar.GAR_MODES` name (default ``"burst"``:
+        gar_mode: GAR's settings, a :data:`~mmai.retrieval.gar.GAR_MODES` name (default ``"burst"``:
             reciprocal-rank scores, the top 5 hits seed, temporal walk, the top 3 hits' burst-mates
             placed right after them; ``"legacy"``: GAR before issue 19).
         gar_seeds: hits that seed the walk (default ``None``: the mode's; 0: every hit).
@@ -99,7 +99,7 @@ class RetrievalEvalCallback(L.Callback):
         per_query: write ``per_query.npz`` into the trainer's ``default_root_dir`` (default True).
         top_down: also evaluate top-down stage 1 (default False).
         top_down_mass, top_down_entropy_stop, top_down_temperature: its settings (default ``None``:
-            :class:`~mmai.memory.topdown.TopDownSettings`'s).
+            :class:`~mmai.retrieval.topdown.TopDownSettings`'s).
     """
 
     def __init__(self, candidates: int = 100, ks: tuple[int, ...] = (1, 5, 10), index_kind: str = "hnsw",
@@ -110,7 +110,7 @@ class RetrievalEvalCallback(L.Callback):
                  top_down_mass: float | None = None, top_down_entropy_stop: float | None = None,
                  top_down_temperature: float | None = None):
         super().__init__()
-        from mmai.memory.topdown import TopDownSettings
+        from mmai.retrieval.topdown import TopDownSettings
 
         given = {"mass": top_down_mass, "entropy_stop": top_down_entropy_stop, "temperature": top_down_temperature}
         self.top_down = TopDownSettings(**{key: value for key, value in given.items() if value is not None}) \
@@ -131,7 +131,7 @@ class RetrievalEvalCallback(L.Callback):
         self.rerank_k, self.stage1_weight = int(rerank_k), float(stage1_weight)
         self.per_query = per_query
         self.species: list[dict] = []  # the shard manifest's species annotations (binding probe)
-        self.caption_table: dict[int, list[int]] | None = None  # what each caption states (mmai.consistency)
+        self.caption_table: dict[int, list[int]] | None = None  # what each caption states (mmai.data.consistency)
         self.outcomes: dict[str, np.ndarray] = {}  # the last evaluation's per-query outcomes
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -191,7 +191,7 @@ class RetrievalEvalCallback(L.Callback):
         Args:
             data: the gathered evaluation set.
             two_stage: the module's ``two_stage(data, k=, mode=, stage1_weight=, length=)`` returning
-                a :class:`~mmai.two_stage.TwoStageResult`, or None (no re-ranker).
+                a :class:`~mmai.retrieval.two_stage.TwoStageResult`, or None (no re-ranker).
             pair_logits: the module's ``pair_logits(data, text_rows, image_rows) -> (P,)`` match
                 logits of given (caption, image) rows, for the direct binding probe (None: no re-ranker).
         """
@@ -312,7 +312,7 @@ class RetrievalEvalCallback(L.Callback):
     def _top_down(self, data: EvalSet, graph: EpisodicGraph, exact: np.ndarray, k: int, labels: tuple,
                   metrics: dict) -> np.ndarray:
         """The top-down row: its recall, share scored, latency and the entropy's AUROC for a stage-1 miss."""
-        from mmai.memory.topdown import TopDownIndex, auroc, top_down_rankings
+        from mmai.retrieval.topdown import TopDownIndex, auroc, top_down_rankings
 
         depth = min(max(self.ks), k)  # its recall needs max(ks) deep; a longer list would make it score more
         found = top_down_rankings(TopDownIndex.from_graph(graph), data.text_embeddings.numpy(), depth, self.top_down)

@@ -8,7 +8,7 @@ image is the caption's own. Panels are saved as PNGs under ``out_dir/epochNNN/``
 W&B (``val/saliency``) when the logger is a ``WandbLogger``.
 
 Grounding ("the model looks at the beak" as a number): up to ``grounding_pairs`` validation
-captions that name exactly one bird part (:func:`mmai.grounding.named_parts`) are paired with
+captions that name exactly one bird part (:func:`mmai.reranker.grounding.named_parts`) are paired with
 their own image; the pointing game (Zhang et al., ECCV 2016) counts how often the saliency peak
 falls inside that part's box (the shards' ``parts``, synthetic data only). Logged:
 ``val/grounding/pointing_game`` (map averaged over the query's content words),
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lightning_glue.eval_set import log_global_values
-from mmai.grounding import chance_level, named_parts, pointing_game, rescale_boxes, word_part
+from mmai.reranker.grounding import chance_level, named_parts, pointing_game, rescale_boxes, word_part
 
 
 class SaliencyPanelCallback(L.Callback):
@@ -145,7 +145,7 @@ class SaliencyPanelCallback(L.Callback):
             rescale_boxes(torch.tensor(samples[image_id][1]["parts"][part], dtype=torch.float32),
                           samples[image_id][0].size, size)
             for _, image_id, part in pairs])  # (P, 4) in the model's input frame
-        from mmai.saliency import saliency_maps
+        from mmai.reranker.saliency import saliency_maps
 
         query_maps, word_maps = [], []
         for start in range(0, len(pairs), 16):

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from mmai.data.pipeline import IMAGENET_MEAN, IMAGENET_STD, Collator, CorruptCounter, EvalBatches, EvalStream, SampleDecoder, SharedEpoch, normalize_images, train_pipeline, world_size
 from mmai.data.shards import read_manifest, shard_urls, verify_shards
-from mmai.feature_cache import CachedTrainBatches, SplitFeatures
+from mmai.data.feature_cache import CachedTrainBatches, SplitFeatures
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenisers run inside dataloader workers
 

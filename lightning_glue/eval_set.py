@@ -11,7 +11,7 @@ import torch
 
 from lightning.pytorch.utilities import rank_zero_warn
 
-from mmai.metrics import embedding_diversity, evaluate_retrieval
+from mmai.evaluation.metrics import embedding_diversity, evaluate_retrieval
 
 
 @dataclasses.dataclass

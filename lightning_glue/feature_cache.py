@@ -1,4 +1,4 @@
-"""Lightning glue of the locked-tower feature cache (:mod:`mmai.feature_cache`): where a split's
+"""Lightning glue of the locked-tower feature cache (:mod:`mmai.data.feature_cache`): where a split's
 file lives, and loading it, or computing it through the DataModule's evaluation stream on every
 rank. Used by ``BiEncoderModule`` (pooled features) and ``RerankerModule`` (also the stage-2
 patch tokens and caption token states)."""
@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tqdm import tqdm
 
 from lightning_glue.eval_set import gather_rows
-from mmai.feature_cache import (TENSOR_FIELDS, CorruptCache, SplitFeatures, StaleCache, cache_key, load_features,
+from mmai.data.feature_cache import (TENSOR_FIELDS, CorruptCache, SplitFeatures, StaleCache, cache_key, load_features,
                                 module_fingerprint)
 
 
@@ -57,7 +57,7 @@ def compute_split_features(module: L.LightningModule, model, datamodule, split: 
     of the evaluation stream), gathered so that every rank holds the whole split. ``stage2`` also
     keeps the patch tokens and caption token states (float16, captions padded to the
     DataModule's ``max_length``); ``swapped`` also the token states of each caption with two colour
-    words exchanged (:func:`mmai.negatives.swap_colour_words`; an all-zero mask where a caption
+    words exchanged (:func:`mmai.reranker.negatives.swap_colour_words`; an all-zero mask where a caption
     names fewer than two colours), the re-ranker's composition-aware negatives."""
     device = module.trainer.strategy.root_device
     towers = (model.vision, model.text)
@@ -97,7 +97,7 @@ def compute_split_features(module: L.LightningModule, model, datamodule, split: 
 
 def _swapped_states(text_tower, datamodule, captions: list[str], length: int, device) -> tuple[torch.Tensor, ...]:
     """Token states ``(Bt, L, Dt)`` float16 and mask ``(Bt, L)`` bool of the colour-swapped captions."""
-    from mmai.negatives import swap_colour_words
+    from mmai.reranker.negatives import swap_colour_words
 
     swapped = [swap_colour_words(caption) for caption in captions]
     rows = [row for row, caption in enumerate(swapped) if caption is not None]
@@ -138,9 +138,9 @@ def split_features(module: L.LightningModule, model, datamodule, split: str, fin
 def attach_caption_masks(datamodule, train: SplitFeatures, option: str):
     """What each cached training caption states (``caption_mask`` in ``train.extras``, one per
     caption row, so every cached batch carries it) and the species table that says which species
-    a caption is true of (:mod:`mmai.consistency`); None, with a warning naming ``option``, where
+    a caption is true of (:mod:`mmai.data.consistency`); None, with a warning naming ``option``, where
     the shards record no statements (real CUB): the caller then keeps class labels."""
-    from mmai.consistency import SpeciesTable, caption_masks, load_caption_table
+    from mmai.data.consistency import SpeciesTable, caption_masks, load_caption_table
 
     table = load_caption_table(getattr(datamodule, "shard_dir", None))
     species = SpeciesTable.from_species(datamodule.manifest.get("species") or [])

@@ -1,6 +1,6 @@
 """``BiEncoderModule``: stage-1 training (momentum contrast with a key queue) and its validation.
 
-A thin Lightning adapter over :class:`mmai.bi_encoder.BiEncoder`: it builds the towers from the
+A thin Lightning adapter over :class:`mmai.model.bi_encoder.BiEncoder`: it builds the towers from the
 config, runs the ALBEF training step (forward → loss → enqueue), schedules the learning rates,
 and at each validation epoch embeds the whole gallery on every rank, gathers it, and logs
 full-gallery Recall@K under ``val/stage1/{t2i,i2t}/{instance,class}/R@{k}``.
@@ -16,10 +16,10 @@ import torch
 
 from lightning_glue.eval_set import EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
 from lightning_glue.feature_cache import attach_caption_masks, split_features, tower_fingerprints
-from mmai.bi_encoder import BiEncoder
+from mmai.model.bi_encoder import BiEncoder
 from mmai.checkpoint import read_checkpoint
 from mmai.config import BiEncoderConfig, coerce
-from mmai.feature_cache import SplitFeatures
+from mmai.data.feature_cache import SplitFeatures
 
 #: ``model.bi_encoder``'s default: every field at its default (the module copies it).
 DEFAULT_BI_ENCODER = BiEncoderConfig()
@@ -44,7 +44,7 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
             run, fresh optimiser; to resume a run use ``--ckpt_path`` instead). Default None.
         feature_cache: when the vision and text towers are both fully locked (LiT), compute their
             pooled features once per sample and train and validate on them (default True; see
-            :mod:`mmai.feature_cache`). Ignored for towers that train.
+            :mod:`mmai.data.feature_cache`). Ignored for towers that train.
         feature_cache_dir: where cache files go (default: ``feature_cache/`` in the shard folder,
             or ``~/.cache/mmai/features`` when that is not writable).
         feature_cache_stage2: cache the stage-2 inputs (patch tokens, caption token states) in the
@@ -55,7 +55,7 @@ class BiEncoderModule(Stage1Evaluation, L.LightningModule):
     Attributes:
         config: the :class:`~mmai.config.BiEncoderConfig` (saved as a plain dict under
             ``hparams.bi_encoder``, which is what the checkpoint loaders read).
-        model: the :class:`~mmai.bi_encoder.BiEncoder`.
+        model: the :class:`~mmai.model.bi_encoder.BiEncoder`.
     """
 
     def __init__(self, bi_encoder: BiEncoderConfig = DEFAULT_BI_ENCODER, lr: float = 1e-4, lr_pretrained: float = 1e-5,

@@ -4,9 +4,9 @@ ALBEF's image-text matching (ITM) objective (Li et al., NeurIPS 2021) as its own
 bi-encoder of a ``mmai fit`` checkpoint is loaded (towers frozen by default; ``finetune_towers``
 trains them too, at ``lr_towers``), every caption of a batch is paired with its image and with
 hard negative images drawn from the bi-encoder's similarities, every image with hard negative
-captions (:func:`mmai.negatives.build_match_batch`; never the same image; same-species
+captions (:func:`mmai.reranker.negatives.build_match_batch`; never the same image; same-species
 candidates are the hard ones, ``same_class_weight`` scales them), and the
-:class:`~mmai.fusion.FusionReranker` learns to tell them apart (binary cross-entropy).
+:class:`~mmai.reranker.fusion.FusionReranker` learns to tell them apart (binary cross-entropy).
 
 Validation embeds the gallery like the bi-encoder does and also caches the gallery's patch tokens
 and the captions' token states, so two-stage retrieval never re-encodes an image per query.
@@ -32,14 +32,14 @@ import torch.nn.functional as F
 
 from lightning_glue.eval_set import EvalSet, EvalSetCollector, Stage1Evaluation, expect_eval_mode_modules
 from lightning_glue.feature_cache import attach_caption_masks, split_features, tower_fingerprints
-from mmai.bi_encoder import BiEncoder
-from mmai.consistency import SpeciesTable
+from mmai.model.bi_encoder import BiEncoder
+from mmai.data.consistency import SpeciesTable
 from mmai.checkpoint import VALIDATED_WITH, bi_encoder_config, build_reranker, is_reranker_checkpoint, read_checkpoint
 from mmai.config import BiEncoderConfig, RerankerConfig, coerce
-from mmai.fusion import match_loss
-from mmai.feature_cache import SplitFeatures
-from mmai.negatives import NEGATIVE_CAPTION, NEGATIVE_IMAGE, POSITIVE, MatchBatch, build_match_batch, sample_hard_negatives
-from mmai.two_stage import TwoStageResult, evaluate_two_stage
+from mmai.reranker.fusion import match_loss
+from mmai.data.feature_cache import SplitFeatures
+from mmai.reranker.negatives import NEGATIVE_CAPTION, NEGATIVE_IMAGE, POSITIVE, MatchBatch, build_match_batch, sample_hard_negatives
+from mmai.retrieval.two_stage import TwoStageResult, evaluate_two_stage
 
 #: ``model.reranker``'s default: every field at its default (the module copies it).
 DEFAULT_RERANKER = RerankerConfig()
@@ -73,7 +73,7 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
         eval_ks: the K of Recall@K (default 1, 5, 10).
         feature_cache: with the bi-encoder's towers fully locked and not fine-tuned, compute each
             split's tower outputs (pooled features, patch tokens, caption token states) once and
-            train and validate on them (default True; :mod:`mmai.feature_cache`): an epoch then
+            train and validate on them (default True; :mod:`mmai.data.feature_cache`): an epoch then
             costs only the fusion layers.
         feature_cache_dir: where cache files go (default: ``feature_cache/`` in the shard folder).
         negatives: where hard negatives come from: ``"batch"`` (default, ALBEF: the other
@@ -87,7 +87,7 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
             colour (default False; needs ``negatives="split"``, their token states are cached once).
         true_negatives: draw a caption's negative images, and an image's negative captions, only
             among pairs where the caption *contradicts* the image's species (it states an attribute
-            the species does not have; :mod:`mmai.consistency`), so that a species the caption is
+            the species does not have; :mod:`mmai.data.consistency`), so that a species the caption is
             also true of is never trained as a non-match (default False; needs ``negatives="split"``
             and shards that record what each caption states, the synthetic CUB's; without them the
             run falls back to class labels and says so).
@@ -97,7 +97,7 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
             that only binding colour to part can tell apart (default False; needs
             ``negatives="split"`` and data with twins; TripletCLIP's hard image negatives).
         grounding_weight: weight of the attention supervision from part boxes
-            (:func:`mmai.grounding.grounding_loss`: each token that names a part, or the colour of
+            (:func:`mmai.reranker.grounding.grounding_loss`: each token that names a part, or the colour of
             one, should attend inside that part's box in its own image) added to the match loss
             (default 0.0: off; needs the stage-2 cache, the agreement head and shards with part boxes).
     """
@@ -218,7 +218,7 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
     def _attach_grounding(self, datamodule, train: SplitFeatures) -> None:
         """Which part each training caption's tokens name and where each training photo's parts are
         on the patch grid (served with every batch as ``token_parts`` and ``part_patches``)."""
-        from mmai.grounding import split_grounding_targets
+        from mmai.reranker.grounding import split_grounding_targets
 
         data = datamodule.hparams
         parts, masks = split_grounding_targets(
@@ -230,7 +230,7 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
         """The twins' patch tokens (computed once through the locked vision tower, cached)."""
         from lightning.pytorch.utilities import rank_zero_warn
 
-        from mmai.feature_cache import twin_bank
+        from mmai.data.feature_cache import twin_bank
 
         table = datamodule.manifest.get("twins")
         if not table or not Path(table).is_file() or "caption_mask" not in self._features["train"].extras:
@@ -319,7 +319,7 @@ class RerankerModule(Stage1Evaluation, L.LightningModule):
     def _grounding(self, output, batch: dict, length: int) -> torch.Tensor:
         """The grounding loss of the batch's positive pairs (the first rows of the split pairs: each
         caption with its own image), logged as ``train/grounding_loss``."""
-        from mmai.grounding import grounding_loss
+        from mmai.reranker.grounding import grounding_loss
 
         owner = batch["caption_owner"]
         rows = owner.shape[0]

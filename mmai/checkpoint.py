@@ -8,7 +8,7 @@ Both MMAI stages can be rebuilt from it alone:
   :class:`~mmai.config.BiEncoderConfig` under ``hyper_parameters["bi_encoder"]``;
 * a **re-ranker** checkpoint (``RerankerModule``): the frozen bi-encoder under ``bi_encoder.``
   (its config copied into ``hyper_parameters["bi_encoder"]``, so the file stands alone) and the
-  :class:`~mmai.fusion.FusionReranker` under ``reranker.`` (its
+  :class:`~mmai.reranker.fusion.FusionReranker` under ``reranker.`` (its
   :class:`~mmai.config.RerankerConfig` under ``hyper_parameters["reranker"]``).
 
 Checkpoints written before the typed configs (flat hyperparameters, a ``fusion`` dict) load too.
@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmai.bi_encoder import BiEncoder
+from mmai.model.bi_encoder import BiEncoder
 from mmai.config import BiEncoderConfig, RerankerConfig
-from mmai.fusion import FusionReranker
+from mmai.reranker.fusion import FusionReranker
 
 #: the checkpoint key of ``{"rerank_k", "stage1_weight", "epoch", "step"}``: the re-rank settings the
 #: re-ranker's last validation used (written by ``RerankerModule.on_save_checkpoint``).
@@ -98,7 +98,7 @@ def load_tokenizer(config: BiEncoderConfig):
     """The tokenizer a bi-encoder reads its captions with (:attr:`BiEncoderConfig.tokenizer`)."""
     from transformers import AutoTokenizer
 
-    from mmai.towers.pretrained import load_or_explain, resolve_model_path
+    from mmai.pretrained import load_or_explain, resolve_model_path
 
     return load_or_explain(AutoTokenizer.from_pretrained, resolve_model_path(config.tokenizer, tower="text"), "text")
 
@@ -108,7 +108,7 @@ class Stage1Model:
     """A trained bi-encoder in eval mode, with the preprocessing evaluation uses.
 
     Attributes:
-        model: the :class:`~mmai.bi_encoder.BiEncoder` (eval mode, no gradients needed).
+        model: the :class:`~mmai.model.bi_encoder.BiEncoder` (eval mode, no gradients needed).
         config: its :class:`~mmai.config.BiEncoderConfig`.
         tokenizer: its text tokenizer.
         checkpoint: the file it was read from.
@@ -203,7 +203,7 @@ class Stage2Model:
 
     Attributes:
         stage1: the :class:`Stage1Model` whose token states and patches it reads.
-        reranker: the :class:`~mmai.fusion.FusionReranker` (eval mode).
+        reranker: the :class:`~mmai.reranker.fusion.FusionReranker` (eval mode).
         rerank_k: candidates it was validated with (see :func:`rerank_settings`).
         stage1_weight: lambda of ``match_logit + lambda * stage1_similarity`` it was validated with.
         settings_source: where ``rerank_k`` and ``stage1_weight`` come from, in words.
@@ -244,8 +244,8 @@ class Stage2Model:
         return torch.cat(logits).float().cpu().numpy()
 
     def saliency(self, query: str, image: Image.Image, method: str = "gradcam"):
-        """:class:`~mmai.saliency.SaliencyMaps` of one (query, image) pair, content tokens averaged."""
-        from mmai.saliency import saliency_maps
+        """:class:`~mmai.reranker.saliency.SaliencyMaps` of one (query, image) pair, content tokens averaged."""
+        from mmai.reranker.saliency import saliency_maps
 
         _, tokens, mask = self.stage1.encode_texts([query])
         with torch.no_grad():
@@ -260,7 +260,7 @@ class Stage2Model:
                 method: str = "gradcam", token_maps: bool = True, note: str | None = None) -> Image.Image:
         """An "original | heatmap | overlay" panel (plus per-word overlays) for one pair; ``note``
         is appended to the facts line (e.g. which image this is)."""
-        from mmai.saliency import render_panel, token_maps_for_panel
+        from mmai.viz.panels import render_panel, token_maps_for_panel
 
         maps = self.saliency(query, image, method)
         view = _model_view(image, self.stage1.image_size)
@@ -276,7 +276,7 @@ class Stage2Model:
 
     def overlay(self, query: str, image: Image.Image, method: str = "gradcam", alpha: float = 0.5) -> Image.Image:
         """The heatmap laid over the (model-view) image, as a PIL image."""
-        from mmai.saliency import overlay
+        from mmai.viz.panels import overlay
 
         maps = self.saliency(query, image, method)
         view = _model_view(image, self.stage1.image_size)
@@ -319,7 +319,7 @@ def load_stage1(path: str | os.PathLike, device: str | torch.device | None = "cp
 
 
 def build_reranker(config: RerankerConfig, bi_encoder: BiEncoder) -> FusionReranker:
-    """The :class:`~mmai.fusion.FusionReranker` of ``config`` over ``bi_encoder``'s token widths."""
+    """The :class:`~mmai.reranker.fusion.FusionReranker` of ``config`` over ``bi_encoder``'s token widths."""
     text_width = bi_encoder.text.width
     vision_width = getattr(bi_encoder.vision, "patch_width", bi_encoder.vision.width)
     return FusionReranker(text_width, vision_width, **config.fusion_kwargs())

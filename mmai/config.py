@@ -79,8 +79,8 @@ def _build(cls, values: Any, where: str):
 
 @dataclass
 class VisionConfig:
-    """The image tower: a timm ViT (``tower: vit``, :class:`~mmai.towers.VisionTower`) or a timm CNN
-    (``tower: cnn``, :class:`~mmai.towers.CNNTower`, the LiT CPU profile's locked EfficientNet).
+    """The image tower: a timm ViT (``tower: vit``, :class:`~mmai.model.towers.VisionTower`) or a timm CNN
+    (``tower: cnn``, :class:`~mmai.model.towers.CNNTower`, the LiT CPU profile's locked EfficientNet).
 
     Attributes:
         tower: ``"vit"`` or ``"cnn"``.
@@ -137,7 +137,7 @@ class VisionConfig:
 
 @dataclass
 class TextConfig:
-    """The text tower (:class:`~mmai.towers.TextTower`, a Hugging Face encoder).
+    """The text tower (:class:`~mmai.model.towers.TextTower`, a Hugging Face encoder).
 
     Attributes:
         model_name: Hugging Face id or local folder (default ``bert-base-uncased``; the offline
@@ -169,7 +169,7 @@ class TextConfig:
 
 @dataclass
 class AudioConfig:
-    """The audio tower (:class:`~mmai.towers.AudioTower`, CLAP's HTSAT through transformers).
+    """The audio tower (:class:`~mmai.model.towers.AudioTower`, CLAP's HTSAT through transformers).
 
     Attributes:
         seconds: the song crop fed to the tower, in seconds (required; ``data.audio_seconds`` is
@@ -199,7 +199,7 @@ class AudioConfig:
 
 @dataclass
 class ClipConfig:
-    """A CLIP backbone (:class:`~mmai.towers.ClipTowers`) in place of the vision and text towers:
+    """A CLIP backbone (:class:`~mmai.model.towers.ClipTowers`) in place of the vision and text towers:
     the zero-shot baseline. Its projections come with it (``embed_dim`` must match), its
     tokenizer is CLIP's own, and ``text.max_length`` limits the captions.
 
@@ -221,7 +221,7 @@ class ClipConfig:
 
 @dataclass
 class BiEncoderConfig:
-    """The stage-1 bi-encoder (:class:`~mmai.bi_encoder.BiEncoder`): towers and contrastive settings.
+    """The stage-1 bi-encoder (:class:`~mmai.model.bi_encoder.BiEncoder`): towers and contrastive settings.
 
     Attributes:
         vision, text: the towers (ignored, but for ``vision.image_size`` and ``text.max_length``,
@@ -241,7 +241,7 @@ class BiEncoderConfig:
             negatives, subtracted from their weighted sum (default 0.0: no correction; ``"hcl"`` only).
         class_positives: same-class keys are positives too (default False).
         true_negatives: keys of another species that the query caption is also true of (it states
-            nothing the species lacks; :mod:`mmai.consistency`) are left out of the loss, neither
+            nothing the species lacks; :mod:`mmai.data.consistency`) are left out of the loss, neither
             positives nor negatives (default False; needs the feature cache and shards that record
             what each caption states; otherwise class labels, and the run says so).
         distill_alpha: ALBEF momentum-distillation weight (default 0.0: off).
@@ -306,7 +306,7 @@ class BiEncoderConfig:
         return None if self.audio is None else float(self.audio.seconds)
 
     def model_kwargs(self) -> dict[str, Any]:
-        """The :class:`~mmai.bi_encoder.BiEncoder` arguments besides its towers."""
+        """The :class:`~mmai.model.bi_encoder.BiEncoder` arguments besides its towers."""
         return {name: getattr(self, name) for name in _fields(BiEncoderConfig)
                 if name not in ("vision", "text", "audio", "clip")}
 
@@ -353,7 +353,7 @@ def _migrate_flat(values: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class RerankerConfig:
-    """The stage-2 fusion re-ranker (:class:`~mmai.fusion.FusionReranker`) and how it re-ranks.
+    """The stage-2 fusion re-ranker (:class:`~mmai.reranker.fusion.FusionReranker`) and how it re-ranks.
 
     Attributes:
         hidden_dim: fusion width (default 256).
@@ -398,7 +398,7 @@ class RerankerConfig:
             raise ConfigError(f"model.reranker.rerank_k must be positive, got {self.rerank_k}")
 
     def fusion_kwargs(self) -> dict[str, Any]:
-        """The :class:`~mmai.fusion.FusionReranker` arguments (everything but the re-rank settings)."""
+        """The :class:`~mmai.reranker.fusion.FusionReranker` arguments (everything but the re-rank settings)."""
         return {name: value for name, value in dataclasses.asdict(self).items()
                 if name not in ("rerank_k", "stage1_weight")}
 

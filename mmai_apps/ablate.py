@@ -21,7 +21,7 @@ file; a run whose metrics file is complete is reused, not retrained. The table g
 every row once per seed on the same shards. The table shows each metric as mean ± std over the
 seeds, and each row's paired difference to the row above it (and GAR's to its shuffled control)
 with a 95% bootstrap interval over the val queries, paired across the two rows and pooled over
-the seeds (:mod:`mmai.stats`), from the per-query outcomes every run saves (``per_query.npz``).
+the seeds (:mod:`mmai.evaluation.stats`), from the per-query outcomes every run saves (``per_query.npz``).
 A difference is called a "gain" only when its interval excludes 0; otherwise the table says "no
 measurable gain". The CSV and the W&B table hold every per-seed value.
 """
@@ -54,10 +54,10 @@ LATENCY_COLUMNS = ["stage1_ms", "rerank_ms", "gar_ms", "total_ms"]
 #: The collapse guard of each row's stage-1 model (``val/stage1/diversity/...``): distinct top-1
 #: images over the val captions as a fraction of the gallery, and mean pairwise cosines.
 DIVERSITY_COLUMNS = ["distinct_top1", "text_mean_cosine", "image_mean_cosine"]
-#: Recall under consistent relevance (any species the caption is true of, :mod:`mmai.consistency`)
+#: Recall under consistent relevance (any species the caption is true of, :mod:`mmai.data.consistency`)
 #: and class precision in the top 10, from ``val/{stage}/...`` like the recall columns.
 EXTRA_COLUMNS = ["t2i/consistent/R@1", "t2i/consistent/R@10", "t2i/class/P@10"]
-#: The probes of each row's stage (:mod:`mmai.probes`): binding scored directly by the stage's own
+#: The probes of each row's stage (:mod:`mmai.evaluation.probes`): binding scored directly by the stage's own
 #: scorer, binding read from list positions, hard burst photos in the top 10.
 PROBE_COLUMNS = ["probe/binding_direct", "probe/binding", "probe/burst@10"]
 #: Which scorer the direct binding probe uses for each logged stage (GAR scores no pairs).
@@ -443,7 +443,7 @@ def _run_seconds(run: RunSpec) -> float:
 def summarize(rows_by_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per table row: every numeric column as ``(mean, std, seeds)`` over the seeds that
     have it (None where no seed has it)."""
-    from mmai.stats import mean_std
+    from mmai.evaluation.stats import mean_std
 
     seeds = list(rows_by_seed)
     summary = []
@@ -476,7 +476,7 @@ def _outcomes(run: RunSpec) -> dict[str, Any]:
 def compare(runs_by_seed: dict[int, dict[str, RunSpec]]) -> list[dict[str, Any]]:
     """Every comparison of :data:`COMPARISONS` with its paired bootstrap interval (pooled over the
     seeds), or the reason it could not be made."""
-    from mmai.stats import paired_bootstrap
+    from mmai.evaluation.stats import paired_bootstrap
 
     specs = {spec.number: spec for spec in ROWS}
     loaded: dict[tuple[int, str], dict] = {}
@@ -650,7 +650,7 @@ def chance_row(shards: Path, metrics: dict[str, float] | None = None) -> dict[st
     """The table's metrics under a random ranking of this val gallery (consistent recall from a
     run's logged ``val/chance/...``, which depends on what the captions state)."""
     from mmai.data.shards import read_manifest
-    from mmai.metrics import chance_levels
+    from mmai.evaluation.metrics import chance_levels
 
     manifest = read_manifest(shards)
     chance = chance_levels(manifest)

@@ -54,7 +54,7 @@ def binding_query(pair: tuple[dict, dict]) -> tuple[str, dict]:
     """The query true of the pair's first species that, as a bag of words, also fits its swap
     partner ("a white crown and a red belly" vs "a red crown and a white belly"), and the
     attributes it names."""
-    from mmai.probes import COLOUR_ATTRIBUTES
+    from mmai.evaluation.probes import COLOUR_ATTRIBUTES
 
     first, second = pair
     swapped = [name for name in COLOUR_ATTRIBUTES if first["attributes"][name] != second["attributes"][name]]
@@ -183,7 +183,7 @@ def _binding_panels(memory, synth: Path, pair: tuple[dict, dict] | None, folder:
 
     from PIL import Image
 
-    from mmai.probes import probe_words
+    from mmai.evaluation.probes import probe_words
 
     stage2 = memory.stage2
     if stage2 is None or pair is None:

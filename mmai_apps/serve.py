@@ -9,7 +9,7 @@ The dashboard is a thin view of :class:`~mmai.memory.personal.PersonalMemory`:
   (the form's fields win; a box turns it off), and "what did I see after the heron" lists what
   followed that memory in its outing;
 * **inspect** — selecting a result shows the saliency overlay of the query on that image (the
-  re-ranker's cross-attention, :mod:`mmai.saliency`), its associated memories from the episodic
+  re-ranker's cross-attention, :mod:`mmai.reranker.saliency`), its associated memories from the episodic
   graph with the reason ("same outing" / "similar content"), a player for audio memories and the
   text of notes;
 * **add** — an upload form whose files are checked (allowed type, size limit, the image or
@@ -66,7 +66,7 @@ from mmai.memory.personal import PersonalMemory  # noqa: E402
 from mmai.memory.search import SearchOptions  # noqa: E402
 from mmai.memory.words import after_anchor  # noqa: E402
 from mmai.memory.write_policy import POLICIES  # noqa: E402
-from mmai.saliency import load_font, wrap_text  # noqa: E402
+from mmai.viz.panels import load_font, wrap_text  # noqa: E402
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -292,7 +292,7 @@ class Dashboard:
         words become filters (:meth:`PersonalMemory.understand`; the form's fields win) and the
         status says which; "... after the heron" lists what followed the anchor. ``now`` is the
         reference time of relative words (default the clock). ``top_down`` (the form's "Top-down"
-        box) runs stage 1 as the entropy-driven top-down descent (:mod:`mmai.memory.topdown`) and
+        box) runs stage 1 as the entropy-driven top-down descent (:mod:`mmai.retrieval.topdown`) and
         the status says how many memories it scored. Problems (empty query, bad filter,
         no checkpoint) come back as the status line and an empty gallery, never as an exception,
         so the page always says what happened.

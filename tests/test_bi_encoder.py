@@ -1,4 +1,4 @@
-"""The stage-1 bi-encoder (mmai.bi_encoder) on tiny towers."""
+"""The stage-1 bi-encoder (mmai.model.bi_encoder) on tiny towers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from mmai.bi_encoder import BiEncoder, first_caption_index
-from mmai.towers import AudioTower, ClipTowers, TextTower, VisionTower
+from mmai.model.bi_encoder import BiEncoder, first_caption_index
+from mmai.model.towers import AudioTower, ClipTowers, TextTower, VisionTower
 
 from ddp_helpers import run_on_two_cpu_ranks
 from tiny_configs import TINY_BERT, TINY_CLAP, TINY_CLIP, TINY_VIT

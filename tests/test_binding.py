@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from mmai.fusion import FusionReranker, grid_positions
-from mmai.grounding import PARTS, grounding_loss, part_patch_masks, token_parts
+from mmai.reranker.fusion import FusionReranker, grid_positions
+from mmai.reranker.grounding import PARTS, grounding_loss, part_patch_masks, token_parts
 
 
 def test_token_parts_name_the_part_of_nouns_and_of_their_colours():
@@ -75,7 +75,7 @@ def test_trimming_padding_leaves_the_logits_unchanged():
 
 
 def test_hcl_reduces_to_infonce_and_weights_hard_negatives_on_the_logit_scale():
-    from mmai.losses import hcl_loss, info_nce
+    from mmai.model.losses import hcl_loss, info_nce
 
     torch.manual_seed(0)
     query = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)

@@ -8,11 +8,11 @@ import inspect
 import pytest
 import torch
 
-from mmai.bi_encoder import BiEncoder
+from mmai.model.bi_encoder import BiEncoder
 from mmai.checkpoint import bi_encoder_config, load_stage1, load_stage2, read_checkpoint, rerank_settings
 from mmai.config import (AudioConfig, BiEncoderConfig, ConfigError, RerankerConfig, TextConfig, VisionConfig,
                          coerce)
-from mmai.fusion import FusionReranker
+from mmai.reranker.fusion import FusionReranker
 from tiny_checkpoints import TINY_BI_ENCODER, TINY_RERANKER, make_bi_encoder_ckpt, make_reranker_ckpt
 
 

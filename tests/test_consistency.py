@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from mmai.consistency import (NAMES, SpeciesTable, attribute_mask, caption_masks, chance_consistent, consistent_hits,
+from mmai.data.consistency import (NAMES, SpeciesTable, attribute_mask, caption_masks, chance_consistent, consistent_hits,
                               load_caption_table, random_recall, reader_ceiling)
 from mmai.data.synth.captions import COLOUR_WORDS, named_captions
 from mmai.data.synth.species import Attributes, build_species, swap_partners
-from mmai.probes import binding_probe, direct_outcomes
-from mmai.stats import paired_bootstrap
+from mmai.evaluation.probes import binding_probe, direct_outcomes
+from mmai.evaluation.stats import paired_bootstrap
 
 ORANGE_BILL = Attributes("hooked", "short", "orange", "red", "brown", "yellow", "long", True, False)
 

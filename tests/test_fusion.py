@@ -1,4 +1,4 @@
-"""The stage-2 fusion re-ranker (mmai.fusion): learning a planted match, batching, masking."""
+"""The stage-2 fusion re-ranker (mmai.reranker.fusion): learning a planted match, batching, masking."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmai.fusion import FusionReranker, match_loss
+from mmai.reranker.fusion import FusionReranker, match_loss
 
 torch.set_num_threads(1)
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from mmai.memory.gar import GraphAugmentedRetriever, personalized_pagerank
-from mmai.memory.graph import EpisodicGraph
+from mmai.retrieval.gar import GraphAugmentedRetriever, personalized_pagerank
+from mmai.retrieval.graph import EpisodicGraph
 
 DAY = 86_400.0
 
@@ -146,7 +146,7 @@ def test_bad_hits_are_clear_errors(outing_graph):
 
 
 # ---------------------------------------------------------------------- issue 19: one scale, few seeds, bursts
-from mmai.memory.gar import GAR_MODES, normalise_scores  # noqa: E402
+from mmai.retrieval.gar import GAR_MODES, normalise_scores  # noqa: E402
 
 
 def test_rank_normalisation_is_reciprocal_rank_fusion_over_valid_hits():

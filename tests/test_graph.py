@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from mmai.memory.graph import EpisodicGraph
-from mmai.memory.index import VectorIndex
+from mmai.retrieval.graph import EpisodicGraph
+from mmai.retrieval.index import VectorIndex
 
 HOUR = 3600.0
 
@@ -187,7 +187,7 @@ def test_bad_input_is_rejected_with_clear_messages():
 
 
 def test_unknown_times_get_no_temporal_edges_and_episodes_of_their_own():
-    from mmai.memory.graph import EpisodicGraph
+    from mmai.retrieval.graph import EpisodicGraph
 
     rng = np.random.default_rng(0)
     embeddings = rng.normal(size=(6, 8))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmai.memory.graph import EpisodicGraph
-from mmai.memory.index import VectorIndex
+from mmai.retrieval.graph import EpisodicGraph
+from mmai.retrieval.index import VectorIndex
 from tests.test_graph import memories
 
 

@@ -1,4 +1,4 @@
-"""The pointing game, box rescaling and query-word -> part mapping (mmai.grounding)."""
+"""The pointing game, box rescaling and query-word -> part mapping (mmai.reranker.grounding)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 from mmai.data.pipeline import image_transform
 from mmai.data.synth.captions import PART_ATTRIBUTES, image_captions
 from mmai.data.synth.species import build_species
-from mmai.grounding import (
+from mmai.reranker.grounding import (
     caption_part,
     chance_level,
     named_parts,

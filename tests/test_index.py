@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from mmai.memory import index as index_module
-from mmai.memory.index import VectorIndex
+from mmai.retrieval import index as index_module
+from mmai.retrieval.index import VectorIndex
 
 
 def clustered(count: int, dim: int = 32, clusters: int = 20, spread: float = 0.35, seed: int = 0) -> np.ndarray:

@@ -52,11 +52,11 @@ def test_the_contracts_are_kept():
 
 #: (file, appended code, the broken rule import-linter must report)
 PLANTED = [
-    ("mmai/metrics.py", "import lightning_modules.bi_encoder", "mmai is not allowed to import lightning_modules"),
-    ("mmai/losses.py", "import lightning", "mmai is not allowed to import lightning"),
-    ("mmai/fusion.py", "def _lazy():\n    import gradio", "mmai is not allowed to import gradio"),
-    ("mmai/negatives.py", "import argparse", "mmai is not allowed to import argparse"),
-    ("mmai/momentum.py", "import mmai_apps.cli", "mmai is not allowed to import mmai_apps"),
+    ("mmai/evaluation/metrics.py", "import lightning_modules.bi_encoder", "mmai is not allowed to import lightning_modules"),
+    ("mmai/model/losses.py", "import lightning", "mmai is not allowed to import lightning"),
+    ("mmai/reranker/fusion.py", "def _lazy():\n    import gradio", "mmai is not allowed to import gradio"),
+    ("mmai/reranker/negatives.py", "import argparse", "mmai is not allowed to import argparse"),
+    ("mmai/model/momentum.py", "import mmai_apps.cli", "mmai is not allowed to import mmai_apps"),
     ("callbacks/run_facts.py", "from lightning_modules.bi_encoder import BiEncoderModule",
      "callbacks is not allowed to import lightning_modules"),
     ("datamodules/cub_web.py", "import callbacks", "datamodules is not allowed to import callbacks"),

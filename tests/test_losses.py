@@ -1,4 +1,4 @@
-"""Multi-positive InfoNCE with hard negatives and momentum distillation (mmai.losses)."""
+"""Multi-positive InfoNCE with hard negatives and momentum distillation (mmai.model.losses)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmai.losses import hard_negative_log_weights, info_nce, momentum_soft_targets, positive_mask_from_ids
+from mmai.model.losses import hard_negative_log_weights, info_nce, momentum_soft_targets, positive_mask_from_ids
 
 torch.set_num_threads(1)
 

@@ -298,7 +298,7 @@ def _validated_reranker(folder: Path, rerank_k: int, stage1_weight: float) -> Pa
 
     from callbacks import RetrievalEvalCallback
     from lightning_glue.eval_set import EvalSet
-    from mmai.two_stage import TwoStageResult, stage1_topk
+    from mmai.retrieval.two_stage import TwoStageResult, stage1_topk
     from tiny_checkpoints import make_reranker_module, save_module_checkpoint
 
     module = make_reranker_module(folder)

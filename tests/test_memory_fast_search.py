@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from mmai.memory.filters import build_where
-from mmai.memory.gar import GraphAugmentedRetriever
-from mmai.memory.graph import EpisodicGraph
+from mmai.retrieval.gar import GraphAugmentedRetriever
+from mmai.retrieval.graph import EpisodicGraph
 from mmai.memory.ingest import synthetic_collection
 from mmai.memory.personal import Filters, PersonalMemory, SearchOptions
-from mmai.memory.ppr import Transition, power_iteration, push_pagerank
+from mmai.retrieval.ppr import Transition, power_iteration, push_pagerank
 from mmai.memory.store import MemoryStore
 from mmai.memory.table import MemoryTable
 

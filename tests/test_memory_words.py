@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from mmai.memory.filters import Filters
-from mmai.memory.graph import EpisodicGraph
+from mmai.retrieval.graph import EpisodicGraph
 from mmai.memory.ingest import synthetic_collection
 from mmai.memory.personal import PersonalMemory, SearchOptions, int_id
 from mmai.memory.words import merge, parse_words, understand

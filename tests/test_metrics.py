@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchmetrics.retrieval import RetrievalHitRate
 
-from mmai.metrics import (
+from mmai.evaluation.metrics import (
     evaluate_rankings,
     evaluate_retrieval,
     ids_to_positions,

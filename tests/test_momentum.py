@@ -1,4 +1,4 @@
-"""Momentum queue and EMA twins (mmai.momentum, mmai.distributed)."""
+"""Momentum queue and EMA twins (mmai.model.momentum, mmai.model.distributed)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmai import distributed
-from mmai.momentum import MomentumQueue, copy_params, momentum_update
+from mmai.model import distributed
+from mmai.model.momentum import MomentumQueue, copy_params, momentum_update
 
 from ddp_helpers import run_on_two_cpu_ranks
 

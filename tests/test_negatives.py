@@ -1,11 +1,11 @@
-"""Hard-negative sampling (mmai.negatives): never the positive's image, softmax-distributed, seeded."""
+"""Hard-negative sampling (mmai.reranker.negatives): never the positive's image, softmax-distributed, seeded."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mmai.negatives import (
+from mmai.reranker.negatives import (
     NEGATIVE_CAPTION,
     NEGATIVE_IMAGE,
     POSITIVE,

@@ -326,7 +326,7 @@ class _MeanReranker:
 
 
 def test_memory_rerank_is_the_librarys_two_stage_scoring(tmp_path, stage1, monkeypatch):
-    from mmai import two_stage
+    from mmai.retrieval import two_stage
 
     for i in range(7):
         _image(tmp_path / "p" / f"{i}.png", 10 + i)

@@ -137,8 +137,8 @@ def test_rerank_without_a_bi_encoder_checkpoint_says_what_to_pass(synth_shards, 
 def test_two_stage_metrics_equal_stage1_when_the_reranker_is_off():
     """The callback's two-stage path with the re-ranker switched off reproduces exact stage 1."""
     from callbacks import RetrievalEvalCallback
-    from mmai.metrics import evaluate_retrieval
-    from mmai.two_stage import evaluate_two_stage
+    from mmai.evaluation.metrics import evaluate_retrieval
+    from mmai.retrieval.two_stage import evaluate_two_stage
     from test_retrieval_callback import _eval_set
 
     data = _eval_set()

@@ -5,7 +5,7 @@ import torch
 
 from callbacks import RetrievalEvalCallback
 from lightning_glue.eval_set import EvalSet
-from mmai.metrics import evaluate_retrieval
+from mmai.evaluation.metrics import evaluate_retrieval
 
 
 def _eval_set(num_images=40, captions_per_image=3, seed=0, times=True) -> EvalSet:

@@ -1,4 +1,4 @@
-"""Saliency maps of the fusion re-ranker and their panels (mmai.saliency)."""
+"""Saliency maps of the fusion re-ranker and their panels (mmai.reranker.saliency)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,11 @@ from PIL import Image
 from test_fusion import LENGTH, PATCHES, TEXT_WIDTH, VISION_WIDTH, planted_pairs, train_planted_reranker
 
 from mmai.data.pipeline import normalize_images
-from mmai.fusion import FusionReranker
-from mmai.grounding import chance_level, pointing_game
-from mmai.saliency import (
-    colorize,
-    denormalize_image,
-    patch_relevance,
-    render_panel,
-    save_panel,
-    saliency_maps,
-    token_maps_for_panel,
-)
-from mmai.towers import TextTower
+from mmai.reranker.fusion import FusionReranker
+from mmai.reranker.grounding import chance_level, pointing_game
+from mmai.reranker.saliency import patch_relevance, saliency_maps
+from mmai.viz.panels import colorize, denormalize_image, render_panel, save_panel, token_maps_for_panel
+from mmai.model.towers import TextTower
 
 torch.set_num_threads(1)
 

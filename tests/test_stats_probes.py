@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from mmai.probes import binding_probe, burst_probe, burst_recovery, pair_outcomes, per_caption, probe_words
-from mmai.stats import GAIN, LOSS, NO_GAIN, mean_std, paired_bootstrap
+from mmai.evaluation.probes import binding_probe, burst_probe, burst_recovery, pair_outcomes, per_caption, probe_words
+from mmai.evaluation.stats import GAIN, LOSS, NO_GAIN, mean_std, paired_bootstrap
 
 
 # ------------------------------------------------------------------------------ paired bootstrap
@@ -150,7 +150,7 @@ def test_saved_outcomes_load_in_one_query_order_whatever_order_the_run_gathered(
 
 
 def test_one_unit_gives_no_verdict_however_large_the_difference():
-    from mmai.stats import TOO_FEW_UNITS
+    from mmai.evaluation.stats import TOO_FEW_UNITS
 
     a, b = np.zeros((1, 147)), np.full((1, 147), -0.2)  # `mmai ablate --quick`: 147 probe captions, 1 swap pair
     result = paired_bootstrap(a, b, units=np.zeros(147, dtype=int))

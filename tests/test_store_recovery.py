@@ -208,7 +208,7 @@ def test_disk_full_during_ingest_is_one_line_with_what_was_confirmed_and_nothing
 
 
 def test_disk_full_while_searching_is_one_line(tmp_path, checkpoint, capsys, monkeypatch):
-    from mmai.memory.index import VectorIndex
+    from mmai.retrieval.index import VectorIndex
 
     root, _ = _store(tmp_path, checkpoint, count=2, capsys=capsys)
     (root / "index.npz").unlink()  # the open rebuilds and saves it

@@ -17,7 +17,7 @@ import yaml
 from fit_helpers import REPO, TINY_MODEL
 from mmai_apps.lightning_cli import parse_config
 from mmai_apps.sweep_runner import Trial, main as sweep_main, plan_trial, run_sweep, write_results
-from mmai.metrics import evaluate_retrieval
+from mmai.evaluation.metrics import evaluate_retrieval
 from mmai.sweep import (ARGS_MACROS, GOALS, METHODS, LocalSearch, draw, expand_command, grid, infer_distribution,
                         load_sweep, optuna_distribution, render_args, sort_by_metric)
 
@@ -42,7 +42,7 @@ def _logged_stage1_keys(eval_ks) -> set[str]:
 def _logged_two_stage_keys(eval_ks) -> set[str]:
     """The keys RetrievalEvalCallback logs for a module with a re-ranker: ``val/two_stage/`` +
     evaluate_two_stage's keys (its stage-1-only path has the same keys)."""
-    from mmai.two_stage import evaluate_two_stage
+    from mmai.retrieval.two_stage import evaluate_two_stage
 
     torch.manual_seed(0)
     images, texts = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1), torch.randn(8, 8)

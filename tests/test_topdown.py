@@ -1,4 +1,4 @@
-"""Entropy-driven top-down retrieval (mmai.memory.topdown): exact at mass 1, the count of memories
+"""Entropy-driven top-down retrieval (mmai.retrieval.topdown): exact at mass 1, the count of memories
 scored on a hand-made hierarchy, the descent rule, the settings' refusals, AUROC."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmai.memory.graph import EpisodicGraph
-from mmai.memory.topdown import TopDownIndex, TopDownSettings, auroc
+from mmai.retrieval.graph import EpisodicGraph
+from mmai.retrieval.topdown import TopDownIndex, TopDownSettings, auroc
 
 
 def _clustered(count: int = 600, dim: int = 16, clusters: int = 12, seed: int = 0):

@@ -1,4 +1,4 @@
-"""Towers of the stage-1 bi-encoder (mmai.towers), on tiny random configs and the offline MiniLM."""
+"""Towers of the stage-1 bi-encoder (mmai.model.towers), on tiny random configs and the offline MiniLM."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import timm
 import torch
 
-from mmai.towers import AudioTower, ClipTowers, Projection, TextTower, VisionTower, build_tower
-from mmai.towers.audio_features import ClapFusionFeatures
-from mmai.towers.pretrained import resolve_model_path
+from mmai.model.towers import AudioTower, ClipTowers, Projection, TextTower, VisionTower, build_tower
+from mmai.model.towers.audio_features import ClapFusionFeatures
+from mmai.pretrained import resolve_model_path
 
 from tiny_configs import TINY_BERT, TINY_CLAP, TINY_CLIP, TINY_VIT
 

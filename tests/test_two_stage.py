@@ -1,4 +1,4 @@
-"""Two-stage ranking (mmai.two_stage): stage 1 when off, re-ordering only inside the top-K."""
+"""Two-stage ranking (mmai.retrieval.two_stage): stage 1 when off, re-ordering only inside the top-K."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmai.fusion import FusionReranker
-from mmai.metrics import evaluate_rankings, evaluate_retrieval
-from mmai.two_stage import evaluate_two_stage, rerank_topk, two_stage_rank
+from mmai.reranker.fusion import FusionReranker
+from mmai.evaluation.metrics import evaluate_rankings, evaluate_retrieval
+from mmai.retrieval.two_stage import evaluate_two_stage, rerank_topk, two_stage_rank
 
 torch.set_num_threads(1)
 
@@ -167,7 +167,7 @@ def test_returned_scores_follow_the_new_order_and_keep_the_tail_below_the_rerank
 
 
 def test_also_modes_reuse_one_fusion_pass_and_match_separate_runs():
-    from mmai.fusion import FusionReranker
+    from mmai.reranker.fusion import FusionReranker
 
     torch.manual_seed(0)
     reranker = FusionReranker(text_width=8, vision_width=6, hidden_dim=16, num_layers=1, num_heads=2)

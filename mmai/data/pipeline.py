@@ -29,7 +29,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset
 from torchvision.transforms import v2
 
-from mmai.towers.pretrained import load_or_explain, resolve_model_path
+from mmai.pretrained import load_or_explain, resolve_model_path
 
 log = logging.getLogger(__name__)
 

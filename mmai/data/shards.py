@@ -32,7 +32,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from mmai.consistency import TABLE_FILE, write_caption_table
+from mmai.data.consistency import TABLE_FILE, write_caption_table
 from mmai.data.cub import SPLITS, CUBImage, CUBIndex, CUBLayoutError, read_captions, read_cub, read_extras, split_images
 from mmai.io import atomic_open, atomic_write_text, fsync_dir
 
@@ -242,7 +242,7 @@ def _write_all(index, extras, assignments, out: Path, split: str, samples_per_sh
     manifest["skipped"] = {"count": len(bad), "files": [dataclasses.asdict(b) for b in bad]}
     manifest["short_captions"] = _odd_caption_files(caption_counts)
     manifest["species"] = _species_annotations(extras)
-    # what each caption states (synthetic CUB only): consistency labels, mmai.consistency
+    # what each caption states (synthetic CUB only): consistency labels, mmai.data.consistency
     manifest["caption_attributes"] = TABLE_FILE if write_caption_table(index.extras_root, out) else None
     twins = None if index.extras_root is None else Path(index.extras_root) / "twins.jsonl"
     manifest["twins"] = str(twins.resolve()) if twins is not None and twins.is_file() else None  # training negatives

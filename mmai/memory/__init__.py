@@ -1,48 +1,28 @@
-"""MMAI's memory layer: where embedded memories live and how they are found again.
+"""MMAI's personal-memory product: a person's photos, notes and songs, with a time and a place.
 
-* :class:`VectorIndex` (``index.py``) — stage-1 FAISS HNSW / flat search by cosine.
-* :class:`MemoryStore` (``store.py``) — persistent ids, embeddings and metadata in ChromaDB,
-  with :func:`build_where` filters ("only 2023", "only in Mumbai") over the metadata schema
-  of ``filters.py``.
-* :class:`EpisodicGraph` (``graph.py``) — memories linked by time and content (NetworkX),
-  with episodes and schemas above them; edges found by ``edges.py``, levels by ``hierarchy.py``.
-* :class:`GraphAugmentedRetriever` (``gar.py``) — HippoRAG-style personalised PageRank
-  (``ppr.py``) re-ranking of stage-1 hits, with explanations.
-* :class:`~mmai.memory.personal.PersonalMemory` (``personal.py``) — a person's memories over all
-  of these: a facade over ``index_sync.py``, ``journal.py``, ``records.py``, ``ingester.py``,
-  ``search.py``, ``maintenance.py`` and ``models.py``, searched with :class:`Filters` and
-  :class:`SearchOptions` (the re-ranker and its checkpoints, loaded on demand, need torch).
+What is about a person's archive lives here; how memories are ranked is the retrieval library's
+(:mod:`mmai.retrieval`), which this package calls and which never imports it.
+
+* :class:`~mmai.memory.personal.PersonalMemory` (``personal.py``) — the facade: ingest, search,
+  related, open, forget, consolidate, check and repair, over
+* :class:`MemoryStore` (``store.py``) — ids, embeddings and metadata in ChromaDB (the store of
+  record), with :func:`build_where` filters over the metadata schema of ``filters.py`` and the
+  in-memory copy of that metadata (``table.py``) that search filters by;
+* ``index_sync.py`` (the vector index and episodic graph kept in step with the store),
+  ``journal.py`` (crash-safe multi-step writes), ``records.py`` (hits and their metadata),
+  ``ingester.py``/``ingest.py`` (files and their metadata in; the one metadata validator),
+  ``write_policy.py`` (ADD/MERGE/DISCARD at write time), ``maintenance.py`` (consolidate,
+  forget, check), ``forgetting.py`` (access-aware forgetting), ``words.py`` (filters read from the
+  query's words), ``search.py`` (:class:`SearchOptions`; the search stages over
+  :func:`mmai.retrieval.pipeline.rank`) and ``models.py`` (the checkpoints, loaded on demand).
 
 Pure NumPy/FAISS/Chroma/NetworkX/SciPy at import; no Lightning, and torch only for the models.
 """
 
 from mmai.memory.filters import METADATA_FIELDS, Filters, build_where
-from mmai.memory.gar import Contribution, Explanation, GARResult, GraphAugmentedRetriever
-from mmai.memory.graph import EpisodicGraph, GraphConfig
-from mmai.memory.index import VectorIndex
-from mmai.memory.ppr import Transition, personalized_pagerank
 from mmai.memory.search import SearchOptions
 from mmai.memory.store import MemoryStore, StoreHits, StoreRecords
-from mmai.memory.vectors import as_unit_vectors
 from mmai.memory.write_policy import WritePolicy
 
-__all__ = [
-    "METADATA_FIELDS",
-    "Contribution",
-    "EpisodicGraph",
-    "Explanation",
-    "Filters",
-    "GARResult",
-    "GraphAugmentedRetriever",
-    "GraphConfig",
-    "MemoryStore",
-    "SearchOptions",
-    "StoreHits",
-    "StoreRecords",
-    "Transition",
-    "VectorIndex",
-    "WritePolicy",
-    "as_unit_vectors",
-    "build_where",
-    "personalized_pagerank",
-]
+__all__ = ["METADATA_FIELDS", "Filters", "MemoryStore", "SearchOptions", "StoreHits", "StoreRecords", "WritePolicy",
+           "build_where"]

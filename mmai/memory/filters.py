@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from mmai.memory.vectors import to_numpy
+from mmai.retrieval.vectors import to_numpy
 
 #: Metadata a memory may carry, with the Python type Chroma stores it as.
 METADATA_FIELDS: dict[str, type] = {

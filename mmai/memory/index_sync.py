@@ -1,11 +1,11 @@
 """The derived stores of a personal memory kept in step with Chroma: the FAISS index and the graph.
 
-Chroma is the source of truth. The FAISS index (:class:`~mmai.memory.index.VectorIndex`) is saved
+Chroma is the source of truth. The FAISS index (:class:`~mmai.retrieval.index.VectorIndex`) is saved
 as ``index.npz`` with ``index.manifest.json`` (count and digest of the ids); on open it is
 compared with Chroma: memories missing from it are added from Chroma, an index holding memories
 Chroma does not (or a missing/damaged file) is rebuilt from Chroma. It is exact ``flat`` below
 :data:`HNSW_FROM` memories, HNSW above (``index_kind="auto"``). The episodic graph
-(:class:`~mmai.memory.graph.EpisodicGraph`) is built from Chroma (times, places, importance) and
+(:class:`~mmai.retrieval.graph.EpisodicGraph`) is built from Chroma (times, places, importance) and
 FAISS (semantic edges) on first use and kept in memory; memories added or forgotten in this
 process update it in place (:meth:`EpisodicGraph.updated`), another process's writes rebuild it.
 
@@ -28,8 +28,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from mmai.memory.files import atomic_write
-from mmai.memory.graph import EpisodicGraph, GraphConfig
-from mmai.memory.index import VectorIndex
+from mmai.retrieval.graph import EpisodicGraph, GraphConfig
+from mmai.retrieval.index import VectorIndex
 from mmai.memory.store import MemoryStore
 from mmai.memory.table import MemoryTable
 

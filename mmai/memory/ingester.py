@@ -34,7 +34,7 @@ from mmai.memory.journal import Journal
 from mmai.memory.models import MemoryModels
 from mmai.memory.records import decode_metadata
 from mmai.memory.store import MemoryStore
-from mmai.memory.vectors import as_unit_vectors
+from mmai.retrieval.vectors import as_unit_vectors
 from mmai.memory.write_policy import ADD, DISCARD, MERGE, Decision, WritePolicy, decide
 
 __all__ = ["EXTRA_FIELDS", "IngestReport", "Ingester"]

@@ -57,7 +57,7 @@ import numpy as np
 
 from mmai.memory.filters import Filters
 from mmai.memory.forgetting import AccessLog, AccessStats, Usage, keep, scores
-from mmai.memory.graph import EpisodicGraph, GraphConfig
+from mmai.retrieval.graph import EpisodicGraph, GraphConfig
 from mmai.memory.index_sync import HNSW_FROM, IndexSync, int_id
 from mmai.memory.ingester import IngestReport, Ingester
 from mmai.memory.journal import DamagedGenerationError, Journal, StoreBusyError
@@ -211,7 +211,7 @@ class PersonalMemory:
 
     @property
     def index(self):
-        """The FAISS :class:`~mmai.memory.index.VectorIndex` (``None`` while the memory is empty)."""
+        """The FAISS :class:`~mmai.retrieval.index.VectorIndex` (``None`` while the memory is empty)."""
         return self.sync.index
 
     def _chroma_ids(self) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mmai.memory.index import VectorIndex
+from mmai.retrieval.index import VectorIndex
 from mmai.memory.journal import Journal, JournalState
 
 __all__ = ["differences", "move_aside", "protected_media", "restore", "saved_embeddings"]
@@ -89,7 +89,7 @@ def restore(store, journal: Journal, media_dir: Path, root: Path, embed, int_id)
         ``{"restored", "re_embedded", "unrestorable": [reasons]}``.
     """
     from mmai.memory.ingest import IngestError, read_memory_file
-    from mmai.memory.vectors import as_unit_vectors
+    from mmai.retrieval.vectors import as_unit_vectors
 
     state = journal.replay()
     stored = set(store.collection.get(ids=sorted(state.records), include=[])["ids"]) if state.records else set()

@@ -13,13 +13,13 @@
    until no memory outside it could win.
 3. **Re-rank** (``options.rerank``). The image candidates among the first ``rerank_k`` are scored
    by the fusion re-ranker and re-ordered by the library's two-stage score
-   (:func:`mmai.two_stage.rerank_topk`: match logit + ``stage1_weight`` x stage-1 cosine); images
+   (:func:`mmai.retrieval.two_stage.rerank_topk`: match logit + ``stage1_weight`` x stage-1 cosine); images
    move only among the image slots of that window, notes and songs keep theirs. ``rerank_k`` and
    ``stage1_weight`` default to the values the re-ranker was validated with
    (:attr:`~mmai.checkpoint.Stage2Model.settings_source` says where they come from). Patch tokens
    of images scored before come from :class:`PatchCache` (bounded, least recently used dropped).
 4. **GAR** (``options.gar``). The hits seed a personalised PageRank over the episodic graph
-   (:class:`~mmai.memory.gar.GraphAugmentedRetriever`, ``gar_mode``, ``gar_weight``, ``damping``;
+   (:class:`~mmai.retrieval.gar.GraphAugmentedRetriever`, ``gar_mode``, ``gar_weight``, ``damping``;
    by default the ``"burst"`` mode, whose top hits' burst-mates follow them, explained as "same
    outing"; ``ppr="local"`` computes the walk by forward push from the seeds); the results obey the
    filters again and the ``k`` returned carry an explanation and their related memories.
@@ -38,8 +38,8 @@ from typing import Any, Callable
 import numpy as np
 
 from mmai.memory.filters import Filters
-from mmai.memory.gar import GAR_MODES, PPR_METHODS, GraphAugmentedRetriever
-from mmai.memory.graph import EDGE_REASONS
+from mmai.retrieval.gar import GAR_MODES, PPR_METHODS, GraphAugmentedRetriever
+from mmai.retrieval.graph import EDGE_REASONS
 from mmai.memory.index_sync import IndexSync, int_id
 from mmai.memory.models import MemoryModels
 from mmai.memory.records import NoMatch, Records, Related, SearchHit
@@ -79,7 +79,7 @@ class SearchOptions:
             ``related`` memories.
         gar_weight: GAR's weight of the retrieval score against graph activation (default 0.5).
         damping: personalised PageRank damping: the walk's probability of following an edge (0.5).
-        gar_mode: GAR's settings, a :data:`~mmai.memory.gar.GAR_MODES` name (default ``"burst"``:
+        gar_mode: GAR's settings, a :data:`~mmai.retrieval.gar.GAR_MODES` name (default ``"burst"``:
             reciprocal-rank scores, the top 5 hits seed, temporal walk, and the top 3 hits'
             burst-mates — photos within 120 s — placed right after them; ``"legacy"``: before issue 19).
         gar_seeds: hits that seed the walk (default ``None``: the mode's; 0: every hit).
@@ -101,13 +101,13 @@ class SearchOptions:
         burst_s: with ``following``, leave out memories at most this many seconds after the anchor
             (its own burst of photos, the recording made with it; default 120, GAR's burst window;
             0: every later memory).
-        top_down: stage 1 by entropy-driven top-down retrieval (:mod:`mmai.memory.topdown`) over the
+        top_down: stage 1 by entropy-driven top-down retrieval (:mod:`mmai.retrieval.topdown`) over the
             episodic graph's schemas and episodes instead of scoring every memory: schema centroids
             first, schemas kept up to ``top_down_mass``, episode branches only when the schemas'
             entropy is at least ``top_down_entropy_stop``. :attr:`Searcher.last_top_down` says how
             many memories it scored. Exact search when ``top_down_mass`` is 1. Not with filters.
         top_down_mass: cumulative softmax probability kept per level (default ``None``:
-            :class:`~mmai.memory.topdown.TopDownSettings`'s, chosen on validation queries).
+            :class:`~mmai.retrieval.topdown.TopDownSettings`'s, chosen on validation queries).
         top_down_entropy_stop: normalised entropy below which the descent stops at the schemas
             (default ``None``: as ``top_down_mass``).
         top_down_temperature: softmax temperature over cosines (default ``None``: as ``top_down_mass``).
@@ -158,8 +158,8 @@ class SearchOptions:
         self.top_down_settings()  # a bad mass / entropy stop / temperature fails here, in one line
 
     def top_down_settings(self):
-        """The :class:`~mmai.memory.topdown.TopDownSettings` of these options (defaults where ``None``)."""
-        from mmai.memory.topdown import TopDownSettings
+        """The :class:`~mmai.retrieval.topdown.TopDownSettings` of these options (defaults where ``None``)."""
+        from mmai.retrieval.topdown import TopDownSettings
 
         given = {"mass": self.top_down_mass, "entropy_stop": self.top_down_entropy_stop,
                  "temperature": self.top_down_temperature}
@@ -337,9 +337,7 @@ class Searcher:
             table = self.sync.table()
             mask = table.mask(where)
         if options is not None and options.top_down:
-            from mmai.memory.topdown import top_down_hits
-
-            numbers, scores = top_down_hits(self, query_vector, list_length, options)
+            numbers, scores = self._top_down_hits(query_vector, list_length, options)
             ids = [self.sync.str_ids[int(n)] for n in numbers]
             score_of = dict(zip(ids, scores.tolist()))
             records = self.store.get(ids, include_embeddings=False, missing="skip")
@@ -362,6 +360,21 @@ class Searcher:
             rows = zip(found.ids[0], found.scores[0].tolist(), found.metadatas[0], found.documents[0])
         return [self.records.hit(memory_id, score, score, metadata, document)
                 for memory_id, score, metadata, document in rows]
+
+    def _top_down_hits(self, query_vector: np.ndarray, list_length: int,
+                       options: SearchOptions) -> tuple[np.ndarray, np.ndarray]:
+        """Stage 1 by top-down search (:mod:`mmai.retrieval.topdown`): ``(ids (n,), cosines (n,))``
+        over the memory's episodic graph (built on first use, as GAR's). The index is cached with
+        the graph it came from (a change of the memory drops the graph, so the next search rebuilds
+        both); the result is left in :attr:`last_top_down`."""
+        from mmai.retrieval.topdown import TopDownIndex
+
+        graph = self.sync.graph()
+        if self._top_down is None or self._top_down[0] is not graph:
+            self._top_down = (graph, TopDownIndex.from_graph(graph))
+        result = self._top_down[1].search(query_vector, int(list_length), options.top_down_settings())
+        self.last_top_down = result
+        return result.ids, result.scores
 
     def _weighted_candidates(self, query_vector: np.ndarray, list_length: int, where: dict | None, k: int,
                              options: SearchOptions) -> list[SearchHit]:
@@ -418,7 +431,7 @@ class Searcher:
         patch tokens come from :attr:`patch_cache` (``reference``: every image encoded again)."""
         import torch
 
-        from mmai import two_stage
+        from mmai.retrieval import two_stage
 
         window = hits[: settings.rerank_k]
         stage2 = self.models.stage2

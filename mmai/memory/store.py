@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mmai.memory.filters import METADATA_FIELDS, MODALITIES, build_where, check_where, clean_metadata
-from mmai.memory.vectors import as_unit_vectors
+from mmai.retrieval.vectors import as_unit_vectors
 
 __all__ = ["METADATA_FIELDS", "MODALITIES", "MemoryStore", "StoreDamagedError", "StoreHits", "StoreRecords",
            "build_where"]

@@ -23,7 +23,7 @@ top 10), seeds 0-2.
   an upper bound, not a policy.
 
 Cells: mean ± std over the seeds of the per-seed hit@10; paired: mean difference [95% paired
-bootstrap over the searches, seeds pooled] (:func:`mmai.stats.paired_bootstrap`). No model, CPU only.
+bootstrap over the searches, seeds pooled] (:func:`mmai.evaluation.stats.paired_bootstrap`). No model, CPU only.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def choose_parameters(sim, share: float, seed: int, cut: int, k: int) -> dict[st
 
 def run(args: argparse.Namespace) -> BenchResult:
     from mmai.memory.simulate import SimConfig, simulate
-    from mmai.stats import mean_std, paired_bootstrap
+    from mmai.evaluation.stats import mean_std, paired_bootstrap
 
     cut = args.replay_days
     results: dict[tuple[float, str], list[np.ndarray]] = {}

@@ -52,8 +52,8 @@ def _agreement(first, second) -> str:
 
 
 def bench_size(count: int, args: argparse.Namespace) -> list[dict]:
-    from mmai.memory.graph import EpisodicGraph
-    from mmai.memory.index import VectorIndex
+    from mmai.retrieval.graph import EpisodicGraph
+    from mmai.retrieval.index import VectorIndex
 
     embeddings, _, timestamps, places = synthetic_diary(count + args.added, args.dim, args.clusters, args.seed)
     ids = np.arange(len(embeddings), dtype=np.int64) + 1_000

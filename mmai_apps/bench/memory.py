@@ -97,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------- inputs
 def write_tiny_reranker(path: Path, seed: int = 0) -> Path:
     """A tiny random re-ranker checkpoint in Lightning's layout, written without Lightning."""
-    from mmai.bi_encoder import BiEncoder
+    from mmai.model.bi_encoder import BiEncoder
     from mmai.checkpoint import build_reranker
 
     torch.manual_seed(seed)

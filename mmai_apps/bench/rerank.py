@@ -3,10 +3,10 @@
 One process, random tensors shaped like the tiny CPU profile, every comparison side by side:
 
 * **stage 1** — one caption embedding against the gallery's ``(G, E)`` unit embeddings: matmul +
-  top-K (:func:`mmai.two_stage.stage1_topk`), single query.
+  top-K (:func:`mmai.retrieval.two_stage.stage1_topk`), single query.
 * **stage 2, cached** — gather the K candidates' cached patch tokens ``(K, N, Dv)`` and score them
-  in one batch with :meth:`mmai.fusion.FusionReranker.score_candidates`, then re-order
-  (:func:`mmai.two_stage.rerank_topk`).
+  in one batch with :meth:`mmai.reranker.fusion.FusionReranker.score_candidates`, then re-order
+  (:func:`mmai.retrieval.two_stage.rerank_topk`).
 * **stage 2, re-encode** — the same, but the K candidate images ``(K, 3, S, S)`` are first
   re-encoded by a tiny ViT (timm ``vit_tiny_patch16_224``, ``img_size`` 64, ``patch_size`` 8,
   ``depth`` 6, random init) to get their patch tokens; ``encode`` is that ViT forward alone.
@@ -15,7 +15,7 @@ Per query and per K the cached and re-encoding paths run alternately on the same
 medians over ``--queries`` queries after ``--warmup`` untimed ones, ``torch.inference_mode``,
 wall clock ``time.perf_counter``. Encoding the query caption is not included anywhere (the
 stage-1 text tower runs once per query for both paths). A last row runs
-:func:`mmai.two_stage.evaluate_two_stage` (t2i, K=16) over ``--eval-queries`` captions in batches,
+:func:`mmai.retrieval.two_stage.evaluate_two_stage` (t2i, K=16) over ``--eval-queries`` captions in batches,
 the amortised per-query cost of a validation epoch.
 
 On a shared machine run with ``--threads 1``: with 2 threads and other processes on the cores,
@@ -67,7 +67,7 @@ def _median(values: list[float]) -> float:
 
 
 def _measure_k(k: int, args, data: dict, reranker, vit) -> dict:
-    from mmai.two_stage import rerank_topk, stage1_topk
+    from mmai.retrieval.two_stage import rerank_topk, stage1_topk
 
     def stage2_cached(positions, scores, text, mask):
         candidates = data["patches"][positions[0]]  # (K, N, Dv) from the cache
@@ -103,7 +103,7 @@ def _measure_k(k: int, args, data: dict, reranker, vit) -> dict:
 def _evaluation_row(args, data: dict, reranker) -> dict:
     import torch
 
-    from mmai.two_stage import evaluate_two_stage
+    from mmai.retrieval.two_stage import evaluate_two_stage
 
     count = min(args.eval_queries, args.gallery)
     image_ids, owners = torch.arange(args.gallery), torch.arange(count)  # caption q describes image q
@@ -143,7 +143,7 @@ def _data(args) -> dict:
 def run(args: argparse.Namespace) -> BenchResult:
     import torch
 
-    from mmai.fusion import FusionReranker
+    from mmai.reranker.fusion import FusionReranker
 
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)

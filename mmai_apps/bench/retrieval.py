@@ -4,13 +4,13 @@ Every comparison is measured side by side in one run on the same machine and syn
 
 1. **HNSW vs flat** — recall@10 of HNSW against exact IndexFlatIP top-10, and the queries/s ratio
    (one batched ``search`` call each, after building both indexes).
-2. **Semantic edges** — time and peak memory of :func:`mmai.memory.edges.semantic_pairs` over all
+2. **Semantic edges** — time and peak memory of :func:`mmai.retrieval.edges.semantic_pairs` over all
    memories, searching the stage-1 HNSW index (built once in 1) and an exact flat index; the
    HNSW edge set is compared to the exact one (edge recall).
 3. **GAR vs NetworkX** — per-query latency of :class:`GraphAugmentedRetriever` re-ranking (batched
    PageRank + fusion) and of the batched PageRank alone, against ``networkx.pagerank`` with the
    same personalisation on the same graph (few queries: NetworkX is slow); top-10 agreement.
-4. **Recall@K vs matmul floor** — :func:`mmai.metrics.evaluate_retrieval` of 117,880 caption
+4. **Recall@K vs matmul floor** — :func:`mmai.evaluation.metrics.evaluate_retrieval` of 117,880 caption
    queries against 11,788 images (t2i) against the chunked matmul alone (no top-k), same chunks.
 
 Synthetic embeddings are structured like a bird diary: ``--clusters`` species centres on the
@@ -144,7 +144,7 @@ SPEED_UP = "speed-up (baseline time / ours)"
 
 # ---------------------------------------------------------------------- the four comparisons
 def bench_index(embeddings: np.ndarray, queries: np.ndarray):
-    from mmai.memory.index import VectorIndex
+    from mmai.retrieval.index import VectorIndex
 
     ids = np.arange(len(embeddings))
     flat, flat_build_s = _timed(VectorIndex.build, embeddings, ids, kind="flat", progress=False)
@@ -159,7 +159,7 @@ def bench_index(embeddings: np.ndarray, queries: np.ndarray):
 
 
 def bench_semantic_edges(embeddings: np.ndarray, hnsw, exact: bool):
-    from mmai.memory.edges import semantic_pairs
+    from mmai.retrieval.edges import semantic_pairs
 
     ids = np.arange(len(embeddings))
     hnsw_memory: dict = {}
@@ -188,8 +188,8 @@ def bench_semantic_edges(embeddings: np.ndarray, hnsw, exact: bool):
 def bench_gar(embeddings, timestamps, places, hnsw, queries, nx_queries: int):
     import networkx as nx
 
-    from mmai.memory.gar import GraphAugmentedRetriever, personalized_pagerank
-    from mmai.memory.graph import EpisodicGraph
+    from mmai.retrieval.gar import GraphAugmentedRetriever, personalized_pagerank
+    from mmai.retrieval.graph import EpisodicGraph
 
     ids = np.arange(len(embeddings))
     graph, build_s = _timed(EpisodicGraph, ids, embeddings, timestamps, places, index=hnsw, progress=False)
@@ -230,7 +230,7 @@ def bench_gar(embeddings, timestamps, places, hnsw, queries, nx_queries: int):
 def bench_recall(args: argparse.Namespace):
     import torch
 
-    from mmai.metrics import evaluate_retrieval
+    from mmai.evaluation.metrics import evaluate_retrieval
 
     arrays = synthetic_captions(args.n_images, args.captions_per_image, args.dim, args.clusters, args.seed)
     image_emb, image_ids, image_class, text_emb, text_image_ids, text_class = map(torch.from_numpy, arrays)

@@ -11,14 +11,14 @@ Protocol (everything in one run, so the ratios compare like with like):
    (``--query-noise``: the text-image gap), its species drawn as the photos' (what the user saw).
    This replaces ``mmai bench memory``'s fill (noisy copies of a tiny *random* model's
    embeddings), which has no species structure to find.
-2. **Hierarchy**: :meth:`TopDownIndex.build <mmai.memory.topdown.TopDownIndex.build>`, the
+2. **Hierarchy**: :meth:`TopDownIndex.build <mmai.retrieval.topdown.TopDownIndex.build>`, the
    episodic graph's own k-means schemas (``round(sqrt(N/2))``, at most 256) and time/place
    episodes (gap 7,200 s), without the graph's edges; its build time is a row.
 3. **Settings**: ``--val-queries`` validation queries choose, from the grid
    ``--masses x --entropy-stops x --temperatures``, the setting that scores the fewest vectors
    (schema and episode-branch centroids + memories: a branch centroid costs what a memory does) while its class R@1, class R@10 and instance R@10 stay within ``--tolerance`` of flat (else
    the best recall); ``--test-queries`` *other* queries report it, and the library defaults
-   (:class:`~mmai.memory.topdown.TopDownSettings`) too. Nothing is chosen on the test queries.
+   (:class:`~mmai.retrieval.topdown.TopDownSettings`) too. Nothing is chosen on the test queries.
 4. **Relevance**: *class*: a hit of the query's species. *instance*: flat exact's top-1 memory is
    the reference answer (flat has instance R@1 = R@10 = 1 by definition); top-down's R@1 is the
    share of queries whose top-1 is that memory, R@10 whether it is in the top 10.
@@ -30,7 +30,7 @@ Protocol (everything in one run, so the ratios compare like with like):
    misses" (class miss at 1 and at 10) on the test queries.
 
 Differences are top-down minus flat with paired 95% bootstrap intervals over (seed, query)
-(:func:`mmai.stats.paired_bootstrap`).
+(:func:`mmai.evaluation.stats.paired_bootstrap`).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def evaluate(index, queries: np.ndarray, wanted: np.ndarray, species_of_row: np.
 def choose(index, data: dict, species_of_row: np.ndarray, args: argparse.Namespace, seed: int):
     """The grid setting that scores the fewest vectors (schema and branch centroids + memories) within
     ``tolerance`` of flat on the val queries."""
-    from mmai.memory.topdown import TopDownSettings
+    from mmai.retrieval.topdown import TopDownSettings
 
     queries, wanted = data["queries"](args.val_queries, stream=0)  # stream 0: validation
     flat_lists = np.stack([_flat(index.embeddings, query, args.k) for query in queries])  # (Q, k), once
@@ -176,8 +176,8 @@ def choose(index, data: dict, species_of_row: np.ndarray, args: argparse.Namespa
 
 
 def run(args: argparse.Namespace) -> BenchResult:
-    from mmai.memory.topdown import TopDownIndex, TopDownSettings, auroc
-    from mmai.stats import paired_bootstrap
+    from mmai.retrieval.topdown import TopDownIndex, TopDownSettings, auroc
+    from mmai.evaluation.stats import paired_bootstrap
 
     rows: list[dict[str, Any]] = []
     for size in args.sizes:
@@ -249,6 +249,6 @@ def run(args: argparse.Namespace) -> BenchResult:
         "relevance": "class: the query's species; instance: flat exact's top-1 memory (flat = 100% by definition)",
         "latency": "per query, one at a time, flat (NumPy product + top-k over all memories) and top-down alternately; "
                    "query embedding given (no text encoder)",
-        "intervals": "paired bootstrap 95% over (seed, query), 2000 resamples (mmai.stats.paired_bootstrap)",
+        "intervals": "paired bootstrap 95% over (seed, query), 2000 resamples (mmai.evaluation.stats.paired_bootstrap)",
     }
     return BenchResult(rows=rows, meta=meta)

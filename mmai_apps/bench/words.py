@@ -23,13 +23,13 @@ Protocol (``--photos`` 2,000 diary photos of ``--species`` 40 synthetic species 
   memories of that species that satisfy the true filters (the target among them). R@5 = relevant
   in the top 5 / min(5, relevant), for *flat* search (the whole query embedded, no filter), the
   *parsed* filters (the parser's text and filters) and the *true* filters (the description and the
-  true filters). Paired 95% intervals: :func:`mmai.stats.paired_bootstrap` over queries, seeds
+  true filters). Paired 95% intervals: :func:`mmai.evaluation.stats.paired_bootstrap` over queries, seeds
   pooled.
 * **After.** ``what did I see after <caption> at <place> on <day>`` for ``--after-queries`` anchors
   per seed (a sighting's first photo whose outing has a later sighting). The answer is the first
   photo of the next sighting. hit@5 of it for flat search (the whole query), the parsed filters
   without the hop (top 5 of the anchor's words within the filters) and the directed "follows" hop
-  (:meth:`mmai.memory.graph.EpisodicGraph.following` after the top-1 anchor within the filters,
+  (:meth:`mmai.retrieval.graph.EpisodicGraph.following` after the top-1 anchor within the filters,
   skipping ``--burst-s`` 120 s as the search does by default). "anchor right": the top-1 anchor is
   a photo of the true anchor's sighting.
 """
@@ -413,7 +413,7 @@ def parse_and_recall(memories: DiaryMemories, encoder: BagOfWords, vectors: np.n
 def after_queries(memories: DiaryMemories, encoder: BagOfWords, vectors: np.ndarray, count: int, k: int,
                   burst_s: float, rng: np.random.Generator, describe: Callable[[int], str]) -> dict[str, list[float]]:
     """hit@k of the next sighting's first photo: flat, filters without the hop, the directed hop."""
-    from mmai.memory.graph import EpisodicGraph
+    from mmai.retrieval.graph import EpisodicGraph
     from mmai.memory.words import parse_words
 
     order = np.lexsort((np.arange(len(memories)), memories.timestamps, memories.episodes))
@@ -450,14 +450,14 @@ def after_queries(memories: DiaryMemories, encoder: BagOfWords, vectors: np.ndar
 
 
 def _cell(values: np.ndarray) -> str:
-    from mmai.stats import mean_std
+    from mmai.evaluation.stats import mean_std
 
     mean, std = mean_std(values.mean(axis=1))
     return f"{mean:.3f} ± {std:.3f}"
 
 
 def _diff(a: np.ndarray, b: np.ndarray) -> str:
-    from mmai.stats import paired_bootstrap
+    from mmai.evaluation.stats import paired_bootstrap
 
     d = paired_bootstrap(a, b)
     return f"{d.difference:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"

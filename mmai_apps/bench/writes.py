@@ -149,7 +149,7 @@ def make_queries(diary, count: int, seed: int) -> dict[str, np.ndarray]:
 
 def run(args: argparse.Namespace) -> BenchResult:
     from mmai.memory.write_policy import WritePolicy
-    from mmai.stats import mean_std, paired_bootstrap
+    from mmai.evaluation.stats import mean_std, paired_bootstrap
 
     started = time.perf_counter()
     policy = WritePolicy()

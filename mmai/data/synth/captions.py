@@ -17,7 +17,7 @@ from mmai.data.synth.species import Attributes
 
 COLOUR_ATTRIBUTES = ("bill_colour", "crown_colour", "wing_colour", "belly_colour")
 #: Every attribute a caption can state, in the order of :func:`visible_attributes` (and of the
-#: bits of a caption's attribute mask, :func:`mmai.consistency.attribute_mask`).
+#: bits of a caption's attribute mask, :func:`mmai.data.consistency.attribute_mask`).
 CAPTION_ATTRIBUTES = ("bill_shape", "bill_length", "bill_colour", "crown_colour", "wing_colour",
                       "belly_colour", "tail_length", "wing_bars", "eye_ring")
 #: Attributes that a hidden part takes out of the captions.

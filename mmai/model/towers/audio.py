@@ -3,7 +3,7 @@
 CLAP (Wu et al., ICASSP 2023) encodes audio with HTSAT, a Swin-style transformer over log-mel
 spectrograms; the "fused" variant adds attentional feature fusion of a whole-clip view and three
 local crops for clips longer than 10 s. The tower takes raw 48 kHz waveforms, featurises them in
-torch (:mod:`mmai.towers.audio_features`), and returns the pooled HTSAT feature (the stage-1
+torch (:mod:`mmai.model.towers.audio_features`), and returns the pooled HTSAT feature (the stage-1
 retrieval feature, before CLAP's own projection, which MMAI replaces with its own) and the final
 token grid flattened to a sequence.
 
@@ -24,9 +24,9 @@ from torch import nn
 from transformers import AutoConfig, ClapAudioConfig, ClapAudioModel, ClapAudioModelWithProjection, ClapFeatureExtractor
 
 from mmai.config import AudioConfig
-from mmai.towers.audio_features import ClapFusionFeatures
-from mmai.towers.base import TowerOutput
-from mmai.towers.pretrained import describe_key_mismatch, load_or_explain, resolve_model_path
+from mmai.model.towers.audio_features import ClapFusionFeatures
+from mmai.model.towers.base import TowerOutput
+from mmai.pretrained import describe_key_mismatch, load_or_explain, resolve_model_path
 
 #: Architecture of ``laion/clap-htsat-fused`` beyond ``ClapAudioConfig``'s defaults.
 FUSED_DEFAULTS: dict[str, Any] = {"enable_fusion": True}
@@ -77,7 +77,7 @@ class AudioTower(nn.Module):
 
     Attributes:
         model: the ``ClapAudioModel``.
-        featurizer: :class:`~mmai.towers.audio_features.ClapFusionFeatures` (no parameters).
+        featurizer: :class:`~mmai.model.towers.audio_features.ClapFusionFeatures` (no parameters).
         feature_extractor: the ``ClapFeatureExtractor`` it follows.
         sampling_rate: expected waveform rate (48 kHz).
         width: D, the pooled feature size (768 for HTSAT-base).

@@ -32,7 +32,7 @@ orange bill and a grey belly" from the swapped bird. Its attention map is return
 
 **Attention is written out** (no ``scaled_dot_product_attention``): the softmax weights are
 exact, returned per layer as ``cross_attentions`` ``(Bt, heads, L, N)`` and stay in the autograd
-graph, so :mod:`mmai.saliency` can take the gradient of the logit with respect to them.
+graph, so :mod:`mmai.reranker.saliency` can take the gradient of the logit with respect to them.
 
 **Broadcasting.** Every operation works on arbitrary leading batch dimensions and broadcasts
 text against patches: ``text (1, L, Dt)`` with ``patches (K, N, Dv)`` scores one caption

@@ -2,8 +2,8 @@
 
 CLIP (Radford et al., "Learning Transferable Visual Models From Natural Language Supervision",
 ICML 2021) through transformers' ``CLIPModel``. :class:`ClipTowers` splits it into a vision and a
-text tower with the same interface as :class:`~mmai.towers.vision.VisionTower` and
-:class:`~mmai.towers.text.TextTower` (pooled feature + token states), plus CLIP's own
+text tower with the same interface as :class:`~mmai.model.towers.vision.VisionTower` and
+:class:`~mmai.model.towers.text.TextTower` (pooled feature + token states), plus CLIP's own
 projections wrapped with L2 normalisation, so ``BiEncoder(clip=ClipTowers(...))`` reproduces CLIP's
 zero-shot similarities exactly and can also be fine-tuned with the momentum queue.
 """
@@ -19,9 +19,9 @@ from torch import nn
 from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from mmai.config import ClipConfig
-from mmai.towers.base import TowerOutput
-from mmai.towers.pretrained import load_or_explain, resolve_model_path
-from mmai.towers.projection import NormalizedLinear
+from mmai.model.towers.base import TowerOutput
+from mmai.pretrained import load_or_explain, resolve_model_path
+from mmai.model.towers.projection import NormalizedLinear
 
 #: OpenAI CLIP's image normalisation, used when no preprocessor config is at hand.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -103,7 +103,7 @@ class ClipTowers(nn.Module):
     Attributes:
         vision: :class:`ClipVisionTower`; text: :class:`ClipTextTower`.
         vision_projection, text_projection: CLIP's projections + L2 normalisation
-            (:class:`~mmai.towers.projection.NormalizedLinear`).
+            (:class:`~mmai.model.towers.projection.NormalizedLinear`).
         embed_dim: CLIP's projection size (512 for ViT-B/16).
         temperature: CLIP's learnt temperature, ``1 / exp(logit_scale)`` (0.01 for OpenAI CLIP).
     """

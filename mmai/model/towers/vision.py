@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from mmai.config import DEFAULT_VISION_MODELS, VisionConfig
-from mmai.towers.base import TimmPreprocessing, TowerOutput
-from mmai.towers.pretrained import load_state_dict_strictly, read_state_dict
+from mmai.model.towers.base import TimmPreprocessing, TowerOutput
+from mmai.pretrained import load_state_dict_strictly, read_state_dict
 
 
 def unknown_vision_model_message(model_name: str) -> str:

@@ -278,7 +278,7 @@ class TwinBank:
 
     Attributes:
         image_ids: ``(T,)`` long, the photo each twin is of.
-        swapped_bits: ``(T,)`` long, the attribute mask (:func:`mmai.consistency.attribute_mask`) of
+        swapped_bits: ``(T,)`` long, the attribute mask (:func:`mmai.data.consistency.attribute_mask`) of
             the two exchanged colour attributes: a caption stating any of them contradicts the twin.
         patches: ``(T, N, Dp)`` float16 patch tokens of the locked vision tower.
     """
@@ -320,7 +320,7 @@ def twin_bank(vision: nn.Module, table: Path, image_size: int, mean, std, cache_
     from PIL import Image
     from tqdm import tqdm
 
-    from mmai.consistency import attribute_mask
+    from mmai.data.consistency import attribute_mask
     from mmai.data.pipeline import image_transform, normalize_images
     from mmai.io import atomic_write
 

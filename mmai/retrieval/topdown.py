@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from mmai.memory.hierarchy import cluster_schemas, default_num_schemas, group_means, segment_episodes
-from mmai.memory.vectors import as_ids, as_unit_vectors
+from mmai.retrieval.hierarchy import cluster_schemas, default_num_schemas, group_means, segment_episodes
+from mmai.retrieval.vectors import as_ids, as_unit_vectors
 
 __all__ = ["TopDownIndex", "TopDownResult", "TopDownSettings", "auroc"]
 
@@ -189,14 +189,14 @@ class TopDownIndex:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_graph(cls, graph: Any) -> "TopDownIndex":
-        """The index of an :class:`~mmai.memory.graph.EpisodicGraph`'s schemas and episodes."""
+        """The index of an :class:`~mmai.retrieval.graph.EpisodicGraph`'s schemas and episodes."""
         return cls(graph.ids, graph.embeddings, graph.schema_of, graph.schema_centroids, graph.episode_of)
 
     @classmethod
     def build(cls, ids: Any, embeddings: Any, timestamps: Any, places: Any = None, *, num_schemas: int | None = None,
               max_schemas: int = 256, episode_gap_s: float = 7200.0, seed: int = 0) -> "TopDownIndex":
         """The hierarchy alone (k-means schemas and time/place episodes, as
-        :class:`~mmai.memory.graph.EpisodicGraph` builds them with the same settings), without
+        :class:`~mmai.retrieval.graph.EpisodicGraph` builds them with the same settings), without
         the graph's edges."""
         embeddings = as_unit_vectors(embeddings, name="TopDownIndex embeddings")
         episode_of = segment_episodes(np.asarray(timestamps, dtype=np.float64), episode_gap_s,
@@ -266,21 +266,6 @@ def auroc(scores: Any, positives: Any) -> float:
 
     ranks = rankdata(scores)  # average ranks: ties count half
     return float((ranks[positives].sum() - count_pos * (count_pos + 1) / 2) / (count_pos * count_neg))
-
-
-def top_down_hits(searcher: Any, query_vector: np.ndarray, list_length: int,
-                  options: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Stage 1 of a :class:`~mmai.memory.search.Searcher` by top-down search: ``(ids (n,), cosines
-    (n,))`` over the memory's episodic graph (built on first use, as GAR's). The index is cached
-    with the graph it came from (a change of the memory drops the graph, so the next search
-    rebuilds both); the result is left in ``searcher.last_top_down``."""
-    graph = searcher.sync.graph()
-    cached = searcher._top_down
-    if cached is None or cached[0] is not graph:
-        cached = searcher._top_down = (graph, TopDownIndex.from_graph(graph))
-    result = cached[1].search(query_vector, int(list_length), options.top_down_settings())
-    searcher.last_top_down = result
-    return result.ids, result.scores
 
 
 def top_down_rankings(index: TopDownIndex, queries: Any, k: int,

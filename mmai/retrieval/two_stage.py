@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mmai.metrics import DIRECTIONS, evaluate_rankings
+from mmai.evaluation.metrics import DIRECTIONS, evaluate_rankings
 
 RERANK_MODES = ("combined", "match", "stage1")
 
@@ -160,7 +160,7 @@ class TwoStageResult:
 
     Attributes:
         metrics: ``{"t2i/instance/R@1": ..., ...}`` two-stage Recall@K (fractions), keys as
-            :func:`mmai.metrics.evaluate_rankings`; log as ``f"{split}/two_stage/{key}"``.
+            :func:`mmai.evaluation.metrics.evaluate_rankings`; log as ``f"{split}/two_stage/{key}"``.
         stage1_metrics: the same keys for the stage-1 rankings the re-ranker started from.
         rankings: direction -> ``(Q, R)`` two-stage gallery positions.
         stage1_rankings: direction -> ``(Q, R)`` stage-1 gallery positions.
@@ -195,7 +195,7 @@ def fusion_rerank_fn(reranker: torch.nn.Module, direction: str, image_patches: t
     """A :data:`RerankFn` over cached tensors for one direction.
 
     Args:
-        reranker: a :class:`~mmai.fusion.FusionReranker` (run as it is: put it in eval mode).
+        reranker: a :class:`~mmai.reranker.fusion.FusionReranker` (run as it is: put it in eval mode).
         direction: ``"t2i"`` (queries index captions, candidates index images) or ``"i2t"``
             (queries index images, candidates index captions).
         image_patches: ``(Ni, N, Dv)`` cached patch tokens (any device; moved per batch).
@@ -226,7 +226,7 @@ def fusion_rerank_fn(reranker: torch.nn.Module, direction: str, image_patches: t
 
 
 def stage1_topk(queries: torch.Tensor, gallery_unit: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stage-1 ranking: cosine top-``length`` of each query (as :func:`mmai.metrics.topk_positions`).
+    """Stage-1 ranking: cosine top-``length`` of each query (as :func:`mmai.evaluation.metrics.topk_positions`).
 
     Args:
         queries: ``(q, E)`` query embeddings (normalised here).
@@ -318,7 +318,7 @@ def evaluate_two_stage(
     flag is restored afterwards); cached tensors may stay on the CPU.
 
     Args:
-        reranker: a :class:`~mmai.fusion.FusionReranker`, or None (stage 1 only: the two-stage
+        reranker: a :class:`~mmai.reranker.fusion.FusionReranker`, or None (stage 1 only: the two-stage
             rankings then equal the stage-1 ones).
         image_patches: ``(Ni, N, Dv)`` patch tokens of the gallery images.
         text_tokens: ``(Nt, L, Dt)`` caption token states; attention_mask ``(Nt, L)``.

@@ -15,7 +15,7 @@ numpy. It reproduces ``transformers.ClapFeatureExtractor`` with ``truncation="fu
 
 Differences from the numpy extractor: spectra are computed in float32 (differences of ~1e-4 dB;
 the tests compare both), and CLAP's trick of marking one random clip "longer" when none is, is
-not copied: ``is_longer`` is the truth (see :class:`mmai.towers.audio.AudioTower`).
+not copied: ``is_longer`` is the truth (see :class:`mmai.model.towers.audio.AudioTower`).
 """
 
 from __future__ import annotations

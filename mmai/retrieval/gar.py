@@ -36,7 +36,7 @@ all memories by fused score; nothing is appended. Equal fused scores are broken 
 stage-1 hits, in their stage-1 order (hits are given best first), so ``gar_weight=1`` returns the
 stage-1 list unchanged — with min-max the weakest hit scores 0, like every non-hit.
 
-:func:`~mmai.memory.ppr.personalized_pagerank` (``ppr.py``, re-exported here) is the batched
+:func:`~mmai.retrieval.ppr.personalized_pagerank` (``ppr.py``, re-exported here) is the batched
 power iteration, numerically the same as ``networkx.pagerank(G, alpha=damping, personalization=...)``.
 """
 
@@ -48,9 +48,9 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from mmai.memory.edges import temporal_pairs
-from mmai.memory.graph import EDGE_REASONS, EpisodicGraph
-from mmai.memory.ppr import Transition, personalized_pagerank, power_iteration, push_pagerank
+from mmai.retrieval.edges import temporal_pairs
+from mmai.retrieval.graph import EDGE_REASONS, EpisodicGraph
+from mmai.retrieval.ppr import Transition, personalized_pagerank, power_iteration, push_pagerank
 
 __all__ = ["GAR_MODES", "Contribution", "Explanation", "GARResult", "GraphAugmentedRetriever",
            "personalized_pagerank"]
@@ -191,7 +191,7 @@ class GraphAugmentedRetriever:
         tol, max_iter: PageRank convergence (defaults 1e-10, 100).
         batch_size: queries per PageRank batch (default 64; memory ~ 3 x batch x N x 8 bytes).
         ppr: ``"global"`` (default): power iteration over the whole graph (batched);
-            ``"local"``: forward push from the seeds (:func:`~mmai.memory.ppr.push_pagerank`), which
+            ``"local"``: forward push from the seeds (:func:`~mmai.retrieval.ppr.push_pagerank`), which
             touches only their neighbourhood: one query's cost no longer grows with the graph.
         push_eps: the push's residual bound per node (default 1e-10 of the seed mass).
     """

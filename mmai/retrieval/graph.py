@@ -37,12 +37,12 @@ import networkx as nx
 import numpy as np
 from scipy import sparse
 
-from mmai.memory.edges import choice_pairs, merge_choices, semantic_choices, temporal_pairs
-from mmai.memory.hierarchy import (
+from mmai.retrieval.edges import choice_pairs, merge_choices, semantic_choices, temporal_pairs
+from mmai.retrieval.hierarchy import (
     cluster_schemas, default_num_schemas, group_means, nearest_centroid, segment_episodes,
 )
-from mmai.memory.index import VectorIndex
-from mmai.memory.vectors import as_ids, as_unit_vectors, to_numpy
+from mmai.retrieval.index import VectorIndex
+from mmai.retrieval.vectors import as_ids, as_unit_vectors, to_numpy
 
 EDGE_REASONS = {"temporal": "same outing", "semantic": "similar content"}
 
@@ -95,7 +95,7 @@ class EpisodicGraph:
         places: ``(N,)`` place names, or ``None`` (no place information). ``None`` entries
             become ``""`` (unknown), which counts as one place.
         importance: ``(N,)`` importance scores in [0, 1] (Generative Agents); default 0.
-        index: an existing :class:`~mmai.memory.index.VectorIndex` over these memories (e.g.
+        index: an existing :class:`~mmai.retrieval.index.VectorIndex` over these memories (e.g.
             the stage-1 HNSW index) to find semantic edges with, instead of building one.
         config: a :class:`GraphConfig`; keyword ``overrides`` replace its fields, e.g.
             ``EpisodicGraph(..., temporal_window_s=600)``.

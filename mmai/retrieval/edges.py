@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
-from mmai.memory.index import VectorIndex
+from mmai.retrieval.index import VectorIndex
 
 _SEARCH_CHUNK = 8_192  # queries per FAISS search call
 

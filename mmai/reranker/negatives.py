@@ -87,7 +87,7 @@ def sample_hard_negatives(
         generator: makes the draw reproducible (default None: the global RNG).
         allowed: ``(Q, C)`` bool, the candidates that may be drawn at all (default None: every one):
             the *true* negatives, e.g. the species a caption contradicts
-            (:meth:`mmai.consistency.SpeciesTable.consistent`, negated).
+            (:meth:`mmai.data.consistency.SpeciesTable.consistent`, negated).
 
     Returns:
         ``(Q, num_negatives)`` long candidate indices, most probable draw first; ``-1`` where a
@@ -148,7 +148,7 @@ class MatchBatch:
     def gather(
         self, text_tokens: torch.Tensor, attention_mask: torch.Tensor, patches: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The pairs' inputs for :class:`~mmai.fusion.FusionReranker`.
+        """The pairs' inputs for :class:`~mmai.reranker.fusion.FusionReranker`.
 
         Args:
             text_tokens: ``(Bt, L, Dt)``; attention_mask ``(Bt, L)``; patches ``(B, N, Dv)``.
@@ -188,7 +188,7 @@ def build_match_batch(
 
     Returns:
         :class:`MatchBatch`; ``batch.gather(text_tokens, attention_mask, patches)`` gives the
-        fusion inputs and ``batch.labels`` the :func:`~mmai.fusion.match_loss` targets.
+        fusion inputs and ``batch.labels`` the :func:`~mmai.reranker.fusion.match_loss` targets.
     """
     num_captions, num_images = similarity.shape
     if caption_owner.shape != (num_captions,) or image_ids.shape != (num_images,):

@@ -25,13 +25,13 @@ from torch import nn
 
 from mmai.config import BiEncoderConfig
 
-from mmai.towers.audio import AudioTower
-from mmai.towers.base import TowerOutput
-from mmai.towers.clip import ClipTextTower, ClipTowers, ClipVisionTower
-from mmai.towers.cnn import CNNTower
-from mmai.towers.projection import NormalizedLinear, Projection
-from mmai.towers.text import TextTower
-from mmai.towers.vision import VisionTower
+from mmai.model.towers.audio import AudioTower
+from mmai.model.towers.base import TowerOutput
+from mmai.model.towers.clip import ClipTextTower, ClipTowers, ClipVisionTower
+from mmai.model.towers.cnn import CNNTower
+from mmai.model.towers.projection import NormalizedLinear, Projection
+from mmai.model.towers.text import TextTower
+from mmai.model.towers.vision import VisionTower
 
 #: kind -> tower class, for :func:`build_tower`.
 TOWERS: dict[str, type[nn.Module]] = {

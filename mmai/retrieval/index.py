@@ -28,8 +28,8 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from mmai.memory.files import atomic_write
-from mmai.memory.vectors import as_ids, as_unit_vectors
+from mmai.io import atomic_write
+from mmai.retrieval.vectors import as_ids, as_unit_vectors
 
 KINDS = ("hnsw", "flat")
 FILE_FORMAT = "mmai.VectorIndex"

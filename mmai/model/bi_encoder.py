@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from mmai.config import BiEncoderConfig
-from mmai.losses import info_nce, momentum_soft_targets, positive_mask_from_ids
-from mmai.momentum import MomentumQueue, copy_params, momentum_update
-from mmai.towers.projection import Projection
+from mmai.model.losses import info_nce, momentum_soft_targets, positive_mask_from_ids
+from mmai.model.momentum import MomentumQueue, copy_params, momentum_update
+from mmai.model.towers.projection import Projection
 
 
 #: loss term -> (query modality, key modality).
@@ -87,7 +87,7 @@ class _Side:
     image_ids: torch.Tensor  # (n,)
     class_ids: torch.Tensor  # (n,)
     present: torch.Tensor  # (n,) bool
-    masks: torch.Tensor | None = None  # (n,) what each caption states (mmai.consistency); text only
+    masks: torch.Tensor | None = None  # (n,) what each caption states (mmai.data.consistency); text only
 
 
 def first_caption_index(caption_owner: torch.Tensor, num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,12 +117,12 @@ class BiEncoder(nn.Module):
 
     Args:
         vision: a tower ``images -> (pooled (B, Dv), patches)`` with ``.width``
-            (:class:`~mmai.towers.VisionTower`).
+            (:class:`~mmai.model.towers.VisionTower`).
         text: a tower ``(input_ids, attention_mask) -> (pooled (Bt, Dt), tokens)`` with ``.width``
-            (:class:`~mmai.towers.TextTower`).
+            (:class:`~mmai.model.towers.TextTower`).
         audio: optional tower ``waveforms -> (pooled (B, Da), tokens)``
-            (:class:`~mmai.towers.AudioTower`); default None.
-        clip: a :class:`~mmai.towers.ClipTowers`, instead of ``vision`` and ``text``.
+            (:class:`~mmai.model.towers.AudioTower`); default None.
+        clip: a :class:`~mmai.model.towers.ClipTowers`, instead of ``vision`` and ``text``.
         embed_dim: shared space size E (default 512).
         queue_size: keys kept per modality (default 4096); must be a multiple of the global batch;
             0 turns the queue off (in-batch momentum keys only).
@@ -140,7 +140,7 @@ class BiEncoder(nn.Module):
     Attributes:
         vision, vision_proj, text, text_proj, audio, audio_proj: online modules (audio ones None
             without audio), and their ``_m`` twins (frozen, EMA-updated).
-        queue: :class:`~mmai.momentum.MomentumQueue` with one queue per modality.
+        queue: :class:`~mmai.model.momentum.MomentumQueue` with one queue per modality.
         temperature: learnable scalar ``nn.Parameter``.
     """
 
@@ -175,7 +175,7 @@ class BiEncoder(nn.Module):
         self.embed_dim, self.momentum = embed_dim, momentum
         self.hard_negative_beta, self.class_positives = hard_negative_beta, class_positives
         self.hard_negatives, self.hcl_tau_plus, self.true_negatives = hard_negatives, hcl_tau_plus, true_negatives
-        #: which species each caption is true of (:class:`mmai.consistency.SpeciesTable`), set by
+        #: which species each caption is true of (:class:`mmai.data.consistency.SpeciesTable`), set by
         #: the training module from the shards when ``true_negatives``; None: class labels only.
         self.consistency = None
         self.distill_alpha, self.audio_loss_weight = distill_alpha, audio_loss_weight
@@ -192,9 +192,9 @@ class BiEncoder(nn.Module):
     @classmethod
     def from_config(cls, config: BiEncoderConfig, pretrained: bool = True) -> BiEncoder:
         """The bi-encoder a :class:`~mmai.config.BiEncoderConfig` describes (towers built by
-        :func:`mmai.towers.build_towers`; ``pretrained=False`` skips their weights, for a checkpoint
+        :func:`mmai.model.towers.build_towers`; ``pretrained=False`` skips their weights, for a checkpoint
         about to overwrite them)."""
-        from mmai.towers import build_towers
+        from mmai.model.towers import build_towers
 
         return cls(**build_towers(config, pretrained), **config.model_kwargs())
 
