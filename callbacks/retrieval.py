@@ -63,14 +63,13 @@ import numpy as np
 import torch.nn.functional as F
 
 from lightning_glue.eval_set import EvalSet, log_global_values, save_failed_epoch_weights
+from mmai.data.consistency import load_caption_table
+from mmai.evaluation.metrics import evaluate_rankings
+from mmai.evaluation.outcomes import retrieval_outcomes
 from mmai.retrieval.gar import GAR_MODES, GraphAugmentedRetriever
 from mmai.retrieval.graph import EpisodicGraph
 from mmai.retrieval.index import VectorIndex
-from mmai.evaluation.metrics import evaluate_rankings
-from mmai.data.consistency import (SpeciesTable, caption_masks, chance_consistent, consistent_hits, load_caption_table,
-                              reader_ceiling)
-from mmai.evaluation.probes import binding_probe, burst_probe, burst_recovery, direct_outcomes, pair_outcomes, per_caption
-from mmai.retrieval.two_stage import stage1_topk
+from mmai.retrieval.pipeline import Ranking, exact_stage1, rank, search_index
 
 PER_QUERY_FILE = "per_query.npz"
 
@@ -200,9 +199,10 @@ class RetrievalEvalCallback(L.Callback):
         k = min(self.candidates, len(images))
         index = VectorIndex.build(images, positions, kind=self.index_kind, progress=False)
         start = time.perf_counter()
-        scores, hits = index.search(data.text_embeddings.numpy(), k)  # (Nt, k) each
+        stage1 = search_index(index, data.text_embeddings, k)  # (Nt, k) each
+        hits, scores = stage1.positions, stage1.scores
         metrics = {"stage1/latency_ms": 1000 * (time.perf_counter() - start) / len(hits)}
-        exact, exact_scores = stage1_topk(data.text_embeddings, F.normalize(data.image_embeddings.float(), dim=-1), k)
+        exact = exact_stage1(data.text_embeddings, F.normalize(data.image_embeddings.float(), dim=-1), k).positions
         rankings = {"stage1": exact.numpy()}
         if two_stage is not None:
             hits, scores = self._two_stage(data, two_stage, k, metrics)
@@ -218,7 +218,7 @@ class RetrievalEvalCallback(L.Callback):
                 stage_graph, self.gar_mode, gar_weight=self.gar_alpha, damping=self.gar_damping,
                 num_seeds=self.gar_seeds, semantic_edges=self.graph_options["semantic_edges"])
             start = time.perf_counter()
-            ranked = retriever.rerank(hits, scores, k=k).ids  # (Nt, k) positions
+            ranked = rank(Ranking(hits, scores), gar=retriever, gar_length=k).gar.ids  # (Nt, k) positions
             rankings[stage] = np.asarray(ranked)
             if stage == "gar":
                 metrics["gar/latency_ms"] = 1000 * (time.perf_counter() - start) / len(hits)
@@ -229,85 +229,9 @@ class RetrievalEvalCallback(L.Callback):
 
     def _outcomes(self, data: EvalSet, rankings: dict[str, np.ndarray], metrics: dict,
                   pair_logits: Callable | None = None) -> dict[str, np.ndarray]:
-        """Per-query outcomes of every stage (saved for paired intervals) and the probes' metrics."""
-        text_classes = data.text_class_ids.numpy()
-        classes = data.class_ids.numpy()
-        outcomes: dict[str, np.ndarray] = {"query/text_image_ids": data.text_image_ids.numpy(),
-                                           "query/image_ids": data.image_ids.numpy(),
-                                           "query/species": text_classes.astype(np.int64)}  # R@K's units
-        for stage, ranked in rankings.items():
-            hit = (classes[np.maximum(ranked, 0)] == text_classes[:, None]) & (ranked >= 0)  # (Nt, k)
-            outcomes[f"{stage}/t2i/class/hit@1"] = hit[:, 0].astype(np.float64)
-            outcomes[f"{stage}/t2i/class/hit@10"] = hit[:, :10].any(axis=1).astype(np.float64)
-            outcomes[f"{stage}/t2i/class/p@10"] = hit[:, :10].mean(axis=1)
-            metrics[f"{stage}/t2i/class/P@10"] = float(outcomes[f"{stage}/t2i/class/p@10"].mean())
-        self._consistency(data, rankings, metrics, outcomes)
-        probe = binding_probe(data.captions, data.text_image_ids.numpy(), data.image_ids.numpy(), classes,
-                              {"species": self.species})
-        if len(probe):
-            text, image = F.normalize(data.text_embeddings.float(), dim=-1), F.normalize(data.image_embeddings.float(), dim=-1)
-
-            def cosine(text_rows, image_rows):
-                return (text[text_rows] * image[image_rows]).sum(-1).numpy()
-
-            metrics["probe/binding/pairs"] = float(len(probe))
-            for stage, ranked in rankings.items():  # list positions: moves only where both are in the list
-                wins = pair_outcomes(ranked, probe, cosine)
-                captions, per_query = per_caption(wins, probe.text_rows)
-                metrics[f"probe/binding/{stage}"] = float(wins.mean())
-                outcomes[f"{stage}/probe/binding"] = per_query
-            metrics["probe/binding/captions"] = float(len(captions))
-            outcomes["query/binding_text_rows"] = captions
-            _, units = per_caption(probe.units.astype(np.float64), probe.text_rows)  # one swap pair per caption
-            outcomes["query/binding_units"] = units.astype(np.int64)
-            metrics["probe/binding/units"] = float(len(np.unique(probe.units)))
-            # the direct probe: every (caption, own image, confuser) triple scored by each stage's own scorer
-            true_cos, confuser_cos = cosine(probe.text_rows, probe.true_rows), cosine(probe.text_rows, probe.confuser_rows)
-            scored = {"stage1": (true_cos, confuser_cos)}
-            if pair_logits is not None:
-                true_logit = np.asarray(pair_logits(data, probe.text_rows, probe.true_rows))
-                confuser_logit = np.asarray(pair_logits(data, probe.text_rows, probe.confuser_rows))
-                scored["rerank"] = (true_logit, confuser_logit)
-                scored["two_stage"] = (true_logit + self.stage1_weight * true_cos,
-                                       confuser_logit + self.stage1_weight * confuser_cos)
-            for name, (true_score, confuser_score) in scored.items():
-                wins = direct_outcomes(true_score, confuser_score)
-                metrics[f"probe/binding_direct/{name}"] = float(wins.mean())
-                outcomes[f"{name}/probe/binding_direct"] = per_caption(wins, probe.text_rows)[1]
-        if len(data.conditions) == len(classes) and data.sighting_ids.numel() == len(classes):
-            bursts = burst_probe(data.text_image_ids.numpy(), data.image_ids.numpy(), data.sighting_ids.numpy(),
-                                 data.conditions)
-            if len(bursts):
-                metrics["probe/burst/queries"] = float(len(bursts))
-                outcomes["query/burst_text_rows"] = bursts.text_rows
-                for stage, ranked in rankings.items():
-                    recovered = burst_recovery(ranked, bursts, k=10)
-                    metrics[f"probe/burst/{stage}/R@10"] = float(recovered.mean())
-                    outcomes[f"{stage}/probe/burst@10"] = recovered
-        return outcomes
-
-    def _consistency(self, data: EvalSet, rankings: dict[str, np.ndarray], metrics: dict,
-                     outcomes: dict[str, np.ndarray]) -> None:
-        """Consistent t2i R@1/R@10 (a hit is any image of a species the caption is true of) and the
-        perfect attribute reader's class R@1/R@10, where the shards record what each caption states."""
-        table = SpeciesTable.from_species(self.species)
-        masks = caption_masks(data.text_image_ids.numpy(), self.caption_table)
-        if table is None or not (masks >= 0).any():
-            return  # real CUB: class relevance only
-        classes, text_classes = data.class_ids.numpy(), data.text_class_ids.numpy()
-        consistent = table.consistent(masks, text_classes, np.unique(classes))  # (Nt, C)
-        metrics["consistency/identifying"] = float((consistent.sum(axis=1) == 1).mean())
-        metrics["consistency/species_per_caption"] = float(consistent.sum(axis=1).mean())
-        for k, value in reader_ceiling(consistent, text_classes, classes, (1, 10)).items():
-            metrics[f"ceiling/t2i/class/R@{k}"] = value
-        for k, value in chance_consistent(consistent, classes, (1, 10)).items():
-            metrics[f"chance/t2i/consistent/R@{k}"] = value
-        for stage, ranked in rankings.items():
-            hit = consistent_hits(ranked, consistent, classes)
-            outcomes[f"{stage}/t2i/consistent/hit@1"] = hit[:, 0].astype(np.float64)
-            outcomes[f"{stage}/t2i/consistent/hit@10"] = hit[:, :10].any(axis=1).astype(np.float64)
-            metrics[f"{stage}/t2i/consistent/R@1"] = float(hit[:, 0].mean())
-            metrics[f"{stage}/t2i/consistent/R@10"] = float(hit[:, :10].any(axis=1).mean())
+        """Per-query outcomes of every stage and the probes' metrics (:func:`mmai.evaluation.outcomes.retrieval_outcomes`)."""
+        return retrieval_outcomes(data, rankings, metrics, self.species, self.caption_table, self.stage1_weight,
+                                  pair_logits)
 
     def _top_down(self, data: EvalSet, graph: EpisodicGraph, exact: np.ndarray, k: int, labels: tuple,
                   metrics: dict) -> np.ndarray:

@@ -38,12 +38,13 @@ from typing import Any, Callable
 import numpy as np
 
 from mmai.memory.filters import Filters
-from mmai.retrieval.gar import GAR_MODES, PPR_METHODS, GraphAugmentedRetriever
-from mmai.retrieval.graph import EDGE_REASONS
 from mmai.memory.index_sync import IndexSync, int_id
 from mmai.memory.models import MemoryModels
 from mmai.memory.records import NoMatch, Records, Related, SearchHit
 from mmai.memory.store import MemoryStore
+from mmai.retrieval.gar import GAR_MODES, PPR_METHODS, GraphAugmentedRetriever
+from mmai.retrieval.graph import EDGE_REASONS
+from mmai.retrieval.pipeline import Ranking, Rerank, rank
 
 __all__ = ["GIVEN", "MOMENT_S", "RerankSettings", "SearchOptions", "Searcher"]
 
@@ -431,8 +432,6 @@ class Searcher:
         patch tokens come from :attr:`patch_cache` (``reference``: every image encoded again)."""
         import torch
 
-        from mmai.retrieval import two_stage
-
         window = hits[: settings.rerank_k]
         stage2 = self.models.stage2
         if reference or not hasattr(stage2, "rerank_patches"):
@@ -448,10 +447,13 @@ class Searcher:
             logits = torch.as_tensor(stage2.rerank_patches(query, torch.stack([p for _, _, p in images])))  # (n,)
         stage1 = torch.tensor([[hit.stage1_score for _, hit, _ in images]], dtype=torch.float64)  # (1, n)
         positions = torch.arange(len(images))[None]  # (1, n): the images in stage-1 (window) order
-        order, scores = two_stage.rerank_topk(positions, stage1, k=len(images),
-                                              rerank_fn=lambda queries, candidates: logits[candidates],
-                                              mode="combined", stage1_weight=settings.stage1_weight,
-                                              return_scores=True)  # (1, n) each
+
+        def computed(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+            return logits[candidates]  # (1, n): the window's logits, scored above in one batch
+
+        stage2 = Rerank(computed, len(images), settings.stage1_weight)
+        two_stage = rank(Ranking(positions, stage1), rerank=stage2).two_stage
+        order, scores = two_stage.positions, two_stage.scores  # (1, n) each
         for (slot, _, _), position, score in zip(images, order[0].tolist(), scores[0].tolist()):
             hit = images[position][1]
             hit.match_logit, hit.score = float(logits[position]), float(score)
@@ -556,7 +558,8 @@ class Searcher:
         scores = np.array([hit.score for hit in hits], dtype=np.float64)
         list_length = min(len(retriever.graph), max(4 * int(k), len(hits)))
         # the reference explains every candidate; otherwise only the k returned ones are explained
-        result = retriever.rerank(numbers[None], scores[None], list_length, explain=options.reference)
+        result = rank(Ranking(numbers[None], scores[None]), gar=retriever, gar_length=list_length,
+                      explain=options.reference).gar
         ids = [self.sync.str_ids[int(n)] for n in result.ids[0]]
         allowed = self._allowed(ids, result.ids[0], where, options.reference)
         chosen = [(i, memory_id) for i, memory_id in enumerate(ids) if memory_id in allowed][: int(k)]

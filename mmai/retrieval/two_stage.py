@@ -251,7 +251,10 @@ def _rank_direction(direction: str, queries: torch.Tensor, gallery: torch.Tensor
     """Stage-1 rankings, and per mode the two-stage rankings and scores, of one direction.
 
     The re-ranker runs once per query batch (timed, with the first mode's re-ordering); further
-    modes re-order the same logits."""
+    modes re-order the same logits. Each batch goes through :func:`mmai.retrieval.pipeline.rank`,
+    the query chain the personal memory's search uses too."""
+    from mmai.retrieval.pipeline import Ranking, Rerank, rank  # the pipeline builds on this module
+
     queries = queries.to(device)
     gallery_unit = F.normalize(gallery.to(device).float(), dim=-1)  # (G, E), index-time work: not timed
     stage1_parts: list[torch.Tensor] = []
@@ -274,8 +277,9 @@ def _rank_direction(direction: str, queries: torch.Tensor, gallery: torch.Tensor
             return cache["logits"]
 
         for number, mode in enumerate(modes):
-            ranked, final = rerank_topk(positions, scores, k, once if rerank_fn is not None else None, mode,
-                                        stage1_weight, query_indices, return_scores=True)  # (q, R) each
+            stage2 = Rerank(once if rerank_fn is not None else None, k, stage1_weight, mode)
+            two_stage = rank(Ranking(positions, scores), rerank=stage2, query_indices=query_indices).two_stage
+            ranked, final = two_stage.positions, two_stage.scores  # (q, R) each
             if number == 0:
                 _synchronize(device)
                 stage2_s += time.perf_counter() - middle
