@@ -206,8 +206,8 @@ def _content_and_part_masks(tokenizer, input_ids: torch.Tensor, mask: torch.Tens
 
 
 def _stage2_view(pl_module):
-    """A :class:`mmai.checkpoint.Stage2Model` over the training module's own (live) weights."""
-    from mmai.checkpoint import Stage1Model, Stage2Model, load_tokenizer
+    """A :class:`mmai.inference.Stage2Model` over the training module's own (live) weights."""
+    from mmai.inference import Stage1Model, Stage2Model, load_tokenizer
 
     if getattr(pl_module, "_stage2_view", None) is None:
         config = pl_module.bi_encoder_config

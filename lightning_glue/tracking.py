@@ -9,6 +9,7 @@ from __future__ import annotations
 import netrc
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
@@ -77,6 +78,10 @@ class MMAIWandbLogger(WandbLogger):
             rank_zero_info(f"W&B is offline (no credentials found): the run is saved under {save_dir}/wandb; "
                            f"upload it later with `wandb sync {save_dir}/wandb/offline-run-*`")
 
-    def log_run_facts(self, facts: dict) -> None:
-        """Add facts (code version, dataset manifest) to the run's config."""
-        self.experiment.config.update(facts, allow_val_change=True)
+
+def finish_wandb_run(exit_code: int = 0) -> None:
+    """End the current W&B run, if this process started one: the next run's logger (the next
+    ablation row, the next sweep trial) would otherwise reuse it."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)

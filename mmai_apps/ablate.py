@@ -34,7 +34,6 @@ import csv
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,7 +315,9 @@ def run_or_reuse(spec: RunSpec) -> RunSpec:
             else:
                 cli_main([spec.command, *argv])
         finally:
-            _finish_wandb_run()
+            from lightning_glue.tracking import finish_wandb_run  # Lightning: imported only when a run ends
+
+            finish_wandb_run()
         spec.seconds = time.perf_counter() - start
         (spec.run_dir / "wall_time.json").write_text(json.dumps({"seconds": round(spec.seconds, 1)}))
         spec.status = "resumed and trained" if resume else ("evaluated" if spec.command == "validate" else "trained")
@@ -355,12 +356,6 @@ def _complete(spec: RunSpec) -> bool:
     if spec.command == "validate":
         return bool(summary.get("validations"))
     return bool(summary.get("finished")) and bool(summary.get("validations")) and spec.last_checkpoint.is_file()
-
-
-def _finish_wandb_run() -> None:
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
 
 
 # --------------------------------------------------------------------------------------- table

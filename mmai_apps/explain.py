@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"mmai saliency: --image {str(args.image)!r} does not exist")
     except (UnidentifiedImageError, OSError) as error:
         raise SystemExit(f"mmai saliency: --image {str(args.image)!r} is not a readable image ({error})")
-    from mmai.checkpoint import load_stage2
+    from mmai.inference import load_stage2
 
     stage2 = load_stage2(args.checkpoint, device=args.device)
     panel = stage2.explain(args.query, image, rank=args.rank, method=args.method)

@@ -169,7 +169,7 @@ def _refuse_untyped_resume(config) -> None:
         raise ValueError(f"--ckpt_path {ckpt_path!r} was written before the typed model configs (flat "
                          "hyperparameters): its run cannot be resumed with today's flags. Start a new run from "
                          f"its weights with --model.init_from {ckpt_path} (and the same config), or load it "
-                         "for search with mmai.checkpoint.load_stage1")
+                         "for search with mmai.inference.load_stage1")
 
 
 def _data_field(name: str):

@@ -126,15 +126,10 @@ def _run_in_process(trial: Trial, workdir: Path) -> bool:
         (trial.run_dir / LOG_FILE).write_text(traceback.format_exc())
     finally:
         os.chdir(previous)
-        _finish_wandb_run(exit_code=0 if ok else 1)
+        from lightning_glue.tracking import finish_wandb_run  # Lightning: imported only when a run ends
+
+        finish_wandb_run(exit_code=0 if ok else 1)
     return ok
-
-
-def _finish_wandb_run(exit_code: int) -> None:
-    """End the trial's W&B run: the next trial's logger would otherwise reuse it."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish(exit_code=exit_code)
 
 
 def _read_metrics(trial: Trial, sweep: Sweep) -> None:

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mmai.model.bi_encoder import BiEncoder
-from mmai.checkpoint import bi_encoder_config, load_stage1, load_stage2, read_checkpoint, rerank_settings
+from mmai.checkpoint import bi_encoder_config, read_checkpoint, rerank_settings
+from mmai.inference import load_stage1, load_stage2
 from mmai.config import (AudioConfig, BiEncoderConfig, ConfigError, RerankerConfig, TextConfig, VisionConfig,
                          coerce)
 from mmai.reranker.fusion import FusionReranker

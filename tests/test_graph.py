@@ -1,4 +1,4 @@
-"""EpisodicGraph: edges equal a brute-force construction; episodes, schemas, descend, control."""
+"""EpisodicGraph: edges equal a brute-force construction; episodes, schemas, control (top-down: test_topdown.py)."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def test_episodes_split_on_long_gaps_and_place_changes():
     assert no_places.episode_of.tolist() == [0, 0, 0, 1, 1, 1, 2]
 
 
-def test_schemas_recover_planted_clusters_and_descend_reaches_them():
+def test_schemas_recover_planted_clusters_and_top_down_search_reaches_them():
     ids, embeddings, timestamps, places, labels = memories(count=400, clusters=8)
     # k-means over-clusters (16 schemas for 8 planted clusters) so each schema should be pure
     graph = EpisodicGraph(ids, embeddings, timestamps, places, num_schemas=16, progress=False)
@@ -129,9 +129,10 @@ def test_schemas_recover_planted_clusters_and_descend_reaches_them():
     assert all(graph.hierarchy.has_edge(("schema", int(graph.schema_of[i])), int(ids[i])) for i in range(400))
     target = labels[0]
     query = embeddings[labels == target].mean(axis=0)
-    found = graph.descend(query, top_schemas=1, top_episodes=1000)
-    assert len(found) > 0 and np.mean(labels[graph.positions(found)] == target) > 0.9
-    assert graph.descend(query, top_schemas=1, top_episodes=2).size <= found.size
+    from mmai.retrieval.topdown import TopDownIndex, TopDownSettings
+
+    found = TopDownIndex.from_graph(graph).search(query, 20, TopDownSettings(mass=0.5, entropy_stop=1.0))
+    assert found.memories_scored < 400 and np.mean(labels[graph.positions(found.ids)] == target) > 0.9
 
 
 def test_default_number_of_schemas_is_sqrt_half_n():

@@ -139,7 +139,7 @@ def test_the_store_updates_its_graph_on_ingest_and_forget_equal_to_a_rebuild(tmp
 
     from PIL import Image
 
-    from mmai.checkpoint import load_stage1
+    from mmai.inference import load_stage1
     from mmai.memory.personal import PersonalMemory
 
     sys.path.insert(0, str(Path(__file__).parent))

@@ -110,17 +110,14 @@ def test_distributed_helpers_are_the_identity_without_a_process_group():
     assert not distributed.is_dist() and distributed.world_size() == 1 and distributed.rank() == 0
     assert torch.equal(distributed.all_gather_no_grad(tensor), tensor)
     assert not distributed.all_gather_no_grad(tensor).requires_grad
-    assert distributed.all_gather_with_grad(tensor) is tensor
 
 
 def _enqueue_and_gather(rank: int) -> dict:
     queue = MomentumQueue(embed_dim=4, queue_size=8, modalities=("image",))
     ids = torch.tensor([rank * 10 + 1, rank * 10 + 2])
     queue.enqueue({"image": keys_for(ids, 4)}, ids, ids, valid={"image": torch.tensor([True, rank == 0])})
-    features = torch.full((2, 3), float(rank), requires_grad=True)
-    gathered = distributed.all_gather_with_grad(features)
-    gathered.sum().backward()
-    return {"queue": queue.state_dict(), "grad": features.grad, "gathered": gathered.detach()}
+    gathered = distributed.all_gather_no_grad(torch.full((2, 3), float(rank)))
+    return {"queue": queue.state_dict(), "gathered": gathered}
 
 
 @pytest.mark.slow
@@ -132,5 +129,4 @@ def test_enqueue_gathers_keys_from_every_rank(tmp_path):
         assert queue["image_valid_queue"].tolist() == [True, True, True, False] + [False] * 4
         assert queue["ptr"].item() == 4
         assert result["gathered"][:, 0].tolist() == [0.0, 0.0, 1.0, 1.0]
-        assert torch.equal(result["grad"], torch.ones(2, 3))
     assert torch.equal(results[0]["queue"]["image_queue"], results[1]["queue"]["image_queue"])

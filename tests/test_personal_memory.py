@@ -49,7 +49,7 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stage1(checkpoints):
-    from mmai.checkpoint import load_stage1
+    from mmai.inference import load_stage1
 
     return load_stage1(checkpoints["reranker"])
 
@@ -326,7 +326,7 @@ class _MeanReranker:
 
 
 def test_memory_rerank_is_the_librarys_two_stage_scoring(tmp_path, stage1, monkeypatch):
-    from mmai.retrieval import two_stage
+    from mmai.retrieval import pipeline, two_stage
 
     for i in range(7):
         _image(tmp_path / "p" / f"{i}.png", 10 + i)
@@ -336,8 +336,8 @@ def test_memory_rerank_is_the_librarys_two_stage_scoring(tmp_path, stage1, monke
     memory = PersonalMemory(tmp_path / "memory", encoder=stage1, stage2=fake, progress=False)
     memory.ingest([tmp_path / "p"])
     calls = []
-    library = two_stage.rerank_topk
-    monkeypatch.setattr(two_stage, "rerank_topk", lambda *a, **kw: calls.append(kw) or library(*a, **kw))
+    library = two_stage.rerank_topk  # what the query chain (mmai.retrieval.pipeline.rank) scores with
+    monkeypatch.setattr(pipeline, "rerank_topk", lambda *a, **kw: calls.append(kw) or library(*a, **kw))
     plain = memory.search("a bird", 9)
     reranked = memory.search("a bird", 9, options=SearchOptions(rerank=True))
     assert len(calls) == 1 and calls[0]["stage1_weight"] == 0.4  # the re-ranker's own lambda

@@ -65,7 +65,7 @@ def test_panels_are_saved_each_epoch_at_full_size_and_logged_to_wandb(rerank_run
 
 
 def test_frozen_towers_are_unchanged_and_the_checkpoint_loads_as_stage2(rerank_run):
-    from mmai.checkpoint import load_stage1, load_stage2
+    from mmai.inference import load_stage1, load_stage2
 
     bi_ckpt, run_dir = rerank_run
     stage2 = load_stage2(run_dir / "checkpoints" / "last.ckpt")
@@ -80,7 +80,8 @@ def test_frozen_towers_are_unchanged_and_the_checkpoint_loads_as_stage2(rerank_r
 def test_finetuning_trains_towers_with_their_contrastive_loss_beside_the_match_loss(synth_shards, tmp_path):
     """ALBEF's ITC + ITM: the towers move, the momentum queue fills, and stage 1 is logged as trained."""
     from mmai_apps.lightning_cli import rerank_cli_main
-    from mmai.checkpoint import load_stage1, read_checkpoint
+    from mmai.checkpoint import read_checkpoint
+    from mmai.inference import load_stage1
 
     ckpt = make_bi_encoder_ckpt(tmp_path)
     run_dir = tmp_path / "run"

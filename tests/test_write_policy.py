@@ -76,7 +76,7 @@ def test_policy_values_are_checked():
 # ---------------------------------------------------------------------- through a real ingest
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory):
-    from mmai.checkpoint import load_stage1
+    from mmai.inference import load_stage1
 
     return load_stage1(make_reranker_ckpt(tmp_path_factory.mktemp("ckpt")))
 

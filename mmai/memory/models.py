@@ -120,7 +120,7 @@ class MemoryModels:
             if self.checkpoint is None:
                 raise ValueError(f"{self.root} has no checkpoint yet: pass checkpoint=... (--checkpoint PATH), "
                                  "a bi-encoder or re-ranker .ckpt from `mmai fit` / `mmai rerank fit`")
-            from mmai.checkpoint import load_stage1
+            from mmai.inference import load_stage1
 
             self._encoder = load_stage1(self.checkpoint)
         return self._encoder
@@ -132,7 +132,7 @@ class MemoryModels:
             if self.checkpoint is None or not Path(self.checkpoint).is_file():
                 raise ValueError(f"re-ranking and saliency need a re-ranker checkpoint; {self.root} has "
                                  f"{self.checkpoint!r}")
-            from mmai.checkpoint import load_stage2
+            from mmai.inference import load_stage2
 
             self._stage2 = load_stage2(self.checkpoint)
             if self._encoder is None:

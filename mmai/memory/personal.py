@@ -116,9 +116,9 @@ class PersonalMemory:
             ``"flat"`` or ``"hnsw"``.
         encoder: a stage-1 model (``embed_images``/``embed_texts``/``embed_audio``, ``has_audio``,
             ``embed_dim``) used instead of loading ``checkpoint`` (e.g. a preloaded
-            :class:`~mmai.checkpoint.Stage1Model`).
+            :class:`~mmai.inference.Stage1Model`).
         stage2: a re-ranker used instead of loading ``checkpoint`` (e.g. a preloaded
-            :class:`~mmai.checkpoint.Stage2Model`).
+            :class:`~mmai.inference.Stage2Model`).
         graph_config: how the episodic graph is built (default :class:`GraphConfig`).
         collection: Chroma collection name (default ``"memories"``).
         progress: tqdm bars (default ``True``).

@@ -16,7 +16,7 @@
    (:func:`mmai.retrieval.two_stage.rerank_topk`: match logit + ``stage1_weight`` x stage-1 cosine); images
    move only among the image slots of that window, notes and songs keep theirs. ``rerank_k`` and
    ``stage1_weight`` default to the values the re-ranker was validated with
-   (:attr:`~mmai.checkpoint.Stage2Model.settings_source` says where they come from). Patch tokens
+   (:attr:`~mmai.inference.Stage2Model.settings_source` says where they come from). Patch tokens
    of images scored before come from :class:`PatchCache` (bounded, least recently used dropped).
 4. **GAR** (``options.gar``). The hits seed a personalised PageRank over the episodic graph
    (:class:`~mmai.retrieval.gar.GraphAugmentedRetriever`, ``gar_mode``, ``gar_weight``, ``damping``;
@@ -42,9 +42,9 @@ from mmai.memory.index_sync import IndexSync, int_id
 from mmai.memory.models import MemoryModels
 from mmai.memory.records import NoMatch, Records, Related, SearchHit
 from mmai.memory.store import MemoryStore
+from mmai.retrieval import pipeline
 from mmai.retrieval.gar import GAR_MODES, PPR_METHODS, GraphAugmentedRetriever
 from mmai.retrieval.graph import EDGE_REASONS
-from mmai.retrieval.pipeline import Ranking, Rerank, rank
 
 __all__ = ["GIVEN", "MOMENT_S", "RerankSettings", "SearchOptions", "Searcher"]
 
@@ -175,7 +175,7 @@ class RerankSettings:
         rerank_k: candidates re-scored.
         stage1_weight: lambda of ``match_logit + stage1_weight * stage-1 cosine``.
         rerank_k_from, stage1_weight_from: :data:`GIVEN` (set in the options) or the re-ranker's
-            :attr:`~mmai.checkpoint.Stage2Model.settings_source`.
+            :attr:`~mmai.inference.Stage2Model.settings_source`.
     """
 
     rerank_k: int
@@ -451,8 +451,8 @@ class Searcher:
         def computed(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
             return logits[candidates]  # (1, n): the window's logits, scored above in one batch
 
-        stage2 = Rerank(computed, len(images), settings.stage1_weight)
-        two_stage = rank(Ranking(positions, stage1), rerank=stage2).two_stage
+        stage2 = pipeline.Rerank(computed, len(images), settings.stage1_weight)
+        two_stage = pipeline.rank(pipeline.Ranking(positions, stage1), rerank=stage2).two_stage
         order, scores = two_stage.positions, two_stage.scores  # (1, n) each
         for (slot, _, _), position, score in zip(images, order[0].tolist(), scores[0].tolist()):
             hit = images[position][1]
@@ -558,8 +558,8 @@ class Searcher:
         scores = np.array([hit.score for hit in hits], dtype=np.float64)
         list_length = min(len(retriever.graph), max(4 * int(k), len(hits)))
         # the reference explains every candidate; otherwise only the k returned ones are explained
-        result = rank(Ranking(numbers[None], scores[None]), gar=retriever, gar_length=list_length,
-                      explain=options.reference).gar
+        result = pipeline.rank(pipeline.Ranking(numbers[None], scores[None]), gar=retriever,
+                               gar_length=list_length, explain=options.reference).gar
         ids = [self.sync.str_ids[int(n)] for n in result.ids[0]]
         allowed = self._allowed(ids, result.ids[0], where, options.reference)
         chosen = [(i, memory_id) for i, memory_id in enumerate(ids) if memory_id in allowed][: int(k)]

@@ -50,23 +50,3 @@ def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     if world_size() == 1:
         return tensor.detach()
     return torch.cat(_gather(tensor), dim=0)
-
-
-def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Like :func:`all_gather_no_grad`, but this rank's slice keeps its autograd graph.
-
-    The other ranks' slices are constants here (each rank back-propagates through its own slice),
-    the usual choice for contrastive losses over the global batch (as in open_clip's
-    ``gather_features`` without ``gather_with_grad``).
-
-    Args:
-        tensor: ``(B, ...)``, same shape on every rank.
-
-    Returns:
-        ``(world_size * B, ...)``.
-    """
-    if world_size() == 1:
-        return tensor
-    gathered = _gather(tensor.detach())
-    gathered[rank()] = tensor
-    return torch.cat(gathered, dim=0)

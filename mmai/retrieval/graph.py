@@ -365,36 +365,6 @@ class EpisodicGraph:
             raise ValueError(f"EpisodicGraph.record_access: id {np.ravel(ids)[positions < 0][0]} is not in the graph")
         np.add.at(self.access_counts, positions, 1)
 
-    # ------------------------------------------------------------------ top-down retrieval
-    def descend(
-        self, query_embedding: Any, top_schemas: int = 3, top_episodes: int = 10, *, within_schemas: bool = True
-    ) -> np.ndarray:
-        """Top-down candidates: best schemas, then their best episodes, then those episodes' memories.
-
-        Args:
-            query_embedding: ``(D,)`` query.
-            top_schemas: schemas kept, by cosine of query and schema centroid (default 3).
-            top_episodes: episodes kept among those holding a memory of a kept schema, by
-                cosine of query and episode mean embedding (default 10).
-            within_schemas: keep only the kept episodes' memories that are also in a kept
-                schema (default ``True``); ``False`` returns every memory of those episodes.
-
-        Returns:
-            ``(n,)`` int64 memory ids, sorted by cosine to the query (best first).
-        """
-        query = as_unit_vectors(query_embedding, dim=self.embeddings.shape[1], name="descend query")[0]  # (D,)
-        populated = np.unique(self.schema_of)
-        schema_scores = self.schema_centroids[populated] @ query  # (S',)
-        schemas = populated[np.argsort(-schema_scores, kind="stable")[:top_schemas]]
-        in_schema = np.isin(self.schema_of, schemas)  # (N,)
-        episodes = np.unique(self.episode_of[in_schema])
-        episode_scores = self.episode_centroids[episodes] @ query
-        episodes = episodes[np.argsort(-episode_scores, kind="stable")[:top_episodes]]
-        chosen = np.isin(self.episode_of, episodes) & (in_schema if within_schemas else True)
-        positions = np.flatnonzero(chosen)
-        order = np.argsort(-(self.embeddings[positions] @ query), kind="stable")
-        return self.ids[positions[order]]
-
     # ------------------------------------------------------------------ temporal order
     def follows(self) -> nx.DiGraph:
         """Directed "follows" links: each memory -> the next memory of its episode (one outing:

@@ -7,7 +7,7 @@
   level of schema theory; a memory belongs to its nearest centroid.
 
 Both give top-down retrieval a coarse-to-fine path: schema -> episode -> memory
-(:meth:`mmai.retrieval.graph.EpisodicGraph.descend`).
+(:mod:`mmai.retrieval.topdown`).
 """
 
 from __future__ import annotations

@@ -135,8 +135,9 @@ def rank(stage1: Ranking, *, rerank: Rerank | None = None, gar: GraphAugmentedRe
     ranked = stage1
     if rerank is not None:
         lists = stage1.torch()
-        positions, scores = rerank_topk(lists.positions, lists.scores, rerank.rerank_k, rerank.fn, rerank.mode,
-                                        rerank.stage1_weight, query_indices, return_scores=True)
+        positions, scores = rerank_topk(lists.positions, lists.scores, k=rerank.rerank_k, rerank_fn=rerank.fn,
+                                        mode=rerank.mode, stage1_weight=rerank.stage1_weight,
+                                        query_indices=query_indices, return_scores=True)
         ranked = result.two_stage = Ranking(positions, scores)
     if gar is not None:
         lists = ranked.numpy()
