@@ -263,3 +263,27 @@ def test_personal_memory_search_options_build_the_same_burst_retriever(burst_gra
     assert legacy is not burst and (legacy.num_seeds, legacy.burst_hits, legacy.semantic_edges) == (2, 0, True)
     with pytest.raises(ValueError, match="gar_mode must be one of"):
         SearchOptions(gar_mode="nope")
+
+
+def test_pipeline_seeds_gar_from_the_re_ranked_list_and_scores_stage_two_as_the_library(burst_graph):
+    """mmai.retrieval.pipeline.rank, the chain evaluation and the memory share: stage 2 is
+    rerank_topk's, and GAR follows the list stage 2 left (not stage 1's)."""
+    import torch
+
+    from mmai.retrieval.pipeline import Ranking, Rerank, rank
+    from mmai.retrieval.two_stage import rerank_topk
+
+    def reverse(queries, candidates):  # a re-ranker preferring the weakest stage-1 hits
+        return torch.arange(candidates.shape[1], dtype=torch.float64)[None].expand(len(queries), -1) * 10.0
+
+    retriever = GraphAugmentedRetriever.from_mode(burst_graph)
+    stage1 = Ranking(torch.as_tensor(BURST_HITS), torch.as_tensor(BURST_SCORES))
+    result = rank(stage1, rerank=Rerank(reverse, rerank_k=8, stage1_weight=0.5), gar=retriever, gar_length=4)
+    expected = rerank_topk(stage1.positions, stage1.scores, k=8, rerank_fn=reverse, stage1_weight=0.5,
+                           return_scores=True)
+    assert torch.equal(result.two_stage.positions, expected[0]) and torch.equal(result.two_stage.scores, expected[1])
+    assert result.two_stage.positions[0].tolist() == [16, 15, 14, 13, 12, 11, 10, 1]
+    alone = retriever.rerank(expected[0].numpy(), expected[1].numpy(), 4)
+    assert result.gar.ids.tolist() == alone.ids.tolist() and result.final.positions is result.gar.ids
+    from_stage1 = rank(stage1, gar=retriever, gar_length=4).gar.ids[0].tolist()
+    assert from_stage1 == [1, 2, 3, 10] and result.gar.ids[0].tolist()[:3] == [16, 15, 14]  # 1's burst stays out
