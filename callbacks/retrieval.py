@@ -224,14 +224,9 @@ class RetrievalEvalCallback(L.Callback):
                 metrics["gar/latency_ms"] = 1000 * (time.perf_counter() - start) / len(hits)
             recall = evaluate_rankings(*labels, t2i=ranked, ks=self.ks)
             metrics.update({f"{stage}/{key}": value for key, value in recall.items()})
-        self.outcomes = self._outcomes(data, rankings, metrics, pair_logits)
+        self.outcomes = retrieval_outcomes(data, rankings, metrics, self.species, self.caption_table,
+                                           self.stage1_weight, pair_logits)
         return metrics
-
-    def _outcomes(self, data: EvalSet, rankings: dict[str, np.ndarray], metrics: dict,
-                  pair_logits: Callable | None = None) -> dict[str, np.ndarray]:
-        """Per-query outcomes of every stage and the probes' metrics (:func:`mmai.evaluation.outcomes.retrieval_outcomes`)."""
-        return retrieval_outcomes(data, rankings, metrics, self.species, self.caption_table, self.stage1_weight,
-                                  pair_logits)
 
     def _top_down(self, data: EvalSet, graph: EpisodicGraph, exact: np.ndarray, k: int, labels: tuple,
                   metrics: dict) -> np.ndarray:

@@ -116,8 +116,8 @@ def exact_stage1(queries: torch.Tensor, gallery_unit: torch.Tensor, length: int)
 
 
 def rank(stage1: Ranking, *, rerank: Rerank | None = None, gar: GraphAugmentedRetriever | None = None,
-         gar_length: int | None = None, explain: bool = False, query_indices: torch.Tensor | None = None,
-         seed_scores: Any = None) -> PipelineResult:
+         gar_length: int | None = None, explain: bool = False,
+         query_indices: torch.Tensor | None = None) -> PipelineResult:
     """Stage 1's lists → optional re-ranker → optional GAR.
 
     Args:
@@ -129,7 +129,6 @@ def rank(stage1: Ranking, *, rerank: Rerank | None = None, gar: GraphAugmentedRe
         explain: GAR explains every returned memory (default False; a caller that shows only a part
             of the list calls :meth:`~mmai.retrieval.gar.GraphAugmentedRetriever.explain` for it).
         query_indices: ``(Q,)`` the queries' rows, passed to ``rerank.fn`` (default ``arange(Q)``).
-        seed_scores: ``(Q, R)`` scores on one scale for GAR's seeds (default: the list's own).
     """
     result = PipelineResult(stage1)
     ranked = stage1
@@ -141,5 +140,5 @@ def rank(stage1: Ranking, *, rerank: Rerank | None = None, gar: GraphAugmentedRe
         ranked = result.two_stage = Ranking(positions, scores)
     if gar is not None:
         lists = ranked.numpy()
-        result.gar = gar.rerank(lists.positions, lists.scores, gar_length, seed_scores=seed_scores, explain=explain)
+        result.gar = gar.rerank(lists.positions, lists.scores, gar_length, explain=explain)
     return result
